@@ -1,0 +1,49 @@
+# nowcast_infill -- run `make help` for the list of targets.
+# Both `make demo` and `make test` create .venv/ and install everything they need.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch is installed on its own, before the package, so pip never pulls a CUDA
+# build on a CPU machine. GPU users: make install TORCH_SPEC="torch==2.13.0 --index-url <cuda index>"
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv/ and install the package with its dependencies
+
+demo: $(STAMP) ## Run the main job on the embedded synthetic data (data -> train -> eval)
+	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/ni-demo
+
+test: $(STAMP) ## Run the whole test suite (slurm tests start their own local cluster when root)
+	WANDB_MODE=offline $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## Run the tests not marked slow or slurm
+	WANDB_MODE=offline $(BIN)/python -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)
+
+bench-data: $(STAMP) ## Data-plane benchmark (conversion, DataModule throughput)
+	$(BIN)/python experiments/bench_data.py
+
+bench-model: $(STAMP) ## Model benchmark (partial conv vs naive, variants)
+	$(BIN)/python experiments/bench_model.py
+
+clean: ## Remove run outputs (keeps .venv/)
+	rm -rf outputs multirun wandb lightning_logs .pytest_cache
+
+distclean: clean ## Remove run outputs and .venv/
+	rm -rf $(VENV)
+
+.PHONY: help install demo test test-fast bench-data bench-model clean distclean

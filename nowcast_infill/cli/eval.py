@@ -1,0 +1,133 @@
+"""`ni-eval`: score a checkpoint or a classical baseline on one split with the fixed evaluation masks.
+
+Writes into `paths.output_dir`: `metrics.csv`, `metrics.md`, `figures/*.png` (input with
+hole / truth / prediction / error, or a strip over lead times), `eval_masks.npz` (the hole
+masks scored, infill only) and `config.yaml`; metrics, figures and the table also go to the
+configured loggers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+from nowcast_infill.cli.train import build_datamodule, build_module, build_trainer
+from nowcast_infill.config_schema import validate_config
+from nowcast_infill.models.module import RadarModule
+from nowcast_infill.utils.config import print_config_tree, register_resolvers
+from nowcast_infill.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from nowcast_infill.utils.logging import current_rank, get_logger, rank_zero_print
+from nowcast_infill.utils.tables import markdown_table, metrics_row, write_metrics_tables
+
+log = get_logger(__name__)
+register_resolvers()
+SPLITS = ("test", "val")
+
+
+def load_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> tuple[L.LightningModule, str | None]:
+    """(module, checkpoint path to restore through the Trainer or None) for `cfg`."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path:
+        path = Path(ckpt_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist; point it at a .ckpt written by ni-train.")
+        module = RadarModule.load_from_checkpoint(path, map_location="cpu")
+        for key in ("task", "in_frames", "out_frames"):
+            want = cfg.task.name if key == "task" else int(cfg.task[key])
+            if module.hparams[key] != want:
+                raise ValueError(
+                    f"{path}: the checkpoint was trained with {key}={module.hparams[key]} but the config asks "
+                    f"task {key}={want}; evaluate with the task it was trained on (task=..., task.past=...)."
+                )
+        return module, str(path)
+    target = str(cfg.model.get("_target_", ""))
+    if target.endswith("BaselineModule"):
+        return build_module(cfg, datamodule), None
+    raise ValueError(
+        f"model={cfg.model.get('name')} is a trainable network: pass ckpt_path=<run>/checkpoints/best-*.ckpt, "
+        "or choose a classical baseline (model=nearest|linear|biharmonic|laplace|persistence|extrapolation|sprog)."
+    )
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate `cfg.split`; returns the `{split}/...` metrics plus `output_dir` and the table paths."""
+    validate_config(cfg, "eval")
+    split = cfg.get("split", "test")
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is not one of {SPLITS}.")
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    print_config_tree(cfg, save_to=output_dir / "config.yaml")
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = build_datamodule(cfg)
+    module, ckpt_path = load_module(cfg, datamodule)
+    module.hparams.n_log_images = int(cfg.get("n_figures", module.hparams.get("n_log_images", 2)))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer = build_trainer(cfg, instantiate_callbacks(cfg.get("callbacks")), loggers)
+    if split == "test":
+        raw = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    else:
+        raw = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    metrics = {k: float(v) for k, v in (raw[0] if raw else {}).items()}
+
+    label = {
+        "model": str(module.hparams.get("name", cfg.model.get("name"))),
+        "task": str(module.hparams.task),
+        "split": split,
+        "checkpoint": Path(ckpt_path).name if ckpt_path else "",
+    }
+    results: dict[str, Any] = dict(metrics)
+    if current_rank() == 0:
+        row = metrics_row(label, metrics, split)
+        csv_path, md_path = write_metrics_tables([row], output_dir / "metrics")
+        results.update(metrics_csv=str(csv_path), metrics_md=str(md_path), row=row)
+        rank_zero_print(markdown_table([row]))
+        _save_figures(module, output_dir)
+        _save_eval_masks(datamodule, output_dir)
+        _log_table(trainer, row)
+    results["output_dir"] = str(output_dir)
+    return results
+
+
+def _save_figures(module: L.LightningModule, output_dir: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from nowcast_infill.utils.plotting import save_figure
+
+    for name, fig in getattr(module, "test_figures", None) or []:
+        save_figure(fig, output_dir / "figures" / f"{name}.png")
+        plt.close(fig)
+
+
+def _save_eval_masks(datamodule, output_dir: Path) -> None:
+    masks = getattr(datamodule, "eval_masks", None)
+    if masks is None:
+        return
+    from nowcast_infill.data.masks import save_mask_set
+
+    spec = getattr(datamodule, "masks", None) or {}
+    seed = int(getattr(datamodule, "eval_mask_spec", {}).get("seed", 0))
+    save_mask_set(output_dir / "eval_masks.npz", masks.astype(bool), spec, seed)
+
+
+def _log_table(trainer: L.Trainer, row: dict) -> None:
+    columns = list(row)
+    for logger in trainer.loggers:
+        if hasattr(logger, "log_table"):
+            logger.log_table(key="metrics_table", columns=columns, data=[[row[c] for c in columns]])
+
+
+@hydra.main(config_path="../../conf", config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("WANDB_MODE", "offline")
+    main()

@@ -1,0 +1,156 @@
+"""`ni-train`: fit a model, then test the best checkpoint; returns the metrics.
+
+`train(cfg)` is the plain function (tests and scripts call it with a composed config);
+`main` is the thin `@hydra.main` wrapper and returns `cfg.optimized_metric` for sweepers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from nowcast_infill.config_schema import validate_config
+from nowcast_infill.utils.config import print_config_tree, register_resolvers
+from nowcast_infill.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from nowcast_infill.utils.logging import get_logger, rank_zero_print
+from nowcast_infill.utils.lr import global_batch_size
+
+log = get_logger(__name__)
+register_resolvers()
+
+
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    """The DataModule of `cfg.data`, checked against `cfg.task`."""
+    datamodule = hydra.utils.instantiate(cfg.data)
+    for name in ("in_frames", "out_frames"):
+        have = getattr(datamodule, name, None)
+        if have is not None and int(have) != int(cfg.task[name]):
+            raise ValueError(
+                f"task.{name}={cfg.task[name]} but data ({cfg.data._target_}) yields {name}={have}; "
+                f"data takes task.past/future/context: check task.{name} matches them."
+            )
+    return datamodule
+
+
+def build_module(cfg: DictConfig, datamodule: L.LightningDataModule | None = None) -> L.LightningModule:
+    """The LightningModule of `cfg.model`; `aux_channels: null` is taken from the DataModule."""
+    model_cfg = cfg.model
+    if "aux_channels" in model_cfg and model_cfg.aux_channels is None:
+        if datamodule is None:
+            raise ValueError("model.aux_channels is null (= from the data) but no DataModule was given; set it explicitly.")
+        model_cfg = model_cfg.copy()
+        with open_dict(model_cfg):
+            model_cfg.aux_channels = len(datamodule.aux_names)
+    # Not recursive: the module keeps net/optimizer/scheduler as plain config (saved as
+    # hyperparameters, so checkpoints rebuild without Hydra) and instantiates them itself.
+    return hydra.utils.instantiate(model_cfg, _recursive_=False)
+
+
+def build_trainer(cfg: DictConfig, callbacks: list | None = None, loggers: list | None = None) -> L.Trainer:
+    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks or [], logger=loggers or False)
+
+
+def report_global_batch(cfg: DictConfig, trainer: L.Trainer) -> int:
+    """Print per-device batch x devices x nodes x accumulation (rank 0) and return the product."""
+    per_device = int(cfg.data.batch_size)
+    devices, nodes, accumulate = trainer.num_devices, trainer.num_nodes, trainer.accumulate_grad_batches
+    total = global_batch_size(per_device, devices, nodes, accumulate)
+    scaling = cfg.model.get("optimizer", {}).get("lr_scaling", "none") if "optimizer" in cfg.model else "none"
+    rank_zero_print(
+        f"global batch = {per_device} per device x {devices} devices x {nodes} nodes x {accumulate} accumulation "
+        f"= {total} (lr scaling: {scaling})"
+    )
+    return total
+
+
+def _scalars(metrics: dict) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        try:
+            out[key] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit (unless `cfg.fit` is false), then test with the best checkpoint.
+
+    Returns a dict of floats: the callback metrics after fitting and the test metrics, plus
+    `best_model_path`, `last_model_path` and `output_dir` (strings).
+    """
+    validate_config(cfg, "train")
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    print_config_tree(cfg, save_to=output_dir / "config.yaml")
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule)
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer = build_trainer(cfg, callbacks, loggers)
+    report_global_batch(cfg, trainer)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    results: dict[str, Any] = {}
+    if cfg.get("fit", True):
+        ckpt_path = cfg.get("ckpt_path")
+        if ckpt_path is not None and not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist; point it at a .ckpt file (e.g. <run>/checkpoints/last.ckpt).")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        results.update(_scalars(trainer.callback_metrics))
+
+    best = ""
+    checkpoint = getattr(trainer, "checkpoint_callback", None)
+    if checkpoint is not None:
+        best = checkpoint.best_model_path or ""
+        results["last_model_path"] = getattr(checkpoint, "last_model_path", "") or ""
+    results["best_model_path"] = best
+    if cfg.get("test", True):
+        fast = bool(cfg.trainer.get("fast_dev_run", False))
+        if not best and not fast and cfg.get("fit", True):
+            log.warning("no best checkpoint was saved (no checkpoint callback?): testing the weights in memory")
+        test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        results.update(_scalars(test_metrics[0] if test_metrics else {}))
+        _save_test_figures(module, output_dir)
+    results["output_dir"] = str(output_dir)
+    results["global_step"] = int(trainer.global_step)
+    return results
+
+
+def _save_test_figures(module: L.LightningModule, output_dir: Path) -> None:
+    from nowcast_infill.utils.logging import current_rank
+    from nowcast_infill.utils.plotting import save_figure
+
+    import matplotlib.pyplot as plt
+
+    figures = getattr(module, "test_figures", None) or []
+    if current_rank() != 0:
+        return
+    for name, fig in figures:
+        save_figure(fig, output_dir / "figures" / f"{name}.png")
+        plt.close(fig)
+
+
+@hydra.main(config_path="../../conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """ni-train; returns `cfg.optimized_metric` (for sweepers) or None when it was not logged."""
+    results = train(cfg)
+    value = results.get(cfg.get("optimized_metric"))
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        log.warning(f"optimized_metric={cfg.get('optimized_metric')} was not logged; logged: {sorted(results)}")
+        return None
+    return float(value)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("WANDB_MODE", "offline")
+    main()

@@ -1,0 +1,295 @@
+"""Schemas of the composed train/eval configs: typos and wrong types fail before anything runs.
+
+Two layers, both raising `ConfigSchemaError` whose message names the full key and the fix:
+
+1. Dataclass schemas for the nodes the framework itself reads (top level, `task`, `paths`),
+   checked by merging into `OmegaConf.structured(...)` (unknown key or wrong type -> error).
+   They are also registered in Hydra's ConfigStore (`ni_schema/train`, ...) for reference.
+2. Every node with a `_target_` is checked against the target's signature: an unknown key is
+   refused unless the target takes `**kwargs`, and a value whose type contradicts the
+   annotation (or the default's type when unannotated) is refused. This covers the Trainer,
+   the DataModule, callbacks, loggers, the network, the optimiser and the scheduler without
+   copying their argument lists here.
+
+`validate_config(cfg, kind)` runs both on the resolved config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from nowcast_infill.models.module import OPTIMIZER_RESERVED, SCHEDULER_RESERVED
+
+
+class ConfigSchemaError(ValueError):
+    """The composed config breaks a schema; the message starts with the offending key."""
+
+
+# ----------------------------------------------------------------------------- dataclasses
+@dataclass
+class TaskSchema:
+    name: str = "infill"
+    past: int = 0
+    future: int = 0
+    context: int = 0
+    in_frames: int = 1
+    out_frames: int = 1
+    loss: Any = None
+
+
+@dataclass
+class PathsSchema:
+    data_dir: str = "data"
+    log_dir: str = "outputs"
+    output_dir: str = "outputs"
+
+
+@dataclass
+class CommonSchema:
+    run_name: str = "run"
+    seed: int = 42
+    ckpt_path: Optional[str] = None
+    group: str = ""
+    job_type: str = ""
+    tags: list[str] = field(default_factory=list)
+    task: TaskSchema = field(default_factory=TaskSchema)
+    paths: PathsSchema = field(default_factory=PathsSchema)
+    # groups validated through their _target_ (layer 2)
+    data: Any = None
+    masks: Any = None
+    model: Any = None
+    trainer: Any = None
+    callbacks: Any = None
+    logger: Any = None
+    hydra: Any = None
+
+
+@dataclass
+class TrainSchema(CommonSchema):
+    fit: bool = True
+    test: bool = True
+    optimized_metric: str = "val/loss"
+    optimized_metric_mode: str = "min"
+
+
+@dataclass
+class EvalSchema(CommonSchema):
+    split: str = "test"
+    n_figures: int = 4
+
+
+SCHEMAS = {"train": TrainSchema, "eval": EvalSchema}
+
+
+def register_schemas() -> None:
+    """Register the schemas in Hydra's ConfigStore under group `ni_schema`."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for name, schema in SCHEMAS.items():
+        store.store(group="ni_schema", name=name, node=schema)
+
+
+# --------------------------------------------------------------------------- validation
+def validate_config(cfg: DictConfig, kind: str = "train") -> None:
+    """Raise ConfigSchemaError naming the first bad key of `cfg` (a composed train/eval config)."""
+    if kind not in SCHEMAS:
+        raise ValueError(f"kind must be one of {sorted(SCHEMAS)}, got {kind!r}")
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigSchemaError(f"{key}: cannot be resolved ({err.msg if hasattr(err, 'msg') else err}).") from None
+    plain.pop("hydra", None)
+    _check_dataclass(plain, SCHEMAS[kind])
+    _check_task(plain.get("task") or {})
+    for group in ("data", "trainer"):
+        if plain.get(group) is not None:
+            check_target_node(plain[group], group)
+    for group in ("callbacks", "logger"):
+        for name, node in (plain.get(group) or {}).items():
+            if node is not None:
+                check_target_node(node, f"{group}.{name}")
+    model = plain.get("model")
+    if model is not None:
+        _check_model(model)
+
+
+def _check_dataclass(plain: dict, schema: type) -> None:
+    top_fields = {f.name for f in dataclasses.fields(schema)}
+    unknown = sorted(set(plain) - top_fields)
+    if unknown:
+        raise ConfigSchemaError(
+            f"{unknown[0]}: unknown top-level key (valid: {', '.join(sorted(top_fields))}); check the spelling "
+            "or remove the `+` override."
+        )
+    subset = {k: v for k, v in plain.items() if k in ("task", "paths") or not _is_group(schema, k)}
+    try:
+        OmegaConf.merge(OmegaConf.structured(schema), subset)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigSchemaError(f"{key}: {_first_line(err)}") from None
+
+
+def _is_group(schema: type, name: str) -> bool:
+    types_ = {f.name: f.type for f in dataclasses.fields(schema)}
+    return types_.get(name) in (Any, "Any")
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0]
+
+
+def _check_task(task: Mapping) -> None:
+    name = task.get("name")
+    if name not in ("infill", "nowcast"):
+        raise ConfigSchemaError(f"task.name: {name!r} is not 'infill' or 'nowcast'; choose task=infill or task=nowcast.")
+    if name == "infill":
+        expected = {"in_frames": 2 * int(task.get("context", 0)) + 1, "out_frames": 1}
+    else:
+        expected = {"in_frames": int(task.get("past", 0)), "out_frames": int(task.get("future", 0))}
+    for key, value in expected.items():
+        if int(task.get(key, -1)) != value:
+            rule = "2*context+1" if (name, key) == ("infill", "in_frames") else ("1" if name == "infill" else key.replace("in_frames", "past").replace("out_frames", "future"))
+            raise ConfigSchemaError(f"task.{key}: is {task.get(key)} but task={name} needs {rule} = {value}; set task.{key}={value}.")
+
+
+def _check_model(model: Mapping) -> None:
+    model = dict(model)
+    if model.get("aux_channels", 0) is None:
+        # null = taken from the DataModule's aux fields when the module is built
+        model.pop("aux_channels")
+    check_target_node(model, "model", skip_nested=True)
+    target = _resolve_target(model, "model")
+    completed = {"in_frames", "out_frames", "aux_channels"}
+    if "net" in model and isinstance(model["net"], Mapping) and "_target_" in model["net"]:
+        check_target_node(model["net"], "model.net", provided=completed)
+    if isinstance(model.get("optimizer"), Mapping):
+        check_target_node(model["optimizer"], "model.optimizer", provided={"params"}, reserved=set(OPTIMIZER_RESERVED))
+        scaling = model["optimizer"].get("lr_scaling", "none")
+        if scaling not in ("linear", "none"):
+            raise ConfigSchemaError(f"model.optimizer.lr_scaling: {scaling!r} is not 'linear' or 'none'.")
+    if isinstance(model.get("scheduler"), Mapping):
+        check_target_node(
+            model["scheduler"], "model.scheduler", provided={"optimizer", "total_steps"}, reserved=set(SCHEDULER_RESERVED)
+        )
+    del target
+
+
+# ----------------------------------------------------------------- target signatures
+_HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+
+def _resolve_target(node: Mapping, where: str):
+    from hydra.utils import get_object
+
+    try:
+        return get_object(node["_target_"])
+    except Exception as err:  # ImportError, AttributeError, ValueError from Hydra
+        raise ConfigSchemaError(f"{where}._target_: cannot import {node['_target_']!r} ({_first_line(err)}).") from None
+
+
+def check_target_node(
+    node: Mapping,
+    where: str,
+    provided: set[str] = frozenset(),
+    reserved: set[str] = frozenset(),
+    skip_nested: bool = False,
+) -> None:
+    """Check the keys and value types of an instantiable node against its target's signature.
+
+    `provided`: arguments the code passes at instantiation (not allowed in the config is not
+    implied; they are simply not required). `reserved`: keys the framework pops before
+    instantiating. Nested nodes with a `_target_` are checked recursively.
+    """
+    if "_target_" not in node:
+        raise ConfigSchemaError(f"{where}: has no _target_; it must name the class or function to build.")
+    target = _resolve_target(node, where)
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return
+    params = signature.parameters
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    hints = _type_hints(target)
+    for key, value in node.items():
+        if key in _HYDRA_KEYS or key in reserved:
+            continue
+        full = f"{where}.{key}"
+        if key not in params:
+            if takes_kwargs:
+                continue
+            close = _close_match(key, [p for p in params if p not in ("self", "args", "kwargs")])
+            hint = f"; did you mean '{close}'?" if close else ""
+            raise ConfigSchemaError(f"{full}: unknown key, {node['_target_']} takes no argument '{key}'{hint}")
+        if isinstance(value, Mapping) and "_target_" in value:
+            if not skip_nested:
+                check_target_node(value, full)
+            continue
+        expected = hints.get(key, inspect.Parameter.empty)
+        if expected is inspect.Parameter.empty:
+            default = params[key].default
+            if isinstance(default, (bool, int, float, str)) and default is not None:
+                expected = type(default)
+            else:
+                continue
+        if not _matches(value, expected):
+            raise ConfigSchemaError(
+                f"{full}: {value!r} ({type(value).__name__}) is not a valid {_type_name(expected)} "
+                f"for {node['_target_']}; fix the value."
+            )
+
+
+def _type_hints(target) -> dict:
+    obj = target.__init__ if inspect.isclass(target) else target
+    try:
+        return typing.get_type_hints(obj)
+    except Exception:  # unresolvable forward references: fall back to defaults' types
+        return {}
+
+
+def _close_match(key: str, names: Sequence[str]) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(key, list(names), n=1, cutoff=0.75)
+    return found[0] if found else None
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _matches(value, tp) -> bool:
+    """Conservative check: False only when `value` clearly cannot be `tp`."""
+    if tp is Any or tp is inspect.Parameter.empty:
+        return True
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or (hasattr(types, "UnionType") and origin is types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(tp))
+    if origin is typing.Literal:
+        return value in typing.get_args(tp)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    check = origin or tp
+    if check in (list, tuple, Sequence, typing.Sequence) or check is getattr(typing, "List", None):
+        return isinstance(value, (list, tuple, ListConfig))
+    if check in (dict, Mapping, typing.Mapping):
+        return isinstance(value, (dict, Mapping, DictConfig))
+    return True  # classes, protocols, paths, callables: not judged here

@@ -1,0 +1,543 @@
+"""Hole masks for infilling: one registry of generators and fixed evaluation sets.
+
+A generator is called as `gen(rng, valid, lat, lon) -> hidden`:
+  rng: np.random.Generator (all randomness comes from it, so a seed fixes the mask);
+  valid: (H, W) bool, True where the ground truth has data;
+  lat, lon: (H, W) degrees WGS84 of the pixel centres;
+  hidden: (H, W) bool, True = pixel hidden from the network.
+Hidden pixels that are no-data in the truth are never targets: callers score
+`hole_targets(hidden, valid)`.
+
+Configs are plain dicts `{"name": ..., **options}` (conf/masks/*.yaml) passed to
+`build_mask_generator`; `get_mask_generator(name, **options)` is the same by keywords.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import numpy as np
+
+from nowcast_infill.data.radar_sites import great_circle_km, sites_from_codes
+
+MaskGenerator = Callable[[np.random.Generator, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+MASK_VARIABLE = "mask"
+
+
+def hole_targets(hidden, valid):
+    """Pixels scored as holes: hidden and valid in the truth.
+
+    Works on numpy arrays and torch tensors of the same shape (bool or 0/1); returns bool.
+    """
+    if tuple(hidden.shape) != tuple(valid.shape):
+        raise ValueError(f"hole_targets: hidden has shape {tuple(hidden.shape)}, valid has {tuple(valid.shape)}.")
+    if isinstance(hidden, np.ndarray) or isinstance(valid, np.ndarray):
+        return np.logical_and(np.asarray(hidden) != 0, np.asarray(valid) != 0)
+    return (hidden != 0) & (valid != 0)
+
+
+def _range(value, what: str) -> tuple[float, float]:
+    """(low, high) from a number or a 2-sequence, checked low <= high."""
+    if isinstance(value, (int, float)):
+        return float(value), float(value)
+    low, high = (float(v) for v in value)
+    if low > high:
+        raise ValueError(f"{what}: range [{low}, {high}] has low > high.")
+    return low, high
+
+
+def _check_inputs(valid: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> None:
+    if valid.ndim != 2 or np.shape(lat) != valid.shape or np.shape(lon) != valid.shape:
+        raise ValueError(
+            f"mask generator inputs must all be (H, W): valid {valid.shape}, lat {np.shape(lat)}, lon {np.shape(lon)}."
+        )
+
+
+# ---------------------------------------------------------------- radar outage
+
+
+class RadarOutage:
+    """Coverage discs of 1..n real radar sites blanked out (a radar that is down).
+
+    sites: DWD site codes to draw from (None = all in radar_sites.DWD_RADAR_SITES).
+    radius_km: disc radius (RADOLAN uses 150 km per radar).
+    n_sites: number of failed radars, an int or [min, max] drawn uniformly.
+    fallback: what to do when no site's disc reaches a valid pixel of the crop (a crop
+        far from the chosen sites, or a non-German grid; see min_valid_fraction): "random_centre" (default) puts
+        a disc of the same radius on a random valid pixel, so the crop still gets a
+        radar-shaped hole; "error" raises ValueError.
+    min_valid_fraction: sites are drawn among those whose disc covers at least this
+        fraction of the crop's valid pixels (and at least one), so the hole has targets
+        and a disc that only grazes a corner is not picked; distance is great-circle on lat/lon.
+    """
+
+    def __init__(
+        self,
+        sites: Sequence[str] | None = None,
+        radius_km: float = 150.0,
+        n_sites: int | Sequence[int] = 1,
+        fallback: str = "random_centre",
+        min_valid_fraction: float = 0.02,
+    ):
+        if fallback not in ("random_centre", "error"):
+            raise ValueError(f"radar_outage: fallback={fallback!r}; valid values are 'random_centre', 'error'.")
+        if radius_km <= 0:
+            raise ValueError(f"radar_outage: radius_km={radius_km} must be positive.")
+        self.sites = sites_from_codes(sites)
+        self.radius_km = float(radius_km)
+        low, high = _range(n_sites, "radar_outage.n_sites")
+        if low < 1:
+            raise ValueError(f"radar_outage: n_sites must be >= 1, got {n_sites}.")
+        self.n_sites = (int(low), int(high))
+        self.fallback = fallback
+        self.min_valid_fraction = float(min_valid_fraction)
+
+    def __call__(self, rng: np.random.Generator, valid: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        _check_inputs(valid, lat, lon)
+        discs = [great_circle_km(lat, lon, s.lat, s.lon) <= self.radius_km for s in self.sites]
+        need = max(1, int(np.ceil(self.min_valid_fraction * valid.sum())))
+        candidates = [d for d in discs if (d & valid).sum() >= need]
+        n = int(rng.integers(self.n_sites[0], self.n_sites[1] + 1))
+        if candidates:
+            chosen = rng.choice(len(candidates), size=min(n, len(candidates)), replace=False)
+            return np.logical_or.reduce([candidates[i] for i in np.sort(chosen)])
+        if self.fallback == "error":
+            codes = ", ".join(s.code for s in self.sites)
+            raise ValueError(
+                f"radar_outage: no {self.radius_km:g} km disc of sites [{codes}] reaches a valid pixel of this "
+                f"{valid.shape} crop (lat {np.nanmin(lat):.2f}..{np.nanmax(lat):.2f}, lon {np.nanmin(lon):.2f}.."
+                f"{np.nanmax(lon):.2f}); use fallback=random_centre or sites near the data."
+            )
+        pool = np.flatnonzero(valid) if valid.any() else np.arange(valid.size)
+        hidden = np.zeros(valid.shape, dtype=bool)
+        for flat in rng.choice(pool, size=min(n, pool.size), replace=False):
+            i, j = np.unravel_index(flat, valid.shape)
+            hidden |= great_circle_km(lat, lon, float(lat[i, j]), float(lon[i, j])) <= self.radius_km
+        return hidden
+
+
+# ---------------------------------------------------------------- real no-data patterns
+
+
+def nodata_patterns_from_store(source, max_frames: int = 256, variable: str = "precip") -> np.ndarray:
+    """Distinct no-data patterns (n, H, W) bool (True = no data) of a store's frames.
+
+    source: path of a Zarr/NetCDF store or an xarray.Dataset in the store schema.
+    Frames flagged `missing_frame` (all NaN) are left out: hiding everything is not
+    an infilling task. At most `max_frames` frames, evenly spaced, are read.
+    """
+    import xarray as xr
+
+    ds = source if isinstance(source, xr.Dataset) else _open_dataset(Path(source))
+    where = "<dataset>" if isinstance(source, xr.Dataset) else str(source)
+    if variable not in ds:
+        raise ValueError(f"{where}: no variable {variable!r} to take no-data patterns from; variables: {list(ds.data_vars)}.")
+    n_time = ds.sizes.get("time", 1)
+    keep = np.ones(n_time, dtype=bool)
+    if "missing_frame" in ds:
+        keep &= ~np.asarray(ds["missing_frame"].values, dtype=bool)
+    indices = np.flatnonzero(keep)
+    if indices.size > max_frames:
+        indices = indices[np.linspace(0, indices.size - 1, max_frames).round().astype(int)]
+    data = ds[variable]
+    if "time" in data.dims:
+        data = data.isel(time=indices)
+    nodata = np.isnan(np.asarray(data.values))
+    if nodata.ndim == 2:
+        nodata = nodata[None]
+    unique = np.unique(nodata.reshape(nodata.shape[0], -1), axis=0).reshape(-1, *nodata.shape[1:])
+    unique = unique[unique.any(axis=(1, 2))]
+    if unique.shape[0] == 0:
+        raise ValueError(
+            f"{where}: {variable!r} has no NaN pixel in the frames read, so there is no real no-data pattern; "
+            "use the radar_outage or freeform mask instead."
+        )
+    return unique
+
+
+class NodataPattern:
+    """Real no-data shapes from a store, moved over the crop.
+
+    "Real no-data pattern" = the set of NaN pixels of one frame of a real store (coverage
+    edge, clutter, gaps of a site), `nodata_patterns_from_store`. A store whose only
+    no-data is the fixed area outside coverage has one pattern; hiding it unchanged
+    would hide only pixels that are already no-data. So each draw places a random
+    (H, W) window of a randomly chosen pattern, with random offsets of up to
+    `max_shift` times the crop size beyond the pattern's edges (outside the pattern
+    counts as data) and optional random flips: the real shape of a coverage edge,
+    shifted onto data. Windows are redrawn until the hidden fraction of valid pixels
+    lies in `fraction` or `max_tries` is reached (then the closest draw is used, with a
+    warning if it hides no valid pixel).
+
+    path: store path (Zarr/NetCDF) or xarray.Dataset; patterns: (n, Hp, Wp) bool array
+    given directly instead (one of the two).
+    """
+
+    def __init__(
+        self,
+        path=None,
+        patterns: np.ndarray | None = None,
+        max_frames: int = 256,
+        max_shift: float = 0.5,
+        flip: bool = True,
+        fraction: Sequence[float] = (0.05, 0.6),
+        max_tries: int = 20,
+    ):
+        if (path is None) == (patterns is None):
+            raise ValueError("nodata_pattern: give exactly one of path (a store with NaN no-data) or patterns.")
+        bank = nodata_patterns_from_store(path, max_frames=max_frames) if path is not None else np.asarray(patterns)
+        if bank.ndim == 2:
+            bank = bank[None]
+        if bank.ndim != 3 or bank.dtype != bool:
+            raise ValueError(f"nodata_pattern: patterns must be bool (n, H, W), got {bank.dtype} {bank.shape}.")
+        self.patterns = bank
+        self.max_shift = float(max_shift)
+        self.flip = bool(flip)
+        self.fraction = _range(fraction, "nodata_pattern.fraction")
+        self.max_tries = int(max_tries)
+
+    def _draw(self, rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+        pattern = self.patterns[rng.integers(self.patterns.shape[0])]
+        if self.flip:
+            if rng.random() < 0.5:
+                pattern = pattern[::-1]
+            if rng.random() < 0.5:
+                pattern = pattern[:, ::-1]
+        h, w = shape
+        pad_y, pad_x = int(self.max_shift * h), int(self.max_shift * w)
+        hp, wp = pattern.shape
+        if hp + 2 * pad_y < h or wp + 2 * pad_x < w:
+            raise ValueError(
+                f"nodata_pattern: patterns are {hp} x {wp}, smaller than the {h} x {w} crop even with "
+                f"max_shift={self.max_shift}; use a larger max_shift or patterns from a larger grid."
+            )
+        oy = int(rng.integers(-pad_y, hp + pad_y - h + 1))
+        ox = int(rng.integers(-pad_x, wp + pad_x - w + 1))
+        hidden = np.zeros(shape, dtype=bool)
+        sy, sx = max(oy, 0), max(ox, 0)
+        ey, ex = min(oy + h, hp), min(ox + w, wp)
+        if ey > sy and ex > sx:
+            hidden[sy - oy : ey - oy, sx - ox : ex - ox] = pattern[sy:ey, sx:ex]
+        return hidden
+
+    def __call__(self, rng: np.random.Generator, valid: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        _check_inputs(valid, lat, lon)
+        n_valid = max(int(valid.sum()), 1)
+        low, high = self.fraction
+        best, best_gap = None, np.inf
+        for _ in range(self.max_tries):
+            hidden = self._draw(rng, valid.shape)
+            frac = (hidden & valid).sum() / n_valid
+            gap = 0.0 if low <= frac <= high else min(abs(frac - low), abs(frac - high))
+            if gap < best_gap:
+                best, best_gap = hidden, gap
+            if gap == 0.0:
+                break
+        if not (best & valid).any():
+            warnings.warn(
+                f"nodata_pattern: after {self.max_tries} draws no pattern window hides a valid pixel of this "
+                f"{valid.shape} crop; the sample has no hole targets.",
+                stacklevel=2,
+            )
+        return best
+
+
+# ---------------------------------------------------------------- free-form
+
+
+class FreeForm:
+    """Irregular free-form holes (random thick strokes and blobs), cf. Liu et al. 2018.
+
+    fraction: [min, max] hidden fraction of all H*W pixels; a target is drawn uniformly
+        in it and strokes are added until it is reached without passing max.
+    max_width: stroke width as a fraction of min(H, W) (width drawn in [0.02, max_width]).
+    blob_probability: chance that a shape is an ellipse instead of a stroke.
+    """
+
+    def __init__(
+        self,
+        fraction: Sequence[float] = (0.1, 0.5),
+        max_width: float = 0.12,
+        max_vertices: int = 8,
+        blob_probability: float = 0.3,
+    ):
+        low, high = _range(fraction, "freeform.fraction")
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"freeform: fraction {fraction} must satisfy 0 <= min <= max <= 1.")
+        self.fraction = (low, high)
+        self.max_width = float(max_width)
+        self.max_vertices = int(max_vertices)
+        self.blob_probability = float(blob_probability)
+
+    def _shape(self, rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarray:
+        size = min(h, w)
+        rows, cols = np.indices((h, w), dtype=np.float64)
+        if rng.random() < self.blob_probability:
+            cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+            ay, ax = rng.uniform(0.03, 0.2, size=2) * size * scale
+            angle = rng.uniform(0, np.pi)
+            dy, dx = rows - cy, cols - cx
+            r1 = (dy * np.cos(angle) + dx * np.sin(angle)) / ay
+            r2 = (-dy * np.sin(angle) + dx * np.cos(angle)) / ax
+            return r1**2 + r2**2 <= 1.0
+        half_width = max(rng.uniform(0.02, self.max_width) * size * scale / 2, 0.5)
+        py, px = rng.uniform(0, h), rng.uniform(0, w)
+        angle = rng.uniform(0, 2 * np.pi)
+        stroke = np.zeros((h, w), dtype=bool)
+        for _ in range(int(rng.integers(1, self.max_vertices + 1))):
+            angle += rng.normal(0, np.pi / 4)
+            length = rng.uniform(0.05, 0.3) * size * scale
+            qy = np.clip(py + length * np.sin(angle), 0, h - 1)
+            qx = np.clip(px + length * np.cos(angle), 0, w - 1)
+            # distance of every pixel to the segment p-q; only the bounding box is touched
+            y0, y1 = int(max(min(py, qy) - half_width - 1, 0)), int(min(max(py, qy) + half_width + 2, h))
+            x0, x1 = int(max(min(px, qx) - half_width - 1, 0)), int(min(max(px, qx) + half_width + 2, w))
+            ry, rx = rows[y0:y1, x0:x1] - py, cols[y0:y1, x0:x1] - px
+            sy, sx = qy - py, qx - px
+            t = np.clip((ry * sy + rx * sx) / max(sy * sy + sx * sx, 1e-9), 0, 1)
+            stroke[y0:y1, x0:x1] |= np.hypot(ry - t * sy, rx - t * sx) <= half_width
+            py, px = qy, qx
+        return stroke
+
+    def __call__(self, rng: np.random.Generator, valid: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        _check_inputs(valid, lat, lon)
+        h, w = valid.shape
+        low, high = self.fraction
+        target = rng.uniform(low, high)
+        hidden = np.zeros((h, w), dtype=bool)
+        scale = 1.0
+        for _ in range(1000):
+            if hidden.mean() >= target:
+                break
+            candidate = hidden | self._shape(rng, h, w, scale)
+            if candidate.mean() <= high:
+                hidden = candidate
+            else:
+                scale *= 0.7  # overshoot: smaller shapes to land inside [low, high]
+        return hidden
+
+
+# ---------------------------------------------------------------- masks from a file
+
+
+def _open_dataset(path: Path):
+    import xarray as xr
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: file not found.")
+    if path.is_dir() or path.suffix == ".zarr":
+        # reads stores with or without consolidated metadata, without xarray's fallback warning
+        return xr.open_zarr(path, consolidated=False)
+    return xr.open_dataset(path)
+
+
+def read_mask_file(path: str | Path, variable: str = MASK_VARIABLE) -> np.ndarray:
+    """Masks (n, H, W) bool from `variable` of a NetCDF/Zarr file, or key `variable` of an .npz.
+
+    The variable must be bool or hold only 0/1 (NaN or other values are refused), with
+    dims (n, y, x) or (y, x).
+    """
+    path = Path(path)
+    if path.suffix == ".npz":
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: file not found.")
+        with np.load(path, allow_pickle=False) as npz:
+            if variable not in npz.files:
+                raise ValueError(f"{path}: no array {variable!r}; arrays in the file: {npz.files}. Set variable=<name>.")
+            values = npz[variable]
+    else:
+        ds = _open_dataset(path)
+        if variable not in ds:
+            raise ValueError(
+                f"{path}: no variable {variable!r}; variables in the file: {list(ds.data_vars)}. Set variable=<name>."
+            )
+        values = np.asarray(ds[variable].values)
+    if values.ndim == 2:
+        values = values[None]
+    if values.ndim != 3:
+        raise ValueError(f"{path}: variable {variable!r} has {values.ndim} dims; expected (n, y, x) or (y, x).")
+    if values.dtype != bool:
+        if not np.all(np.isin(values, (0, 1))):
+            raise ValueError(
+                f"{path}: variable {variable!r} holds values other than 0/1 (e.g. NaN or fractions); "
+                "write masks as bool or 0/1 integers."
+            )
+        values = values.astype(bool)
+    return values
+
+
+class FileMasks:
+    """Masks read from a file (read_mask_file); each call draws one of them at random."""
+
+    def __init__(self, path: str | Path, variable: str = MASK_VARIABLE):
+        self.path = Path(path)
+        self.variable = variable
+        self.masks = read_mask_file(self.path, variable)
+
+    def __call__(self, rng: np.random.Generator, valid: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        _check_inputs(valid, lat, lon)
+        if self.masks.shape[1:] != valid.shape:
+            raise ValueError(
+                f"{self.path}: masks in {self.variable!r} are {self.masks.shape[1]} x {self.masks.shape[2]} but the "
+                f"data are {valid.shape[0]} x {valid.shape[1]}; make masks of the crop/tile size or evaluate on full frames."
+            )
+        return self.masks[rng.integers(self.masks.shape[0])].copy()
+
+
+# ---------------------------------------------------------------- mixture
+
+
+class Mixture:
+    """Draws one component per call with probabilities `weights` (default equal)."""
+
+    def __init__(self, components: Sequence[Mapping[str, Any]], weights: Sequence[float] | None = None):
+        if not components:
+            raise ValueError("mixture: components is empty; give a list of mask specs {name: ..., ...}.")
+        self.components = [build_mask_generator(spec) for spec in components]
+        weights = np.ones(len(self.components)) if weights is None else np.asarray(weights, dtype=np.float64)
+        if weights.shape != (len(self.components),) or np.any(weights < 0) or weights.sum() <= 0:
+            raise ValueError(
+                f"mixture: weights {list(weights)} must be {len(self.components)} non-negative numbers with a positive sum."
+            )
+        self.weights = weights / weights.sum()
+
+    def __call__(self, rng: np.random.Generator, valid: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        return self.components[rng.choice(len(self.components), p=self.weights)](rng, valid, lat, lon)
+
+
+# ---------------------------------------------------------------- registry
+
+_GENERATORS: dict[str, Callable[..., MaskGenerator]] = {
+    "radar_outage": RadarOutage,
+    "nodata_pattern": NodataPattern,
+    "freeform": FreeForm,
+    "file": FileMasks,
+    "mixture": Mixture,
+}
+
+
+def mask_generator_names() -> list[str]:
+    return sorted(_GENERATORS)
+
+
+def get_mask_generator(name: str, **options) -> MaskGenerator:
+    """The mask generator registered as `name`, built with `options`."""
+    if name not in _GENERATORS:
+        raise ValueError(f"unknown mask generator {name!r}; valid names are {', '.join(mask_generator_names())}.")
+    try:
+        return _GENERATORS[name](**options)
+    except TypeError as err:
+        raise TypeError(f"mask generator {name!r}: {err}") from err
+
+
+def _plain(node: Any) -> Any:
+    """OmegaConf containers to plain dicts/lists (so specs can be JSON-recorded)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(node, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(node, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    if isinstance(node, dict):  # not any Mapping: an xarray.Dataset option must stay one
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_plain(v) for v in node]
+    return node
+
+
+def build_mask_generator(spec: Mapping[str, Any]) -> MaskGenerator:
+    """Generator from a plain spec `{"name": ..., **options}` (a Hydra `masks` node works too)."""
+    spec = _plain(spec)
+    if not isinstance(spec, Mapping) or "name" not in spec:
+        raise ValueError(f"mask spec {spec!r} needs a 'name' key; valid names are {', '.join(mask_generator_names())}.")
+    options = {k: v for k, v in spec.items() if k != "name"}
+    return get_mask_generator(spec["name"], **options)
+
+
+# ---------------------------------------------------------------- fixed evaluation sets
+
+
+class MaskSet(NamedTuple):
+    """A fixed evaluation mask set: masks (n, H, W) bool, the spec and seed that made it."""
+
+    masks: np.ndarray
+    spec: dict
+    seed: int
+
+
+def make_eval_mask_set(
+    spec: Mapping[str, Any] | MaskGenerator,
+    n: int,
+    seed: int,
+    valid: np.ndarray,
+    lat: np.ndarray,
+    lon: np.ndarray,
+) -> np.ndarray:
+    """n masks (n, H, W) bool drawn with np.random.default_rng(seed): the same for the same inputs.
+
+    Masks are returned as drawn (not and-ed with `valid`); score `hole_targets(mask, valid_of_frame)`.
+    """
+    gen = spec if callable(spec) else build_mask_generator(spec)
+    rng = np.random.default_rng(seed)
+    return np.stack([np.asarray(gen(rng, valid, lat, lon), dtype=bool) for _ in range(int(n))])
+
+
+def save_mask_set(path: str | Path, masks: np.ndarray, spec: Mapping[str, Any], seed: int) -> Path:
+    """Write masks (n, H, W) bool with the spec (JSON) and seed; format from the suffix.
+
+    `.npz`, `.nc` (NetCDF4 via h5netcdf) or `.zarr` (Zarr v3); the variable is `mask`
+    (int8 0/1 in NetCDF/Zarr). Written to a temporary name then renamed.
+    """
+    import xarray as xr
+
+    path = Path(path)
+    masks = np.asarray(masks)
+    if masks.ndim != 3 or masks.dtype != bool:
+        raise ValueError(f"save_mask_set: masks must be bool (n, H, W), got {masks.dtype} {masks.shape}.")
+    spec_json = json.dumps(_plain(spec) if not callable(spec) else {"name": type(spec).__name__}, sort_keys=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
+    if path.suffix == ".npz":
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **{MASK_VARIABLE: masks, "spec": np.array(spec_json), "seed": np.array(int(seed))})
+    elif path.suffix in (".nc", ".zarr"):
+        ds = xr.Dataset(
+            {MASK_VARIABLE: (("sample", "y", "x"), masks.astype(np.int8), {"long_name": "hidden pixel (1) mask"})},
+            attrs={"mask_spec": spec_json, "mask_seed": int(seed)},
+        )
+        if path.suffix == ".nc":
+            ds.to_netcdf(tmp, engine="h5netcdf")
+        else:
+            import shutil
+
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False)
+    else:
+        raise ValueError(f"{path}: unknown mask set format {path.suffix!r}; use .npz, .nc or .zarr.")
+    if path.exists() and path.is_dir():
+        import shutil
+
+        shutil.rmtree(path)
+    tmp.replace(path)
+    return path
+
+
+def load_mask_set(path: str | Path) -> MaskSet:
+    """Read a set written by save_mask_set: MaskSet(masks (n, H, W) bool, spec dict, seed int)."""
+    path = Path(path)
+    masks = read_mask_file(path, MASK_VARIABLE)
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as npz:
+            if "spec" not in npz.files or "seed" not in npz.files:
+                raise ValueError(f"{path}: not a mask set (no 'spec'/'seed'); write it with save_mask_set.")
+            return MaskSet(masks, json.loads(str(npz["spec"])), int(npz["seed"]))
+    ds = _open_dataset(path)
+    if "mask_spec" not in ds.attrs or "mask_seed" not in ds.attrs:
+        raise ValueError(f"{path}: not a mask set (no 'mask_spec'/'mask_seed' attributes); write it with save_mask_set.")
+    return MaskSet(masks, json.loads(ds.attrs["mask_spec"]), int(ds.attrs["mask_seed"]))

@@ -1,0 +1,1 @@
+"""Inference on full grids: tiled prediction, archive infilling and nowcast products."""

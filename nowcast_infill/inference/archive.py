@@ -1,0 +1,431 @@
+"""Archive infilling (`ni-infill`) and nowcast products (`ni-nowcast`) written as Zarr stores.
+
+Predictors are plain callables so that baselines and trained networks go through the
+same writer:
+
+- infill: `predictor(x_mm_h (T_in, H, W) float32 mm/h with NaN, valid_coverage (H, W) bool)
+  -> (1, H, W) mm/h`, `T_in = 2 * context + 1` frames centred on the target frame;
+  `valid_coverage` is where filling is wanted. Only NaN pixels inside it are taken
+  from the prediction.
+- nowcast: `predictor(x_mm_h (past, H, W) mm/h with NaN) -> (n_leads, H, W) mm/h`.
+
+The infilled store is pre-allocated and written frame by frame; `infill_status(time)`
+records each finished frame (0 = not yet written), so an interrupted run resumes with
+no frame written twice or skipped, and a reader can tell finished frames. Zarr's local
+store replaces chunk files atomically, so a killed run never leaves a torn chunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import xarray as xr
+
+from nowcast_infill import __version__
+from nowcast_infill.baselines import NothingToInfillFromError, baseline_task, get_baseline
+from nowcast_infill.schema import CRS, MISSING_FRAME, PRECIP, PRECIP_UNITS, SCHEMA_VERSION, validate_store
+
+log = logging.getLogger(__name__)
+
+INFILLED = "infilled"
+STATUS = "infill_status"
+COVERAGE = "coverage"
+# infill_status values; 0 means the frame has not been written yet.
+STATUS_PENDING, STATUS_COMPLETE, STATUS_INFILLED, STATUS_NOT_INFILLABLE = 0, 1, 2, 3
+STATUS_MEANINGS = "pending copied_complete infilled no_data_to_infill_from"
+
+InfillPredictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
+NowcastPredictor = Callable[[np.ndarray], np.ndarray]
+
+
+@contextlib.contextmanager
+def _quiet_consolidated():
+    """Silence zarr's note that consolidated metadata is not in the v3 spec (xarray reads it fine)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        yield
+
+
+def open_radar_store(path: str | Path) -> xr.Dataset:
+    """Open a schema store lazily and validate it (docs/schema.md)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: input store not found; create it with `ni-convert` or `ni-synth`.")
+    ds = xr.open_zarr(path, chunks=None)
+    validate_store(ds, path)
+    return ds
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- coverage
+
+def derive_coverage(ds: xr.Dataset, min_fraction: float = 0.5) -> np.ndarray:
+    """Radar coverage `(y, x)` bool: pixels valid in at least `min_fraction` of the non-missing frames.
+
+    Frames flagged `missing_frame` are not counted (they would make every pixel look
+    uncovered). The no-data area outside the radar network is NaN in (nearly) every
+    frame, a real outage inside it only in some, so a fraction such as 0.5 separates
+    them. Reads one frame at a time.
+    """
+    if not 0.0 < min_fraction <= 1.0:
+        raise ValueError(f"coverage_min_fraction={min_fraction}; it must be in (0, 1].")
+    missing = ds[MISSING_FRAME].values.astype(bool)
+    counts = np.zeros(ds[PRECIP].shape[1:], dtype=np.int64)
+    n_used = 0
+    for t in np.nonzero(~missing)[0]:
+        counts += np.isfinite(ds[PRECIP][int(t)].values)
+        n_used += 1
+    if n_used == 0:
+        raise ValueError("cannot derive the radar coverage: every frame of the store is a missing frame; "
+                         "pass coverage=<file> instead.")
+    return counts >= min_fraction * n_used
+
+
+def load_coverage(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
+    """Read a coverage mask `(y, x)` bool from a `.npy` file or a NetCDF/Zarr variable `coverage`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: coverage file not found; pass a .npy bool array or a store with "
+                                f"a '{COVERAGE}(y, x)' variable, or coverage=null to derive it.")
+    if path.suffix == ".npy":
+        mask = np.load(path)
+    else:
+        opened = xr.open_zarr(path) if path.suffix == ".zarr" or path.is_dir() else xr.open_dataset(path)
+        if COVERAGE not in opened:
+            raise ValueError(f"{path}: no variable '{COVERAGE}'; store the mask as '{COVERAGE}(y, x)' (bool).")
+        mask = opened[COVERAGE].values
+    if mask.shape != tuple(shape):
+        raise ValueError(f"{path}: coverage mask has shape {mask.shape}, the store grid is {tuple(shape)} (y, x).")
+    if mask.dtype != bool and not np.isin(mask, (0, 1)).all():
+        raise ValueError(f"{path}: coverage mask holds values other than 0/1 (True = inside radar coverage).")
+    return mask.astype(bool)
+
+
+# ----------------------------------------------------------------------------- predictors
+
+def baseline_infill_predictor(name: str, **options) -> InfillPredictor:
+    """Wrap an infill baseline as an archive predictor (fills NaN pixels inside `valid_coverage`)."""
+    if baseline_task(name) != "infill":
+        raise ValueError(f"model={name!r} is a nowcast baseline; ni-infill needs one of nearest, linear, "
+                         "biharmonic, laplace.")
+    baseline = get_baseline(name, **options)
+
+    def predictor(x_mm_h: np.ndarray, valid_coverage: np.ndarray) -> np.ndarray:
+        centre = x_mm_h[x_mm_h.shape[0] // 2]
+        return baseline(x_mm_h, fill_mask=valid_coverage & ~np.isfinite(centre))
+
+    return predictor
+
+
+def load_predictor(model: str, task: str, **options) -> tuple[Callable, dict]:
+    """Predictor and provenance for `model`: a baseline name or a Lightning checkpoint path.
+
+    Returns `(predictor, info)` with `info = {"model", "sha256", "config"}` for the output
+    attributes. Checkpoints are recognised (path exists or ends in `.ckpt`) and hashed, but
+    turning a `RadarModule` into a predictor is not wired yet: it raises NotImplementedError.
+    """
+    if task not in ("infill", "nowcast"):
+        raise ValueError(f"task={task!r}; expected 'infill' or 'nowcast'.")
+    path = Path(model)
+    if model.endswith(".ckpt") or path.is_file():
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: checkpoint not found; pass model=<baseline name> or an existing .ckpt.")
+        # Wiring point for the lead: RadarModule.load_from_checkpoint(path), then a predictor
+        # that normalises with module's Normalizer, runs predict_tiled(module.net, ...) and
+        # decodes to mm/h. Until RadarModule exists this must fail loudly, not pretend.
+        raise NotImplementedError(
+            f"{path}: loading checkpoints into ni-{task} is not wired yet (needs "
+            "nowcast_infill.models.module.RadarModule); use model=<baseline name> for now."
+        )
+    try:
+        kind = baseline_task(model)
+    except KeyError as err:
+        raise ValueError(f"model={model!r} is neither an existing checkpoint file nor a baseline; {err.args[0]}") from None
+    if kind != task:
+        raise ValueError(f"model={model!r} is a {kind} baseline, but ni-{task} needs a {task} baseline.")
+    predictor = baseline_infill_predictor(model, **options) if task == "infill" else get_baseline(model, **options)
+    info = {"model": model, "sha256": "", "config": json.dumps({"baseline": model, **options}, sort_keys=True, default=str)}
+    return predictor, info
+
+
+# ----------------------------------------------------------------------------- infill writer
+
+def _common_attrs(src: xr.Dataset, input_store: Path, info: dict) -> dict:
+    attrs = dict(src.attrs)
+    attrs.update({
+        "Conventions": "CF-1.10",
+        "nowcast_infill_schema": SCHEMA_VERSION,
+        "model": info.get("model", ""),
+        "model_checkpoint_sha256": info.get("sha256", ""),
+        "model_config": info.get("config", ""),
+        "source_store": str(Path(input_store).resolve()),
+        "history": (str(src.attrs.get("history", "")) + f"\n{' '.join(sys.argv)} (nowcast_infill {__version__})").strip(),
+    })
+    return attrs
+
+
+def _grid_vars(src: xr.Dataset) -> dict:
+    """Coordinates and grid variables copied unchanged (lat/lon/crs when present)."""
+    keep = {}
+    for name in ("lat", "lon", CRS):
+        if name in src.variables:
+            keep[name] = src[name].load()
+    return keep
+
+
+def _create_infill_store(src, input_store, output_store, coverage, coverage_source, info, context,
+                         infill_outside_coverage) -> None:
+    import dask.array as da
+
+    n_t, height, width = src[PRECIP].shape
+    dims = ("time", "y", "x")
+    precip_attrs = dict(src[PRECIP].attrs)
+    precip_attrs.update({"units": PRECIP_UNITS, "ancillary_variables": f"{INFILLED} {STATUS}"})
+    precip_attrs.pop("_FillValue", None)
+    out = xr.Dataset(
+        {
+            PRECIP: (dims, da.full((n_t, height, width), np.nan, dtype=np.float32, chunks=(1, height, width)),
+                     precip_attrs),
+            INFILLED: (dims, da.zeros((n_t, height, width), dtype=np.uint8, chunks=(1, height, width)),
+                       {"long_name": "pixel value comes from the infilling model", "flag_values": [0, 1],
+                        "flag_meanings": "observed_or_no_data infilled"}),
+            STATUS: (("time",), np.zeros(n_t, dtype=np.int8),
+                     {"long_name": "infilling state of the time step; 0 = not written yet",
+                      "flag_values": [0, 1, 2, 3], "flag_meanings": STATUS_MEANINGS}),
+            COVERAGE: (("y", "x"), coverage,
+                       {"long_name": "radar coverage area: pixels eligible for infilling", "source": coverage_source}),
+            MISSING_FRAME: src[MISSING_FRAME].load(),
+            **_grid_vars(src),
+        },
+        coords={"time": src["time"], "y": src["y"], "x": src["x"]},
+        attrs={**_common_attrs(src, input_store, info), "infill_context": int(context),
+               "infill_outside_coverage": int(bool(infill_outside_coverage))},
+    )
+    encoding = {
+        PRECIP: {"chunks": (1, height, width), "_FillValue": np.float32(np.nan)},
+        INFILLED: {"chunks": (1, height, width), "_FillValue": None},
+        # One chunk per step: committing a step rewrites a single tiny file atomically.
+        STATUS: {"chunks": (1,), "_FillValue": None},
+    }
+    # Metadata and the small eager arrays only; the big arrays stay unwritten until their frame is.
+    with _quiet_consolidated():
+        out.to_zarr(output_store, mode="w-", compute=False, encoding=encoding, zarr_format=3, consolidated=True)
+
+
+def _check_resumable(out: xr.Dataset, src: xr.Dataset, output_store: Path, input_store: Path, info: dict) -> None:
+    want = {"source_store": str(Path(input_store).resolve()), "model": info.get("model", ""),
+            "model_checkpoint_sha256": info.get("sha256", ""), "model_config": info.get("config", "")}
+    for key, value in want.items():
+        if out.attrs.get(key) != value:
+            raise ValueError(
+                f"{output_store}: exists but was written with {key}={out.attrs.get(key)!r}, this run has {value!r}; "
+                "delete it or choose another output to start afresh."
+            )
+    if STATUS not in out or out[PRECIP].shape != src[PRECIP].shape:
+        raise ValueError(f"{output_store}: exists but is not an infill store for {input_store} "
+                         f"(no '{STATUS}' or another grid); delete it or choose another output.")
+
+
+class _FrameCache:
+    """Input frames by index, keeping only the current window in memory."""
+
+    def __init__(self, precip: xr.DataArray, missing: np.ndarray):
+        self.precip, self.missing, self.frames = precip, missing, {}
+        self.shape = precip.shape[1:]
+
+    def window(self, t: int, context: int) -> np.ndarray:
+        wanted = range(t - context, t + context + 1)
+        self.frames = {k: v for k, v in self.frames.items() if k in wanted}
+        out = np.empty((len(wanted),) + self.shape, dtype=np.float32)
+        for i, k in enumerate(wanted):
+            if k not in self.frames:
+                inside = 0 <= k < self.precip.shape[0]
+                # Beyond the archive's ends a neighbour is missing, like a gap: NaN, not 0.
+                self.frames[k] = (self.precip[k].values.astype(np.float32, copy=False) if inside
+                                  else np.full(self.shape, np.nan, dtype=np.float32))
+            out[i] = self.frames[k]
+        return out
+
+
+def infill_store(
+    predictor: InfillPredictor,
+    input_store: str | Path,
+    output_store: str | Path,
+    *,
+    model_info: dict | None = None,
+    context: int = 0,
+    coverage: np.ndarray | str | Path | None = None,
+    coverage_min_fraction: float = 0.5,
+    infill_outside_coverage: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Infill every incomplete frame of `input_store` into `output_store` (resumable).
+
+    Args:
+        predictor: `(x_mm_h (2*context+1, H, W) with NaN, valid_coverage (H, W) bool) -> (1, H, W)` mm/h.
+        model_info: `{"model", "sha256", "config"}` recorded in the attributes (see `load_predictor`).
+        context: neighbouring frames on each side given to the predictor.
+        coverage: `(H, W)` bool mask, a file (see `load_coverage`), or None to derive it
+            with `derive_coverage(min_fraction=coverage_min_fraction)`.
+        infill_outside_coverage: also fill NaN pixels outside the coverage.
+
+    A frame without NaN in the fill region is copied bit-identical. In an incomplete frame
+    only NaN pixels inside the fill region take the prediction; `infilled` marks them.
+    Returns a summary dict of counts per status.
+    """
+    from tqdm.auto import tqdm
+    import zarr
+
+    input_store, output_store = Path(input_store), Path(output_store)
+    if context < 0:
+        raise ValueError(f"context={context}; it must be >= 0 frames.")
+    info = dict(model_info or {"model": getattr(predictor, "__name__", type(predictor).__name__), "sha256": "", "config": ""})
+    src = open_radar_store(input_store)
+    shape = src[PRECIP].shape[1:]
+
+    if output_store.exists():
+        out = xr.open_zarr(output_store, chunks=None)
+        _check_resumable(out, src, output_store, input_store, info)
+        coverage_mask = out[COVERAGE].values.astype(bool)
+        log.info("%s: resuming, %d of %d frames already written", output_store,
+                 int((out[STATUS].values != STATUS_PENDING).sum()), out.sizes["time"])
+    else:
+        if coverage is None:
+            coverage_mask = derive_coverage(src, coverage_min_fraction)
+            coverage_source = f"derived: valid in >= {coverage_min_fraction:g} of the non-missing frames"
+        elif isinstance(coverage, (str, Path)):
+            coverage_mask, coverage_source = load_coverage(coverage, shape), f"file: {Path(coverage).resolve()}"
+        else:
+            coverage_mask = np.asarray(coverage, dtype=bool)
+            if coverage_mask.shape != shape:
+                raise ValueError(f"coverage has shape {coverage_mask.shape}; the store grid is {shape} (y, x).")
+            coverage_source = "given by the caller"
+        _create_infill_store(src, input_store, output_store, coverage_mask, coverage_source, info, context,
+                             infill_outside_coverage)
+
+    fill_region = np.ones(shape, dtype=bool) if infill_outside_coverage else coverage_mask
+    group = zarr.open_group(str(output_store), mode="r+")
+    precip_out, infilled_out, status_out = group[PRECIP], group[INFILLED], group[STATUS]
+    status = np.asarray(status_out[:])
+    pending = np.nonzero(status == STATUS_PENDING)[0]
+    cache = _FrameCache(src[PRECIP], src[MISSING_FRAME].values)
+    no_flag = np.zeros(shape, dtype=np.uint8)
+    for t in tqdm(pending, desc=f"infill {output_store.name}", unit="frame", disable=not progress):
+        t = int(t)
+        window = cache.window(t, context)
+        observed = window[context]
+        holes = fill_region & ~np.isfinite(observed)
+        if not holes.any():
+            frame, flag, code = observed, no_flag, STATUS_COMPLETE
+        else:
+            try:
+                pred = np.asarray(predictor(window, fill_region), dtype=np.float32)
+            except NothingToInfillFromError as err:
+                log.warning("%s: frame %s not infilled: %s", input_store, src["time"].values[t], err)
+                frame, flag, code = observed, no_flag, STATUS_NOT_INFILLABLE
+            else:
+                if pred.shape != (1,) + shape:
+                    raise ValueError(f"predictor returned shape {pred.shape}; expected (1, {shape[0]}, {shape[1]}) mm/h.")
+                filled = holes & np.isfinite(pred[0])
+                frame = np.where(filled, pred[0], observed).astype(np.float32)
+                flag, code = filled.astype(np.uint8), STATUS_INFILLED
+        precip_out[t] = frame
+        infilled_out[t] = flag
+        # Committed last: a frame counts as written only once its data is on disk.
+        status_out[t] = code
+    final = np.asarray(status_out[:])
+    return {"frames": int(final.size), "written_this_run": int(pending.size),
+            "complete": int((final == STATUS_COMPLETE).sum()), "infilled": int((final == STATUS_INFILLED).sum()),
+            "not_infillable": int((final == STATUS_NOT_INFILLABLE).sum()),
+            "pending": int((final == STATUS_PENDING).sum())}
+
+
+# ----------------------------------------------------------------------------- nowcast products
+
+def write_nowcast(
+    predictor: NowcastPredictor,
+    input_store: str | Path,
+    output_store: str | Path,
+    *,
+    past: int,
+    n_leads: int,
+    issue_time: str | np.datetime64 | None = None,
+    model_info: dict | None = None,
+    overwrite: bool = False,
+) -> xr.Dataset:
+    """Forecast `n_leads` frames from the `past` frames ending at `issue_time` (default: the last frame).
+
+    Writes `precip(lead_time, y, x)` mm/h (NaN = no forecast) with `lead_time` (timedelta,
+    CF `forecast_period`), `time(lead_time)` valid times and the scalar
+    `forecast_reference_time` (= issue time), plus the input's grid variables. The store
+    is written to a temporary path and renamed, so it is never half-written.
+    """
+    input_store, output_store = Path(input_store), Path(output_store)
+    if past < 1 or n_leads < 1:
+        raise ValueError(f"past={past} and n_leads={n_leads} must both be >= 1.")
+    if output_store.exists() and not overwrite:
+        raise FileExistsError(f"{output_store}: exists; pass overwrite=true or choose another output.")
+    src = open_radar_store(input_store)
+    times = src["time"].values
+    if issue_time is None:
+        end = len(times) - 1
+    else:
+        wanted = np.datetime64(issue_time, "ns")
+        hits = np.nonzero(times == wanted)[0]
+        if hits.size == 0:
+            raise ValueError(f"{input_store}: issue_time {issue_time} is not a time of the store "
+                             f"({times[0]} .. {times[-1]}, step {src.attrs.get('time_step_s')} s).")
+        end = int(hits[0])
+    if end + 1 < past:
+        raise ValueError(f"{input_store}: only {end + 1} frames up to {times[end]}, but past={past} are needed.")
+    x = src[PRECIP][end + 1 - past:end + 1].values.astype(np.float32)
+    forecast = np.asarray(predictor(x), dtype=np.float32)
+    if forecast.shape != (n_leads,) + x.shape[1:]:
+        raise ValueError(f"predictor returned shape {forecast.shape}; expected ({n_leads}, {x.shape[1]}, {x.shape[2]}).")
+    step_s = src.attrs.get("time_step_s")
+    if not step_s:
+        raise ValueError(f"{input_store}: attribute 'time_step_s' is missing; it defines the lead times.")
+    lead = np.arange(1, n_leads + 1) * np.timedelta64(int(step_s), "s")
+    info = dict(model_info or {"model": getattr(predictor, "__name__", ""), "sha256": "", "config": ""})
+    precip_attrs = {k: v for k, v in src[PRECIP].attrs.items() if k != "_FillValue"}
+    out = xr.Dataset(
+        {PRECIP: (("lead_time", "y", "x"), forecast, precip_attrs), **_grid_vars(src)},
+        coords={
+            "lead_time": ("lead_time", lead.astype("timedelta64[ns]"),
+                          {"standard_name": "forecast_period", "long_name": "time since the issue time"}),
+            "time": ("lead_time", (times[end] + lead).astype("datetime64[ns]"),
+                     {"standard_name": "time", "long_name": "valid time", "timezone": "UTC"}),
+            "forecast_reference_time": ((), times[end],
+                                        {"standard_name": "forecast_reference_time", "timezone": "UTC"}),
+            "y": src["y"], "x": src["x"],
+        },
+        attrs={**_common_attrs(src, input_store, info), "product": "nowcast", "past_frames": int(past),
+               "n_leads": int(n_leads), "issue_time": str(np.datetime_as_string(times[end], unit="s")) + "Z"},
+    )
+    staging = output_store.with_name(f"{output_store.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    with _quiet_consolidated():
+        out.to_zarr(staging, mode="w", zarr_format=3, consolidated=True,
+                    encoding={PRECIP: {"_FillValue": np.float32(np.nan)}})
+    if output_store.exists():
+        shutil.rmtree(output_store)
+    os.replace(staging, output_store)
+    return out

@@ -1,0 +1,115 @@
+"""Tiled inference: run a network on grids larger than it was trained on.
+
+Overlapping tiles are blended with a linear-ramp weight that falls towards each tile
+edge, so seams vanish; weights and sums are accumulated in float64 so that a pointwise
+network gives bit-identical output tiled or not.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def _starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Tile start offsets covering [0, length) with tiles of `tile`, last tile flush with the end."""
+    if length <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, length - tile, step))
+    starts.append(length - tile)
+    return starts
+
+
+def _ramp(size: int, overlap: int, dtype, device) -> torch.Tensor:
+    """(size,) weight: rises linearly over `overlap` pixels at both ends, 1 inside, > 0 everywhere."""
+    i = torch.arange(size, dtype=dtype, device=device)
+    if overlap <= 0:
+        return torch.ones(size, dtype=dtype, device=device)
+    return torch.clamp(torch.minimum((i + 0.5) / overlap, (size - i - 0.5) / overlap), max=1.0)
+
+
+def _pad(t: torch.Tensor | None, pad_h: int, pad_w: int) -> torch.Tensor | None:
+    if t is None or (pad_h == 0 and pad_w == 0):
+        return t
+    # Zero padding with a zero mask: padded pixels are "no data", which every consumer reads from the mask.
+    return F.pad(t, (0, pad_w, 0, pad_h))
+
+
+@torch.no_grad()
+def predict_tiled(
+    fn: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    x_mask: torch.Tensor,
+    aux: torch.Tensor | None = None,
+    aux_mask: torch.Tensor | None = None,
+    tile: int = 256,
+    overlap: int = 32,
+    multiple: int = 1,
+    batch_size: int = 4,
+) -> torch.Tensor:
+    """Predict a full grid tile by tile.
+
+    Args:
+        fn: batched forward `fn(x, x_mask, aux, aux_mask) -> (B, T_out, 1, h, w)` taking
+            `x`, `x_mask` `(B, T_in, C, h, w)` and `aux`, `aux_mask` `(B, T_in, A, h, w)` or None
+            (the PConvUNet forward signature).
+        x: `(T_in, C, H, W)` input, any units (normalised for a network).
+        x_mask: `(T_in, C, H, W)` 0/1, 1 = observed.
+        aux, aux_mask: `(T_in, A, H, W)` auxiliary fields on the radar grid, or None.
+        tile: tile edge in pixels, a multiple of `multiple`.
+        overlap: pixels shared by neighbouring tiles, blended; `0 <= overlap < tile`.
+        multiple: the network needs h, w divisible by this (e.g. `2**depth` for a U-Net).
+        batch_size: tiles per call of `fn` (bounds memory).
+
+    Returns:
+        `(T_out, 1, H, W)` in `fn`'s units and dtype, on `x`'s device.
+    """
+    if x.ndim != 4 or x_mask.shape != x.shape:
+        raise ValueError(f"x {tuple(x.shape)} and x_mask {tuple(x_mask.shape)} must both be (T_in, C, H, W).")
+    if aux is not None and (aux.ndim != 4 or aux.shape[0] != x.shape[0] or aux.shape[-2:] != x.shape[-2:]):
+        raise ValueError(f"aux {tuple(aux.shape)} must be (T_in, A, H, W) on the grid of x {tuple(x.shape)}.")
+    if multiple < 1 or tile < multiple or tile % multiple:
+        raise ValueError(f"tile={tile} must be a positive multiple of multiple={multiple}.")
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap={overlap} must satisfy 0 <= overlap < tile={tile}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1.")
+    if aux is not None and aux_mask is None:
+        aux_mask = torch.isfinite(aux).to(aux.dtype)
+
+    height, width = x.shape[-2:]
+    # A grid smaller than a tile is one tile, rounded up to what the network accepts.
+    tile_h = tile if height >= tile else -(-height // multiple) * multiple
+    tile_w = tile if width >= tile else -(-width // multiple) * multiple
+    pad_h, pad_w = max(tile_h - height, 0), max(tile_w - width, 0)
+    x, x_mask = _pad(x, pad_h, pad_w), _pad(x_mask, pad_h, pad_w)
+    aux, aux_mask = _pad(aux, pad_h, pad_w), _pad(aux_mask, pad_h, pad_w)
+    full_h, full_w = height + pad_h, width + pad_w
+
+    windows = [(r, c) for r in _starts(full_h, tile_h, overlap) for c in _starts(full_w, tile_w, overlap)]
+    acc_dtype = torch.float64 if x.device.type != "mps" else torch.float32
+    weight = (_ramp(tile_h, overlap, acc_dtype, x.device)[:, None] * _ramp(tile_w, overlap, acc_dtype, x.device)[None, :])
+    total = None
+    weight_sum = torch.zeros(full_h, full_w, dtype=acc_dtype, device=x.device)
+    out_dtype = None
+    for i in range(0, len(windows), batch_size):
+        chunk = windows[i:i + batch_size]
+
+        def cut(t):
+            return None if t is None else torch.stack([t[..., r:r + tile_h, c:c + tile_w] for r, c in chunk])
+
+        pred = fn(cut(x), cut(x_mask), cut(aux), cut(aux_mask))
+        if pred.ndim != 5 or pred.shape[0] != len(chunk) or pred.shape[-2:] != (tile_h, tile_w):
+            raise ValueError(
+                f"fn returned shape {tuple(pred.shape)}; expected (B={len(chunk)}, T_out, 1, {tile_h}, {tile_w})."
+            )
+        if total is None:
+            out_dtype = pred.dtype
+            total = torch.zeros(pred.shape[1], pred.shape[2], full_h, full_w, dtype=acc_dtype, device=x.device)
+        for (r, c), p in zip(chunk, pred):
+            total[..., r:r + tile_h, c:c + tile_w] += p.to(acc_dtype) * weight
+            weight_sum[r:r + tile_h, c:c + tile_w] += weight
+    return (total / weight_sum)[..., :height, :width].to(out_dtype)

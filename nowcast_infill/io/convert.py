@@ -1,0 +1,161 @@
+"""`convert(...)`: radar files -> one Zarr store (docs/schema.md); the engine behind ni-convert."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import multiprocessing as mp
+import os
+import time as _time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from nowcast_infill.io.importers import ConversionError, Frame, get_importer, sha256_of
+from nowcast_infill.io.store import AppendResult, SourceRecord, _iso, append_frames
+
+log = logging.getLogger(__name__)
+
+# Frames held in memory before a commit; each commit is one atomic store update, so
+# this is also how much work a killed conversion can lose (it is redone on resume).
+DEFAULT_COMMIT_EVERY = 288
+
+
+def expand_inputs(inputs: str | Path | list) -> list[Path]:
+    """Files named by `inputs` (a glob, a path, or a list of them), sorted, without repeats.
+
+    Raises FileNotFoundError naming each pattern that matches nothing.
+    """
+    patterns = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    if not patterns:
+        raise FileNotFoundError("inputs is empty; pass inputs='<glob>' or a list of files.")
+    found: list[Path] = []
+    for pattern in patterns:
+        text = os.path.expanduser(str(pattern))
+        hits = sorted(glob.glob(text)) if glob.has_magic(text) else ([text] if os.path.exists(text) else [])
+        if not hits:
+            raise FileNotFoundError(f"{text}: no file matches this input; check the path or glob (relative to {os.getcwd()}).")
+        found.extend(Path(h) for h in hits)
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    return unique
+
+
+_WORKER_IMPORTER = {}
+
+
+def _read_one(source: str, options: dict, path: Path) -> tuple[Path, list[Frame] | None, str | None, str | None]:
+    """(path, frames, sha256, error text) for one file; runs in a worker process."""
+    key = (source, repr(sorted(options.items())))
+    if key not in _WORKER_IMPORTER:
+        _WORKER_IMPORTER[key] = get_importer(source, **options)
+    try:
+        frames = _WORKER_IMPORTER[key].read(path)
+        digest = sha256_of(path)
+    except ConversionError as err:
+        return path, None, None, str(err)
+    except Exception as err:  # an importer bug or odd file must still name the file
+        return path, None, None, f"{path}: unexpected {type(err).__name__}: {err}; check the file or pass skip_bad=true."
+    return path, frames, digest, None
+
+
+def convert(
+    inputs: str | Path | list,
+    output: str | Path,
+    source: str,
+    skip_bad: bool = False,
+    workers: int | None = None,
+    chunks: dict | None = None,
+    compression: dict | None = None,
+    commit_every: int = DEFAULT_COMMIT_EVERY,
+    progress: bool = True,
+    history: str | None = None,
+    **importer_options,
+) -> dict:
+    """Convert radar files to (or append them to) the Zarr store `output`.
+
+    inputs: glob, path or list of them. source: importer name (see `get_importer`);
+    `importer_options` go to it (e.g. pysteps_importer="knmi_hdf5", zr_a=200).
+    skip_bad: skip unreadable files (listed in the store's `skipped_files` and logged)
+    instead of failing. workers: reader processes (default min(4, CPUs, files)).
+    Returns a summary dict (counts, product, skipped files, missing times, seconds).
+    Raises ConversionError naming the file and the fix.
+    """
+    started = _time.perf_counter()
+    get_importer(source, **importer_options)  # fail on a bad name/option before any work
+    files = expand_inputs(inputs)
+    output = Path(output)
+    n_workers = max(1, min(int(workers or min(4, os.cpu_count() or 1)), len(files)))
+    history = history or f"nowcast_infill.io.convert(source={source!r}, inputs={inputs!r}, output={str(output)!r})"
+    skipped: list[dict] = []
+    totals = AppendResult(store=output)
+    product = None
+
+    pool = None
+    if n_workers > 1:
+        # fork: workers inherit the already imported wradlib/pysteps instead of re-importing them.
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+        pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx)
+    bar = _progress(len(files), enabled=progress)
+    try:
+        for batch_start in range(0, len(files), max(1, int(commit_every))):
+            batch = files[batch_start : batch_start + max(1, int(commit_every))]
+            if pool is None:
+                results = (_read_one(source, importer_options, p) for p in batch)
+            else:
+                results = pool.map(_read_one, [source] * len(batch), [importer_options] * len(batch), batch)
+            frames: list[Frame] = []
+            records: dict[Path, SourceRecord] = {}
+            batch_skips: list[dict] = []
+            for path, got, digest, error in results:
+                bar.update(1)
+                if error is not None:
+                    if not skip_bad:
+                        raise ConversionError(path, error.removeprefix(f"{path}: "))
+                    log.warning("skipping %s", error)
+                    batch_skips.append({"name": path.name, "error": error})
+                    continue
+                for f in got:
+                    records[f.source] = SourceRecord(name=path.name, sha256=digest, time=_iso(f.time))
+                frames.extend(got)
+            skipped.extend(batch_skips)
+            if not frames and not batch_skips:
+                continue
+            if not frames and not output.exists():
+                continue  # nothing to store yet; skips are reported in the summary
+            res = append_frames(
+                output, frames, records, source_name=source, chunks=chunks, compression=compression,
+                skipped_files=batch_skips, history=history,
+            )
+            product = product or (frames[0].product if frames else None)
+            totals.written_times += res.written_times
+            totals.missing_inserted += res.missing_inserted
+            totals.already_present += res.already_present
+            totals.n_time_total = res.n_time_total or totals.n_time_total
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+    seconds = _time.perf_counter() - started
+    if not totals.written_times and not totals.already_present:
+        raise ConversionError(output, f"no frame could be converted from {len(files)} input file(s) "
+                              f"({len(skipped)} skipped as bad); nothing was written.")
+    return {
+        "output": str(output),
+        "source": source,
+        "product": product,
+        "n_inputs": len(files),
+        "n_frames_written": len(totals.written_times),
+        "n_already_present": len(totals.already_present),
+        "n_time_total": totals.n_time_total,
+        "missing_times": totals.missing_inserted,
+        "skipped_files": skipped,
+        "workers": n_workers,
+        "seconds": round(seconds, 3),
+        "frames_per_s": round(len(totals.written_times) / seconds, 2) if seconds > 0 else None,
+    }
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="file", desc="ni-convert", disable=not enabled, leave=False)

@@ -1,0 +1,208 @@
+"""Importer registry: every radar source is read into the same `Frame` record.
+
+`get_importer(name, **options)` is the one entry point; the store writer and
+`convert()` only ever see `Frame` objects, whatever the file format was.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+
+class ConversionError(Exception):
+    """A source file cannot be converted.
+
+    `str(err)` starts with the file path and ends with what to do about it, so a
+    log line or a CLI message is enough to find and fix the file.
+    """
+
+    def __init__(self, path: str | Path, message: str):
+        self.path = Path(path)
+        self.message = message
+        super().__init__(f"{self.path}: {message}")
+
+
+@dataclass(frozen=True, eq=False)
+class GridInfo:
+    """Geometry of one source grid.
+
+    x: (W,) float64 km, projection x of pixel centres, in stored column order.
+    y: (H,) float64 km, projection y of pixel centres, in stored row order.
+    lat, lon: (H, W) float32 degrees WGS84 of pixel centres.
+    proj4: PROJ string of the projection `x`/`y` are expressed in (units km).
+    grid_mapping_name: CF grid-mapping name, e.g. "polar_stereographic".
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+    proj4: str
+    grid_mapping_name: str
+    crs_wkt: str | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.y.size, self.x.size)
+
+    def same_as(self, x: np.ndarray, y: np.ndarray, proj4: str, atol_km: float = 1e-3) -> bool:
+        """True when `x`, `y` (km) and `proj4` describe this grid (to `atol_km`)."""
+        return (
+            x.shape == self.x.shape
+            and y.shape == self.y.shape
+            and np.allclose(x, self.x, atol=atol_km, rtol=0)
+            and np.allclose(y, self.y, atol=atol_km, rtol=0)
+            and " ".join(proj4.split()) == " ".join(self.proj4.split())
+        )
+
+
+@dataclass(eq=False)
+class Frame:
+    """One time step of precipitation from one source file.
+
+    precip: (H, W) float32 mm/h, NaN = no data (outside coverage, clutter, no-data flag).
+    time: numpy.datetime64[ns], UTC, end of the accumulation interval / scan time.
+    accumulation_interval_s: the interval the source value accumulated over, 0 for
+        instantaneous rates or reflectivity.
+    conversion: human-readable description of what turned the source value into mm/h.
+    zr: (a, b) of Z = a * R**b when reflectivity was converted, else None.
+    """
+
+    time: np.datetime64
+    precip: np.ndarray
+    grid: GridInfo
+    product: str
+    accumulation_interval_s: int
+    conversion: str
+    source: Path
+    zr: tuple[float, float] | None = None
+    radar_sites: list[str] = field(default_factory=list)
+
+
+class Importer(Protocol):
+    """Reads one file into one or more frames (a generic NetCDF may hold several times)."""
+
+    name: str
+
+    def read(self, path: str | Path) -> list[Frame]: ...
+
+
+# Registered lazily (module path, class name) so that importing the registry does not
+# import wradlib, pysteps and xarray at once; each is only loaded when asked for.
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "radolan": ("nowcast_infill.io.radolan", "RadolanImporter"),
+    "radolan_ascii": ("nowcast_infill.io.radolan", "RadolanAsciiImporter"),
+    "pysteps": ("nowcast_infill.io.pysteps_source", "PystepsImporter"),
+    "xarray": ("nowcast_infill.io.xarray_source", "XarrayImporter"),
+}
+
+
+def importer_names() -> list[str]:
+    """Valid names for `get_importer`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_importer(name: str, **options) -> Importer:
+    """Build the importer registered as `name` with its `options`.
+
+    Raises ValueError listing the valid names when `name` is unknown, and
+    TypeError naming the importer when an option is not accepted.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"unknown importer {name!r}; valid names are {', '.join(importer_names())} "
+            "(set e.g. source=radolan)."
+        )
+    module_name, class_name = _REGISTRY[name]
+    cls = getattr(importlib.import_module(module_name), class_name)
+    try:
+        return cls(**options)
+    except TypeError as err:
+        raise TypeError(f"importer {name!r}: {err}") from err
+
+
+# ---------------------------------------------------------------- shared helpers
+
+DBZ_TO_MM_H_DEFAULT_ZR = (200.0, 1.6)  # Marshall-Palmer
+
+
+def dbz_to_mm_h(dbz: np.ndarray, a: float, b: float) -> np.ndarray:
+    """Rain rate (mm/h) from reflectivity (dBZ) via Z = a * R**b; NaN stays NaN."""
+    z = np.power(10.0, np.asarray(dbz, dtype=np.float64) / 10.0)
+    return np.power(z / a, 1.0 / b).astype(np.float32)
+
+
+def accumulation_to_mm_h(depth_mm: np.ndarray, interval_s: int) -> np.ndarray:
+    """Mean rate (mm/h) from a depth (mm) accumulated over `interval_s` seconds."""
+    return (np.asarray(depth_mm, dtype=np.float64) * (3600.0 / interval_s)).astype(np.float32)
+
+
+def describe_accumulation(interval_s: int) -> str:
+    """The `conversion` text for an accumulation, e.g. 'mm per 300 s * 12'."""
+    factor = 3600.0 / interval_s
+    factor_text = f"{factor:g}" if factor >= 1 else f"{factor:.6g}"
+    return f"mm per {interval_s} s * {factor_text}"
+
+
+@functools.lru_cache(maxsize=16)
+def _to_wgs84(proj4: str):
+    import pyproj
+
+    return pyproj.Transformer.from_crs(pyproj.CRS.from_user_input(proj4), "EPSG:4326", always_xy=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _grid_cached(x_key: bytes, y_key: bytes, proj4: str) -> GridInfo:
+    import pyproj
+
+    x = np.frombuffer(x_key, dtype=np.float64).copy()
+    y = np.frombuffer(y_key, dtype=np.float64).copy()
+    xx, yy = np.meshgrid(x, y)
+    lon, lat = _to_wgs84(proj4).transform(xx, yy)
+    crs = pyproj.CRS.from_user_input(proj4)
+    try:
+        mapping = crs.to_cf().get("grid_mapping_name", "unknown")
+    except Exception:  # pyproj cannot express every projection in CF terms
+        mapping = "unknown"
+    for arr in (x, y):
+        arr.flags.writeable = False
+    return GridInfo(
+        x=x,
+        y=y,
+        lat=lat.astype(np.float32),
+        lon=lon.astype(np.float32),
+        proj4=proj4,
+        grid_mapping_name=mapping,
+        crs_wkt=crs.to_wkt(),
+    )
+
+
+def make_grid(x_km: np.ndarray, y_km: np.ndarray, proj4: str) -> GridInfo:
+    """GridInfo for pixel-centre coordinates `x_km` (W,), `y_km` (H,) in `proj4` (units km).
+
+    lat/lon are computed once per distinct grid and process (cached), because a
+    conversion reads hundreds of frames on the same grid.
+    """
+    x = np.ascontiguousarray(x_km, dtype=np.float64)
+    y = np.ascontiguousarray(y_km, dtype=np.float64)
+    return _grid_cached(x.tobytes(), y.tobytes(), proj4)
+
+
+def sha256_of(path: str | Path, block: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(block), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+ImporterFactory = Callable[..., Importer]

@@ -1,0 +1,334 @@
+"""Partial-convolution U-Net for radar infilling and nowcasting, in four variants.
+
+``PConvUNet(lstm=False, attention=False)`` is the U-Net of Liu et al. (2018): a stride-2
+partial-convolution encoder (ReLU), nearest upsampling with concatenation of the skip
+features *and their masks*, and a partial-convolution decoder (LeakyReLU 0.2); the input
+frames are stacked as channels, each with its own mask. ``lstm=True`` replaces the
+frame stacking by ConvLSTMs over time (see ``convlstm.py`` for the design),
+``attention=True`` adds an auxiliary-field encoder whose features re-weight the skip
+connections (see ``attention.py``); both together give the combined variant.
+
+Every feature map is 0 outside its mask, so missing input never acts as rain = 0 and
+no gradient reaches hidden input pixels (the inputs are masked once at the entry).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nowcast_infill.models.components.attention import AuxChannelSpatialAttention, AuxEncoder, resize_to_grid
+from nowcast_infill.models.components.convlstm import LSTMState, PartialConvLSTM, PartialConvLSTMCell, anchor_order
+from nowcast_infill.models.components.naive_reference import NaivePartialConv2d
+from nowcast_infill.models.components.partial_conv import PartialConv2d
+
+TASKS = ("infill", "nowcast")
+
+
+def default_kernel_sizes(n_layers: int) -> tuple[int, ...]:
+    """Encoder kernels of Liu et al.: 7 for the first layer, 5 for the next two, then 3."""
+    return tuple(7 if i == 0 else 5 if i < 3 else 3 for i in range(n_layers))
+
+
+class MaskedBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm whose statistics use only valid pixels; the output is 0 outside the mask.
+
+    ``forward(x (B, C, H, W), mask (B, 1 or C, H, W) 0/1) -> (B, C, H, W)``. Statistics are
+    computed in float32 (safe under bf16 autocast). A batch with no valid pixel in a channel
+    leaves that channel's running statistics unchanged.
+    """
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        xf = x.float()
+        m = mask.float()
+        if self.training or not self.track_running_stats:
+            count = m.sum(dim=(0, 2, 3)).expand(self.num_features)
+            denom = count.clamp(min=1.0)
+            mean = (xf * m).sum(dim=(0, 2, 3)) / denom
+            var = ((xf - mean.view(1, -1, 1, 1)).square() * m).sum(dim=(0, 2, 3)) / denom
+            if self.training and self.track_running_stats:
+                with torch.no_grad():
+                    unbiased = var * count / (count - 1).clamp(min=1.0)
+                    seen = count > 1
+                    momentum = 0.1 if self.momentum is None else self.momentum
+                    self.running_mean.copy_(torch.where(seen, torch.lerp(self.running_mean, mean, momentum), self.running_mean))
+                    self.running_var.copy_(torch.where(seen, torch.lerp(self.running_var, unbiased, momentum), self.running_var))
+                    self.num_batches_tracked.add_(1)
+        else:
+            mean, var = self.running_mean, self.running_var
+        scale = torch.rsqrt(var + self.eps)
+        shift = -mean * scale
+        if self.affine:
+            scale = scale * self.weight
+            shift = shift * self.weight + self.bias
+        out = (xf * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)) * m
+        return out.to(x.dtype)
+
+
+class PConvUNet(nn.Module):
+    """Partial-convolution U-Net, optionally with ConvLSTM and auxiliary-field attention.
+
+    Args:
+        in_frames: ``T_in`` input radar frames.
+        out_frames: ``T_out`` output frames (1 for infilling).
+        aux_channels: ``A`` auxiliary fields per frame (0 = none). Without attention they
+            are extra input channels; with attention they feed the auxiliary encoder.
+        lstm: ConvLSTM over time in encoder and decoder instead of frames-as-channels.
+        attention: auxiliary-field channel + spatial attention on the skip connections
+            (needs ``aux_channels > 0``).
+        encoder_channels: width of each stride-2 encoder layer.
+        kernel_sizes: encoder kernels, default :func:`default_kernel_sizes`.
+        extra_pool_layers: further stride-2 layers (kernel 3) at the last width.
+        batch_norm: masked batch norm in all but the first encoder and the output layer.
+        output_floor: lower bound of the output in normalised units (the encoded 0 mm/h,
+            ``Normalizer.floor``); a buffer, see :meth:`set_output_floor`.
+        task: ``"infill"`` (``out_frames == 1``, odd ``in_frames``, the centre frame is the
+            target) or ``"nowcast"`` (the last input frame is the newest); decides the order
+            in which the LSTM reads the frames.
+        decoder_kernel_size: kernel of the decoder layers.
+        aux_encoder_channels: auxiliary encoder widths per level, default
+            ``max(8, c // 4)`` for each encoder width ``c``.
+        naive_partial_conv: build the same network from :class:`NaivePartialConv2d`
+            (full mask convolutions); for tests and benchmarks only.
+
+    ``forward(x, x_mask, aux=None, aux_mask=None)``:
+        x: ``(B, T_in, 1, H, W)`` normalised radar; values where ``x_mask`` is 0 are ignored
+            (they may even be NaN). ``H`` and ``W`` must be divisible by ``2**depth``.
+        x_mask: ``(B, T_in, 1, H, W)`` 1 = observed and valid.
+        aux: ``(B, T_in, A, h, w)`` z-scored auxiliary fields, any ``(h, w)`` (resized to
+            ``(H, W)`` when different); aux_mask: same shape, default all valid.
+        returns: ``(B, T_out, 1, H, W)`` normalised units, ``>= output_floor``
+            (``output_floor + softplus(raw)``: exact bound, and a gradient everywhere, unlike
+            a clamp whose gradient dies below the floor).
+    """
+
+    def __init__(
+        self,
+        in_frames: int,
+        out_frames: int,
+        aux_channels: int = 0,
+        lstm: bool = False,
+        attention: bool = False,
+        encoder_channels: Sequence[int] = (64, 128, 256, 512, 512, 512, 512),
+        kernel_sizes: Sequence[int] | None = None,
+        extra_pool_layers: int = 0,
+        batch_norm: bool = True,
+        output_floor: float = 0.0,
+        task: str = "nowcast",
+        decoder_kernel_size: int = 3,
+        aux_encoder_channels: Sequence[int] | None = None,
+        naive_partial_conv: bool = False,
+    ) -> None:
+        super().__init__()
+        if in_frames < 1 or out_frames < 1:
+            raise ValueError(f"PConvUNet: in_frames={in_frames} and out_frames={out_frames} must be >= 1.")
+        if task not in TASKS:
+            raise ValueError(f"PConvUNet: task={task!r}; choose one of {TASKS}.")
+        if task == "infill" and (out_frames != 1 or in_frames % 2 != 1):
+            raise ValueError(
+                f"PConvUNet: task='infill' needs out_frames=1 and an odd in_frames (2*context+1), "
+                f"got in_frames={in_frames}, out_frames={out_frames}."
+            )
+        if attention and aux_channels < 1:
+            raise ValueError("PConvUNet: attention=True needs aux_channels >= 1 (the attention is driven by aux fields).")
+        if not encoder_channels:
+            raise ValueError("PConvUNet: encoder_channels is empty; give at least one layer width.")
+        kernels = tuple(default_kernel_sizes(len(encoder_channels)) if kernel_sizes is None else kernel_sizes)
+        if len(kernels) != len(encoder_channels):
+            raise ValueError(
+                f"PConvUNet: kernel_sizes {kernels} must have one entry per encoder_channels {tuple(encoder_channels)}."
+            )
+        self.in_frames, self.out_frames, self.aux_channels = in_frames, out_frames, aux_channels
+        self.lstm, self.attention, self.task, self.batch_norm = lstm, attention, task, batch_norm
+        self.anchor = in_frames // 2 if task == "infill" else in_frames - 1
+        widths = (*encoder_channels, *(encoder_channels[-1],) * extra_pool_layers)
+        kernels = (*kernels, *(3,) * extra_pool_layers)
+        self.depth = len(widths)
+        conv = NaivePartialConv2d if naive_partial_conv else PartialConv2d
+        self.conv_cls = conv
+
+        stacked_aux = 0 if attention else aux_channels
+        # Raw input channels: per frame (lstm) or all frames stacked, each channel its own mask.
+        self.input_channels = (1 + stacked_aux) * (1 if lstm else in_frames)
+        levels = (self.input_channels, *widths)
+
+        self.encoder = nn.ModuleList(
+            conv(
+                levels[i], levels[i + 1], kernels[i], stride=2,
+                mask_groups=(1,) * levels[0] if i == 0 else None, input_is_masked=True,
+            )
+            for i in range(self.depth)
+        )
+        self.encoder_norm = nn.ModuleList(
+            MaskedBatchNorm2d(levels[i + 1]) if batch_norm and i > 0 else nn.Identity() for i in range(self.depth)
+        )
+        if lstm:
+            self.encoder_lstm = nn.ModuleList(PartialConvLSTM(w, w, 3, conv_cls=conv) for w in widths)
+            # Decoder level i (resolution H / 2**(i-1)) is a cell seeded by encoder level i-1.
+            self.decoder_cells = nn.ModuleList(
+                PartialConvLSTMCell(levels[i] + levels[i - 1], levels[i - 1], decoder_kernel_size,
+                                    input_mask_groups=(levels[i], levels[i - 1]), conv_cls=conv)
+                for i in range(self.depth, 1, -1)
+            )
+            head_out = 1
+        else:
+            self.decoder = nn.ModuleList(
+                conv(levels[i] + levels[i - 1], levels[i - 1], decoder_kernel_size,
+                     mask_groups=(levels[i], levels[i - 1]), input_is_masked=True)
+                for i in range(self.depth, 1, -1)
+            )
+            self.decoder_norm = nn.ModuleList(
+                MaskedBatchNorm2d(levels[i - 1]) if batch_norm else nn.Identity() for i in range(self.depth, 1, -1)
+            )
+            head_out = out_frames
+        self.head = conv(
+            levels[1] + levels[0], head_out, decoder_kernel_size,
+            mask_groups=(levels[1], *(1,) * levels[0]), input_is_masked=True,
+        )
+        if attention:
+            aux_widths = tuple(
+                max(8, w // 4) for w in widths) if aux_encoder_channels is None else tuple(aux_encoder_channels)
+            if len(aux_widths) != self.depth:
+                raise ValueError(
+                    f"PConvUNet: aux_encoder_channels {aux_widths} needs one width per level ({self.depth})."
+                )
+            self.aux_encoder = AuxEncoder(in_frames * aux_channels, aux_widths, conv_cls=conv)
+            self.skip_attention = nn.ModuleList(
+                AuxChannelSpatialAttention(w, a, conv_cls=conv) for w, a in zip(widths, aux_widths)
+            )
+        self.register_buffer("output_floor", torch.tensor(float(output_floor)))
+
+    def set_output_floor(self, value: float) -> None:
+        """Set the lower output bound (normalised units), e.g. to ``Normalizer.floor``."""
+        self.output_floor.fill_(float(value))
+
+    # -- input handling -------------------------------------------------------------
+    def _check_inputs(self, x, x_mask, aux, aux_mask) -> None:
+        if x.dim() != 5 or x.shape[1] != self.in_frames or x.shape[2] != 1:
+            raise ValueError(
+                f"PConvUNet: x has shape {tuple(x.shape)}, expected (B, T_in={self.in_frames}, 1, H, W)."
+            )
+        if x_mask.shape != x.shape:
+            raise ValueError(f"PConvUNet: x_mask shape {tuple(x_mask.shape)} differs from x shape {tuple(x.shape)}.")
+        h, w = x.shape[-2:]
+        step = 2**self.depth
+        if h % step or w % step:
+            raise ValueError(
+                f"PConvUNet: the grid {h}x{w} is not divisible by 2**depth = {step} (depth {self.depth}); "
+                f"crop or pad the domain to a multiple of {step}, or use fewer encoder layers."
+            )
+        if self.aux_channels:
+            if aux is None:
+                raise ValueError(f"PConvUNet: built with aux_channels={self.aux_channels} but no aux was given.")
+            if aux.dim() != 5 or aux.shape[:3] != (x.shape[0], self.in_frames, self.aux_channels):
+                raise ValueError(
+                    f"PConvUNet: aux has shape {tuple(aux.shape)}, expected "
+                    f"(B={x.shape[0]}, T_in={self.in_frames}, A={self.aux_channels}, h, w)."
+                )
+            if aux_mask is not None and aux_mask.shape != aux.shape:
+                raise ValueError(f"PConvUNet: aux_mask shape {tuple(aux_mask.shape)} differs from aux {tuple(aux.shape)}.")
+        elif aux is not None:
+            raise ValueError(
+                f"PConvUNet: got aux with shape {tuple(aux.shape)} but the network was built with aux_channels=0."
+            )
+
+    @staticmethod
+    def _masked(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # where() rather than a product: hidden values may be NaN, and they get no gradient.
+        mask = (mask > 0).to(values.dtype)
+        return torch.where(mask > 0, values, torch.zeros_like(values)), mask
+
+    # -- forward --------------------------------------------------------------------
+    def forward(
+        self,
+        x: torch.Tensor,
+        x_mask: torch.Tensor,
+        aux: torch.Tensor | None = None,
+        aux_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        self._check_inputs(x, x_mask, aux, aux_mask)
+        b, t_in, _, h, w = x.shape
+        x, x_mask = self._masked(x, x_mask)
+        frames, frame_masks = x, x_mask  # (B, T_in, C_frame, H, W)
+        aux_levels = None
+        if aux is not None:
+            aux_mask = torch.ones_like(aux) if aux_mask is None else aux_mask
+            aux, aux_mask = self._masked(aux.to(x.dtype), aux_mask)
+            if self.attention:
+                aux_levels = self.aux_encoder(aux.flatten(1, 2), aux_mask.flatten(1, 2), (h, w))
+            else:
+                aux_grid, aux_grid_mask = resize_to_grid(aux.flatten(0, 1), aux_mask.flatten(0, 1), (h, w))
+                frames = torch.cat([x, aux_grid.unflatten(0, (b, t_in))], dim=2)
+                frame_masks = torch.cat([x_mask, aux_grid_mask.unflatten(0, (b, t_in))], dim=2)
+        if self.lstm:
+            raw = self._forward_lstm(frames, frame_masks, aux_levels)
+        else:
+            raw = self._forward_stacked(frames.flatten(1, 2), frame_masks.flatten(1, 2), aux_levels)
+        out = self.output_floor + F.softplus(raw.float())
+        return out.reshape(b, self.out_frames, 1, h, w)
+
+    def _attend(self, level: int, feat, mask, aux_levels):
+        if aux_levels is None:
+            return feat
+        aux_feat, aux_mask = aux_levels[level]
+        return self.skip_attention[level](feat, mask, aux_feat.to(feat.dtype), aux_mask)
+
+    def _encode_layer(self, i: int, feat: torch.Tensor, mask: torch.Tensor):
+        feat, mask = self.encoder[i](feat, mask)
+        if isinstance(self.encoder_norm[i], MaskedBatchNorm2d):
+            feat = self.encoder_norm[i](feat, mask)
+        return F.relu(feat), mask
+
+    def _forward_stacked(self, inp, inp_mask, aux_levels) -> torch.Tensor:
+        """inp: (B, C_in, H, W) frames (+ aux) stacked as channels -> (B, T_out, H, W) raw output."""
+        skips = [(inp, inp_mask)]
+        feat, mask = inp, inp_mask
+        for i in range(self.depth):
+            feat, mask = self._encode_layer(i, feat, mask)
+            skips.append((self._attend(i, feat, mask, aux_levels), mask))
+        feat, mask = skips.pop()
+        for layer, norm in zip(self.decoder, self.decoder_norm):
+            skip, skip_mask = skips.pop()
+            feat, mask = layer(*self._up_and_cat(feat, mask, skip, skip_mask))
+            if isinstance(norm, MaskedBatchNorm2d):
+                feat = norm(feat, mask)
+            feat = F.leaky_relu(feat, 0.2)
+        skip, skip_mask = skips.pop()
+        out, _ = self.head(*self._up_and_cat(feat, mask, skip, skip_mask))
+        return out
+
+    @staticmethod
+    def _up_and_cat(feat, mask, skip, skip_mask):
+        feat = F.interpolate(feat, scale_factor=2, mode="nearest")
+        mask = F.interpolate(mask, scale_factor=2, mode="nearest")
+        return torch.cat([feat, skip.to(feat.dtype)], dim=1), torch.cat([mask, skip_mask.to(mask.dtype)], dim=1)
+
+    def _forward_lstm(self, frames, frame_masks, aux_levels) -> torch.Tensor:
+        """frames: (B, T_in, C_frame, H, W) -> (B, T_out, H, W) raw output."""
+        order = anchor_order(self.in_frames, self.anchor)
+        seq, seq_mask = frames[:, order], frame_masks[:, order]
+        b, t = seq.shape[:2]
+        skips: list[tuple[torch.Tensor, torch.Tensor]] = [(frames[:, self.anchor], frame_masks[:, self.anchor])]
+        states: list[LSTMState] = []
+        for i in range(self.depth):
+            feat, mask = self._encode_layer(i, seq.flatten(0, 1), seq_mask.flatten(0, 1))
+            seq, seq_mask, state = self.encoder_lstm[i](feat.unflatten(0, (b, t)), mask.unflatten(0, (b, t)))
+            states.append(state)
+            skips.append((self._attend(i, state.h, state.mask, aux_levels), state.mask))
+        bottom, bottom_mask = skips[-1]
+        # decoder_cells[j] works at encoder level depth-1-j and starts from that level's state.
+        decoder_states = [states[self.depth - 2 - j] for j in range(len(self.decoder_cells))]
+        outputs = []
+        for _ in range(self.out_frames):
+            feat, mask = bottom, bottom_mask
+            for j, cell in enumerate(self.decoder_cells):
+                skip, skip_mask = skips[self.depth - 1 - j]
+                state = cell(*self._up_and_cat(feat, mask, skip, skip_mask), decoder_states[j])
+                decoder_states[j] = state
+                feat, mask = state.h, state.mask
+            out, _ = self.head(*self._up_and_cat(feat, mask, *skips[0]))
+            outputs.append(out)
+        return torch.cat(outputs, dim=1)

@@ -1,0 +1,485 @@
+"""LightningModules: one base for both tasks and all four variants, and a wrapper for baselines.
+
+`RadarModule` builds its network, loss and metrics in three hooks (`configure_models`,
+`configure_losses`, `configure_metrics`) from plain config dicts it saves as hyperparameters,
+so `RadarModule.load_from_checkpoint(path)` rebuilds the same network without Hydra.
+
+Tasks (tensors follow docs/schema.md § Samples, batched to `(B, T, C, H, W)`):
+
+* `infill`: the network sees `T_in = 2*context+1` frames; the target frame (index `context`)
+  has holes. The answer is a composite: the observation where the target frame's `x_mask` is 1,
+  the network where it is 0. Metrics are scored on `hole` pixels.
+* `nowcast`: the network predicts `T_out` future frames; loss and metrics use `y_valid` pixels,
+  metrics per lead time.
+
+Metrics are computed in mm/h: predictions and truth are decoded with the DataModule's
+normaliser, so numbers compare across normalisers and with the baselines.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+
+from nowcast_infill.utils.instantiate import split_reserved, to_plain
+from nowcast_infill.utils.logging import get_logger
+from nowcast_infill.utils.lr import global_batch_size, scaled_learning_rate
+
+log = get_logger(__name__)
+
+TASKS = ("infill", "nowcast")
+STAGES = ("val", "test")
+# Keys of the optimizer/scheduler nodes that the framework reads; the rest go to the target.
+OPTIMIZER_RESERVED = {"lr_scaling": "none", "reference_global_batch": None}
+SCHEDULER_RESERVED = {"interval": "step", "frequency": 1, "monitor": "val/loss"}
+DEFAULT_METRICS = {"thresholds": [0.1, 1.0, 5.0, 10.0], "fss_scales": [1, 5, 11]}
+
+
+class RadarModule(L.LightningModule):
+    """Base LightningModule for radar infilling and nowcasting.
+
+    Args:
+        net: config of the network, a (partial) `_target_` node such as
+            `PConvUNet(lstm=..., attention=..., encoder_channels=...)`; the module completes it
+            with `in_frames`, `out_frames`, `aux_channels`.
+        task: `infill` or `nowcast`.
+        in_frames: `T_in` (infill: `2*context+1`; nowcast: `past`).
+        out_frames: `T_out` (infill: 1; nowcast: `future`).
+        aux_channels: number of auxiliary fields `A` the network receives (0 = none).
+        loss: keyword arguments of `nowcast_infill.models.losses.get_loss` (`name` + options).
+        optimizer: partial `_target_` node of a torch optimiser plus `lr_scaling`
+            (`linear`|`none`) and `reference_global_batch` (the global batch `lr` was tuned at).
+        scheduler: partial `_target_` node of a scheduler (called with the optimiser, and with
+            `total_steps` when it accepts it) plus Lightning's `interval`, `frequency`,
+            `monitor`; null for a constant learning rate.
+        metrics: `RadarMetrics` options (`thresholds` mm/h, `fss_scales` pixels).
+        n_log_images: how many test samples are drawn as figures and sent to the logger.
+        name: variant label (`baseline`, `lstm`, ...) used in tables and run names.
+    """
+
+    def __init__(
+        self,
+        net: Mapping | None = None,
+        task: str = "infill",
+        in_frames: int = 1,
+        out_frames: int = 1,
+        aux_channels: int = 0,
+        loss: Mapping | None = None,
+        optimizer: Mapping | None = None,
+        scheduler: Mapping | None = None,
+        metrics: Mapping | None = None,
+        n_log_images: int = 2,
+        name: str = "radar",
+    ) -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"model.task={task!r} is not one of {TASKS}; set task=infill or task=nowcast.")
+        if task == "infill" and (in_frames % 2 != 1 or out_frames != 1):
+            raise ValueError(
+                f"task=infill needs an odd in_frames (2*context+1) and out_frames=1, got in_frames={in_frames}, "
+                f"out_frames={out_frames}; check task.in_frames/task.out_frames."
+            )
+        self.save_hyperparameters(
+            {
+                "net": to_plain(net),
+                "task": task,
+                "in_frames": int(in_frames),
+                "out_frames": int(out_frames),
+                "aux_channels": int(aux_channels),
+                "loss": to_plain(loss),
+                "optimizer": to_plain(optimizer),
+                "scheduler": to_plain(scheduler),
+                "metrics": to_plain(metrics),
+                "n_log_images": int(n_log_images),
+                "name": str(name),
+            }
+        )
+        self.configure_models()
+        self.configure_losses()
+        self.configure_metrics()
+        self._figure_batches: list[dict[str, torch.Tensor]] = []
+        # Per stage: scored pixels, and pixels a method left without an answer (see _update_metrics).
+        self._scored: dict[str, int] = {}
+        self._unscored: dict[str, int] = {}
+
+    # ----------------------------------------------------------------- hooks
+    def configure_models(self) -> None:
+        """Build `self.net` from `hparams.net`, completed with the frame and aux counts."""
+        node = dict(self.hparams.net or {})
+        if "_target_" not in node:
+            raise ValueError("model.net has no _target_; point it at a network class such as PConvUNet.")
+        node.pop("_partial_", None)
+        self.net = hydra.utils.instantiate(
+            node,
+            in_frames=self.hparams.in_frames,
+            out_frames=self.hparams.out_frames,
+            aux_channels=self.hparams.aux_channels,
+            task=self.hparams.task,
+        )
+
+    def configure_losses(self) -> None:
+        """Build `self.criterion` with `get_loss(**hparams.loss)`."""
+        from nowcast_infill.models.losses import get_loss
+
+        spec = dict(self.hparams.loss or {})
+        if "name" not in spec:
+            raise ValueError("model.loss has no 'name'; e.g. loss: {name: infill, preset: liu} or {name: nowcast, kind: mse}.")
+        self.criterion = get_loss(**spec)
+
+    def configure_metrics(self) -> None:
+        """One `RadarMetrics` per evaluation stage, cloned from the same template."""
+        from nowcast_infill.metrics.radar_metrics import RadarMetrics
+
+        options = {**DEFAULT_METRICS, **(self.hparams.metrics or {})}
+        template = RadarMetrics(
+            thresholds=tuple(options["thresholds"]),
+            fss_scales=tuple(options["fss_scales"]),
+            n_leads=self.hparams.out_frames,
+        )
+        # ModuleDict so the metric states move with the module to the device.
+        self.stage_metrics = torch.nn.ModuleDict({stage: template.clone() for stage in STAGES})
+
+    # --------------------------------------------------------- data coupling
+    def attach_normalizer(self, normalizer) -> None:
+        """Use `normalizer` when no Trainer/DataModule is attached (inference, scripts, tests)."""
+        self._attached_normalizer = normalizer
+
+    @property
+    def normalizer(self):
+        """The DataModule's normaliser (restored from the checkpoint when one is loaded), else the
+        one given to `attach_normalizer`."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        normalizer = getattr(datamodule, "normalizer", None) or self.__dict__.get("_attached_normalizer")
+        if normalizer is None:
+            raise RuntimeError(
+                "RadarModule needs a RadarDataModule with a fitted `normalizer` (metrics are in mm/h); "
+                "pass datamodule=... to trainer.fit/test."
+            )
+        return normalizer
+
+    def _sync_with_datamodule(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            return
+        for name in ("in_frames", "out_frames"):
+            have = getattr(datamodule, name, None)
+            if have is not None and int(have) != self.hparams[name]:
+                raise ValueError(
+                    f"model.{name}={self.hparams[name]} but the DataModule yields {name}={have}; "
+                    f"they come from task.{name}: override task, not one of them."
+                )
+        aux_names = list(getattr(datamodule, "aux_names", None) or [])
+        if len(aux_names) != self.hparams.aux_channels:
+            raise ValueError(
+                f"model.aux_channels={self.hparams.aux_channels} but the DataModule yields {len(aux_names)} "
+                f"auxiliary fields {aux_names}; set model.aux_channels={len(aux_names)} or change the data's aux list."
+            )
+        normalizer = getattr(datamodule, "normalizer", None)
+        if normalizer is None:
+            return
+        if hasattr(self.net, "set_output_floor"):
+            self.net.set_output_floor(float(normalizer.floor))
+        if hasattr(self.criterion, "set_decoder"):
+            self.criterion.set_decoder(normalizer.decode)
+
+    def setup(self, stage: str) -> None:
+        self._sync_with_datamodule()
+
+    # The DataModule's state (its normaliser) is restored from a checkpoint after `setup`, so the
+    # floor and decoder are synced again once the loop starts.
+    def on_fit_start(self) -> None:
+        self._sync_with_datamodule()
+
+    def on_test_start(self) -> None:
+        self._sync_with_datamodule()
+
+    def on_validation_start(self) -> None:
+        self._sync_with_datamodule()
+
+    # -------------------------------------------------------------- forward
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Raw network output `(B, T_out, 1, H, W)`, normalised units (>= floor)."""
+        return self.net(batch["x"], batch["x_mask"], batch.get("aux"), batch.get("aux_mask"))
+
+    def compose(self, raw: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Final answer in normalised units `(B, T_out, 1, H, W)`.
+
+        Infill: observed values where the target frame is observed, the network elsewhere.
+        Nowcast: the network output.
+        """
+        if self.hparams.task != "infill":
+            return raw
+        c = self.hparams.in_frames // 2
+        observed = batch["x_mask"][:, c : c + 1]
+        return observed * batch["x"][:, c : c + 1] + (1.0 - observed) * raw
+
+    def predict_mm_h(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Final answer decoded to mm/h, `(B, T_out, 1, H, W)`."""
+        return self.normalizer.decode(self.compose(self(batch), batch))
+
+    def score_mask(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """0/1 `(B, T_out, 1, H, W)`: hole pixels (infill) or valid target pixels (nowcast)."""
+        return batch["hole"] if self.hparams.task == "infill" else batch["y_valid"]
+
+    # ------------------------------------------------------------- the loop
+    def training_step(self, batch, batch_idx):
+        raw = self(batch)
+        total, terms = self.criterion(raw, batch)
+        if not torch.isfinite(total):
+            raise FloatingPointError(
+                f"training loss is {total.item()} at step {self.global_step} (terms: "
+                f"{ {k: float(v) for k, v in terms.items()} }); lower optimizer.lr or check the input data."
+            )
+        batch_size = batch["x"].shape[0]
+        self.log("train/loss", total, prog_bar=True, batch_size=batch_size, sync_dist=False)
+        for name, value in terms.items():
+            self.log(f"train/loss_{name}", value, batch_size=batch_size)
+        return total
+
+    def validation_step(self, batch, batch_idx):
+        raw = self(batch)
+        total, _ = self.criterion(raw, batch)
+        self.log("val/loss", total, prog_bar=True, batch_size=batch["x"].shape[0], sync_dist=True)
+        self._update_metrics("val", self.normalizer.decode(self.compose(raw, batch)), batch)
+
+    def test_step(self, batch, batch_idx):
+        self._update_metrics("test", self.predict_mm_h(batch), batch)
+        self._keep_for_figures(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+        self._log_figures("test")
+
+    def _update_metrics(self, stage: str, pred_mm_h: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> None:
+        target_mm_h = self.normalizer.decode(batch["y"])
+        mask = self.score_mask(batch)
+        unscored = (mask > 0) & ~torch.isfinite(pred_mm_h)
+        if unscored.any():
+            # A method that cannot answer a pixel (e.g. extrapolation from outside the domain) is
+            # not scored there; the count is logged so the comparison stays honest.
+            self._unscored[stage] = self._unscored.get(stage, 0) + int(unscored.sum())
+            mask = mask * (~unscored).to(mask.dtype)
+            pred_mm_h = torch.nan_to_num(pred_mm_h, nan=0.0)
+        self._scored[stage] = self._scored.get(stage, 0) + int((mask > 0).sum())
+        self.stage_metrics[stage].update(pred_mm_h, target_mm_h, mask)
+
+    def _log_metrics(self, stage: str) -> None:
+        metric = self.stage_metrics[stage]
+        values = metric.compute()
+        for name, value in values.items():
+            # RadarMetrics already reduced its sum/count states over ranks.
+            self.log(f"{stage}/{name}", value, sync_dist=False, rank_zero_only=False)
+        unscored = self._unscored.pop(stage, 0)
+        scored = self._scored.pop(stage, 0)
+        if unscored:
+            log.warning(f"{stage}: {unscored} scored pixels had no prediction and were not scored ({scored} were).")
+        self.log(f"{stage}/unscored_pixels", float(unscored), sync_dist=True, reduce_fx="sum")
+        metric.reset()
+
+    # --------------------------------------------------------------- figures
+    def _keep_for_figures(self, batch: Mapping[str, torch.Tensor]) -> None:
+        have = sum(b["x"].shape[0] for b in self._figure_batches)
+        need = self.hparams.n_log_images - have
+        if need <= 0:
+            return
+        pred = self.predict_mm_h(batch)[:need]
+        kept = {k: v[:need].detach().cpu() for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        kept["pred_mm_h"] = pred.detach().cpu()
+        self._figure_batches.append(kept)
+
+    def figures(self) -> list[tuple[str, Any]]:
+        """(name, matplotlib Figure) for the kept test samples; empties the buffer."""
+        from nowcast_infill.utils.plotting import infill_panel, nowcast_strip
+
+        out = []
+        normalizer = self.normalizer
+        index = 0
+        for kept in self._figure_batches:
+            for i in range(kept["x"].shape[0]):
+                x_mm_h = normalizer.decode(kept["x"][i]).numpy()
+                y_mm_h = normalizer.decode(kept["y"][i]).numpy()
+                pred = kept["pred_mm_h"][i].numpy()
+                if self.hparams.task == "infill":
+                    c = self.hparams.in_frames // 2
+                    fig = infill_panel(
+                        x_mm_h[c, 0], kept["x_mask"][i, c, 0].numpy(), y_mm_h[0, 0],
+                        kept["y_valid"][i, 0, 0].numpy(), pred[0, 0], kept["hole"][i, 0, 0].numpy(),
+                    )
+                else:
+                    fig = nowcast_strip(
+                        x_mm_h[:, 0], kept["x_mask"][i, :, 0].numpy(), y_mm_h[:, 0],
+                        kept["y_valid"][i, :, 0].numpy(), pred[:, 0],
+                    )
+                out.append((f"{self.hparams.task}_sample{index}", fig))
+                index += 1
+        self._figure_batches = []
+        return out
+
+    def _log_figures(self, stage: str) -> None:
+        from nowcast_infill.utils.plotting import log_figure
+
+        if self.trainer.global_rank != 0:
+            self._figure_batches = []
+            return
+        self.test_figures = self.figures()
+        for name, fig in self.test_figures:
+            for logger in self.loggers:
+                log_figure(logger, f"{stage}/{name}", fig, step=self.global_step)
+
+    # ------------------------------------------------------------ optimiser
+    def global_batch(self) -> int:
+        """Per-device batch x devices x nodes x accumulation of the attached Trainer."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        per_device = getattr(datamodule, "batch_size", None)
+        if per_device is None:
+            per_device = getattr(getattr(datamodule, "hparams", {}), "batch_size", None)
+        if per_device is None:
+            raise ValueError("cannot read the per-device batch size: the DataModule has no `batch_size`.")
+        return global_batch_size(
+            per_device, self.trainer.num_devices, self.trainer.num_nodes, self.trainer.accumulate_grad_batches
+        )
+
+    def configure_optimizers(self):
+        kwargs, ours = split_reserved(self.hparams.optimizer or {}, OPTIMIZER_RESERVED)
+        if "_target_" not in kwargs:
+            raise ValueError("model.optimizer has no _target_; e.g. torch.optim.AdamW with _partial_: true.")
+        kwargs.pop("_partial_", None)
+        if ours["lr_scaling"] != "none":
+            if "lr" not in kwargs:
+                raise ValueError("optimizer.lr_scaling needs optimizer.lr to scale.")
+            reference = ours["reference_global_batch"]
+            global_batch = self.global_batch()
+            lr = scaled_learning_rate(kwargs["lr"], global_batch, reference or global_batch, ours["lr_scaling"])
+            if lr != kwargs["lr"]:
+                log.info(
+                    f"lr scaled {ours['lr_scaling']}: {kwargs['lr']:g} x {global_batch}/{reference} = {lr:g} "
+                    f"(optimizer.lr_scaling=none switches this off)"
+                )
+            kwargs["lr"] = lr
+        optimizer = hydra.utils.instantiate(kwargs, params=self.parameters())
+        if not self.hparams.scheduler:
+            return optimizer
+        sched_kwargs, lightning_keys = split_reserved(self.hparams.scheduler, SCHEDULER_RESERVED)
+        sched_kwargs.pop("_partial_", None)
+        target = hydra.utils.get_method(sched_kwargs["_target_"]) if "_target_" in sched_kwargs else None
+        if target is None:
+            raise ValueError("model.scheduler has no _target_; use null for a constant learning rate.")
+        accepts = inspect.signature(target).parameters
+        if "total_steps" in accepts and "total_steps" not in sched_kwargs:
+            sched_kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = hydra.utils.instantiate(sched_kwargs, optimizer=optimizer)
+        config = {"scheduler": scheduler, "interval": lightning_keys["interval"], "frequency": lightning_keys["frequency"]}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = lightning_keys["monitor"]
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+class BaselineModule(RadarModule):
+    """A classical method (`get_baseline(name)`) scored by the same metrics path as the networks.
+
+    It has no parameters and is never trained: `trainer.test(BaselineModule(...), datamodule)`.
+    The baseline sees each sample's input in mm/h with NaN where `x_mask` is 0.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        task: str = "infill",
+        in_frames: int = 1,
+        out_frames: int = 1,
+        options: Mapping | None = None,
+        metrics: Mapping | None = None,
+        n_log_images: int = 2,
+        aux_channels: int = 0,
+    ) -> None:
+        self._baseline_spec = {"name": name, "options": to_plain(options) or {}}
+        super().__init__(
+            net={"_target_": "nowcast_infill.baselines.get_baseline"},
+            task=task,
+            in_frames=in_frames,
+            out_frames=out_frames,
+            aux_channels=aux_channels,
+            metrics=metrics,
+            n_log_images=n_log_images,
+        )
+        # Replaces the base hparams: a baseline is rebuilt from its name, not from a network config.
+        self.save_hyperparameters(
+            {
+                "name": name,
+                "options": self._baseline_spec["options"],
+                "task": task,
+                "in_frames": int(in_frames),
+                "out_frames": int(out_frames),
+                "aux_channels": int(aux_channels),
+                "metrics": to_plain(metrics),
+                "n_log_images": int(n_log_images),
+            }
+        )
+
+    def configure_models(self) -> None:
+        from nowcast_infill.baselines import baseline_task, get_baseline
+
+        name, options = self._baseline_spec["name"], dict(self._baseline_spec["options"])
+        if baseline_task(name) != self.hparams.task:
+            raise ValueError(f"baseline {name!r} is a {baseline_task(name)} method but task={self.hparams.task}; set task={baseline_task(name)}.")
+        if self.hparams.task == "nowcast":
+            options.setdefault("n_leads", self.hparams.out_frames)
+        self.baseline = get_baseline(name, **options)
+        self.net = None
+
+    def configure_losses(self) -> None:
+        self.criterion = None
+
+    def _sync_with_datamodule(self) -> None:
+        # Baselines ignore auxiliary fields, so only the frame counts must agree.
+        datamodule = getattr(self.trainer, "datamodule", None)
+        for name in ("in_frames", "out_frames"):
+            have = getattr(datamodule, name, None)
+            if have is not None and int(have) != self.hparams[name]:
+                raise ValueError(f"baseline {name}={self.hparams[name]} but the DataModule yields {have}; set task.{name}.")
+
+    def predict_mm_h(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """`(B, T_out, 1, H, W)` mm/h; infill keeps observed pixels of the target frame."""
+        x_mm_h = self.normalizer.decode(batch["x"]).masked_fill(batch["x_mask"] == 0, float("nan"))
+        x_np = x_mm_h[:, :, 0].detach().cpu().numpy()
+        # Infill baselines solve only the scored hole pixels of the target frame (they are never
+        # told the truth's values); other missing pixels stay NaN and are not scored.
+        fill_masks = (batch["hole"][:, 0, 0] > 0).cpu().numpy() if self.hparams.task == "infill" else None
+        outputs = []
+        for i, sample in enumerate(x_np):
+            if fill_masks is not None:
+                out = self.baseline(sample, fill_mask=fill_masks[i])
+            else:
+                out = self.baseline(sample)
+            if out.shape != (self.hparams.out_frames, *sample.shape[1:]):
+                raise ValueError(
+                    f"baseline {self._baseline_spec['name']!r} returned shape {out.shape}, expected "
+                    f"{(self.hparams.out_frames, *sample.shape[1:])} (T_out, H, W)."
+                )
+            outputs.append(torch.as_tensor(out, dtype=batch["x"].dtype))
+        pred = torch.stack(outputs)[:, :, None].to(batch["x"].device)
+        if self.hparams.task == "infill":
+            c = self.hparams.in_frames // 2
+            observed = batch["x_mask"][:, c : c + 1] > 0
+            pred = torch.where(observed, x_mm_h[:, c : c + 1], pred)
+        return pred
+
+    def forward(self, batch):
+        return self.predict_mm_h(batch)
+
+    def training_step(self, batch, batch_idx):
+        raise RuntimeError("a BaselineModule is not trained; run `ni-eval model=<baseline>` (trainer.test).")
+
+    def validation_step(self, batch, batch_idx):
+        self._update_metrics("val", self.predict_mm_h(batch), batch)
+
+    def configure_optimizers(self):
+        raise RuntimeError("a BaselineModule has no parameters to optimise; use trainer.test, not trainer.fit.")

@@ -1,0 +1,86 @@
+"""Config helpers: OmegaConf resolvers, the job-wide run id, printing/saving the config tree."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from nowcast_infill.utils.logging import current_rank, rank_zero_print
+
+_RUN_ID_ENV = ("NI_RUN_ID", "SLURM_ARRAY_JOB_ID", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID")
+
+
+def run_id() -> str:
+    """An id that every rank of one job agrees on, used to name the run directory.
+
+    Under `srun` every rank sees the same SLURM_JOB_ID (array jobs: job id + task id); under
+    `torchrun` every node gets the same TORCHELASTIC_RUN_ID (`--rdzv-id`). Without a launcher a
+    timestamp is taken and exported as NI_RUN_ID, so processes that Lightning's DDP launcher
+    spawns from this one inherit it instead of reading the clock a second later.
+    """
+    for name in _RUN_ID_ENV:
+        value = os.environ.get(name, "")
+        if value and value != "none":
+            if name == "SLURM_ARRAY_JOB_ID" and os.environ.get("SLURM_ARRAY_TASK_ID"):
+                value = f"{value}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+            return value
+    value = time.strftime("%Y-%m-%d_%H-%M-%S")
+    if current_rank() == 0:
+        os.environ["NI_RUN_ID"] = value
+    return value
+
+
+def _first_int(*names: str, default: int = 1) -> int:
+    for name in names:
+        value = os.environ.get(name, "")
+        # Slurm writes repeated counts as "2(x3)"; the leading number is the per-node count.
+        digits = value.split("(")[0].split(",")[0]
+        if digits.isdigit():
+            return int(digits)
+    return default
+
+
+def num_nodes() -> int:
+    """Nodes of this job: Slurm's allocation, else torchrun's WORLD_SIZE / LOCAL_WORLD_SIZE, else 1."""
+    if os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES"):
+        return _first_int("SLURM_JOB_NUM_NODES", "SLURM_NNODES")
+    world, local = _first_int("WORLD_SIZE", default=0), _first_int("LOCAL_WORLD_SIZE", default=0)
+    return max(world // local, 1) if world and local else 1
+
+
+def devices_per_node() -> int:
+    """Processes (devices) per node: Slurm's tasks per node, else torchrun's LOCAL_WORLD_SIZE, else 1."""
+    return _first_int("SLURM_NTASKS_PER_NODE", "SLURM_TASKS_PER_NODE", "LOCAL_WORLD_SIZE")
+
+
+def register_resolvers() -> None:
+    """Register `${ni.run_id:}`, `${ni.num_nodes:}`, `${ni.devices_per_node:}` (idempotent)."""
+    if not OmegaConf.has_resolver("ni.run_id"):
+        # use_cache: one value per process even if the config is resolved several times
+        OmegaConf.register_new_resolver("ni.run_id", run_id, use_cache=True)
+    if not OmegaConf.has_resolver("ni.num_nodes"):
+        OmegaConf.register_new_resolver("ni.num_nodes", num_nodes)
+    if not OmegaConf.has_resolver("ni.devices_per_node"):
+        OmegaConf.register_new_resolver("ni.devices_per_node", devices_per_node)
+
+
+def print_config_tree(cfg: DictConfig, save_to: str | Path | None = None, resolve: bool = True) -> str:
+    """Print the full composed config, one block per top-level group, on rank 0; save it as YAML.
+
+    Returns the printed text (on every rank) so callers can log it elsewhere.
+    """
+    container = OmegaConf.to_container(cfg, resolve=resolve, throw_on_missing=False)
+    blocks = []
+    for key, value in container.items():
+        body = OmegaConf.to_yaml(OmegaConf.create({key: value})) if isinstance(value, (dict, list)) else f"{key}: {value}\n"
+        blocks.append(body)
+    text = "".join(blocks)
+    rank_zero_print("----- configuration -----\n" + text + "-------------------------")
+    if save_to is not None and current_rank() == 0:
+        path = Path(save_to)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(OmegaConf.to_yaml(OmegaConf.create(container)))
+    return text

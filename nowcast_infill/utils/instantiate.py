@@ -1,0 +1,56 @@
+"""Instantiation helpers for config nodes that carry keys meant for us, not for the target."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+
+def to_plain(node: Any) -> Any:
+    """DictConfig/ListConfig -> resolved plain dict/list (checkpoint-safe); other values unchanged."""
+    if isinstance(node, (DictConfig,)) or OmegaConf.is_list(node):
+        return OmegaConf.to_container(node, resolve=True)
+    if isinstance(node, Mapping):
+        return {k: to_plain(v) for k, v in node.items()}
+    return node
+
+
+def split_reserved(node: Mapping | None, reserved: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Split `node` into (target kwargs, our keys); `reserved` maps our keys to their defaults.
+
+    E.g. the optimizer node carries `lr_scaling` for the framework next to `lr` for AdamW.
+    """
+    plain = dict(to_plain(node) or {})
+    ours = {key: plain.pop(key, default) for key, default in reserved.items()}
+    return plain, ours
+
+
+def instantiate_callbacks(cfg: DictConfig | None) -> list:
+    """One Lightning callback per child node with a `_target_`; nodes set to null are skipped."""
+    return _instantiate_children(cfg, "callbacks")
+
+
+def instantiate_loggers(cfg: DictConfig | None) -> list:
+    """One Lightning logger per child node with a `_target_`; nodes set to null are skipped."""
+    return _instantiate_children(cfg, "logger")
+
+
+def _instantiate_children(cfg: DictConfig | None, group: str) -> list:
+    if not cfg:
+        return []
+    if not isinstance(cfg, (DictConfig, Mapping)):
+        raise TypeError(f"config group '{group}' must be a mapping of name -> node, got {type(cfg).__name__}")
+    objects = []
+    for name, node in cfg.items():
+        if node is None:
+            continue
+        if not isinstance(node, (DictConfig, Mapping)) or "_target_" not in node:
+            raise ValueError(
+                f"'{group}.{name}' has no _target_; every entry of '{group}' must be an instantiable node "
+                f"(or null to switch it off)."
+            )
+        objects.append(hydra.utils.instantiate(node))
+    return objects

@@ -1,0 +1,69 @@
+"""Learning-rate rules: linear scaling with the global batch, and warm-up + cosine decay.
+
+Linear scaling (Goyal et al. 2017, "Accurate, Large Minibatch SGD"): when the global batch
+grows k-fold (more devices, nodes or gradient accumulation), multiply the learning rate by k,
+and ramp it up over a warm-up period so the first large steps do not diverge. The reference
+is the global batch the base `lr` was tuned for (`optimizer.reference_global_batch`); the rule
+is chosen by `optimizer.lr_scaling` (`linear` or `none`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+LR_SCALING_RULES = ("linear", "none")
+
+
+def global_batch_size(per_device_batch: int, devices: int, nodes: int, accumulate_grad_batches: int) -> int:
+    """Samples per optimiser step over the whole job."""
+    for name, value in (
+        ("per_device_batch", per_device_batch),
+        ("devices", devices),
+        ("nodes", nodes),
+        ("accumulate_grad_batches", accumulate_grad_batches),
+    ):
+        if int(value) < 1:
+            raise ValueError(f"{name} must be >= 1 to compute the global batch, got {value!r}")
+    return int(per_device_batch) * int(devices) * int(nodes) * int(accumulate_grad_batches)
+
+
+def scaled_learning_rate(base_lr: float, global_batch: int, reference_global_batch: int, rule: str = "linear") -> float:
+    """Learning rate for `global_batch` given `base_lr` tuned at `reference_global_batch`."""
+    if rule not in LR_SCALING_RULES:
+        raise ValueError(f"optimizer.lr_scaling={rule!r} is not one of {LR_SCALING_RULES}; use 'linear' or 'none'.")
+    if rule == "none":
+        return float(base_lr)
+    if int(reference_global_batch) < 1:
+        raise ValueError(
+            f"optimizer.reference_global_batch must be >= 1 for lr_scaling=linear, got {reference_global_batch!r}"
+        )
+    return float(base_lr) * global_batch / int(reference_global_batch)
+
+
+def warmup_cosine_schedule(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    warmup_steps: int = 0,
+    warmup_fraction: float = 0.0,
+    min_lr_ratio: float = 0.0,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from ~0 to the base lr, then cosine decay to `min_lr_ratio` x base lr.
+
+    `warmup_steps` (absolute) wins over `warmup_fraction` (of `total_steps`) when both are set.
+    Stepped once per optimiser step (Lightning `interval: step`).
+    """
+    total_steps = max(int(total_steps), 1)
+    warmup = int(warmup_steps) if warmup_steps else int(round(warmup_fraction * total_steps))
+    warmup = min(max(warmup, 0), total_steps)
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        raise ValueError(f"scheduler.min_lr_ratio must be within [0, 1], got {min_lr_ratio}")
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,139 @@
+"""Classical baselines: infill fills only the holes, nowcasts behave as their physics says."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from nowcast_infill.baselines import INFILL_BASELINES, NothingToInfillFromError, get_baseline
+
+
+def _plane_with_holes(size: int = 96):
+    """(3, H, W) input with a disc hole and a hole touching a no-data strip; truth plane; fill mask."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    truth = (2.0 + 0.03 * yy + 0.05 * xx).astype(np.float32)
+    truth[:, :8] = np.nan  # no-data strip outside the coverage
+    hole = ((yy - 50) ** 2 + (xx - 55) ** 2 < 15**2) | ((yy - 15) ** 2 + (xx - 10) ** 2 < 7**2)
+    fill = hole & np.isfinite(truth)
+    frame = truth.copy()
+    frame[fill] = np.nan
+    return np.stack([frame, frame, frame]), truth, fill
+
+
+def test_registry_lists_valid_names_and_checks_options():
+    with pytest.raises(KeyError, match="nearest"):
+        get_baseline("kriging")
+    with pytest.raises(TypeError, match="n_leads"):
+        get_baseline("persistence")
+
+
+@pytest.mark.parametrize("name", sorted(INFILL_BASELINES))
+def test_infill_fills_holes_only_and_keeps_observed_bits(name):
+    x, truth, fill = _plane_with_holes()
+    out = get_baseline(name)(x, fill_mask=fill)
+    assert out.shape == (1,) + truth.shape and out.dtype == np.float32
+    observed = np.isfinite(x[1])
+    assert np.array_equal(out[0][observed].view(np.uint32), x[1][observed].view(np.uint32))
+    assert np.isfinite(out[0][fill]).all()
+    # no-data outside the coverage is not a target and stays NaN, never 0
+    assert np.isnan(out[0][:, :8]).all()
+
+
+@pytest.mark.parametrize("name,tol", [("linear", 1e-4), ("laplace", 0.02), ("biharmonic", 0.02)])
+def test_smooth_plane_is_reconstructed(name, tol):
+    x, truth, fill = _plane_with_holes()
+    out = get_baseline(name)(x, fill_mask=fill)
+    interior = fill.copy()
+    interior[:, :30] = False  # the hole that touches no-data has a free boundary there
+    assert np.abs(out[0] - truth)[interior].max() < tol
+    # nearest is the reference a smooth-field method must beat
+    nearest = get_baseline("nearest")(x, fill_mask=fill)
+    assert np.abs(out[0] - truth)[fill].mean() < 0.5 * np.abs(nearest[0] - truth)[fill].mean()
+
+
+def test_nearest_copies_the_closest_observed_value():
+    frame = np.full((5, 5), np.nan, np.float32)
+    frame[0, 0], frame[4, 4] = 1.0, 9.0
+    out = get_baseline("nearest")(frame[None])
+    assert out[0, 1, 0] == 1.0 and out[0, 3, 4] == 9.0
+
+
+@pytest.mark.parametrize("name", ["biharmonic", "laplace"])
+def test_inpainting_cap_solves_big_holes_coarsely(name):
+    x, truth, fill = _plane_with_holes()
+    out = get_baseline(name, max_unknowns=100)(x, fill_mask=fill)
+    assert np.isfinite(out[0][fill]).all()
+    assert np.abs(out[0] - truth)[fill].mean() < 0.2
+
+
+def test_infill_without_any_observation_is_an_error():
+    with pytest.raises(NothingToInfillFromError, match="no observed pixel"):
+        get_baseline("linear")(np.full((1, 8, 8), np.nan, np.float32))
+
+
+def _blob_sequence(size=128, n_past=4, n_leads=3, shift=(1.0, 2.0), seed=0):
+    """Past and future (T, H, W) mm/h of rain cells translating by `shift` px/step, with growth and noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    frames = []
+    for t in range(n_past + n_leads):
+        cy, cx = size / 2 - 20 + shift[0] * t, size / 2 - 30 + shift[1] * t
+        field = 8 * np.exp(-(((yy - cy) / 8) ** 2 + ((xx - cx) / 12) ** 2))
+        field += 3 * np.exp(-(((yy - cy - 25) / 6) ** 2 + ((xx - cx + 10) / 5) ** 2))
+        field = field * (1 + 0.05 * t) + 0.3 * rng.random(field.shape)
+        frames.append(np.where(field < 0.2, 0.0, field).astype(np.float32))
+    seq = np.stack(frames)
+    seq[:, :, :6] = np.nan  # no-data strip
+    return seq[:n_past], seq[n_past:]
+
+
+def test_persistence_repeats_last_valid_frame_exactly():
+    past, _ = _blob_sequence(size=32)
+    past[-1] = np.nan  # a missing last frame: the latest one with data is used
+    out = get_baseline("persistence", n_leads=3)(past)
+    assert out.shape == (3, 32, 32)
+    for lead in out:
+        assert np.array_equal(lead, past[-2], equal_nan=True)
+
+
+def _rmse(pred, truth):
+    ok = np.isfinite(pred) & np.isfinite(truth)
+    return float(np.sqrt(np.mean((pred[ok] - truth[ok]) ** 2)))
+
+
+def test_extrapolation_moves_the_blob_the_right_way():
+    past, future = _blob_sequence()
+    persistence = get_baseline("persistence", n_leads=3)(past)
+    start = time.perf_counter()
+    extrap = get_baseline("extrapolation", n_leads=3)(past)
+    elapsed = time.perf_counter() - start
+    assert extrap.shape == future.shape and extrap.dtype == np.float32
+    for k in range(3):
+        assert _rmse(extrap[k], future[k]) < 0.7 * _rmse(persistence[k], future[k])
+    # rain arriving from the no-data strip has no forecast: NaN, not 0
+    assert np.isnan(extrap[:, :, :6]).all()
+    assert elapsed < 10.0  # includes pysteps' first-call import; a warm call takes ~0.1 s
+
+
+def test_sprog_runs_and_needs_three_frames(caplog):
+    past, future = _blob_sequence()
+    extrap = get_baseline("extrapolation", n_leads=3)(past)
+    with caplog.at_level("WARNING"):
+        out = get_baseline("sprog", n_leads=3)(past)
+    assert "falling back" not in caplog.text  # the real S-PROG ran, not the fallback
+    assert out.shape == future.shape and np.all(out[np.isfinite(out)] >= 0)
+    # same no-data pattern as extrapolation, so both are scored on the same pixels
+    assert np.array_equal(np.isnan(out), np.isnan(extrap))
+    persistence = get_baseline("persistence", n_leads=3)(past)
+    assert _rmse(out[-1], future[-1]) < _rmse(persistence[-1], future[-1])
+    with pytest.raises(ValueError, match="at least 3"):
+        get_baseline("sprog", n_leads=3)(past[-2:])
+
+
+def test_sprog_refuses_a_missing_frame_in_its_window():
+    past, _ = _blob_sequence(size=64)
+    past[-2] = np.nan
+    with pytest.raises(ValueError, match="missing"):
+        get_baseline("sprog", n_leads=2)(past)

@@ -1,0 +1,140 @@
+"""DDP on CPU (gloo): 2 processes equal 1 process at the same global batch; torchrun 2 nodes.
+
+Every distributed run is a subprocess: DDP inside the pytest process would re-launch pytest
+in its children and leak LOCAL_RANK/MASTER_PORT into later tests.
+
+The equivalence runs use experiments/ddp_check.py, a tiny conv net *without batch norm*
+(per-rank batch statistics would make DDP differ from one process by design, not by a
+bug) on fixed-size fields with a per-pixel-mean loss and the same seeded sample order for
+every world size; see its docstring for why that makes the runs exactly comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from slurm_cluster import find_free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DDP_CHECK = REPO_ROOT / "experiments" / "ddp_check.py"
+PYTHON = sys.executable
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+RUN_TIMEOUT_S = 240
+# Same recipe for every run; only how the 8-sample global batch is split changes.
+RECIPE = ["--global-batch", "8", "--max-steps", "6", "--n-samples", "32", "--seed", "3"]
+
+
+def distributed_env() -> dict[str, str]:
+    """This environment minus any launcher variables, plus loopback-only gloo."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "TORCHELASTIC_", "PMI_", "OMPI_"))
+        and k not in {"LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "MASTER_PORT"}
+    }
+    env.update(MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def run_ddp_check(out: Path, *extra: str, env: dict[str, str] | None = None) -> dict:
+    """Run experiments/ddp_check.py in a subprocess; return its result.json (rank 0)."""
+    env = env or distributed_env()
+    env.setdefault("MASTER_PORT", str(find_free_port()))
+    proc = subprocess.run(
+        [PYTHON, str(DDP_CHECK), "--out", str(out), *RECIPE, *extra],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, f"ddp_check {extra} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads((out / "result.json").read_text())
+
+
+def max_weight_difference(a_dir: Path, b_dir: Path, a_name: str = "weights.pt", b_name: str = "weights.pt") -> float:
+    a = torch.load(a_dir / a_name)
+    b = torch.load(b_dir / b_name)
+    assert a.keys() == b.keys(), f"parameter names differ: {sorted(a)} vs {sorted(b)}"
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+# float32 sums over 4 vs 8 samples in a different order: ~1e-6 after 6 SGD steps here.
+WEIGHT_ATOL = 2e-5
+METRIC_RTOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def single_process_run(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("ddp_single")
+    return out, run_ddp_check(out)
+
+
+def test_ddp_two_cpu_processes_match_one_process(single_process_run, tmp_path):
+    single_dir, single = single_process_run
+    ddp_dir = tmp_path / "ddp2"
+    ddp = run_ddp_check(ddp_dir, "--strategy", "ddp", "--devices", "2")
+
+    assert single["world_size"] == 1 and ddp["world_size"] == 2
+    assert single["global_step"] == ddp["global_step"] == 6
+    # Training moved the weights far more than the tolerance, so agreement means something.
+    moved = max_weight_difference(single_dir, single_dir, "init_weights.pt", "weights.pt")
+    assert moved > 1000 * WEIGHT_ATOL, f"weights moved only {moved}: the run did not train"
+    assert max_weight_difference(single_dir, ddp_dir, "init_weights.pt", "init_weights.pt") == 0.0
+    diff = max_weight_difference(single_dir, ddp_dir)
+    assert diff < WEIGHT_ATOL, f"DDP weights differ from one process by {diff} (> {WEIGHT_ATOL})"
+    assert single["metrics"].keys() == ddp["metrics"].keys() == {"test/mse", "test/mae"}
+    for name, value in single["metrics"].items():
+        assert ddp["metrics"][name] == pytest.approx(value, rel=METRIC_RTOL), name
+
+
+@pytest.mark.slow
+def test_ddp_comparison_detects_a_different_global_batch(single_process_run, tmp_path):
+    """Control: 2 processes x 8 samples (global 16) must NOT match 1 x 8, so the tolerance discriminates."""
+    single_dir, _ = single_process_run
+    out = tmp_path / "ddp2_global16"
+    run_ddp_check(out, "--strategy", "ddp", "--devices", "2", "--global-batch", "16")
+    diff = max_weight_difference(single_dir, out)
+    assert diff > 100 * WEIGHT_ATOL, f"a different global batch changed the weights by only {diff}"
+
+
+def test_torchrun_two_simulated_nodes(single_process_run, tmp_path):
+    """`torchrun --nnodes=2 --nproc_per_node=1` twice (node_rank 0 and 1) on 127.0.0.1."""
+    single_dir, single = single_process_run
+    out = tmp_path / "torchrun2"
+    port = find_free_port()
+    env = distributed_env()
+    env.pop("MASTER_ADDR")  # torchrun sets it from the rendezvous endpoint
+    procs = []
+    for node_rank in (0, 1):
+        cmd = [
+            TORCHRUN, "--nnodes=2", "--nproc_per_node=1", f"--node_rank={node_rank}",
+            f"--rdzv_endpoint=127.0.0.1:{port}", "--max_restarts=0",
+            str(DDP_CHECK), "--out", str(out), *RECIPE, "--num-nodes", "2",
+        ]  # fmt: skip
+        log = open(tmp_path / f"node{node_rank}.log", "w")
+        procs.append((subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT), log))
+    try:
+        codes = [p.wait(timeout=RUN_TIMEOUT_S) for p, _ in procs]
+    finally:
+        for p, log in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            log.close()
+    logs = {r: (tmp_path / f"node{r}.log").read_text()[-3000:] for r in (0, 1)}
+    assert codes == [0, 0], f"torchrun exit codes {codes}; logs: {logs}"
+    result = json.loads((out / "result.json").read_text())
+    assert result["world_size"] == 2 and result["num_nodes"] == 2 and result["global_step"] == 6
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in logs[1]
+    # Two nodes are two ranks like any other: same weights as one process.
+    assert max_weight_difference(single_dir, out) < WEIGHT_ATOL
+    for name, value in single["metrics"].items():
+        assert result["metrics"][name] == pytest.approx(value, rel=METRIC_RTOL), name

@@ -1,0 +1,200 @@
+"""Importers: registry, real RADOLAN/KNMI files, RADOLAN ASCII and NetCDF on files written here."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+import numpy as np
+import pytest
+
+from data_factories_io import rain_field, write_radolan_ascii
+from nowcast_infill.io.importers import ConversionError, get_importer, importer_names
+from nowcast_infill.io.radolan import RADOLAN_PROJ4, radolan_grid
+
+RADOLAN_SHAPES = {(900, 900), (1100, 900), (1500, 1400)}
+NON_PRECIP = {"pg", "pc"}
+
+
+def _radolan_files(shared_data):
+    return sorted(p for p in (shared_data / "radolan").rglob("*") if p.is_file())
+
+
+def _name_time(path) -> np.datetime64:
+    stamp = re.search(r"-(\d{10})-dwd", path.name).group(1)
+    return np.datetime64(datetime.strptime(stamp, "%y%m%d%H%M"), "ns")
+
+
+def test_registry_lists_valid_names_on_unknown_name():
+    assert importer_names() == ["pysteps", "radolan", "radolan_ascii", "xarray"]
+    with pytest.raises(ValueError, match="radolan_ascii") as err:
+        get_importer("radolan_binary")
+    assert "radolan_binary" in str(err.value)
+    with pytest.raises(TypeError, match="radolan"):
+        get_importer("radolan", no_such_option=1)
+    with pytest.raises(ValueError, match="variable"):
+        get_importer("xarray")
+
+
+@pytest.mark.shared_data
+def test_every_radolan_file_reads_or_is_refused(shared_data):
+    import wradlib
+
+    importer = get_importer("radolan")
+    files = _radolan_files(shared_data)
+    assert len(files) >= 60
+    for path in files:
+        product = path.name.split("_")[0].split("-")[1][:2]
+        if product in NON_PRECIP:
+            with pytest.raises(ConversionError, match="not a precipitation amount") as err:
+                importer.read(path)
+            assert str(err.value).startswith(str(path))
+            continue
+        (frame,) = importer.read(path)
+        assert frame.precip.dtype == np.float32, path
+        assert frame.precip.shape in RADOLAN_SHAPES, path
+        assert frame.grid.shape == frame.precip.shape
+        assert frame.time == _name_time(path), path
+        nan_fraction = float(np.isnan(frame.precip).mean())
+        assert 0.1 < nan_fraction < 0.45, (path, nan_fraction)
+        valid = frame.precip[np.isfinite(frame.precip)]
+        assert valid.min() >= 0 and valid.max() < 1000, path
+        assert frame.radar_sites and all(len(s) == 3 for s in frame.radar_sites), path
+        raw, attrs = wradlib.io.read_radolan_composite(str(path), missing=np.nan)
+        if frame.product in {"RX", "EX", "WX"}:
+            assert frame.accumulation_interval_s == 0 and frame.zr == (200.0, 1.6)
+            dbz = raw / 2 - 32.5
+            expected = ((10 ** (dbz / 10)) / 200.0) ** (1 / 1.6)
+        else:
+            assert frame.accumulation_interval_s >= 300 and frame.zr is None
+            expected = raw * 3600.0 / frame.accumulation_interval_s
+        clutter = np.zeros(raw.size, bool)
+        clutter[np.asarray(attrs["cluttermask"], dtype=np.int64)] = True
+        clutter = clutter.reshape(raw.shape)
+        assert np.all(np.isnan(frame.precip[clutter])), path
+        keep = ~clutter
+        np.testing.assert_allclose(frame.precip[keep], expected[keep].astype(np.float32), rtol=1e-6, equal_nan=True, err_msg=str(path))
+
+
+@pytest.mark.shared_data
+def test_radolan_intervals_per_product(shared_data):
+    importer = get_importer("radolan")
+    expected = {"rw": 3600, "ry": 300, "yw": 300, "sf": 86400, "sh": 43200, "sq": 21600, "w1": 7 * 86400, "w4": 30 * 86400}
+    seen = {}
+    for path in _radolan_files(shared_data):
+        code = path.name.split("_")[0].split("-")[1][:2]
+        if code in expected and code not in seen:
+            seen[code] = importer.read(path)[0].accumulation_interval_s
+    assert seen == expected
+
+
+@pytest.mark.shared_data
+def test_radolan_grid_orientation_and_latlon(shared_data):
+    (frame,) = get_importer("radolan").read(sorted((shared_data / "radolan" / "yw").iterdir())[0])
+    g = frame.grid
+    assert g.shape == (1100, 900) and np.all(np.diff(g.y) > 0)  # row 0 = south
+    assert g.lat[0].mean() < g.lat[-1].mean()
+    assert 45.5 < g.lat.min() < 47 and 55 < g.lat.max() < 56.5 and 3 < g.lon.min() < 5.5
+    assert g.grid_mapping_name == "polar_stereographic" and g.proj4 == RADOLAN_PROJ4
+
+
+def test_reflectivity_zr_is_configurable(shared_data):
+    path = shared_data / "radolan" / "misc" / "raa01-rx_10000-1408102050-dwd---bin.gz"
+    mp = get_importer("radolan").read(path)[0]
+    other = get_importer("radolan", zr_a=300.0, zr_b=1.4).read(path)[0]
+    assert other.zr == (300.0, 1.4) and "Z=300*R^1.4" in other.conversion
+    wet = np.nanargmax(mp.precip)
+    dbz = 10 * np.log10(200.0 * mp.precip.flat[wet] ** 1.6)
+    assert other.precip.flat[wet] == pytest.approx((10 ** (dbz / 10) / 300.0) ** (1 / 1.4), rel=1e-4)
+
+
+@pytest.mark.shared_data
+def test_every_knmi_file(shared_data):
+    importer = get_importer("pysteps", pysteps_importer="knmi_hdf5")
+    files = sorted((shared_data / "knmi").glob("*.h5"))
+    assert len(files) == 92
+    for path in files[::7] + files[-1:]:
+        (frame,) = importer.read(path)
+        stamp = re.search(r"(\d{12})", path.name).group(1)
+        assert frame.time == np.datetime64(datetime.strptime(stamp, "%Y%m%d%H%M"), "ns")
+        assert frame.precip.shape == (765, 700) and frame.precip.dtype == np.float32
+        assert frame.accumulation_interval_s == 300 and frame.conversion == "mm per 300 s * 12"
+        assert 0.70 < np.isnan(frame.precip).mean() < 0.78, path
+        valid = frame.precip[np.isfinite(frame.precip)]
+        assert valid.min() >= 0 and valid.max() < 300
+        assert frame.product == "RAD_NL25_RAP_5min"
+        inside = np.isfinite(frame.precip)
+        assert 50 < frame.grid.lat[inside].min() and frame.grid.lat[inside].max() < 55.5
+        assert 2 < frame.grid.lon[inside].min() and frame.grid.lon[inside].max() < 8.5
+
+
+def test_pysteps_unknown_importer_and_bad_file(tmp_path):
+    with pytest.raises(ValueError, match="no_such"):
+        get_importer("pysteps", pysteps_importer="no_such")
+    bad = tmp_path / "RAD_NL25_RAP_5min_201008260000.h5"
+    bad.write_bytes(b"not hdf5 at all")
+    with pytest.raises(ConversionError, match="knmi_hdf5") as err:
+        get_importer("pysteps", pysteps_importer="knmi_hdf5").read(bad)
+    assert str(err.value).startswith(str(bad))
+
+
+def test_radolan_ascii_full_grid_matches_binary_orientation(tmp_path):
+    rng = np.random.default_rng(0)
+    depth = rain_field(rng, shape=(900, 900))
+    path = write_radolan_ascii(tmp_path, depth, "20221018-0050", "RW")
+    (frame,) = get_importer("radolan_ascii").read(path)
+    assert frame.time == np.datetime64("2022-10-18T00:50", "ns") and frame.product == "RW"
+    np.testing.assert_allclose(frame.precip, depth.astype(np.float32), rtol=1e-6, equal_nan=True)
+    binary = radolan_grid(900, 900)
+    assert frame.grid.same_as(binary.x, binary.y, binary.proj4)
+    assert np.isnan(frame.precip[0, 0])  # no-data block written at the southern edge stays there
+
+
+def test_radolan_ascii_ry_is_per_five_minutes(tmp_path):
+    depth = rain_field(np.random.default_rng(1))
+    (frame,) = get_importer("radolan_ascii").read(write_radolan_ascii(tmp_path, depth, "20221018-0055", "RY"))
+    np.testing.assert_allclose(frame.precip, (depth * 12).astype(np.float32), rtol=1e-6, equal_nan=True)
+    assert frame.accumulation_interval_s == 300
+
+
+@pytest.mark.parametrize(
+    "name, content, match",
+    [
+        ("RW_20221018-0050.asc", "", "empty"),
+        ("rain.asc", "ncols 2\n", "file name"),
+        ("RW_20221018-0050.asc", "ncols 2\nnrows 2\nxllcorner 0\nyllcorner 0\ncellsize 1000\nNODATA_value -1\n1 2\n", "truncated"),
+        ("RW_20221018-0050.asc", "ncols 2\nnrows 1\nxllcorner 0\nyllcorner 0\ncellsize 1000\nNODATA_value -1\n1 x\n", "non-numeric"),
+        ("RW_20221018-0050.asc", "cols 2\nnrows 1\nxllcorner 0\nyllcorner 0\ncellsize 1000\nNODATA_value -1\n1 2\n", "header"),
+        ("PG_20221018-0050.asc", "ncols 1\n", "not a precipitation amount"),
+        ("RX_20221018-0050.asc", "ncols 1\n", "reflectivity"),
+    ],
+)
+def test_radolan_ascii_bad_input(tmp_path, name, content, match):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(ConversionError, match=match) as err:
+        get_importer("radolan_ascii").read(path)
+    assert str(err.value).startswith(str(path))
+
+
+def test_xarray_source_netcdf_depth_and_units(tmp_path):
+    import xarray as xr
+
+    depth = np.stack([rain_field(np.random.default_rng(i), (6, 5)) for i in range(3)])
+    ds = xr.Dataset(
+        {"rain": (("time", "y", "x"), depth)},
+        coords={"time": np.array(["2020-01-01T00:05", "2020-01-01T00:10", "2020-01-01T00:15"], dtype="datetime64[ns]"),
+                "y": ("y", np.arange(6) * 1000.0, {"units": "m"}), "x": ("x", np.arange(5) * 1000.0, {"units": "m"})},
+    )
+    path = tmp_path / "rain.nc"
+    ds.to_netcdf(path)
+    with pytest.raises(ConversionError, match="units="):
+        get_importer("xarray", variable="rain", proj4=RADOLAN_PROJ4).read(path)
+    with pytest.raises(ConversionError, match="accumulation_interval_s"):
+        get_importer("xarray", variable="rain", units="mm", proj4=RADOLAN_PROJ4).read(path)
+    with pytest.raises(ConversionError, match="no variable 'precip'"):
+        get_importer("xarray", variable="precip", proj4=RADOLAN_PROJ4).read(path)
+    frames = get_importer("xarray", variable="rain", units="mm", accumulation_interval_s=300, proj4=RADOLAN_PROJ4).read(path)
+    assert len(frames) == 3 and frames[1].time == np.datetime64("2020-01-01T00:10", "ns")
+    np.testing.assert_allclose(frames[2].precip, (depth[2] * 12).astype(np.float32), rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(frames[0].grid.x, np.arange(5.0))

@@ -1,0 +1,252 @@
+"""Tiled inference, archive infilling (resumable) and nowcast products."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from factories import write_test_store
+from nowcast_infill.inference.archive import (
+    STATUS_COMPLETE, STATUS_INFILLED, STATUS_NOT_INFILLABLE, STATUS_PENDING, derive_coverage, infill_store,
+    load_predictor, open_radar_store, write_nowcast,
+)
+from nowcast_infill.inference.tiling import predict_tiled
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- tiling
+
+def _identity(x, x_mask, aux, aux_mask):
+    return x[:, -1:]
+
+
+@pytest.mark.parametrize("shape", [(900, 900), (1100, 900), (70, 100)])
+def test_tiled_pointwise_fn_equals_untiled_exactly(shape):
+    x = torch.rand(2, 1, *shape)
+    out = predict_tiled(_identity, x, torch.ones_like(x), tile=256, overlap=32, multiple=16, batch_size=3)
+    assert out.shape == (1, 1, *shape)
+    assert torch.equal(out[0], x[-1])
+
+
+def test_tiled_conv_seams_are_blended_away():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 1, 7, padding=3)
+
+    def fn(x, x_mask, aux, aux_mask):
+        return conv(x[:, 0]).unsqueeze(1)
+
+    x = torch.rand(1, 1, 300, 260)
+    with torch.no_grad():
+        ref = fn(x[None], None, None, None)[0]
+    hard = predict_tiled(fn, x, torch.ones_like(x), tile=128, overlap=0, multiple=8)
+    blended = predict_tiled(fn, x, torch.ones_like(x), tile=128, overlap=32, multiple=8)
+    err_hard, err_blend = (hard - ref).abs(), (blended - ref).abs()
+    assert err_blend.max() < 0.5 * err_hard.max()
+    assert err_blend.mean() < 0.2 * err_hard.mean()
+
+
+def test_tiled_rejects_a_wrong_fn_output():
+    x = torch.rand(1, 1, 64, 64)
+    with pytest.raises(ValueError, match="expected"):
+        predict_tiled(lambda a, b, c, d: a[:, 0], x, torch.ones_like(x), tile=32, overlap=8)
+    with pytest.raises(ValueError, match="multiple"):
+        predict_tiled(_identity, x, torch.ones_like(x), tile=30, multiple=16)
+
+
+# ----------------------------------------------------------------------------- archive infilling
+
+def _store_with_holes(path: Path, n_time: int = 8) -> tuple[Path, np.ndarray]:
+    """A factory store (no-data block rows 0:10, cols 0:12) with an outage hole in frames 2, 5 and 6,
+    frame 4 missing. Returns the path and the hole mask (H, W)."""
+    store = write_test_store(path / "in.zarr", n_time=n_time, missing=(4,))
+    ds = xr.open_zarr(store)
+    hole = np.zeros(ds["precip"].shape[1:], bool)
+    hole[20:30, 20:34] = True
+    hole[5:15, 8:16] = True  # touches the no-data block
+    precip = ds["precip"].values
+    for t in (2, 5, 6):
+        precip[t][hole] = np.nan
+    ds["precip"].values[:] = precip
+    import zarr
+
+    zarr.open_group(str(store), mode="r+")["precip"][:] = precip
+    return store, hole
+
+
+def test_archive_infill_flags_holes_and_leaves_the_rest_bit_identical(tmp_path):
+    src_path, hole = _store_with_holes(tmp_path)
+    predictor, info = load_predictor("linear", "infill")
+    summary = infill_store(predictor, src_path, tmp_path / "out.zarr", model_info=info, progress=False)
+    src, out = open_radar_store(src_path), xr.open_zarr(tmp_path / "out.zarr")
+    before, after = src["precip"].values, out["precip"].values
+    coverage = out["coverage"].values
+    assert not coverage[:10, :12].any() and coverage[10:, 12:].all()
+
+    status = out["infill_status"].values
+    assert list(status) == [1, 1, 2, 1, 3, 2, 2, 1]
+    assert summary["infilled"] == 3 and summary["not_infillable"] == 1 and summary["pending"] == 0
+    for t in np.nonzero(status == STATUS_COMPLETE)[0]:
+        assert np.array_equal(after[t].view(np.uint32), before[t].view(np.uint32))
+    targets = hole & coverage
+    for t in (2, 5, 6):
+        assert np.array_equal(out["infilled"].values[t].astype(bool), targets)
+        assert np.isfinite(after[t][targets]).all()
+        observed = np.isfinite(before[t])
+        assert np.array_equal(after[t][observed], before[t][observed])
+        assert np.isnan(after[t][~coverage]).all()  # outside coverage: untouched NaN
+    assert out["infilled"].values[[0, 1, 3, 4, 7]].sum() == 0
+    assert np.isnan(after[4]).all() and out["missing_frame"].values[4]
+    assert out.attrs["model"] == "linear" and "source_store" in out.attrs
+    assert out["infilled"].attrs["flag_meanings"] == "observed_or_no_data infilled"
+
+
+def test_archive_infill_outside_coverage_when_asked(tmp_path):
+    src_path, _ = _store_with_holes(tmp_path)
+    predictor, info = load_predictor("nearest", "infill")
+    infill_store(predictor, src_path, tmp_path / "out.zarr", model_info=info, progress=False,
+                 infill_outside_coverage=True)
+    out = xr.open_zarr(tmp_path / "out.zarr")
+    assert np.isfinite(out["precip"].values[0]).all()  # the no-data block is filled too
+    assert out["infilled"].values[0][:10, :12].all()
+
+
+def test_resume_refuses_a_different_model(tmp_path):
+    src_path, _ = _store_with_holes(tmp_path)
+    p, info = load_predictor("nearest", "infill")
+    infill_store(p, src_path, tmp_path / "out.zarr", model_info=info, progress=False)
+    p2, info2 = load_predictor("laplace", "infill")
+    with pytest.raises(ValueError, match="delete it"):
+        infill_store(p2, src_path, tmp_path / "out.zarr", model_info=info2, progress=False)
+
+
+def test_checkpoint_path_is_not_silently_accepted(tmp_path):
+    ckpt = tmp_path / "m.ckpt"
+    ckpt.write_bytes(b"x")
+    with pytest.raises(NotImplementedError, match="not wired"):
+        load_predictor(str(ckpt), "infill")
+    with pytest.raises(ValueError, match="valid names"):
+        load_predictor("unet", "infill")
+
+
+SLOW_INFILL = textwrap.dedent(
+    """
+    import sys, time
+    from nowcast_infill.inference.archive import infill_store, load_predictor
+    base, info = load_predictor("nearest", "infill")
+    delay = float(sys.argv[3])
+    def predictor(x, cov):
+        time.sleep(delay)
+        return base(x, cov)
+    infill_store(predictor, sys.argv[1], sys.argv[2], model_info=info, progress=False)
+    """
+)
+
+
+def test_resume_after_kill_writes_every_frame_once(tmp_path):
+    store = write_test_store(tmp_path / "in.zarr", n_time=16)
+    import zarr
+
+    group = zarr.open_group(str(store), mode="r+")
+    precip = group["precip"][:]
+    # Every frame incomplete, so every frame calls the predictor; the hole moves so the
+    # derived coverage (valid in >= half the frames) still contains it.
+    precip[0::2, 20:30, 20:30] = np.nan
+    precip[1::2, 12:20, 30:40] = np.nan
+    group["precip"][:] = precip
+    out_path = tmp_path / "out.zarr"
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_INFILL)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, str(script), str(store), str(out_path), "0.4"], env=env)
+    try:
+        deadline = time.time() + 60
+        done = 0
+        while time.time() < deadline:
+            if (out_path / "infill_status" / "zarr.json").exists():
+                done = int((zarr.open_array(str(out_path / "infill_status"), mode="r")[:] > 0).sum())
+                if done >= 3:
+                    break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    status = zarr.open_array(str(out_path / "infill_status"), mode="r")[:]
+    finished = np.nonzero(status != STATUS_PENDING)[0]
+    assert 3 <= finished.size < 16, f"kill did not land mid-way ({finished.size} frames written)"
+    chunk_ids = {t: os.stat(out_path / "precip" / "c" / str(t) / "0" / "0").st_ino for t in finished}
+
+    base, info = load_predictor("nearest", "infill")
+    calls = []
+
+    def counting(x, cov):
+        calls.append(1)
+        return base(x, cov)
+
+    summary = infill_store(counting, store, out_path, model_info=info, progress=False)
+    assert len(calls) == 16 - finished.size  # no frame written twice, none skipped
+    assert summary["pending"] == 0 and summary["written_this_run"] == 16 - finished.size
+    for t, ino in chunk_ids.items():
+        assert os.stat(out_path / "precip" / "c" / str(t) / "0" / "0").st_ino == ino
+    reference = tmp_path / "ref.zarr"
+    infill_store(base, store, reference, model_info=info, progress=False)
+    resumed, ref = xr.open_zarr(out_path), xr.open_zarr(reference)
+    assert np.array_equal(resumed["precip"].values, ref["precip"].values, equal_nan=True)
+    assert np.array_equal(resumed["infilled"].values, ref["infilled"].values)
+    assert (resumed["infill_status"].values == STATUS_INFILLED).all()
+
+
+def test_derived_coverage_ignores_missing_frames(tmp_path):
+    store = write_test_store(tmp_path / "in.zarr", n_time=6, missing=(1, 2, 3, 4))
+    coverage = derive_coverage(open_radar_store(store), 0.5)
+    assert not coverage[:10, :12].any() and coverage[10:, 12:].all()
+
+
+# ----------------------------------------------------------------------------- nowcast products
+
+def test_nowcast_product_has_lead_times_and_issue_time(tmp_path):
+    store = write_test_store(tmp_path / "in.zarr", n_time=8)
+    predictor, info = load_predictor("persistence", "nowcast", n_leads=3)
+    write_nowcast(predictor, store, tmp_path / "nc.zarr", past=4, n_leads=3, model_info=info,
+                  issue_time="2021-06-01T00:25")
+    src, nc = open_radar_store(store), xr.open_zarr(tmp_path / "nc.zarr")
+    assert nc["precip"].dims == ("lead_time", "y", "x")
+    assert list(nc["lead_time"].values) == [np.timedelta64(k * 300, "s") for k in (1, 2, 3)]
+    issue = np.datetime64("2021-06-01T00:25", "ns")
+    assert nc["forecast_reference_time"].values == issue
+    assert nc["time"].values[0] == issue + np.timedelta64(300, "s")
+    assert nc["lead_time"].attrs["standard_name"] == "forecast_period"
+    last = src["precip"].sel(time=issue).values
+    assert np.array_equal(nc["precip"].values[2], last, equal_nan=True)
+    assert nc["precip"].attrs["units"] == "mm h-1"
+    with pytest.raises(FileExistsError, match="overwrite"):
+        write_nowcast(predictor, store, tmp_path / "nc.zarr", past=4, n_leads=3)
+
+
+def test_cli_configs_compose_with_baselines(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from nowcast_infill.cli import infill as infill_cli
+    from nowcast_infill.cli import nowcast as nowcast_cli
+
+    store, _ = _store_with_holes(tmp_path)
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("infill", overrides=[f"input={store}", f"output={tmp_path / 'o.zarr'}", "model=laplace",
+                                           "progress=false"])
+        assert infill_cli.run(cfg)["infilled"] == 3
+        cfg = compose("nowcast", overrides=[f"input={store}", f"output={tmp_path / 'n.zarr'}", "model=sprog",
+                                            "past=3", "n_leads=2"])
+        nowcast_cli.run(cfg)
+    assert xr.open_zarr(tmp_path / "n.zarr").sizes["lead_time"] == 2

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -292,4 +293,7 @@ def _matches(value, tp) -> bool:
         return isinstance(value, (list, tuple, ListConfig))
     if check in (dict, Mapping, typing.Mapping):
         return isinstance(value, (dict, Mapping, DictConfig))
-    return True  # classes, protocols, paths, callables: not judged here
+    if inspect.isclass(tp) and isinstance(value, str) and tp is not object:
+        # a string can be a path but not e.g. a Tensor
+        return issubclass(tp, (str, os.PathLike))
+    return True  # other classes, protocols, callables: not judged here

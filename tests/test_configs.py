@@ -37,8 +37,6 @@ def tiny_overrides(tmp_path: Path, store: Path | None = None) -> list[str]:
 
 def compose_config(name: str, overrides: list[str]):
     register_resolvers()
-    if os.environ.get("H6_DEV"):  # DEVTEMP
-        overrides = [f"hydra.searchpath=[file://{os.environ['H6_DEV']}]", *overrides]  # DEVTEMP
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return compose(name, overrides=overrides)
 
@@ -77,7 +75,7 @@ def test_added_typo_key_is_refused_by_the_schema(tmp_path):
 
 
 def test_wrong_type_names_the_key(tmp_path):
-    cfg = compose_config("train", ["data.batch_size=abc", *tiny_overrides(tmp_path)])
+    cfg = compose_config("train", [*tiny_overrides(tmp_path), "data.batch_size=abc"])
     with pytest.raises(ConfigSchemaError, match=r"^data\.batch_size: 'abc'"):
         validate_config(cfg, "train")
 
@@ -96,7 +94,7 @@ def test_wrong_type_names_the_key(tmp_path):
     ],
 )
 def test_bad_values_name_their_key(override, key, tmp_path):
-    cfg = compose_config("train", [override, *tiny_overrides(tmp_path)])
+    cfg = compose_config("train", [*tiny_overrides(tmp_path), override])
     with pytest.raises(ConfigSchemaError, match="^" + key.replace(".", r"\.") + ":"):
         validate_config(cfg, "train")
 
@@ -150,8 +148,7 @@ def test_hydra_run_dir_uses_job_id(monkeypatch, tmp_path):
     monkeypatch.delenv("NI_RUN_ID", raising=False)
     cfg = compose_config("train", [*tiny_overrides(tmp_path)])
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        extra = [f"hydra.searchpath=[file://{os.environ['H6_DEV']}]"] if os.environ.get("H6_DEV") else []  # DEVTEMP
-        hcfg = compose("train", overrides=[*extra, *tiny_overrides(tmp_path)], return_hydra_config=True)
+        hcfg = compose("train", overrides=tiny_overrides(tmp_path), return_hydra_config=True)
     assert hcfg.hydra.run.dir.endswith("infill/runs/infill_baseline_9001")
     assert cfg.task.name == "infill"
 

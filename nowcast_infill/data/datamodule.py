@@ -119,12 +119,16 @@ def frames_needed(task: str, past: int, future: int, context: int) -> tuple[int,
 # Store access
 # ----------------------------------------------------------------------------------------
 class _StoreHandle:
-    """The Zarr group of a store, opened lazily once per process (re-opened after fork)."""
+    """The Zarr arrays of a store, opened lazily once per process (re-opened after fork).
+
+    Arrays are cached: looking one up in the group re-reads its metadata from disk.
+    """
 
     def __init__(self, path: str | Path):
         self.path = str(path)
         self._pid: int | None = None
         self._group = None
+        self._arrays: dict = {}
 
     def group(self):
         if self._group is None or self._pid != os.getpid():
@@ -132,13 +136,17 @@ class _StoreHandle:
 
             self._group = zarr.open_group(self.path, mode="r")
             self._pid = os.getpid()
+            self._arrays = {}
         return self._group
 
     def __getitem__(self, name: str):
-        return self.group()[name]
+        group = self.group()
+        if name not in self._arrays:
+            self._arrays[name] = group[name]
+        return self._arrays[name]
 
     def __getstate__(self):
-        return {"path": self.path, "_pid": None, "_group": None}
+        return {"path": self.path, "_pid": None, "_group": None, "_arrays": {}}
 
 
 def _axis_interp(target: np.ndarray, source: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -155,10 +155,21 @@ def _grid_from_metadata(path: Path, meta: dict, shape: tuple[int, int]):
     y = y1 + (np.arange(nrows) + 0.5) * dy
     if meta.get("yorigin", "upper") == "upper":
         y = y[::-1]  # row 0 is the northern edge
-    if to_km != 1.0:
-        # Make the projection's linear unit km so x/y (stored in km) stay consistent with it.
-        projection = re.sub(r"\+(units|to_meter)=\S+", "", projection).strip() + " +units=km"
-    return make_grid(x * to_km, y * to_km, projection)
+    return make_grid(x * to_km, y * to_km, _projection_in_km(projection))
+
+
+def _projection_in_km(projection: str) -> str:
+    """The PROJ string with metre-sized axes and `+units=km`, so stored km x/y match it.
+
+    KNMI's metadata gives the ellipsoid in km (+a=6378.137) to make PROJ output km;
+    current PROJ refuses such a "non-Earth" body, so the axes go back to metres.
+    """
+    def metres(match: re.Match) -> str:
+        value = float(match.group(2))
+        return f"+{match.group(1)}={value * 1000 if value < 1e5 else value:.6f}"
+
+    projection = re.sub(r"\+(a|b|R)=([0-9.eE+-]+)", metres, projection)
+    return re.sub(r"\s*\+(units|to_meter)=\S+", "", projection).strip() + " +units=km"
 
 
 def _product_name(path: Path, meta: dict) -> str:

@@ -119,6 +119,14 @@ class RadolanImporter:
                 warnings.simplefilter("ignore")
                 _, attrs = wradlib.io.read_radolan_composite(str(path), missing=np.nan, loaddata=False)
         except Exception as err:
+            if path.is_file() and path.stat().st_size == 0:
+                raise ConversionError(path, "file is empty (0 bytes); re-download it or pass skip_bad=true.") from err
+            if isinstance(err, EOFError):
+                raise ConversionError(
+                    path,
+                    "not a readable RADOLAN binary composite: no end of header (byte 0x03) found "
+                    f"({type(err).__name__}: {err}); check the file and source=, or pass skip_bad=true.",
+                ) from err
             raise ConversionError(path, _describe_read_error(err, "header")) from err
         if attrs.get("producttype") == "ascii":
             raise ConversionError(path, "is a RADOLAN ASCII grid; convert it with source=radolan_ascii.")

@@ -146,9 +146,9 @@ class RadarMetrics(Metric):
                 f"n_leads={self.n_leads}; construct it with n_leads=T_out."
             )
         scored = mask > 0.5
-        if not bool(torch.isfinite(target)[scored].all()):
+        if bool((scored & ~torch.isfinite(target)).any()):
             raise ValueError("RadarMetrics.update: target_mm_h is NaN/inf at scored pixels; no-data pixels must be 0 in mask.")
-        if not bool(torch.isfinite(pred)[scored].all()):
+        if bool((scored & ~torch.isfinite(pred)).any()):
             raise ValueError("RadarMetrics.update: pred_mm_h is NaN/inf at scored pixels; the model output must be finite.")
         return scored
 
@@ -204,7 +204,7 @@ class RadarMetrics(Metric):
             ob_f = ob.to(torch.float64).reshape(k * b, h, w)
             for s_idx, scale in enumerate(self.fss_scales):
                 # every scored centre pixel has itself in its window, so n_window >= 1 there
-                n_window = torch.full_like(mf, float(scale * scale)).repeat(k, 1, 1)
+                n_window = box_sum(mf, scale).clamp(min=1).repeat(k, 1, 1)
                 frac_f = box_sum(fc_f, scale) / n_window
                 frac_o = box_sum(ob_f, scale) / n_window
                 weight = mf.repeat(k, 1, 1)
@@ -238,7 +238,7 @@ class RadarMetrics(Metric):
         for i, thr in enumerate(self.thresholds):
             tag = f"@{format_threshold(thr)}mmh"
             out["pod" + tag] = _ratio(hits[i], hits[i] + misses[i])
-            out["far" + tag] = _ratio(fas[i], hits[i] + misses[i])
+            out["far" + tag] = _ratio(fas[i], hits[i] + fas[i])
             out["csi" + tag] = _ratio(hits[i], hits[i] + misses[i] + fas[i])
             out["fbias" + tag] = _ratio(hits[i] + fas[i], hits[i] + misses[i])
             for j, scale in enumerate(self.fss_scales):

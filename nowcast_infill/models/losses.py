@@ -153,7 +153,7 @@ class InfillLoss(nn.Module):
         composite = torch.where(hole, pred_v, y_v).flatten(0, 1)  # (B*T, 1, H, W)
         if self.weights["tv"] > 0:
             hole_f = hole.flatten(0, 1).to(pred.dtype)
-            region = (F.max_pool2d(hole_f, 5, stride=1, padding=2) > 0) & valid.flatten(0, 1)
+            region = (F.max_pool2d(hole_f, 3, stride=1, padding=1) > 0) & valid.flatten(0, 1)
             pair_x = region[..., :, 1:] & region[..., :, :-1]
             pair_y = region[..., 1:, :] & region[..., :-1, :]
             dx = torch.where(pair_x, (composite[..., :, 1:] - composite[..., :, :-1]).abs(), zero)

@@ -1,0 +1,119 @@
+"""End to end: ni-train on a tiny synthetic store, ni-eval from its checkpoint and of baselines,
+fast_dev_run of every experiment, and resuming that continues exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nowcast_infill.cli.eval import evaluate
+from nowcast_infill.cli.train import train
+from nowcast_infill.data.synthetic import write_synthetic_store
+from test_configs import EXPERIMENTS, TINY_NET, compose_config, tiny_overrides
+
+SMALL_WINDOWS = ["task.past=2", "task.future=2", "data.split.gap=2", "data.eval_masks.n=4"]
+SHORT_FIT = ["trainer.max_epochs=2", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2"]
+FAST_EXPERIMENTS = {"infill_baseline", "nowcast_lstm_attention"}
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "synthetic.zarr"
+    write_synthetic_store(path, n_times=48, ny=48, nx=48, seed=3)
+    return path
+
+
+def run_overrides(tmp_path: Path, store: Path, *extra: str) -> list[str]:
+    return [*tiny_overrides(tmp_path, store), f"data.stats_path={tmp_path / 'stats.json'}", TINY_NET, *SMALL_WINDOWS, *extra]
+
+
+@pytest.mark.parametrize(
+    "experiment", [pytest.param(e, marks=() if e in FAST_EXPERIMENTS else pytest.mark.slow) for e in EXPERIMENTS]
+)
+def test_experiment_fast_dev_run(experiment, tiny_store, tmp_path):
+    cfg = compose_config("train", run_overrides(tmp_path, tiny_store, f"experiment={experiment}", "debug=fast_dev_run"))
+    results = train(cfg)
+    assert results["global_step"] == 1
+    assert np.isfinite(results["train/loss"]) and np.isfinite(results["test/rmse"])
+    assert (Path(results["output_dir"]) / "config.yaml").is_file()
+
+
+def test_train_then_eval_from_checkpoint(tiny_store, tmp_path):
+    cfg = compose_config("train", run_overrides(tmp_path, tiny_store, *SHORT_FIT, "model.n_log_images=1"))
+    trained = train(cfg)
+    best = Path(trained["best_model_path"])
+    assert best.is_file() and Path(trained["last_model_path"]).is_file()
+    assert trained["global_step"] == 4
+    assert (tmp_path / "run" / "figures" / "infill_sample0.png").is_file()
+
+    eval_cfg = compose_config(
+        "eval", [*tiny_overrides(tmp_path / "eval", tiny_store), f"data.stats_path={tmp_path / 'stats.json'}", *SMALL_WINDOWS,
+                 f"ckpt_path={best}", "+trainer.limit_test_batches=2", "n_figures=2"]
+    )
+    evaluated = evaluate(eval_cfg)
+    out = tmp_path / "eval" / "run"
+    # Same checkpoint, same fixed masks, same windows: the same numbers as ni-train's test.
+    for key in ("test/rmse", "test/mae", "test/csi@1mmh"):
+        np.testing.assert_allclose(evaluated[key], trained[key], rtol=1e-5, equal_nan=True)
+    assert evaluated["row"]["model"] == "baseline"
+    assert (out / "metrics.csv").read_text().startswith("model,task,split,checkpoint")
+    assert "| rmse |" in (out / "metrics.md").read_text().replace("| rmse", "| rmse |", 1) or "rmse" in (out / "metrics.md").read_text()
+    assert sorted(p.name for p in (out / "figures").glob("*.png")) == ["infill_sample0.png", "infill_sample1.png"]
+    from nowcast_infill.data.masks import load_mask_set
+
+    masks = load_mask_set(out / "eval_masks.npz")
+    assert masks.masks.shape == (4, 48, 48)
+
+
+def test_eval_checkpoint_with_wrong_task_is_refused(tiny_store, tmp_path):
+    cfg = compose_config("train", run_overrides(tmp_path, tiny_store, "trainer.max_epochs=1", "+trainer.limit_train_batches=1",
+                                                "+trainer.limit_val_batches=1", "test=false"))
+    last = train(cfg)["last_model_path"]
+    eval_cfg = compose_config("eval", [*tiny_overrides(tmp_path / "eval", tiny_store), *SMALL_WINDOWS, "task=nowcast", f"ckpt_path={last}"])
+    with pytest.raises(ValueError, match="trained with task=infill"):
+        evaluate(eval_cfg)
+
+
+def test_eval_network_without_checkpoint_is_refused(tiny_store, tmp_path):
+    eval_cfg = compose_config("eval", [*tiny_overrides(tmp_path, tiny_store), *SMALL_WINDOWS, "model=lstm"])
+    with pytest.raises(ValueError, match="ckpt_path"):
+        evaluate(eval_cfg)
+
+
+@pytest.mark.parametrize("task,baseline", [("infill", "nearest"), ("nowcast", "persistence")])
+def test_eval_baseline_without_checkpoint(task, baseline, tiny_store, tmp_path):
+    eval_cfg = compose_config(
+        "eval", [*tiny_overrides(tmp_path, tiny_store), f"data.stats_path={tmp_path / 'stats.json'}", *SMALL_WINDOWS,
+                 f"task={task}", f"model={baseline}", "+trainer.limit_test_batches=2", "n_figures=1"]
+    )
+    results = evaluate(eval_cfg)
+    assert results["row"]["model"] == baseline and np.isfinite(results["test/rmse"])
+    if task == "nowcast":
+        assert "test/rmse/lead2" in results
+    assert len(list((tmp_path / "run" / "figures").glob("*.png"))) == 1
+
+
+def _weights(ckpt: str) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+
+@pytest.mark.slow
+def test_resume_continues_and_matches_uninterrupted(tiny_store, tmp_path):
+    # total_steps fixed so that the warm-up/cosine schedule is the same for both runs
+    common = ["trainer.deterministic=true", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+              "model.scheduler.total_steps=4", "test=false", "callbacks.early_stopping=null"]
+    full = train(compose_config("train", run_overrides(tmp_path / "full", tiny_store, *common, "trainer.max_epochs=2")))
+    half = train(compose_config("train", run_overrides(tmp_path / "half", tiny_store, *common, "trainer.max_epochs=1")))
+    assert half["global_step"] == 2
+    resumed = train(
+        compose_config("train", run_overrides(tmp_path / "resumed", tiny_store, *common, "trainer.max_epochs=2",
+                                              f"ckpt_path={half['last_model_path']}"))
+    )
+    assert resumed["global_step"] == full["global_step"] == 4
+    a, b = _weights(full["last_model_path"]), _weights(resumed["last_model_path"])
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)

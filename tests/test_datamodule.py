@@ -254,3 +254,36 @@ def test_clear_errors(store, tmp_path):
         make_dm(store, masks=None)
     with pytest.raises(ValueError, match="crop_size=64 exceeds"):
         make_dm(store, crop_size=64)
+
+
+def test_lightning_fit_keeps_sampler_and_checkpoints_normalizer(store, tmp_path):
+    import lightning as L
+
+    seen_epochs: list[set[int]] = []
+
+    class Probe(L.LightningModule):
+        """Smallest module: records which crops it saw, so epochs can be compared."""
+
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(()))
+
+        def on_train_epoch_start(self):
+            seen_epochs.append(set())
+            sampler = self.trainer.train_dataloader.sampler
+            assert isinstance(sampler, WindowSampler), f"Lightning replaced our sampler by {type(sampler)}"
+
+        def training_step(self, batch, _):
+            seen_epochs[-1].add(float(batch["x"].sum()))
+            return (self.weight - batch["y"].mean()) ** 2
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    dm = RadarDataModule(store, masks=box_holes, split=SPLIT, crop_size=16, batch_size=4, seed=1)
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=0, accelerator="cpu", logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(Probe(), datamodule=dm)
+    assert len(seen_epochs) == 2 and not seen_epochs[0] & seen_epochs[1], "epoch 2 must draw other crops"
+    ckpt = torch.load(next((tmp_path / "checkpoints").glob("*.ckpt")), weights_only=False)
+    assert ckpt["RadarDataModule"]["normalizer"] == dm.normalizer.state_dict()

@@ -100,11 +100,10 @@ def _weights(ckpt: str) -> dict[str, torch.Tensor]:
     return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
 
 
-@pytest.mark.slow
 def test_resume_continues_and_matches_uninterrupted(tiny_store, tmp_path):
     # total_steps fixed so that the warm-up/cosine schedule is the same for both runs
     common = ["trainer.deterministic=true", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
-              "model.scheduler.total_steps=4", "test=false", "callbacks.early_stopping=null"]
+              "+model.scheduler.total_steps=4", "test=false", "callbacks.early_stopping=null"]
     full = train(compose_config("train", run_overrides(tmp_path / "full", tiny_store, *common, "trainer.max_epochs=2")))
     half = train(compose_config("train", run_overrides(tmp_path / "half", tiny_store, *common, "trainer.max_epochs=1")))
     assert half["global_step"] == 2

@@ -12,9 +12,10 @@ log = logging.getLogger(__name__)
 
 
 def model_choice(cfg: DictConfig) -> tuple[str, dict]:
-    """(baseline name or checkpoint path, baseline options) from the `model` group and `ckpt_path`."""
+    """(baseline name or checkpoint path, its options) from the `model` group, `ckpt_path` and `checkpoint`."""
     if cfg.get("ckpt_path"):
-        return str(cfg.ckpt_path), {}
+        options = cfg.get("checkpoint")
+        return str(cfg.ckpt_path), dict(OmegaConf.to_container(options, resolve=True)) if options else {}
     options = cfg.model.get("options")
     return str(cfg.model.name), dict(OmegaConf.to_container(options, resolve=True)) if options else {}
 
@@ -24,10 +25,23 @@ def run(cfg: DictConfig) -> dict:
 
     model, options = model_choice(cfg)
     predictor, info = load_predictor(model, "infill", **options)
+    context = cfg.get("context")
+    if cfg.get("ckpt_path"):
+        trained = (predictor.in_frames - 1) // 2
+        if context is not None and int(context) != trained:
+            raise ValueError(f"context={context} but {model} was trained with context={trained} "
+                             f"(in_frames={predictor.in_frames}); drop context= or set context={trained}.")
+        context = trained
+    else:
+        if int(cfg.get("devices", 1)) > 1:
+            raise ValueError("devices > 1 runs checkpoints only (a baseline predictor is a closure that cannot be "
+                             "sent to worker processes, and it has no device to use); use devices=1 with a baseline.")
+        context = 0 if context is None else context
     summary = infill_store(
-        predictor, cfg.input, cfg.output, model_info=info, context=int(cfg.context), coverage=cfg.coverage,
+        predictor, cfg.input, cfg.output, model_info=info, context=int(context), coverage=cfg.coverage,
         coverage_min_fraction=float(cfg.coverage_min_fraction),
         infill_outside_coverage=bool(cfg.infill_outside_coverage), progress=bool(cfg.progress),
+        devices=int(cfg.get("devices", 1)), accelerator=str(cfg.get("accelerator", "auto")),
     )
     log.info("ni-infill %s -> %s: %s", cfg.input, cfg.output, json.dumps(summary))
     print(json.dumps(summary))

@@ -139,22 +139,17 @@ def load_predictor(model: str, task: str, **options) -> tuple[Callable, dict]:
     """Predictor and provenance for `model`: a baseline name or a Lightning checkpoint path.
 
     Returns `(predictor, info)` with `info = {"model", "sha256", "config"}` for the output
-    attributes. Checkpoints are recognised (path exists or ends in `.ckpt`) and hashed, but
-    turning a `RadarModule` into a predictor is not wired yet: it raises NotImplementedError.
+    attributes. A checkpoint (an existing file or a name ending in `.ckpt`) becomes a
+    `CheckpointPredictor`; `options` then go to `load_checkpoint_predictor` (tile, overlap,
+    batch_size, device, stats_path, aux), else to the baseline.
     """
     if task not in ("infill", "nowcast"):
         raise ValueError(f"task={task!r}; expected 'infill' or 'nowcast'.")
     path = Path(model)
     if model.endswith(".ckpt") or path.is_file():
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: checkpoint not found; pass model=<baseline name> or an existing .ckpt.")
-        # Wiring point for the lead: RadarModule.load_from_checkpoint(path), then a predictor
-        # that normalises with module's Normalizer, runs predict_tiled(module.net, ...) and
-        # decodes to mm/h. Until RadarModule exists this must fail loudly, not pretend.
-        raise NotImplementedError(
-            f"{path}: loading checkpoints into ni-{task} is not wired yet (needs "
-            "nowcast_infill.models.module.RadarModule); use model=<baseline name> for now."
-        )
+        from nowcast_infill.inference.checkpoint import load_checkpoint_predictor
+
+        return load_checkpoint_predictor(path, task, **options)
     try:
         kind = baseline_task(model)
     except KeyError as err:
@@ -265,6 +260,98 @@ class _FrameCache:
         return out
 
 
+def _predictor_kwargs(predictor, frame_index: np.ndarray) -> dict:
+    """Store time indices of the input frames for predictors that read per-time aux fields."""
+    return {"frame_index": frame_index} if getattr(predictor, "wants_frame_index", False) else {}
+
+
+class _FrameInfiller:
+    """Computes and commits single frames of an infill store; one per process.
+
+    Frames are independent (own chunk in `precip`/`infilled`, own chunk in `infill_status`),
+    so processes writing disjoint frames never touch the same file.
+    """
+
+    def __init__(self, predictor, input_store: Path, output_store: Path, context: int, infill_outside_coverage: bool):
+        import zarr
+
+        self.predictor, self.input_store, self.output_store, self.context = predictor, input_store, output_store, context
+        self.src = open_radar_store(input_store)
+        if hasattr(predictor, "bind"):
+            predictor.bind(self.src, input_store)
+        self.shape = self.src[PRECIP].shape[1:]
+        out = xr.open_zarr(output_store, chunks=None)
+        coverage = out[COVERAGE].values.astype(bool)
+        self.fill_region = np.ones(self.shape, dtype=bool) if infill_outside_coverage else coverage
+        group = zarr.open_group(str(output_store), mode="r+")
+        self.precip_out, self.infilled_out, self.status_out = group[PRECIP], group[INFILLED], group[STATUS]
+        self.cache = _FrameCache(self.src[PRECIP], self.src[MISSING_FRAME].values)
+        self.no_flag = np.zeros(self.shape, dtype=np.uint8)
+
+    def pending(self) -> np.ndarray:
+        return np.nonzero(np.asarray(self.status_out[:]) == STATUS_PENDING)[0]
+
+    def compute(self, t: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """(frame (H, W) mm/h, infilled flag (H, W) uint8, status code) of time step `t`."""
+        window = self.cache.window(t, self.context)
+        observed = window[self.context]
+        holes = self.fill_region & ~np.isfinite(observed)
+        if not holes.any():
+            return observed, self.no_flag, STATUS_COMPLETE
+        frame_index = np.arange(t - self.context, t + self.context + 1)
+        try:
+            pred = np.asarray(self.predictor(window, self.fill_region, **_predictor_kwargs(self.predictor, frame_index)),
+                              dtype=np.float32)
+        except NothingToInfillFromError as err:
+            log.warning("%s: frame %s not infilled: %s", self.input_store, self.src["time"].values[t], err)
+            return observed, self.no_flag, STATUS_NOT_INFILLABLE
+        if pred.shape != (1,) + self.shape:
+            raise ValueError(f"predictor returned shape {pred.shape}; expected (1, {self.shape[0]}, {self.shape[1]}) mm/h.")
+        # Observed pixels are kept bit for bit; the model answers only inside the holes.
+        filled = holes & np.isfinite(pred[0])
+        return np.where(filled, pred[0], observed).astype(np.float32), filled.astype(np.uint8), STATUS_INFILLED
+
+    def commit(self, t: int, frame: np.ndarray, flag: np.ndarray, code: int) -> None:
+        self.precip_out[t] = frame
+        self.infilled_out[t] = flag
+        # Committed last: a frame counts as written only once its data is on disk.
+        self.status_out[t] = code
+
+
+def _open_or_create_infill_store(predictor, input_store: Path, output_store: Path, info: dict, context: int,
+                                 coverage, coverage_min_fraction: float, infill_outside_coverage: bool) -> None:
+    src = open_radar_store(input_store)
+    shape = src[PRECIP].shape[1:]
+    if output_store.exists():
+        out = xr.open_zarr(output_store, chunks=None)
+        _check_resumable(out, src, output_store, input_store, info)
+        log.info("%s: resuming, %d of %d frames already written", output_store,
+                 int((out[STATUS].values != STATUS_PENDING).sum()), out.sizes["time"])
+        return
+    if coverage is None:
+        coverage_mask = derive_coverage(src, coverage_min_fraction)
+        coverage_source = f"derived: valid in >= {coverage_min_fraction:g} of the non-missing frames"
+    elif isinstance(coverage, (str, Path)):
+        coverage_mask, coverage_source = load_coverage(coverage, shape), f"file: {Path(coverage).resolve()}"
+    else:
+        coverage_mask = np.asarray(coverage, dtype=bool)
+        if coverage_mask.shape != shape:
+            raise ValueError(f"coverage has shape {coverage_mask.shape}; the store grid is {shape} (y, x).")
+        coverage_source = "given by the caller"
+    _create_infill_store(src, input_store, output_store, coverage_mask, coverage_source, info, context,
+                         infill_outside_coverage)
+
+
+def _summary(output_store: Path, written: int) -> dict:
+    import zarr
+
+    final = np.asarray(zarr.open_array(str(output_store / STATUS), mode="r")[:])
+    return {"frames": int(final.size), "written_this_run": int(written),
+            "complete": int((final == STATUS_COMPLETE).sum()), "infilled": int((final == STATUS_INFILLED).sum()),
+            "not_infillable": int((final == STATUS_NOT_INFILLABLE).sum()),
+            "pending": int((final == STATUS_PENDING).sum())}
+
+
 def infill_store(
     predictor: InfillPredictor,
     input_store: str | Path,
@@ -276,86 +363,50 @@ def infill_store(
     coverage_min_fraction: float = 0.5,
     infill_outside_coverage: bool = False,
     progress: bool = True,
+    devices: int = 1,
+    accelerator: str = "auto",
 ) -> dict:
     """Infill every incomplete frame of `input_store` into `output_store` (resumable).
 
     Args:
-        predictor: `(x_mm_h (2*context+1, H, W) with NaN, valid_coverage (H, W) bool) -> (1, H, W)` mm/h.
+        predictor: `(x_mm_h (2*context+1, H, W) with NaN, valid_coverage (H, W) bool) -> (1, H, W)` mm/h;
+            one with `wants_frame_index = True` also gets `frame_index=(2*context+1,)` store indices,
+            and one with `bind(ds, path)` is bound to the input store first.
         model_info: `{"model", "sha256", "config"}` recorded in the attributes (see `load_predictor`).
         context: neighbouring frames on each side given to the predictor.
         coverage: `(H, W)` bool mask, a file (see `load_coverage`), or None to derive it
             with `derive_coverage(min_fraction=coverage_min_fraction)`.
         infill_outside_coverage: also fill NaN pixels outside the coverage.
+        devices: > 1 splits the pending frames over that many processes with Lightning
+            `predict` (`ddp_spawn`, one process per device); the predictor must be picklable.
+        accelerator: Lightning accelerator of the multi-process path (`auto`, `cpu`, `gpu`).
 
     A frame without NaN in the fill region is copied bit-identical. In an incomplete frame
     only NaN pixels inside the fill region take the prediction; `infilled` marks them.
     Returns a summary dict of counts per status.
     """
     from tqdm.auto import tqdm
-    import zarr
 
     input_store, output_store = Path(input_store), Path(output_store)
     if context < 0:
         raise ValueError(f"context={context}; it must be >= 0 frames.")
+    if int(devices) < 1:
+        raise ValueError(f"devices={devices}; it must be >= 1.")
     info = dict(model_info or {"model": getattr(predictor, "__name__", type(predictor).__name__), "sha256": "", "config": ""})
-    src = open_radar_store(input_store)
-    shape = src[PRECIP].shape[1:]
+    _open_or_create_infill_store(predictor, input_store, output_store, info, context, coverage,
+                                 coverage_min_fraction, infill_outside_coverage)
+    if int(devices) > 1:
+        from nowcast_infill.inference.distributed import infill_frames_distributed
 
-    if output_store.exists():
-        out = xr.open_zarr(output_store, chunks=None)
-        _check_resumable(out, src, output_store, input_store, info)
-        coverage_mask = out[COVERAGE].values.astype(bool)
-        log.info("%s: resuming, %d of %d frames already written", output_store,
-                 int((out[STATUS].values != STATUS_PENDING).sum()), out.sizes["time"])
-    else:
-        if coverage is None:
-            coverage_mask = derive_coverage(src, coverage_min_fraction)
-            coverage_source = f"derived: valid in >= {coverage_min_fraction:g} of the non-missing frames"
-        elif isinstance(coverage, (str, Path)):
-            coverage_mask, coverage_source = load_coverage(coverage, shape), f"file: {Path(coverage).resolve()}"
-        else:
-            coverage_mask = np.asarray(coverage, dtype=bool)
-            if coverage_mask.shape != shape:
-                raise ValueError(f"coverage has shape {coverage_mask.shape}; the store grid is {shape} (y, x).")
-            coverage_source = "given by the caller"
-        _create_infill_store(src, input_store, output_store, coverage_mask, coverage_source, info, context,
-                             infill_outside_coverage)
-
-    fill_region = np.ones(shape, dtype=bool) if infill_outside_coverage else coverage_mask
-    group = zarr.open_group(str(output_store), mode="r+")
-    precip_out, infilled_out, status_out = group[PRECIP], group[INFILLED], group[STATUS]
-    status = np.asarray(status_out[:])
-    pending = np.nonzero(status == STATUS_PENDING)[0]
-    cache = _FrameCache(src[PRECIP], src[MISSING_FRAME].values)
-    no_flag = np.zeros(shape, dtype=np.uint8)
+        written = infill_frames_distributed(predictor, input_store, output_store, context=context,
+                                            infill_outside_coverage=infill_outside_coverage, devices=int(devices),
+                                            accelerator=accelerator, progress=progress)
+        return _summary(output_store, written)
+    infiller = _FrameInfiller(predictor, input_store, output_store, context, infill_outside_coverage)
+    pending = infiller.pending()
     for t in tqdm(pending, desc=f"infill {output_store.name}", unit="frame", disable=not progress):
-        t = int(t)
-        window = cache.window(t, context)
-        observed = window[context]
-        holes = fill_region & ~np.isfinite(observed)
-        if not holes.any():
-            frame, flag, code = observed, no_flag, STATUS_COMPLETE
-        else:
-            try:
-                pred = np.asarray(predictor(window, fill_region), dtype=np.float32)
-            except NothingToInfillFromError as err:
-                log.warning("%s: frame %s not infilled: %s", input_store, src["time"].values[t], err)
-                frame, flag, code = observed, no_flag, STATUS_NOT_INFILLABLE
-            else:
-                if pred.shape != (1,) + shape:
-                    raise ValueError(f"predictor returned shape {pred.shape}; expected (1, {shape[0]}, {shape[1]}) mm/h.")
-                filled = holes & np.isfinite(pred[0])
-                frame = np.where(filled, pred[0], observed).astype(np.float32)
-                flag, code = filled.astype(np.uint8), STATUS_INFILLED
-        precip_out[t] = frame
-        infilled_out[t] = flag
-        # Committed last: a frame counts as written only once its data is on disk.
-        status_out[t] = code
-    final = np.asarray(status_out[:])
-    return {"frames": int(final.size), "written_this_run": int(pending.size),
-            "complete": int((final == STATUS_COMPLETE).sum()), "infilled": int((final == STATUS_INFILLED).sum()),
-            "not_infillable": int((final == STATUS_NOT_INFILLABLE).sum()),
-            "pending": int((final == STATUS_PENDING).sum())}
+        infiller.commit(int(t), *infiller.compute(int(t)))
+    return _summary(output_store, pending.size)
 
 
 # ----------------------------------------------------------------------------- nowcast products
@@ -397,7 +448,10 @@ def write_nowcast(
     if end + 1 < past:
         raise ValueError(f"{input_store}: only {end + 1} frames up to {times[end]}, but past={past} are needed.")
     x = src[PRECIP][end + 1 - past:end + 1].values.astype(np.float32)
-    forecast = np.asarray(predictor(x), dtype=np.float32)
+    if hasattr(predictor, "bind"):
+        predictor.bind(src, input_store)
+    forecast = np.asarray(predictor(x, **_predictor_kwargs(predictor, np.arange(end + 1 - past, end + 1))),
+                          dtype=np.float32)
     if forecast.shape != (n_leads,) + x.shape[1:]:
         raise ValueError(f"predictor returned shape {forecast.shape}; expected ({n_leads}, {x.shape[1]}, {x.shape[2]}).")
     step_s = src.attrs.get("time_step_s")

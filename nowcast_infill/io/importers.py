@@ -10,7 +10,7 @@ import functools
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -46,6 +46,11 @@ class GridInfo:
     proj4: str
     grid_mapping_name: str
     crs_wkt: str | None = None
+
+    def __reduce__(self):
+        # Frames travel from reader processes to the writer: send the 1-D coordinates
+        # and rebuild lat/lon from the per-process cache instead of pickling 2 x (H, W).
+        return (make_grid, (np.asarray(self.x), np.asarray(self.y), self.proj4))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -204,5 +209,3 @@ def sha256_of(path: str | Path, block: int = 1 << 20) -> str:
             digest.update(chunk)
     return digest.hexdigest()
 
-
-ImporterFactory = Callable[..., Importer]

@@ -1,0 +1,289 @@
+"""Trained `RadarModule` checkpoints as archive predictors for `ni-infill` and `ni-nowcast`.
+
+A checkpoint written by `ni-train` holds the network's weights and hyperparameters
+(`hyper_parameters`) and the DataModule's state (`RadarDataModule`: the fitted
+normaliser), so it is self-contained for inference. What the DataModule does not
+store in the checkpoint (the training crop size, the auxiliary field names) is read from
+`datamodule_hyper_parameters` when present, else from the run's `config.yaml` that
+`ni-train` writes beside `checkpoints/`; a value found nowhere must be given explicitly.
+
+The predictor encodes mm/h with the training normaliser (NaN -> mask 0, value 0),
+regrids auxiliary fields with the DataModule's `AuxRegridder`, runs `predict_tiled`
+over the full grid (tiles of the training crop size, `multiple = 2**depth`) and decodes
+the network output to mm/h.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nowcast_infill.schema import AUX_PREFIX, PRECIP
+
+log = logging.getLogger(__name__)
+
+DATAMODULE_STATE_KEY = "RadarDataModule"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used for inference; the message names the file and the fix."""
+
+
+def _read_checkpoint(path: Path) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises several types for a file that is not a checkpoint
+        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({err}); pass a .ckpt written by ni-train.") from err
+    if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise CheckpointError(f"{path}: not a Lightning checkpoint of a RadarModule (no state_dict/hyper_parameters); "
+                              "pass a .ckpt written by ni-train.")
+    return ckpt
+
+
+def _run_config(path: Path) -> dict | None:
+    """The `config.yaml` ni-train wrote in the run directory (`<run>/checkpoints/x.ckpt`), if any."""
+    candidate = path.resolve().parent.parent / "config.yaml"
+    if not candidate.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(candidate), resolve=False)
+
+
+def _normalizer_from(ckpt: Mapping, path: Path, stats_path: str | Path | None):
+    from nowcast_infill.data.normalization import Normalizer
+
+    if stats_path:
+        return Normalizer.load(stats_path)
+    state = (ckpt.get(DATAMODULE_STATE_KEY) or {}).get("normalizer")
+    if state is None:
+        raise CheckpointError(
+            f"{path}: holds no normaliser state (key '{DATAMODULE_STATE_KEY}.normalizer'); it was not trained through "
+            "RadarDataModule. Pass stats_path=<the .normalization.json used in training>."
+        )
+    normalizer = Normalizer(state.get("kind", "log1p_scaled"))
+    normalizer.load_state_dict(state)
+    return normalizer
+
+
+def _training_data_setting(ckpt: Mapping, run_config: Mapping | None, key: str) -> tuple[Any, str] | None:
+    """(value, where it was found) of DataModule setting `key`, or None when it was not stored."""
+    dm_hparams = ckpt.get("datamodule_hyper_parameters") or {}
+    if key in dm_hparams:
+        return dm_hparams[key], "checkpoint datamodule_hyper_parameters"
+    data = (run_config or {}).get("data") or {}
+    if key in data:
+        return data[key], "run config.yaml"
+    return None
+
+
+def _aux_names(n_aux: int, ckpt: Mapping, run_config: Mapping | None, normalizer, path: Path,
+               given: Sequence[str] | None) -> list[str]:
+    """The auxiliary fields the network was trained with, in channel order."""
+    if n_aux == 0:
+        if given:
+            raise CheckpointError(f"{path}: the network takes no auxiliary fields, but aux={list(given)} was given; drop it.")
+        return []
+    if given:
+        names = list(given)
+    else:
+        setting = _training_data_setting(ckpt, run_config, "aux")
+        listed = setting[0] if setting and isinstance(setting[0], (list, tuple)) else None
+        # The normaliser was fitted on the training aux list in channel order ("all" resolved).
+        names = list(listed) if listed else list(normalizer.aux)
+    if len(names) != n_aux:
+        raise CheckpointError(
+            f"{path}: the network takes {n_aux} auxiliary field(s) but {names} were found for it; "
+            f"pass aux=[name, ...] with the {n_aux} fields of training in their order."
+        )
+    missing = [n for n in names if n not in normalizer.aux]
+    if missing:
+        raise CheckpointError(f"{path}: the normaliser has no statistics for aux field(s) {missing}; "
+                              "pass stats_path= with the statistics used in training.")
+    return names
+
+
+class CheckpointPredictor:
+    """A trained `RadarModule` applied to full grids of a store.
+
+    Call as `predictor(x_mm_h, valid_coverage=None, *, frame_index=None)`:
+    `x_mm_h (T_in, H, W)` float32 mm/h with NaN for missing, `frame_index (T_in,)` the
+    store time indices of those frames (needed for auxiliary fields; indices outside the
+    store mean "no aux data"). Returns the decoded network output `(T_out, H, W)` mm/h, >= 0:
+    finite everywhere for infill (compositing with observations is the writer's job); for
+    nowcast NaN where no past frame has data.
+
+    `bind(ds, path)` must be called with the input store before a network with auxiliary
+    inputs can be called.
+    """
+
+    wants_frame_index = True
+
+    def __init__(self, module, normalizer, *, tile: int, overlap: int, multiple: int, batch_size: int,
+                 aux_names: Sequence[str], device: str | torch.device, path: Path):
+        self.module, self.normalizer = module, normalizer
+        self.task = str(module.hparams.task)
+        self.in_frames, self.out_frames = int(module.hparams.in_frames), int(module.hparams.out_frames)
+        self.tile, self.overlap, self.multiple, self.batch_size = int(tile), int(overlap), int(multiple), int(batch_size)
+        self.aux_names = list(aux_names)
+        self.device = torch.device(device)
+        self.path = Path(path)
+        self._aux = None  # (regridder, zarr arrays by name, n_time) once bound
+
+    # -- store binding -----------------------------------------------------------------
+    def bind(self, ds, store_path: str | Path) -> None:
+        """Prepare auxiliary regridding for store `ds` (opened from `store_path`)."""
+        shape = ds[PRECIP].shape[1:]
+        if min(shape) < 1:
+            raise ValueError(f"{store_path}: empty grid {shape}.")
+        if not self.aux_names:
+            return
+        missing = [AUX_PREFIX + n for n in self.aux_names if AUX_PREFIX + n not in ds]
+        if missing:
+            raise ValueError(
+                f"{store_path}: the model {self.path.name} needs auxiliary variable(s) {', '.join(missing)} "
+                f"(trained with aux={self.aux_names}), which the store lacks; add them (ni-convert/ni-synth with aux) "
+                "or use a checkpoint trained without aux."
+            )
+        from nowcast_infill.data.datamodule import AuxRegridder
+
+        regridder = AuxRegridder(ds["y"].values, ds["x"].values, ds["y_aux"].values, ds["x_aux"].values)
+        arrays = {n: ds[AUX_PREFIX + n] for n in self.aux_names}
+        self._aux = (regridder, arrays, int(ds.sizes["time"]), shape)
+
+    def _aux_inputs(self, frame_index: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+        """Normalised aux `(T_in, A, H, W)` and its 0/1 mask on the radar grid, or (None, None)."""
+        if not self.aux_names:
+            return None, None
+        if self._aux is None or frame_index is None:
+            raise RuntimeError(f"{self.path.name} uses auxiliary fields: call bind(ds, path) and pass frame_index.")
+        regridder, arrays, n_time, (height, width) = self._aux
+        out = np.full((len(frame_index), len(self.aux_names), height, width), np.nan, dtype=np.float32)
+        inside = [(i, int(t)) for i, t in enumerate(frame_index) if 0 <= int(t) < n_time]
+        for a, name in enumerate(self.aux_names):
+            arr = arrays[name]
+            for i, t in inside:
+                values = regridder.regrid(lambda r, c, a_=arr, t_=t: a_[t_:t_ + 1, r, c].values, slice(0, height), slice(0, width))
+                out[i, a] = self.normalizer.encode_aux(name, values[0])
+        valid = np.isfinite(out)
+        return torch.from_numpy(np.where(valid, out, 0.0).astype(np.float32)), torch.from_numpy(valid.astype(np.float32))
+
+    # -- prediction --------------------------------------------------------------------
+    def _forward(self, x, x_mask, aux, aux_mask):
+        return self.module.net(x, x_mask, aux, aux_mask)
+
+    @torch.no_grad()
+    def predict(self, x_mm_h: np.ndarray, frame_index: np.ndarray | None = None) -> np.ndarray:
+        """`(T_in, H, W)` mm/h with NaN -> `(T_out, H, W)` mm/h from the network alone."""
+        from nowcast_infill.inference.tiling import predict_tiled
+
+        x_mm_h = np.asarray(x_mm_h, dtype=np.float32)
+        if x_mm_h.ndim != 3 or x_mm_h.shape[0] != self.in_frames:
+            raise ValueError(f"{self.path.name}: input has shape {x_mm_h.shape}; the network takes "
+                             f"({self.in_frames}, H, W) frames in mm/h (task={self.task}).")
+        valid = np.isfinite(x_mm_h)
+        x = np.where(valid, self.normalizer.encode(np.nan_to_num(x_mm_h, nan=0.0)), 0.0).astype(np.float32)
+        aux, aux_mask = self._aux_inputs(frame_index)
+        device = self.device
+        self.module.to(device).eval()
+        pred = predict_tiled(
+            self._forward,
+            torch.from_numpy(x[:, None]).to(device),
+            torch.from_numpy(valid[:, None].astype(np.float32)).to(device),
+            None if aux is None else aux.to(device),
+            None if aux_mask is None else aux_mask.to(device),
+            tile=self.tile, overlap=self.overlap, multiple=self.multiple, batch_size=self.batch_size,
+        )
+        return self.normalizer.decode(pred[:, 0].float()).cpu().numpy().astype(np.float32)
+
+    def __call__(self, x_mm_h: np.ndarray, valid_coverage: np.ndarray | None = None, *,
+                 frame_index: np.ndarray | None = None) -> np.ndarray:
+        from nowcast_infill.baselines import NothingToInfillFromError
+
+        if not np.isfinite(x_mm_h).any():
+            if self.task == "infill":
+                raise NothingToInfillFromError(
+                    f"no observed pixel in the {self.in_frames} input frame(s), so {self.path.name} has nothing to infill from.")
+            raise ValueError(f"{self.path.name}: all {self.in_frames} past frames are entirely missing; no nowcast "
+                             "can be issued from them; choose another issue_time.")
+        pred = self.predict(x_mm_h, frame_index)
+        if self.task == "nowcast":
+            # Never observed in any past frame (outside the radar network, or a lasting outage):
+            # the network would only extrapolate zeros there, so there is no forecast: NaN.
+            pred[:, ~np.isfinite(x_mm_h).any(axis=0)] = np.nan
+        return pred
+
+
+def load_checkpoint_predictor(
+    path: str | Path,
+    task: str,
+    *,
+    tile: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 4,
+    device: str = "auto",
+    stats_path: str | Path | None = None,
+    aux: Sequence[str] | None = None,
+) -> tuple[CheckpointPredictor, dict]:
+    """`(predictor, info)` for a RadarModule checkpoint; `info = {"model", "sha256", "config"}`.
+
+    Args:
+        tile: tile edge in pixels; None = the training crop size (from the checkpoint or its
+            run's config.yaml), rounded down to a multiple of `2**depth`.
+        overlap: pixels shared by neighbouring tiles; None = tile // 4.
+        device: `auto` (cuda when available), `cpu`, `cuda`, `cuda:1`, ...
+        stats_path: normalisation statistics JSON overriding the checkpoint's normaliser.
+        aux: auxiliary field names in channel order, when not recoverable from the training run.
+    """
+    from nowcast_infill.inference.archive import file_sha256
+    from nowcast_infill.models.module import RadarModule
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found; pass ckpt_path=<run>/checkpoints/*.ckpt written by ni-train.")
+    ckpt = _read_checkpoint(path)
+    hparams = dict(ckpt["hyper_parameters"])
+    if hparams.get("task") != task:
+        raise CheckpointError(f"{path}: the network was trained for task={hparams.get('task')!r}; ni-{task} needs a "
+                              f"task={task} checkpoint.")
+    if "net" not in hparams or not hparams.get("net"):
+        raise CheckpointError(f"{path}: has no network (hyper_parameters.net); a baseline is run with model=<name>, not a checkpoint.")
+    module = RadarModule.load_from_checkpoint(path, map_location="cpu")
+    module.eval()
+    normalizer = _normalizer_from(ckpt, path, stats_path)
+    module.attach_normalizer(normalizer)
+    # The floor buffer is saved with the weights; a stats override must not contradict it.
+    if hasattr(module.net, "output_floor") and not np.isclose(float(module.net.output_floor), normalizer.floor):
+        raise CheckpointError(f"{path}: the network's output floor {float(module.net.output_floor):g} differs from the "
+                              f"normaliser's {normalizer.floor:g}; the statistics are not those of training (stats_path?).")
+    run_config = _run_config(path)
+    multiple = 2 ** int(getattr(module.net, "depth", 0))
+    if tile is None:
+        setting = _training_data_setting(ckpt, run_config, "crop_size")
+        if setting is None or setting[0] is None:
+            raise CheckpointError(
+                f"{path}: the training crop size is not stored in the checkpoint and no run config.yaml was found "
+                f"beside its folder (or it trained on whole frames); pass tile=<pixels, a multiple of {multiple}>."
+            )
+        tile = int(setting[0]) // multiple * multiple
+        log.info("%s: tile %d px from the training crop size (%s)", path.name, tile, setting[1])
+    tile = int(tile)
+    if tile < multiple or tile % multiple:
+        raise ValueError(f"tile={tile} must be a positive multiple of 2**depth = {multiple} for {path.name}.")
+    overlap = tile // 4 if overlap is None else int(overlap)
+    aux_names = _aux_names(int(hparams.get("aux_channels", 0)), ckpt, run_config, normalizer, path, aux)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    predictor = CheckpointPredictor(module, normalizer, tile=tile, overlap=overlap, multiple=multiple,
+                                    batch_size=batch_size, aux_names=aux_names, device=device, path=path)
+    config = {"hyper_parameters": hparams, "normalizer": normalizer.state_dict(), "aux": aux_names,
+              "tile": tile, "overlap": overlap}
+    info = {"model": str(path.resolve()), "sha256": file_sha256(path),
+            "config": json.dumps(config, sort_keys=True, default=str)}
+    return predictor, info

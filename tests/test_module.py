@@ -1,0 +1,118 @@
+"""RadarModule / BaselineModule behaviour that the end-to-end tests do not pin down."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from nowcast_infill.data.datamodule import RadarDataModule
+from nowcast_infill.data.normalization import Normalizer
+from nowcast_infill.data.synthetic import write_synthetic_store
+from nowcast_infill.models.module import BaselineModule, RadarModule
+
+NET = {"_target_": "nowcast_infill.models.components.unet.PConvUNet", "_partial_": True, "encoder_channels": [8, 16, 16]}
+OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "lr_scaling": "linear", "reference_global_batch": 8}
+MASKS = {"name": "freeform", "fraction": [0.2, 0.4]}
+
+
+def make_module(task="infill", in_frames=3, out_frames=1, **kw) -> RadarModule:
+    loss = {"name": "infill", "preset": "valid_hole"} if task == "infill" else {"name": "nowcast", "kind": "mse"}
+    return RadarModule(net=NET, task=task, in_frames=in_frames, out_frames=out_frames, loss=loss, optimizer=OPTIMIZER, **kw)
+
+
+def random_batch(task="infill", b=2, t_in=3, t_out=1, hw=16, seed=0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x_mask = (torch.rand(b, t_in, 1, hw, hw, generator=g) > 0.3).float()
+    batch = {
+        "x": torch.rand(b, t_in, 1, hw, hw, generator=g) * x_mask,
+        "x_mask": x_mask,
+        "y": torch.rand(b, t_out, 1, hw, hw, generator=g),
+        "y_valid": torch.ones(b, t_out, 1, hw, hw),
+    }
+    if task == "infill":
+        batch["hole"] = 1.0 - x_mask[:, t_in // 2 : t_in // 2 + 1]
+    return batch
+
+
+@pytest.fixture(scope="module")
+def normalizer() -> Normalizer:
+    return Normalizer().fit(np.random.default_rng(0).gamma(0.5, 2.0, size=10_000).astype(np.float32))
+
+
+def test_infill_answer_keeps_observed_pixels_and_fills_holes(normalizer):
+    module = make_module()
+    module.attach_normalizer(normalizer)
+    batch = random_batch()
+    raw = module(batch)
+    answer = module.compose(raw, batch)
+    observed = batch["x_mask"][:, 1:2] > 0
+    assert torch.equal(answer[observed], batch["x"][:, 1:2][observed])
+    assert torch.equal(answer[~observed], raw[~observed])
+    mm_h = module.predict_mm_h(batch)
+    assert mm_h.shape == (2, 1, 1, 16, 16) and bool((mm_h >= 0).all())
+
+
+def test_nowcast_answer_is_the_network_output(normalizer):
+    module = make_module("nowcast", in_frames=2, out_frames=3)
+    module.attach_normalizer(normalizer)
+    batch = random_batch("nowcast", t_in=2, t_out=3)
+    assert torch.equal(module.compose(module(batch), batch), module(batch))
+    assert torch.equal(module.score_mask(batch), batch["y_valid"])
+
+
+def test_hparams_rebuild_the_same_network():
+    module = make_module()
+    rebuilt = RadarModule(**module.hparams)
+    rebuilt.load_state_dict(module.state_dict())
+    batch = random_batch()
+    module.eval(), rebuilt.eval()
+    torch.testing.assert_close(module(batch), rebuilt(batch), rtol=0, atol=0)
+
+
+def test_bad_task_and_frames_are_refused():
+    with pytest.raises(ValueError, match="model.task='forecast'"):
+        make_module(task="forecast")
+    with pytest.raises(ValueError, match="odd in_frames"):
+        make_module(in_frames=4)
+
+
+def test_baseline_module_fills_only_holes_and_checks_task(normalizer):
+    module = BaselineModule("nearest", task="infill", in_frames=3, out_frames=1)
+    module.attach_normalizer(normalizer)
+    batch = random_batch()
+    pred = module.predict_mm_h(batch)
+    observed = batch["x_mask"][:, 1:2] > 0
+    torch.testing.assert_close(pred[observed], normalizer.decode(batch["x"][:, 1:2])[observed])
+    assert bool(torch.isfinite(pred[batch["hole"] > 0]).all())
+    assert list(module.parameters()) == []
+    with pytest.raises(ValueError, match="set task=nowcast"):
+        BaselineModule("persistence", task="infill", in_frames=3, out_frames=1)
+    nowcast = BaselineModule("persistence", task="nowcast", in_frames=2, out_frames=3)  # n_leads from out_frames
+    nowcast.attach_normalizer(normalizer)
+    assert nowcast.predict_mm_h(random_batch("nowcast", t_in=2, t_out=3)).shape == (2, 3, 1, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("store") / "synthetic.zarr"
+    write_synthetic_store(path, n_times=40, ny=32, nx=32, seed=1)
+    return path
+
+
+def test_linear_lr_scaling_with_accumulation_and_aux_check(store, tmp_path):
+    dm = RadarDataModule(store, task="infill", context=1, crop_size=32, batch_size=2, masks=MASKS,
+                         eval_masks={"n": 2}, split={"fractions": [0.7, 0.15, 0.15], "gap": 2}, aux=None)
+    module = make_module()
+    trainer = L.Trainer(max_steps=1, accumulate_grad_batches=2, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=dm)
+    # global batch 2 x 1 device x 1 node x 2 accumulation = 4, tuned at 8: half the lr
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.5e-3)
+
+    dm_aux = RadarDataModule(store, task="infill", context=1, crop_size=32, batch_size=2, masks=MASKS,
+                             eval_masks={"n": 2}, split={"fractions": [0.7, 0.15, 0.15], "gap": 2}, aux="all")
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"model.aux_channels=0 but the DataModule yields 3"):
+        trainer.fit(make_module(), datamodule=dm_aux)

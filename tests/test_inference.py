@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -66,10 +67,10 @@ def test_tiled_rejects_a_wrong_fn_output():
 
 # ----------------------------------------------------------------------------- archive infilling
 
-def _store_with_holes(path: Path, n_time: int = 8) -> tuple[Path, np.ndarray]:
+def _store_with_holes(path: Path, n_time: int = 8, name: str = "in.zarr", **kwargs) -> tuple[Path, np.ndarray]:
     """A factory store (no-data block rows 0:10, cols 0:12) with an outage hole in frames 2, 5 and 6,
     frame 4 missing. Returns the path and the hole mask (H, W)."""
-    store = write_test_store(path / "in.zarr", n_time=n_time, missing=(4,))
+    store = write_test_store(path / name, n_time=n_time, missing=(4,), **kwargs)
     ds = xr.open_zarr(store)
     hole = np.zeros(ds["precip"].shape[1:], bool)
     hole[20:30, 20:34] = True
@@ -130,11 +131,13 @@ def test_resume_refuses_a_different_model(tmp_path):
         infill_store(p2, src_path, tmp_path / "out.zarr", model_info=info2, progress=False)
 
 
-def test_checkpoint_path_is_not_silently_accepted(tmp_path):
+def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
     ckpt = tmp_path / "m.ckpt"
     ckpt.write_bytes(b"x")
-    with pytest.raises(NotImplementedError, match="not wired"):
+    with pytest.raises(ValueError, match="m.ckpt: cannot be read as a PyTorch checkpoint"):
         load_predictor(str(ckpt), "infill")
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_predictor(str(tmp_path / "absent.ckpt"), "infill")
     with pytest.raises(ValueError, match="valid names"):
         load_predictor("unet", "infill")
 
@@ -250,3 +253,154 @@ def test_cli_configs_compose_with_baselines(tmp_path):
                                             "past=3", "n_leads=2"])
         nowcast_cli.run(cfg)
     assert xr.open_zarr(tmp_path / "n.zarr").sizes["lead_time"] == 2
+
+
+# ----------------------------------------------------------------------------- trained checkpoints
+
+def _train_tiny(tmp_path: Path, store: Path, *extra: str) -> str:
+    """A few optimisation steps of a tiny PConvUNet through the real `ni-train` entry point."""
+    from nowcast_infill.cli.train import train
+    from test_configs import TINY_NET, compose_config, tiny_overrides
+
+    cfg = compose_config("train", [
+        *tiny_overrides(tmp_path, store), f"data.stats_path={tmp_path / 'stats.json'}", TINY_NET,
+        "data.split.gap=2", "data.eval_masks.n=2", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=1", "test=false", *extra,
+    ])
+    return train(cfg)["last_model_path"]
+
+
+@pytest.fixture(scope="module")
+def infill_ckpt(tmp_path_factory) -> str:
+    """Infill checkpoint (context 1, crop 32, tiny net of depth 3) trained with aux fields u and t."""
+    from factories import LINEAR_AUX
+
+    tmp = tmp_path_factory.mktemp("train_infill")
+    store = write_test_store(tmp / "train.zarr", n_time=40, ny=48, nx=48, aux=LINEAR_AUX)
+    return _train_tiny(tmp, store, "data.aux=all")
+
+
+@pytest.fixture(scope="module")
+def nowcast_ckpt(tmp_path_factory) -> str:
+    tmp = tmp_path_factory.mktemp("train_nowcast")
+    store = write_test_store(tmp / "train.zarr", n_time=40, ny=48, nx=48)
+    return _train_tiny(tmp, store, "task=nowcast", "task.past=2", "task.future=3", "data.aux=null")
+
+
+def _compose(name: str, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(name, overrides=overrides)
+
+
+def test_ni_infill_with_checkpoint_fills_only_the_holes(infill_ckpt, tmp_path):
+    from factories import LINEAR_AUX
+    from nowcast_infill.cli import infill as infill_cli
+    from nowcast_infill.inference.archive import file_sha256
+
+    src_path, hole = _store_with_holes(tmp_path, aux=LINEAR_AUX)
+    cfg = _compose("infill", [f"input={src_path}", f"output={tmp_path / 'out.zarr'}", f"ckpt_path={infill_ckpt}",
+                              "progress=false", "checkpoint.device=cpu"])
+    summary = infill_cli.run(cfg)
+    src, out = open_radar_store(src_path), xr.open_zarr(tmp_path / "out.zarr")
+    before, after, coverage = src["precip"].values, out["precip"].values, out["coverage"].values
+    # With one frame of context the model also fills the missing frame 4 from its neighbours.
+    assert list(out["infill_status"].values) == [1, 1, 2, 1, 2, 2, 2, 1]
+    assert summary["infilled"] == 4 and summary["pending"] == 0
+    for t in np.nonzero(out["infill_status"].values == STATUS_COMPLETE)[0]:
+        assert np.array_equal(after[t].view(np.uint32), before[t].view(np.uint32))
+    for t in (2, 5, 6):
+        targets = hole & coverage
+        assert np.array_equal(out["infilled"].values[t].astype(bool), targets)
+        assert np.isfinite(after[t][targets]).all() and (after[t][targets] >= 0).all()
+        observed = np.isfinite(before[t])
+        assert np.array_equal(after[t][observed].view(np.uint32), before[t][observed].view(np.uint32))
+        assert np.isnan(after[t][~coverage]).all()  # outside the radar coverage: left as no data
+    assert np.isfinite(after[4][coverage]).all() and np.isnan(after[4][~coverage]).all()
+    assert out.attrs["model_checkpoint_sha256"] == file_sha256(infill_ckpt)
+    config = json.loads(out.attrs["model_config"])
+    assert config["hyper_parameters"]["task"] == "infill" and config["aux"] == ["t", "u"]
+    assert config["tile"] == 32  # the training crop size, read from the run's config.yaml
+
+
+def test_checkpoint_with_aux_refuses_a_store_without_aux(infill_ckpt, tmp_path):
+    src_path, _ = _store_with_holes(tmp_path)
+    predictor, info = load_predictor(infill_ckpt, "infill", device="cpu")
+    with pytest.raises(ValueError, match=r"in\.zarr: the model .* needs auxiliary variable\(s\) aux_t, aux_u"):
+        infill_store(predictor, src_path, tmp_path / "out.zarr", model_info=info, context=1, progress=False)
+
+
+def test_checkpoint_infill_resumes_after_a_crash(infill_ckpt, tmp_path):
+    from factories import LINEAR_AUX
+
+    src_path, _ = _store_with_holes(tmp_path, aux=LINEAR_AUX)
+    predictor, info = load_predictor(infill_ckpt, "infill", device="cpu")
+
+    class Crash(RuntimeError):
+        pass
+
+    calls = []
+
+    def crashing(x, cov, *, frame_index):
+        if len(calls) == 2:
+            raise Crash("killed")
+        calls.append(int(frame_index[1]))
+        return predictor(x, cov, frame_index=frame_index)
+
+    crashing.wants_frame_index = True
+    crashing.bind = predictor.bind
+    with pytest.raises(Crash):
+        infill_store(crashing, src_path, tmp_path / "out.zarr", model_info=info, context=1, progress=False)
+    assert calls == [2, 4]
+    summary = infill_store(predictor, src_path, tmp_path / "out.zarr", model_info=info, context=1, progress=False)
+    assert summary["written_this_run"] == 3 and summary["pending"] == 0  # frames 0-4 were done before the crash
+    infill_store(predictor, src_path, tmp_path / "ref.zarr", model_info=info, context=1, progress=False)
+    resumed, ref = xr.open_zarr(tmp_path / "out.zarr"), xr.open_zarr(tmp_path / "ref.zarr")
+    assert np.array_equal(resumed["precip"].values, ref["precip"].values, equal_nan=True)
+    assert np.array_equal(resumed["infill_status"].values, ref["infill_status"].values)
+
+
+def test_ni_nowcast_with_checkpoint_writes_its_lead_times(nowcast_ckpt, tmp_path):
+    from nowcast_infill.cli import nowcast as nowcast_cli
+    from nowcast_infill.inference.archive import file_sha256
+
+    store = write_test_store(tmp_path / "in.zarr", n_time=8)
+    cfg = _compose("nowcast", [f"input={store}", f"output={tmp_path / 'nc.zarr'}", f"ckpt_path={nowcast_ckpt}",
+                               "issue_time=2021-06-01T00:25", "checkpoint.device=cpu"])
+    nowcast_cli.run(cfg)
+    nc = xr.open_zarr(tmp_path / "nc.zarr")
+    assert list(nc["lead_time"].values) == [np.timedelta64(k * 300, "s") for k in (1, 2, 3)]
+    assert nc["forecast_reference_time"].values == np.datetime64("2021-06-01T00:25", "ns")
+    forecast = nc["precip"].values
+    nodata = np.zeros(forecast.shape[1:], bool)
+    nodata[:10, :12] = True  # the factory's no-data block: never observed, so no forecast
+    assert np.isnan(forecast[:, nodata]).all()
+    assert np.isfinite(forecast[:, ~nodata]).all() and (forecast[:, ~nodata] >= 0).all()
+    assert nc.attrs["model_checkpoint_sha256"] == file_sha256(nowcast_ckpt) and nc.attrs["past_frames"] == 2
+    with pytest.raises(ValueError, match="trained for n_leads=3"):
+        nowcast_cli.run(_compose("nowcast", [f"input={store}", f"output={tmp_path / 'x.zarr'}",
+                                             f"ckpt_path={nowcast_ckpt}", "n_leads=6"]))
+    with pytest.raises(ValueError, match="task='nowcast'; ni-infill needs"):
+        load_predictor(nowcast_ckpt, "infill")
+
+
+def test_checkpoint_on_a_full_radolan_grid(infill_ckpt, tmp_path):
+    """1100 x 900 (RADOLAN DE1200 rows x cols order of the YW product) by 64-px tiles, memory bounded."""
+    from factories import LINEAR_AUX
+
+    store = write_test_store(tmp_path / "big.zarr", n_time=3, ny=1100, nx=900, aux=LINEAR_AUX, aux_factor=20)
+    import zarr
+
+    group = zarr.open_group(str(store), mode="r+")
+    frame = group["precip"][1]
+    frame[500:560, 300:420] = np.nan
+    group["precip"][1] = frame
+    predictor, info = load_predictor(infill_ckpt, "infill", tile=64, device="cpu", batch_size=16)
+    start = time.perf_counter()
+    summary = infill_store(predictor, store, tmp_path / "out.zarr", model_info=info, context=1, progress=False)
+    elapsed = time.perf_counter() - start
+    out = xr.open_zarr(tmp_path / "out.zarr")["precip"].values
+    assert summary["infilled"] == 1 and summary["complete"] == 2
+    assert np.isfinite(out[1, 500:560, 300:420]).all() and (out[1, 500:560, 300:420] >= 0).all()
+    assert elapsed < 60, f"1100x900 frame took {elapsed:.1f} s"

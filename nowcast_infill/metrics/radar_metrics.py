@@ -44,26 +44,80 @@ _STATE_SHAPES = {
 }
 
 
+# Integer-valued float32 arithmetic is exact while every value stays below 2**24.
+_FLOAT32_EXACT_INT = 2**24
+
+# Frames per chunk are chosen so that one chunk's event planes stay near this many
+# elements: large enough that per-op overhead is negligible, small enough that the
+# working set (a few float32 copies) stays well below a gigabyte on full radar grids.
+_CHUNK_ELEMENTS = 2**23
+
+
+def _window_sums_along(values: torch.Tensor, dim: int, scales: Sequence[int], pad: int) -> list[torch.Tensor]:
+    """Centred window sums along `dim` of `values` that is zero-padded by `pad` on both sides.
+
+    Returns one tensor per odd scale (<= 2 * pad + 1), of length `values.shape[dim] - 2 * pad`
+    along `dim`. Sums of 1, 2, 4, ... consecutive elements are built by doubling and shared by
+    every scale; a scale is the sum of the power-of-two blocks of its binary digits. This costs
+    O(log scale) vectorised additions per element, against a cumulative sum that is sequential
+    along the axis (and several times slower on CPU) and whose running totals grow with the grid.
+    """
+    length = values.shape[dim] - 2 * pad
+    blocks = {1: values}
+    width = 1
+    while 2 * width <= max(scales):
+        prev = blocks[width]
+        n = prev.shape[dim] - width
+        blocks[2 * width] = prev.narrow(dim, 0, n) + prev.narrow(dim, width, n)
+        width *= 2
+    sums = []
+    for scale in scales:
+        offset = pad - scale // 2  # first padded index of the window of output 0
+        total, owned = None, False
+        for width in sorted(blocks, reverse=True):
+            if scale & width:
+                term = blocks[width].narrow(dim, offset, length)
+                if total is None:
+                    total = term  # a view of a shared block: never modified in place
+                elif owned:
+                    total.add_(term)
+                else:
+                    total, owned = total + term, True
+                offset += width
+        sums.append(total)
+    return sums
+
+
+def box_sums(values: torch.Tensor, scales: Sequence[int]) -> list[torch.Tensor]:
+    """Sums over the `scale` x `scale` window centred on each pixel, zero outside the domain.
+
+    values: `(..., H, W)` float -> one `(..., H, W)` tensor per odd scale, same dtype.
+    Separable: window sums along W, then along H, sharing the power-of-two partial sums
+    between scales. On integer-valued inputs (0/1 indicators) the sums are exact as long
+    as they stay below 2**24 in float32 (2**53 in float64): a window of s x s indicators
+    sums to at most s**2.
+    """
+    if any(s < 1 or s % 2 != 1 for s in scales):
+        raise ValueError(f"box_sums: window scales must be odd numbers of pixels >= 1, got {list(scales)}.")
+    pad = max(scales) // 2
+    if pad == 0:
+        return [values for _ in scales]
+    padded = torch.nn.functional.pad(values, (pad, pad, pad, pad))
+    out = []
+    for scale, along_w in zip(scales, _window_sums_along(padded, -1, scales, pad)):
+        # along_w still has `pad` zero rows on each side; trim to what this scale needs
+        extra = pad - scale // 2
+        rows = along_w.narrow(-2, extra, along_w.shape[-2] - 2 * extra)
+        out.append(_window_sums_along(rows, -2, [scale], scale // 2)[0])
+    return out
+
+
 def box_sum(values: torch.Tensor, scale: int) -> torch.Tensor:
     """Sum over the `scale` x `scale` window centred on each pixel, zero outside the domain.
 
-    values: `(N, H, W)` float64 -> `(N, H, W)`. Uses an integral image so the cost does
-    not grow with the window (FSS scales reach tens of pixels on 1100 x 900 grids); on
-    0/1 indicators in float64 the sums are exact integers.
+    values: `(..., H, W)` -> `(..., H, W)`; see `box_sums` (exact integer sums on 0/1 inputs).
     """
-    if scale == 1:
-        return values
-    r = scale // 2
-    # one extra zero row/column in front turns the cumulative sum into an integral image
-    padded = torch.nn.functional.pad(values, (r + 1, r, r + 1, r))
-    integral = padded.cumsum(-1).cumsum(-2)
-    h, w = values.shape[-2:]
-    return (
-        integral[..., scale : scale + h, scale : scale + w]
-        - integral[..., :h, scale : scale + w]
-        - integral[..., scale : scale + h, :w]
-        + integral[..., :h, :w]
-    )
+    return box_sums(values, [scale])[0]
 
 
 def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -126,12 +180,12 @@ class RadarMetrics(Metric):
         self.thresholds = tuple(thresholds)
         self.fss_scales = tuple(scales)
         self.n_leads = int(n_leads)
-        sizes = {"K": len(thresholds), "S": len(scales)}
+        self._sizes = {"K": len(thresholds), "S": len(scales)}
         for name, dims in _STATE_SHAPES.items():
-            shape = (self.n_leads, *(sizes[d] for d in dims))
+            shape = (self.n_leads, *(self._sizes[d] for d in dims))
             self.add_state(name, default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def _check(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _check_shapes(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> None:
         for name, t in (("pred_mm_h", pred), ("target_mm_h", target), ("mask", mask)):
             if t.ndim != 5 or t.shape[2] != 1:
                 raise ValueError(f"RadarMetrics.update: {name} must be (B, T, 1, H, W), got shape {tuple(t.shape)}.")
@@ -145,73 +199,155 @@ class RadarMetrics(Metric):
                 f"RadarMetrics.update: got T={pred.shape[1]} lead times but the metric was built with "
                 f"n_leads={self.n_leads}; construct it with n_leads=T_out."
             )
-        scored = mask > 0.5
-        if bool((scored & ~torch.isfinite(target)).any()):
-            raise ValueError("RadarMetrics.update: target_mm_h is NaN/inf at scored pixels; no-data pixels must be 0 in mask.")
-        if bool((scored & ~torch.isfinite(pred)).any()):
-            raise ValueError("RadarMetrics.update: pred_mm_h is NaN/inf at scored pixels; the model output must be finite.")
-        return scored
+
+    def _thresholds_in(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Thresholds `(K,)` such that `x >= thr` in `dtype` equals `float64(x) >= threshold`.
+
+        A float32 field is compared in float32 (4x less traffic than float64); each
+        threshold is rounded *up* to the smallest float32 not below it (0.1 ->
+        0.100000001), which changes no comparison: no float32 value lies in between.
+        """
+        exact = torch.tensor(self.thresholds, dtype=torch.float64)
+        if dtype == torch.float64:
+            return exact.to(device)
+        rounded = exact.to(dtype)
+        up = torch.nextafter(rounded, torch.full_like(rounded, float("inf")))
+        return torch.where(rounded.to(torch.float64) < exact, up, rounded).to(device)
 
     def update(self, pred_mm_h: torch.Tensor, target_mm_h: torch.Tensor, mask: torch.Tensor) -> None:
-        """Accumulate sums for a batch; see the class docstring for shapes and units."""
-        scored = self._check(pred_mm_h, target_mm_h, mask)
-        zero = torch.zeros((), dtype=torch.float64, device=pred_mm_h.device)
-        thr = torch.tensor(self.thresholds, dtype=torch.float64, device=pred_mm_h.device).view(-1, 1, 1, 1)
-        # one lead at a time bounds the float64 working set to (K, B, H, W)
-        for lead in range(self.n_leads):
-            m = scored[:, lead, 0]
-            mf = m.to(torch.float64)
-            p = torch.where(m, pred_mm_h[:, lead, 0].to(torch.float64), zero)
-            t = torch.where(m, target_mm_h[:, lead, 0].to(torch.float64), zero)
-            err = p - t
-            self.n_pixels[lead] += mf.sum()
-            self.sum_error[lead] += err.sum()
-            self.sum_abs_error[lead] += err.abs().sum()
-            self.sum_sq_error[lead] += (err * err).sum()
+        """Accumulate sums for a batch; see the class docstring for shapes and units.
 
-            n_f = mf.sum((1, 2))
-            has = n_f > 0
-            hasf = has.to(torch.float64)
-            mean_p = p.sum((1, 2)) / n_f.clamp(min=1)
-            mean_t = t.sum((1, 2)) / n_f.clamp(min=1)
-            self.n_frames[lead] += hasf.sum()
-            self.sum_abs_mean_diff[lead] += ((mean_t - mean_p).abs() * hasf).sum()
-            self.sum_mean_t[lead] += (mean_t * hasf).sum()
-            self.sum_mean_p[lead] += (mean_p * hasf).sum()
-            self.sum_mean_t2[lead] += (mean_t * mean_t * hasf).sum()
-            self.sum_mean_p2[lead] += (mean_p * mean_p * hasf).sum()
-            self.sum_mean_tp[lead] += (mean_t * mean_p * hasf).sum()
+        Any float input dtype works (bf16/fp16 are widened to float32; float64 is kept).
+        Frames are processed in chunks and their sums kept per frame; the states are only
+        changed after every frame passed the checks, so a refused batch leaves no trace.
+        """
+        self._check_shapes(pred_mm_h, target_mm_h, mask)
+        b, t, _, h, w = pred_mm_h.shape
+        n_frames = b * t
+        device = pred_mm_h.device
+        wide = torch.float64 in (pred_mm_h.dtype, target_mm_h.dtype)
+        compare_dtype = torch.float64 if wide else torch.float32
+        thresholds = self._thresholds_in(compare_dtype, device)
+        pad = max(self.fss_scales) // 2
+        n_planes = 2 * len(self.thresholds) + 1
+        # per-frame sums, frame index = sample * T + lead (row-major (B, T))
+        per_frame = {
+            name: torch.zeros((n_frames, *(self._sizes[d] for d in dims)), dtype=torch.float64, device=device)
+            for name, dims in _STATE_SHAPES.items()
+        }
+        chunk = max(1, _CHUNK_ELEMENTS // (n_planes * (h + 2 * pad) * (w + 2 * pad)))
+        frames = (x.reshape(n_frames, h, w) for x in (pred_mm_h, target_mm_h, mask))
+        pred_frames, target_frames, mask_frames = frames
+        for start in range(0, n_frames, chunk):
+            part = slice(start, min(start + chunk, n_frames))
+            sums = {name: value[part] for name, value in per_frame.items()}
+            self._accumulate_frames(
+                pred_frames[part].to(compare_dtype),
+                target_frames[part].to(compare_dtype),
+                mask_frames[part] > 0.5,
+                thresholds,
+                sums,
+            )
+        for name, value in per_frame.items():
+            getattr(self, name).add_(value.view(b, t, *value.shape[1:]).sum(0))
 
-            dp = (p - mean_p[:, None, None]) * mf
-            dt = (t - mean_t[:, None, None]) * mf
-            std_p = ((dp * dp).sum((1, 2)) / n_f.clamp(min=1)).sqrt()
-            std_t = ((dt * dt).sum((1, 2)) / n_f.clamp(min=1)).sqrt()
-            defined = (n_f >= 2) & (std_p >= MIN_PATTERN_STD_MM_H) & (std_t >= MIN_PATTERN_STD_MM_H)
-            cov = (dp * dt).sum((1, 2)) / n_f.clamp(min=1)
-            corr = torch.where(defined, cov / (std_p * std_t).clamp(min=1e-300), zero)
-            self.sum_pattern_corr[lead] += corr.sum()
-            self.n_pattern_frames[lead] += defined.to(torch.float64).sum()
-            self.n_pattern_skipped[lead] += (has & ~defined).to(torch.float64).sum()
+    def _accumulate_frames(
+        self,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        scored: torch.Tensor,
+        thresholds: torch.Tensor,
+        sums: dict[str, torch.Tensor],
+    ) -> None:
+        """Add the sums of a chunk of frames into `sums` (float64 views `(N, ...)` of per-frame sums).
 
-            fc = (p[None] >= thr) & m  # (K, B, H, W) forecast events at scored pixels
-            ob = (t[None] >= thr) & m
-            self.hits[lead] += (fc & ob).sum((1, 2, 3)).to(torch.float64)
-            self.misses[lead] += (~fc & ob).sum((1, 2, 3)).to(torch.float64)
-            self.false_alarms[lead] += (fc & ~ob).sum((1, 2, 3)).to(torch.float64)
+        pred, target: `(N, H, W)` mm/h in float32 (or float64 when an input was float64);
+        scored: `(N, H, W)` bool; thresholds: `(K,)` in the dtype of pred (see `_thresholds_in`).
+        """
+        n, h, w = pred.shape
+        k = thresholds.numel()
+        f64 = torch.float64
+        # continuous scores in float64: their sums must match a float64 reference to ~1e-12
+        p = torch.where(scored, pred, 0).to(f64)
+        t = torch.where(scored, target, 0).to(f64)
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError("RadarMetrics.update: target_mm_h is NaN/inf at scored pixels; no-data pixels must be 0 in mask.")
+        if not bool(torch.isfinite(p).all()):
+            raise ValueError("RadarMetrics.update: pred_mm_h is NaN/inf at scored pixels; the model output must be finite.")
+        pad = max(self.fss_scales) // 2
+        # float32 counts of 0/1 planes are exact while every (window) total stays below 2**24
+        plane_dtype = torch.float32 if (h + 2 * pad) * (w + 2 * pad) < _FLOAT32_EXACT_INT else f64
 
-            k, b, h, w = fc.shape
-            fc_f = fc.to(torch.float64).reshape(k * b, h, w)
-            ob_f = ob.to(torch.float64).reshape(k * b, h, w)
-            for s_idx, scale in enumerate(self.fss_scales):
-                # every scored centre pixel has itself in its window, so n_window >= 1 there
-                n_window = box_sum(mf, scale).clamp(min=1).repeat(k, 1, 1)
-                frac_f = box_sum(fc_f, scale) / n_window
-                frac_o = box_sum(ob_f, scale) / n_window
-                weight = mf.repeat(k, 1, 1)
-                diff = ((frac_f - frac_o) ** 2 * weight).reshape(k, -1).sum(1)
-                power = ((frac_f**2 + frac_o**2) * weight).reshape(k, -1).sum(1)
-                self.fss_num[lead, :, s_idx] += diff
-                self.fss_den[lead, :, s_idx] += power
+        # planes: K forecast events, K observed events, scored; events only at scored pixels
+        planes = torch.empty((n, 2 * k + 1, h, w), dtype=plane_dtype, device=pred.device)
+        thr = thresholds.view(1, k, 1, 1)
+        torch.ge(torch.where(scored, pred, float("-inf"))[:, None], thr, out=planes[:, :k])
+        torch.ge(torch.where(scored, target, float("-inf"))[:, None], thr, out=planes[:, k : 2 * k])
+        planes[:, 2 * k] = scored
+        flat = planes.flatten(2)
+        counts = flat.sum(2).to(f64)  # (N, 2K+1): forecast events, observed events, scored pixels
+        n_fc, n_ob, n_scored = counts[:, :k], counts[:, k : 2 * k], counts[:, 2 * k]
+        hits = (flat[:, :k] * flat[:, k : 2 * k]).sum(2).to(f64)
+
+        err = p - t
+        sums["n_pixels"] += n_scored
+        sums["sum_error"] += err.flatten(1).sum(1)
+        sums["sum_abs_error"] += err.abs_().flatten(1).sum(1)
+        err = p - t
+        sums["sum_sq_error"] += (err * err).flatten(1).sum(1)
+
+        has = n_scored > 0
+        hasf = has.to(f64)
+        per_pixel = n_scored.clamp(min=1)
+        mean_p = p.flatten(1).sum(1) / per_pixel
+        mean_t = t.flatten(1).sum(1) / per_pixel
+        sums["n_frames"] += hasf
+        sums["sum_abs_mean_diff"] += (mean_t - mean_p).abs() * hasf
+        sums["sum_mean_t"] += mean_t * hasf
+        sums["sum_mean_p"] += mean_p * hasf
+        sums["sum_mean_t2"] += mean_t * mean_t * hasf
+        sums["sum_mean_p2"] += mean_p * mean_p * hasf
+        sums["sum_mean_tp"] += mean_t * mean_p * hasf
+
+        # pattern correlation from deviations (two-pass), as the reference computes it
+        dp = torch.where(scored, p - mean_p.view(n, 1, 1), 0.0).flatten(1)
+        dt = torch.where(scored, t - mean_t.view(n, 1, 1), 0.0).flatten(1)
+        std_p = ((dp * dp).sum(1) / per_pixel).sqrt()
+        std_t = ((dt * dt).sum(1) / per_pixel).sqrt()
+        defined = (n_scored >= 2) & (std_p >= MIN_PATTERN_STD_MM_H) & (std_t >= MIN_PATTERN_STD_MM_H)
+        cov = (dp * dt).sum(1) / per_pixel
+        sums["sum_pattern_corr"] += torch.where(defined, cov / (std_p * std_t).clamp(min=1e-300), 0.0)
+        sums["n_pattern_frames"] += defined.to(f64)
+        sums["n_pattern_skipped"] += (has & ~defined).to(f64)
+
+        sums["hits"] += hits
+        sums["misses"] += n_ob - hits
+        sums["false_alarms"] += n_fc - hits
+
+        # FSS: with B the window sums of events and n_win that of scored pixels, the
+        # fractions are B / n_win, so sum (Pf - Po)^2 = sum (Bf - Bo)^2 / n_win^2 over
+        # scored pixels. The integer parts are exact in float32; only the final weighted
+        # sum runs in float64. At scale 1 the sums reduce to the contingency counts.
+        big = [(j, s) for j, s in enumerate(self.fss_scales) if s > 1]
+        for j, scale in enumerate(self.fss_scales):
+            if scale == 1:
+                sums["fss_num"][:, :, j] += (n_fc - hits) + (n_ob - hits)
+                sums["fss_den"][:, :, j] += n_fc + n_ob
+        if not big:
+            return
+        for (j, scale), box in zip(big, box_sums(planes, [s for _, s in big])):
+            n_window = box[:, 2 * k]
+            # every scored pixel is in its own window, so n_window >= 1 wherever it is used
+            weight = torch.where(scored, n_window.to(f64).clamp(min=1).pow(-2), 0.0).view(n, h * w, 1)
+            fc_box, ob_box = box[:, :k], box[:, k : 2 * k]
+            # squares of window sums (<= 2 scale^4) stay exact in float32 up to scale 53
+            if plane_dtype != torch.float32 or 2 * scale**4 >= _FLOAT32_EXACT_INT:
+                fc_box, ob_box = fc_box.to(f64), ob_box.to(f64)
+            diff = fc_box - ob_box
+            sq_diff = diff.mul_(diff)
+            power = torch.addcmul(fc_box * fc_box, ob_box, ob_box)
+            sums["fss_num"][:, :, j] += torch.bmm(sq_diff.flatten(2).to(f64), weight)[..., 0]
+            sums["fss_den"][:, :, j] += torch.bmm(power.flatten(2).to(f64), weight)[..., 0]
 
     def _scores(self, state: dict[str, torch.Tensor], suffix: str) -> dict[str, torch.Tensor]:
         """Scores from summed states (one lead or all leads); names end with `suffix`."""

@@ -171,7 +171,10 @@ def test_killed_conversion_resumes_without_loss_or_doubling(tmp_path):
     assert len(ds.attrs["source_files"]) == n
     ds.close()
     summary = convert(paths, out, "radolan_ascii", progress=False, workers=1)
-    assert summary["n_already_present"] == n and summary["n_frames_written"] == len(paths) - n
+    # A kill after the commit marker is finished (rolled forward) on resume: with
+    # commit_every=1 that adds at most the one frame being published.
+    assert n <= summary["n_already_present"] <= n + 1
+    assert summary["n_already_present"] + summary["n_frames_written"] == len(paths)
     ds = _open(out)
     assert ds.sizes["time"] == len(paths) and not ds["missing_frame"].values.any()
     assert [d["name"] for d in ds.attrs["source_files"]] == [p.name for p in paths]

@@ -138,3 +138,40 @@ def test_torchrun_two_simulated_nodes(single_process_run, tmp_path):
     assert max_weight_difference(single_dir, out) < WEIGHT_ATOL
     for name, value in single["metrics"].items():
         assert result["metrics"][name] == pytest.approx(value, rel=METRIC_RTOL), name
+
+
+@pytest.mark.slow
+def test_ni_train_torchrun_two_simulated_nodes(tmp_path):
+    """ni-train itself under two torchrun "nodes": completes, one run dir for the job."""
+    from nowcast_infill.data.synthetic import write_synthetic_store
+    from test_slurm import TINY_TRAIN, ni_train_command
+
+    write_synthetic_store(tmp_path / "data" / "synthetic.zarr", n_times=96, ny=32, nx=32, seed=5)
+    env = distributed_env()
+    env.pop("MASTER_ADDR")
+    env.update(NI_DATA_DIR=str(tmp_path / "data"), NI_LOG_DIR=str(tmp_path / "outputs"), WANDB_MODE="offline")
+    port = find_free_port()
+    procs = []
+    for node_rank in (0, 1):
+        cmd = [
+            TORCHRUN, "--nnodes=2", "--nproc_per_node=1", f"--node_rank={node_rank}",
+            f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=ni-test-job", "--max_restarts=0", "--no_python",
+            *ni_train_command(), "strategy=ddp_multinode", "trainer=cpu", *TINY_TRAIN,
+        ]  # fmt: skip
+        log = open(tmp_path / f"node{node_rank}.log", "w")
+        procs.append((subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT), log))
+    try:
+        codes = [p.wait(timeout=RUN_TIMEOUT_S) for p, _ in procs]
+    finally:
+        for p, log in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            log.close()
+    logs = "\n".join((tmp_path / f"node{r}.log").read_text() for r in (0, 1))
+    assert codes == [0, 0], f"torchrun exit codes {codes}:\n{logs[-6000:]}"
+    assert "global batch = 2 per device x 1 devices x 2 nodes x 1 accumulation = 4" in logs
+    # Both nodes agree on the run directory through the rendezvous id.
+    runs = sorted((tmp_path / "outputs" / "infill" / "runs").iterdir())
+    assert [r.name for r in runs] == ["infill_baseline_ni-test-job"], runs
+    assert (runs[0] / "checkpoints" / "last.ckpt").is_file()

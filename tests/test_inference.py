@@ -404,3 +404,56 @@ def test_checkpoint_on_a_full_radolan_grid(infill_ckpt, tmp_path):
     assert summary["infilled"] == 1 and summary["complete"] == 2
     assert np.isfinite(out[1, 500:560, 300:420]).all() and (out[1, 500:560, 300:420] >= 0).all()
     assert elapsed < 60, f"1100x900 frame took {elapsed:.1f} s"
+
+
+def test_tiled_needed_pixels_get_the_full_grid_blend_exactly():
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(1, 1, 5, padding=2, dtype=torch.float64)
+
+    def fn(x, x_mask, aux, aux_mask):
+        return conv(x[:, 0]).unsqueeze(1)
+
+    x = torch.rand(1, 1, 200, 170, dtype=torch.float64)
+    needed = torch.zeros(200, 170, dtype=torch.bool)
+    needed[90:100, 40:45] = True
+    calls = []
+    full = predict_tiled(fn, x, torch.ones_like(x), tile=64, overlap=16)
+    part = predict_tiled(lambda *a: calls.append(1) or fn(*a), x, torch.ones_like(x), tile=64, overlap=16,
+                         batch_size=1, needed=needed)
+    assert torch.equal(part[..., needed], full[..., needed])
+    assert torch.isnan(part[..., ~needed]).all()
+    assert len(calls) < 6  # of 16 tiles, only those holding a needed pixel
+
+
+DDP_INFILL = textwrap.dedent(
+    """
+    import sys
+    from nowcast_infill.inference.archive import infill_store, load_predictor
+    if __name__ == "__main__":
+        predictor, info = load_predictor(sys.argv[1], "infill", device="cpu")
+        print(infill_store(predictor, sys.argv[2], sys.argv[3], model_info=info, context=1, progress=False,
+                           devices=2, accelerator="cpu"))
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_process_predict_writes_what_one_process_writes(infill_ckpt, tmp_path):
+    """devices=2: Lightning predict under ddp_spawn (gloo, 2 CPU processes), frames split over the ranks."""
+    from factories import LINEAR_AUX
+
+    src_path, _ = _store_with_holes(tmp_path, aux=LINEAR_AUX)
+    script = tmp_path / "ddp_infill.py"
+    script.write_text(DDP_INFILL)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, str(script), infill_ckpt, str(src_path), str(tmp_path / "ddp.zarr")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Starting with 2 processes" in done.stdout + done.stderr
+    predictor, info = load_predictor(infill_ckpt, "infill", device="cpu")
+    infill_store(predictor, src_path, tmp_path / "one.zarr", model_info=info, context=1, progress=False)
+    ddp, one = xr.open_zarr(tmp_path / "ddp.zarr"), xr.open_zarr(tmp_path / "one.zarr")
+    assert (ddp["infill_status"].values != STATUS_PENDING).all()
+    np.testing.assert_array_equal(ddp["infill_status"].values, one["infill_status"].values)
+    np.testing.assert_allclose(ddp["precip"].values, one["precip"].values, rtol=1e-6, equal_nan=True)
+    np.testing.assert_array_equal(ddp["infilled"].values, one["infilled"].values)

@@ -187,6 +187,9 @@ def test_multirun_with_slurm_launcher_completes(slurm_env, tmp_path):
     cmd = [
         *ni_train_command(), "--multirun", "hydra/launcher=slurm", "model=baseline,lstm", "seed=1",
         "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10",
+        # The default subdir spells out every override: with this many it passes the
+        # 255-byte file-name limit.
+        "hydra.sweep.subdir=${hydra.job.num}_${model.name}",
         *TINY_TRAIN,
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=2 * JOB_TIMEOUT_S)

@@ -60,7 +60,8 @@ def test_train_then_eval_from_checkpoint(tiny_store, tmp_path):
         np.testing.assert_allclose(evaluated[key], trained[key], rtol=1e-5, equal_nan=True)
     assert evaluated["row"]["model"] == "baseline"
     assert (out / "metrics.csv").read_text().startswith("model,task,split,checkpoint")
-    assert "| rmse |" in (out / "metrics.md").read_text().replace("| rmse", "| rmse |", 1) or "rmse" in (out / "metrics.md").read_text()
+    md = (out / "metrics.md").read_text().splitlines()
+    assert md[0].startswith("| model | task | split | checkpoint | rmse |") and md[2].startswith("| baseline | infill | test | best-")
     assert sorted(p.name for p in (out / "figures").glob("*.png")) == ["infill_sample0.png", "infill_sample1.png"]
     from nowcast_infill.data.masks import load_mask_set
 
@@ -116,3 +117,21 @@ def test_resume_continues_and_matches_uninterrupted(tiny_store, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_ni_train_cli_writes_one_run_dir(tiny_store, tmp_path):
+    """The real `@hydra.main` entry point: run dir named from the job id, config saved in it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "WANDB_MODE": "offline", "SLURM_JOB_ID": "12345", "NI_LOG_DIR": str(tmp_path / "logs")}
+    overrides = [o for o in tiny_overrides(tmp_path, tiny_store) if not o.startswith("paths.")]
+    cmd = [sys.executable, "-m", "nowcast_infill.cli.train", *overrides, f"data.stats_path={tmp_path / 'stats.json'}",
+           TINY_NET, *SMALL_WINDOWS, "debug=fast_dev_run"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = tmp_path / "logs" / "infill" / "runs" / "infill_baseline_12345"
+    assert (run_dir / "config.yaml").is_file() and (run_dir / ".hydra" / "overrides.yaml").is_file()
+    assert "global batch = 2 per device x 1 devices x 1 nodes x 1 accumulation = 2" in done.stdout
+    assert done.stdout.count("----- configuration -----") == 1

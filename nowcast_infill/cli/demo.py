@@ -41,7 +41,7 @@ def ensure_store(cfg: DictConfig) -> Path:
 
 def _common(cfg: DictConfig, store: Path, out: Path) -> list[str]:
     return [
-        f"task={cfg.task}",
+        f"task={cfg.task.name}",
         f"data.store={store}",
         f"paths.data_dir={store.parent}",
         f"paths.output_dir={out}",
@@ -59,7 +59,7 @@ def demo(cfg: DictConfig) -> dict[str, Any]:
         start = time.perf_counter()
         train_dir = out_root / "train" / variant
         trained = train(compose("train", overrides=[
-            f"experiment={cfg.task}_{variant}", *_common(cfg, store, train_dir), *cfg.train_overrides]))
+            f"experiment={cfg.task.name}_{variant}", *_common(cfg, store, train_dir), *cfg.train_overrides]))
         wandb_runs += sorted(str(p) for p in (train_dir / "wandb").glob("offline-run-*"))
         evaluated = evaluate(compose("eval", overrides=[
             f"ckpt_path={trained['best_model_path'] or trained['last_model_path']}",

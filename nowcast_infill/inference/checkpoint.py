@@ -115,9 +115,11 @@ class CheckpointPredictor:
     Call as `predictor(x_mm_h, valid_coverage=None, *, frame_index=None)`:
     `x_mm_h (T_in, H, W)` float32 mm/h with NaN for missing, `frame_index (T_in,)` the
     store time indices of those frames (needed for auxiliary fields; indices outside the
-    store mean "no aux data"). Returns the decoded network output `(T_out, H, W)` mm/h, >= 0:
-    finite everywhere for infill (compositing with observations is the writer's job); for
-    nowcast NaN where no past frame has data.
+    store mean "no aux data"). Returns the decoded network output `(T_out, H, W)` mm/h, >= 0.
+    Infill: finite in the holes of the target frame inside `valid_coverage` (only the tiles
+    holding such a pixel are computed; NaN elsewhere; compositing with observations is the
+    writer's job), everywhere when `valid_coverage` is None. Nowcast: NaN where no past
+    frame has data.
 
     `bind(ds, path)` must be called with the input store before a network with auxiliary
     inputs can be called.
@@ -179,8 +181,12 @@ class CheckpointPredictor:
         return self.module.net(x, x_mask, aux, aux_mask)
 
     @torch.no_grad()
-    def predict(self, x_mm_h: np.ndarray, frame_index: np.ndarray | None = None) -> np.ndarray:
-        """`(T_in, H, W)` mm/h with NaN -> `(T_out, H, W)` mm/h from the network alone."""
+    def predict(self, x_mm_h: np.ndarray, frame_index: np.ndarray | None = None,
+                needed: np.ndarray | None = None) -> np.ndarray:
+        """`(T_in, H, W)` mm/h with NaN -> `(T_out, H, W)` mm/h from the network alone.
+
+        `needed (H, W)` bool limits the work to the tiles holding a needed pixel (NaN elsewhere).
+        """
         from nowcast_infill.inference.tiling import predict_tiled
 
         x_mm_h = np.asarray(x_mm_h, dtype=np.float32)
@@ -199,6 +205,7 @@ class CheckpointPredictor:
             None if aux is None else aux.to(device),
             None if aux_mask is None else aux_mask.to(device),
             tile=self.tile, overlap=self.overlap, multiple=self.multiple, batch_size=self.batch_size,
+            needed=None if needed is None else torch.from_numpy(np.asarray(needed, dtype=bool)),
         )
         return self.normalizer.decode(pred[:, 0].float()).cpu().numpy().astype(np.float32)
 
@@ -212,7 +219,13 @@ class CheckpointPredictor:
                     f"no observed pixel in the {self.in_frames} input frame(s), so {self.path.name} has nothing to infill from.")
             raise ValueError(f"{self.path.name}: all {self.in_frames} past frames are entirely missing; no nowcast "
                              "can be issued from them; choose another issue_time.")
-        pred = self.predict(x_mm_h, frame_index)
+        needed = None
+        if self.task == "infill" and valid_coverage is not None:
+            # The writer takes the model only in the target frame's holes: compute just their tiles.
+            needed = np.asarray(valid_coverage, dtype=bool) & ~np.isfinite(x_mm_h[self.in_frames // 2])
+            if not needed.any():
+                needed = None
+        pred = self.predict(x_mm_h, frame_index, needed)
         if self.task == "nowcast":
             # Never observed in any past frame (outside the radar network, or a lasting outage):
             # the network would only extrapolate zeros there, so there is no forecast: NaN.

@@ -49,6 +49,7 @@ def predict_tiled(
     overlap: int = 32,
     multiple: int = 1,
     batch_size: int = 4,
+    needed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Predict a full grid tile by tile.
 
@@ -63,9 +64,13 @@ def predict_tiled(
         overlap: pixels shared by neighbouring tiles, blended; `0 <= overlap < tile`.
         multiple: the network needs h, w divisible by this (e.g. `2**depth` for a U-Net).
         batch_size: tiles per call of `fn` (bounds memory).
+        needed: optional `(H, W)` bool, the pixels whose prediction is wanted (e.g. the holes
+            of an archive frame). Only tiles containing one are computed; every tile covering
+            a needed pixel contains it, so needed pixels get exactly the full-grid blend.
 
     Returns:
-        `(T_out, 1, H, W)` in `fn`'s units and dtype, on `x`'s device.
+        `(T_out, 1, H, W)` in `fn`'s units and dtype, on `x`'s device; NaN outside `needed`
+        when it is given.
     """
     if x.ndim != 4 or x_mask.shape != x.shape:
         raise ValueError(f"x {tuple(x.shape)} and x_mask {tuple(x_mask.shape)} must both be (T_in, C, H, W).")
@@ -90,6 +95,13 @@ def predict_tiled(
     full_h, full_w = height + pad_h, width + pad_w
 
     windows = [(r, c) for r in _starts(full_h, tile_h, overlap) for c in _starts(full_w, tile_w, overlap)]
+    if needed is not None:
+        if needed.shape != (height, width):
+            raise ValueError(f"needed {tuple(needed.shape)} must be (H, W) = {(height, width)}.")
+        needed = _pad(needed.to(device=x.device, dtype=torch.uint8)[None], pad_h, pad_w)[0].bool()
+        windows = [(r, c) for r, c in windows if bool(needed[r:r + tile_h, c:c + tile_w].any())]
+        if not windows:
+            raise ValueError("needed has no True pixel: there is nothing to predict.")
     acc_dtype = torch.float64 if x.device.type != "mps" else torch.float32
     weight = (_ramp(tile_h, overlap, acc_dtype, x.device)[:, None] * _ramp(tile_w, overlap, acc_dtype, x.device)[None, :])
     total = None
@@ -112,4 +124,7 @@ def predict_tiled(
         for (r, c), p in zip(chunk, pred):
             total[..., r:r + tile_h, c:c + tile_w] += p.to(acc_dtype) * weight
             weight_sum[r:r + tile_h, c:c + tile_w] += weight
-    return (total / weight_sum)[..., :height, :width].to(out_dtype)
+    out = total / weight_sum
+    if needed is not None:
+        out = out.masked_fill(~needed, float("nan"))
+    return out[..., :height, :width].to(out_dtype)

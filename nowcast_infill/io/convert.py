@@ -11,12 +11,13 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from nowcast_infill.io.importers import ConversionError, Frame, get_importer, sha256_of
-from nowcast_infill.io.store import AppendResult, SourceRecord, _iso, append_frames
+from nowcast_infill.io.store import AppendResult, SourceRecord, StoreWriter, _iso
 
 log = logging.getLogger(__name__)
 
-# Frames held in memory before a commit; each commit is one atomic store update, so
-# this is also how much work a killed conversion can lose (it is redone on resume).
+# Frames per commit: each commit is one atomic store update, so this is how much work a
+# killed conversion can lose (it is redone on resume). Frames are written to staging as
+# they are read, so this does not set how many are held in memory.
 DEFAULT_COMMIT_EVERY = 288
 
 
@@ -102,30 +103,24 @@ def convert(
                 results = (_read_one(source, importer_options, p) for p in batch)
             else:
                 results = pool.map(_read_one, [source] * len(batch), [importer_options] * len(batch), batch)
-            frames: list[Frame] = []
-            records: dict[Path, SourceRecord] = {}
-            batch_skips: list[dict] = []
-            for path, got, digest, error in results:
-                bar.update(1)
-                if error is not None:
-                    if not skip_bad:
-                        raise ConversionError(path, error.removeprefix(f"{path}: "))
-                    log.warning("skipping %s", error)
-                    batch_skips.append({"name": path.name, "error": error})
-                    continue
-                for f in got:
-                    records[f.source] = SourceRecord(name=path.name, sha256=digest, time=_iso(f.time))
-                frames.extend(got)
-            skipped.extend(batch_skips)
-            if not frames and not batch_skips:
-                continue
-            if not frames and not output.exists():
-                continue  # nothing to store yet; skips are reported in the summary
-            res = append_frames(
-                output, frames, records, source_name=source, chunks=chunks, compression=compression,
-                skipped_files=batch_skips, history=history,
-            )
-            product = product or (frames[0].product if frames else None)
+            with StoreWriter(output, source_name=source, chunks=chunks, compression=compression, history=history,
+                             expected_frames=len(batch)) as writer:
+                for path, got, digest, error in results:
+                    bar.update(1)
+                    if error is not None:
+                        if not skip_bad:
+                            raise ConversionError(path, error.removeprefix(f"{path}: "))
+                        log.warning("skipping %s", error)
+                        entry = {"name": path.name, "error": error}
+                        skipped.append(entry)
+                        writer.skip(entry)
+                        continue
+                    for f in got:
+                        writer.add(f, SourceRecord(name=path.name, sha256=digest, time=_iso(f.time)))
+                    product = product or (got[0].product if got else None)
+                # A batch of bad files only is recorded in an existing store; with no store
+                # yet there is nothing to record it in (the summary reports it).
+                res = writer.commit()
             totals.written_times += res.written_times
             totals.missing_inserted += res.missing_inserted
             totals.already_present += res.already_present

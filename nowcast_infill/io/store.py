@@ -1,21 +1,41 @@
 """Atomic creation of / append to a radar store (format: docs/schema.md).
 
-Every commit copies the current store (if any) to `NAME.zarr.tmp-<pid>`, appends there,
-and swaps the directories by two renames (`NAME.zarr -> NAME.zarr.old-<pid>`, staging ->
-`NAME.zarr`). A reader therefore sees either the old or the new store, never a partial
-frame. A process killed in between leaves at worst a stale staging directory (removed
-by the next run) or, between the two renames, only `NAME.zarr.old-<pid>`, which
-`recover_store` puts back. Files already listed in `source_files` with the same
-SHA-256 are recognised on the next run, so a killed conversion resumes exactly.
+`StoreWriter` streams frames, as they are read, into a staging directory
+`NAME.zarr.tmp-<pid>` and publishes them in one commit:
+
+* new store: the staging directory is a complete store, renamed to `NAME.zarr`.
+* append: staging holds only copies of the small `zarr.json` metadata files and the
+  chunk files the append writes (new frames; `time` / `missing_frame`, which are
+  small). Publishing moves chunk files into the store with `os.replace`, then the
+  arrays' `zarr.json`, and the root `zarr.json` last. Nothing of the existing store
+  is copied, so an append costs what it writes, not the size of the store.
+
+Why readers never see a partial frame: new frames land in chunks beyond the shape
+recorded in the old metadata, so they are invisible until the metadata changes; a
+chunk that holds old and new time steps (`time`, `missing_frame`, or `precip` with a
+time chunk > 1) is replaced whole by `os.replace` (atomic on POSIX) and keeps the old
+values in the old range. The root `zarr.json` carries the consolidated metadata that
+`xarray.open_zarr` reads, so replacing that one file switches readers from the old
+shape to the new one at once; chunk files are all in place before it.
+
+A killed conversion: before any file of the store is touched, a marker file is
+written into staging (atomically). `recover_store` (run by every writer) finishes a
+marked commit by repeating the moves (idempotent), and deletes an unmarked staging
+directory, leaving the store as it was. Files already listed in `source_files` with
+the same SHA-256 are recognised on the next run, so a killed conversion resumes
+with no frame lost or doubled.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import json
 import shutil
 import warnings
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from collections import deque
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +72,14 @@ class AppendResult:
     n_time_total: int = 0
 
 
+# Written into staging, atomically, once staging is complete; from then on the commit
+# is finished (rolled forward) even when the writing process dies.
+COMMIT_MARKER = "nowcast_infill_commit"
+# Frames whose arrival order is not yet their place on the time axis are written to
+# this scratch array in staging when `precip` cannot simply be re-indexed (time chunk > 1).
+_ARRIVALS = "_arrivals"
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -62,38 +90,56 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def recover_store(path: str | Path) -> None:
-    """Undo what a killed commit left behind next to `path`.
-
-    Restores `NAME.zarr.old-<pid>` when `NAME.zarr` is absent (killed between the two
-    renames) and deletes staging/old directories of processes that are no longer alive.
-    """
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        return
-    for leftover in sorted(parent.glob(path.name + ".old-*")):
-        pid = _suffix_pid(leftover)
-        if pid is not None and pid != os.getpid() and _pid_alive(pid):
-            continue
-        if not path.exists():
-            log.warning("restoring %s from %s (a previous conversion was killed mid-commit)", path, leftover)
-            leftover.rename(path)
-        else:
-            shutil.rmtree(leftover, ignore_errors=True)
-    for staging in parent.glob(path.name + ".tmp-*"):
-        pid = _suffix_pid(staging)
-        if pid is not None and pid != os.getpid() and _pid_alive(pid):
-            continue
-        log.warning("removing %s left by an interrupted conversion", staging)
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def _suffix_pid(p: Path) -> int | None:
     try:
         return int(p.name.rsplit("-", 1)[1])
     except (IndexError, ValueError):
         return None
+
+
+def recover_store(path: str | Path) -> None:
+    """Finish or undo what a killed commit left next to `path`.
+
+    A staging directory `NAME.zarr.tmp-<pid>` of a dead process is rolled forward into
+    the store when it carries the commit marker, and deleted otherwise.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        return
+    for staging in sorted(parent.glob(path.name + ".tmp-*")):
+        pid = _suffix_pid(staging)
+        if pid is not None and pid != os.getpid() and _pid_alive(pid):
+            continue
+        if (staging / COMMIT_MARKER).exists():
+            log.warning("finishing the commit %s -> %s (a previous conversion was killed mid-commit)", staging, path)
+            _publish(staging, path)
+        else:
+            log.warning("removing %s left by an interrupted conversion", staging)
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish(staging: Path, path: Path) -> None:
+    """Move a marked staging directory into the store; idempotent, so it can be repeated."""
+    if not path.exists():
+        (staging / COMMIT_MARKER).unlink(missing_ok=True)
+        staging.rename(path)
+        return
+    arrays = sorted(p.parent for p in staging.glob("*/zarr.json"))
+    for array in arrays:  # chunks first: invisible to readers until the metadata changes
+        for root, _dirs, files in os.walk(array):
+            rel = Path(root).relative_to(staging)
+            for name in files:
+                if rel == array.relative_to(staging) and name == "zarr.json":
+                    continue
+                target = path / rel / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(Path(root) / name, target)
+    for array in arrays:
+        os.replace(array / "zarr.json", path / array.relative_to(staging) / "zarr.json")
+    if (staging / "zarr.json").exists():
+        os.replace(staging / "zarr.json", path / "zarr.json")  # the switch for readers
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _iso(t: np.datetime64) -> str:
@@ -103,6 +149,7 @@ def _iso(t: np.datetime64) -> str:
 @dataclass
 class _StoreState:
     times: np.ndarray
+    missing: np.ndarray
     x: np.ndarray
     y: np.ndarray
     attrs: dict
@@ -124,6 +171,7 @@ def _read_state(path: Path) -> _StoreState | None:
         schema.validate_store(ds, path)
         return _StoreState(
             times=ds["time"].values.astype("datetime64[ns]"),
+            missing=np.asarray(ds[schema.MISSING_FRAME].values, dtype=bool),
             x=np.asarray(ds["x"].values, dtype=np.float64),
             y=np.asarray(ds["y"].values, dtype=np.float64),
             attrs=dict(ds.attrs),
@@ -176,45 +224,11 @@ def _time_step_s(frames: list[Frame], state: _StoreState | None) -> int:
     return int(frames[0].accumulation_interval_s)
 
 
-def append_frames(
-    path: str | Path,
-    frames: list[Frame],
-    sources: dict[Path, SourceRecord],
-    *,
-    source_name: str,
-    chunks: dict | None = None,
-    compression: dict | None = None,
-    skipped_files: list[dict] | None = None,
-    history: str = "",
-) -> AppendResult:
-    """Add `frames` (any order) to the store at `path`, creating it when absent; atomic.
+def _place_on_time_axis(fresh: list[Frame], state: _StoreState | None, path: Path) -> tuple[list, list, int]:
+    """Validate the time order of `fresh` (sorted) against the store; return (filled, missing, step_s).
 
-    sources: SHA-256 record of each frame's file. A frame whose file is already listed
-    with the same SHA-256 is skipped (resume); any other frame at or before the store's
-    last time, or two frames at one time, is refused with a ConversionError naming the
-    file and the conflict. Gaps are filled with all-NaN frames flagged `missing_frame`.
+    filled: the new time steps in order, each a Frame or a datetime64 of an inserted gap.
     """
-    path = Path(path)
-    recover_store(path)
-    state = _read_state(path)
-    result = AppendResult(store=path)
-    known = {(d["name"], d["sha256"]) for d in (state.attrs.get("source_files", []) if state else [])}
-
-    fresh = []
-    for f in sorted(frames, key=lambda fr: fr.time):
-        rec = sources[f.source]
-        if (rec.name, rec.sha256) in known:
-            result.already_present.append(rec.name)
-        else:
-            fresh.append(f)
-    new_skips = list(skipped_files or [])
-    if not fresh:
-        result.n_time_total = 0 if state is None else int(state.times.size)
-        if new_skips and state is not None:
-            _commit(path, state, [], [], sources, source_name, chunks, compression, new_skips, history, 0)
-        return result
-
-    _check_consistent(fresh, state, path)
     for a, b in zip(fresh, fresh[1:]):
         if a.time == b.time:
             raise ConversionError(b.source, f"duplicate time {_iso(b.time)}: {a.source.name} has the same time; drop one of them.")
@@ -226,7 +240,6 @@ def append_frames(
             f"time {_iso(f.time)} {clash} the store {path} (last time {_iso(state.times[-1])}); "
             "appends must be later than the store's last time: convert it into a new output= instead.",
         )
-
     step_s = _time_step_s(fresh, state)
     start = state.times[0] if state is not None and state.times.size else fresh[0].time
     step = np.timedelta64(step_s, "s") if step_s > 0 else None
@@ -248,98 +261,324 @@ def append_frames(
                 t = t + step
         filled.append(f)
         prev = f.time
-    result.written_times = [_iso(f.time) for f in fresh]
-    result.missing_inserted = [_iso(t) for t in missing]
-    _commit(path, state, filled, missing, sources, source_name, chunks, compression, new_skips, history, step_s)
-    result.n_time_total = (0 if state is None else int(state.times.size)) + len(filled)
-    return result
+    return filled, missing, step_s
 
 
-def _commit(path, state, filled, missing, sources, source_name, chunks, compression, new_skips, history, step_s) -> None:
-    import xarray as xr
-    import zarr
+class StoreWriter:
+    """One atomic update of the store at `path`: `add` frames as they are read, then `commit`.
 
-    staging = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    if staging.exists():
-        shutil.rmtree(staging)
-    try:
-        if state is not None:
-            shutil.copytree(path, staging)
-        frames = [f for f in filled if isinstance(f, Frame)]
-        if filled:
-            ref = frames[0]
-            ds = _frames_dataset(filled, ref)
-            if state is None:
-                ds = ds.assign_coords(
-                    lat=(("y", "x"), ref.grid.lat, {"units": "degrees_north", "long_name": "latitude"}),
-                    lon=(("y", "x"), ref.grid.lon, {"units": "degrees_east", "long_name": "longitude"}),
-                )
-                ds[schema.CRS] = xr.DataArray(
-                    np.int8(0),
-                    attrs={k: v for k, v in {"grid_mapping_name": ref.grid.grid_mapping_name, "proj4": ref.grid.proj4,
-                                             "crs_wkt": ref.grid.crs_wkt}.items() if v},
-                )
-                ds.to_zarr(staging, mode="w-", encoding=_encoding(ds, chunks, compression), zarr_format=3, consolidated=False)
-            else:
-                ds.to_zarr(staging, append_dim="time", zarr_format=3, consolidated=False)
-        group = zarr.open_group(staging, mode="r+")
-        attrs = dict(state.attrs) if state is not None else {}
-        attrs.update(_new_attrs(attrs, frames, missing, sources, source_name, new_skips, history, step_s))
+    Frames are compressed and written to staging by a background thread while the
+    caller reads the next file, and are held in memory only until written. Nothing in
+    the store changes before `commit`; `abort` (or an exception in `commit`) leaves it
+    as it was. Use as a context manager to abort on error.
+    """
+
+    def __init__(self, path: str | Path, *, source_name: str, chunks: dict | None = None,
+                 compression: dict | None = None, history: str = "", expected_frames: int = 16):
+        self.path = Path(path)
+        self.source_name = source_name
+        self.chunks = chunks
+        self.compression = compression
+        self.history = history
+        recover_store(self.path)
+        self.state = _read_state(self.path)
+        self.n_old = 0 if self.state is None else int(self.state.times.size)
+        self.staging = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        self.result = AppendResult(store=self.path)
+        self._known = {(d["name"], d["sha256"]) for d in (self.state.attrs.get("source_files", []) if self.state else [])}
+        self._fresh: list[Frame] = []  # metadata of each written frame, precip dropped, in arrival order
+        self._records: dict[Path, SourceRecord] = {}
+        self._skips: list[dict] = []
+        self._capacity = max(1, int(expected_frames))
+        self._arrivals = None  # zarr array the frames are written to in arrival order
+        self._arrival_offset = 0  # index of the first arrival in `_arrivals`
+        self._in_place = False  # arrivals written straight into staging `precip`
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: deque[Future] = deque()
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def add(self, frame: Frame, record: SourceRecord) -> None:
+        """Queue `frame` (read from the file described by `record`) for this commit.
+
+        A frame of a file already in the store with the same SHA-256 is counted as
+        already present and not written again (resume). Raises ConversionError when its
+        product or grid does not match the store or the frames added before.
+        """
+        if (record.name, record.sha256) in self._known:
+            self.result.already_present.append(record.name)
+            return
+        _check_consistent(self._fresh[:1] + [frame], self.state, self.path)
+        if self._arrivals is None:
+            self._open_staging(frame)
+        index = len(self._fresh)
+        if index >= self._capacity:
+            self._drain()  # the writer thread must not index the array while it is resized
+            self._capacity *= 2
+            self._resize_arrivals()
+        self._records[frame.source] = record
+        self._fresh.append(replace(frame, precip=None))
+        while len(self._pending) >= 2:  # bound the frames held in memory
+            self._pending.popleft().result()
+        self._pending.append(self._writer.submit(_write_frame, self._arrivals, self._arrival_offset + index, frame.precip))
+
+    def skip(self, entry: dict) -> None:
+        """Record a refused file `{"name", "error"}` in this commit's `skipped_files`."""
+        self._skips.append(dict(entry))
+
+    def abort(self) -> None:
+        """Drop everything added; the store stays as it was."""
+        self._close_writer(wait=False)
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    # ------------------------------------------------------------------ internals
+
+    def _open_staging(self, ref: Frame) -> None:
+        import zarr
+
+        if self.staging.exists():
+            shutil.rmtree(self.staging)
+        if self.state is None:
+            _skeleton_dataset(ref).to_zarr(self.staging, mode="w-", encoding=_encoding(ref, self.chunks, self.compression),
+                                           zarr_format=3, consolidated=False)
+        else:
+            self._copy_metadata()
+        precip = zarr.open_array(self.staging / schema.PRECIP, mode="r+")
+        encoding = precip.metadata.chunk_key_encoding
+        self._in_place = precip.chunks[0] == 1 and encoding.name == "default" and getattr(encoding, "separator", "/") == "/"
+        if self._in_place:
+            self._arrivals, self._arrival_offset = precip, self.n_old
+        else:
+            self._arrivals = zarr.create_array(
+                self.staging / _ARRIVALS, shape=(self._capacity, *precip.shape[1:]), dtype=precip.dtype,
+                chunks=(1, *precip.chunks[1:]), fill_value=np.nan, compressors=precip.compressors, zarr_format=3,
+            )
+        self._resize_arrivals()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ni-store-writer")
+
+    def _resize_arrivals(self) -> None:
+        self._arrivals.resize((self._arrival_offset + self._capacity, *self._arrivals.shape[1:]))
+
+    def _copy_metadata(self) -> None:
+        """Staging for an append: the store's metadata files only (no chunk is copied)."""
+        self.staging.mkdir()
+        shutil.copy2(self.path / "zarr.json", self.staging / "zarr.json")
+        for meta in self.path.glob("*/zarr.json"):
+            (self.staging / meta.parent.name).mkdir()
+            shutil.copy2(meta, self.staging / meta.parent.name / "zarr.json")
+
+    def _drain(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+
+    def _close_writer(self, wait: bool = True) -> None:
+        if wait:
+            self._drain()
+        if self._writer is not None:
+            self._writer.shutdown(wait=True, cancel_futures=True)
+            self._writer = None
+        self._pending.clear()
+
+    def commit(self) -> AppendResult:
+        """Validate the time axis, finish the staging store and publish it atomically.
+
+        Raises ConversionError naming the file for duplicate, out-of-order or off-axis
+        times; the store is then left untouched.
+        """
+        try:
+            self._close_writer()
+            result = self._commit()
+        except BaseException:
+            self.abort()
+            raise
+        return result
+
+    def _commit(self) -> AppendResult:
+        import zarr
+
+        result = self.result
+        if not self._fresh:
+            result.n_time_total = self.n_old
+            if self._skips and self.state is not None:
+                self._copy_metadata()
+                self._finish_metadata([], [], 0)
+                _mark_and_publish(self.staging, self.path)
+            return result
+        order = sorted(range(len(self._fresh)), key=lambda i: self._fresh[i].time)
+        fresh = [self._fresh[i] for i in order]
+        filled, missing, step_s = _place_on_time_axis(fresh, self.state, self.path)
+        position = {id(f): self.n_old + k for k, f in enumerate(filled) if isinstance(f, Frame)}
+        final_index = [position[id(self._fresh[i])] for i in range(len(self._fresh))]  # per arrival
+        n_new = self.n_old + len(filled)
+        precip = zarr.open_array(self.staging / schema.PRECIP, mode="r+")
+        if self._in_place:
+            self._reindex_in_place(final_index)
+            precip.resize((n_new, *precip.shape[1:]))
+        else:
+            self._rewrite_from_arrivals(precip, final_index, n_new)
+        self._write_time_axis(filled, n_new)
+        self._finish_metadata([f for f in filled if isinstance(f, Frame)], missing, step_s)
+        _mark_and_publish(self.staging, self.path)
+        result.written_times = [_iso(f.time) for f in fresh]
+        result.missing_inserted = [_iso(t) for t in missing]
+        result.n_time_total = n_new
+        return result
+
+    def _reindex_in_place(self, final_index: list[int]) -> None:
+        """Move each arrival's chunk directory `precip/c/<t>` to its place on the time axis."""
+        moves = {self.n_old + a: t for a, t in enumerate(final_index) if self.n_old + a != t}
+        if not moves:
+            return
+        chunk_root = self.staging / schema.PRECIP / "c"
+        parked = self.staging / schema.PRECIP / "c-parked"
+        parked.mkdir()
+        for src in moves:  # all out first: a target may be another arrival's current place
+            if (chunk_root / str(src)).exists():  # an all-NaN frame has no chunk file
+                (chunk_root / str(src)).rename(parked / str(src))
+        for src, dst in moves.items():
+            if (parked / str(src)).exists():
+                (parked / str(src)).rename(chunk_root / str(dst))
+        parked.rmdir()
+
+    def _rewrite_from_arrivals(self, precip, final_index: list[int], n_new: int) -> None:
+        """Write the arrivals, in time order, into `precip` one time chunk at a time.
+
+        The first time chunk may already hold frames of the store: they are read from
+        the store and written again with the new ones, so the chunk is replaced whole.
+        """
+        import zarr
+
+        arrival_at = {t: a for a, t in enumerate(final_index)}
+        precip.resize((n_new, *precip.shape[1:]))
+        old = zarr.open_array(self.path / schema.PRECIP, mode="r") if self.n_old else None
+        tc = precip.chunks[0]
+        for start in range(self.n_old - self.n_old % tc, n_new, tc):
+            stop = min(start + tc, n_new)
+            block = np.full((stop - start, *precip.shape[1:]), np.nan, dtype=precip.dtype)
+            if start < self.n_old:
+                block[: self.n_old - start] = old[start:self.n_old]
+            for t in range(max(start, self.n_old), stop):
+                if t in arrival_at:
+                    block[t - start] = self._arrivals[arrival_at[t]]
+            precip[start:stop] = block
+        shutil.rmtree(self.staging / _ARRIVALS)
+
+    def _write_time_axis(self, filled: list, n_new: int) -> None:
+        import xarray as xr
+        import zarr
+
+        new_times = np.array([f.time if isinstance(f, Frame) else f for f in filled], dtype="datetime64[ns]")
+        new_missing = np.array([not isinstance(f, Frame) for f in filled], dtype=bool)
+        times, missing = new_times, new_missing
+        if self.state is not None:
+            times = np.concatenate([self.state.times, new_times])
+            missing = np.concatenate([self.state.missing, new_missing])
+        time_arr = zarr.open_array(self.staging / "time", mode="r+")
+        units, calendar = time_arr.attrs["units"], time_arr.attrs.get("calendar", "proleptic_gregorian")
+        encoded, _, _ = xr.coding.times.encode_cf_datetime(times, units=units, calendar=calendar, dtype=np.dtype(time_arr.dtype))
+        time_arr.resize((n_new,))
+        time_arr[:] = np.asarray(encoded, dtype=time_arr.dtype)
+        missing_arr = zarr.open_array(self.staging / schema.MISSING_FRAME, mode="r+")
+        missing_arr.resize((n_new,))
+        missing_arr[:] = missing
+
+    def _finish_metadata(self, frames: list[Frame], missing: list, step_s: int) -> None:
+        import zarr
+
+        group = zarr.open_group(self.staging, mode="r+")
+        attrs = dict(self.state.attrs) if self.state is not None else {}
+        attrs.update(_new_attrs(attrs, frames, missing, self._records, self.source_name, self._skips, self.history, step_s))
         group.attrs.put(attrs)
         with warnings.catch_warnings():
             # zarr 3 flags consolidated metadata as not yet in the v3 spec; xarray reads it.
             warnings.simplefilter("ignore", category=UserWarning)
-            zarr.consolidate_metadata(staging)
-        old = path.with_name(f"{path.name}.old-{os.getpid()}")
-        if path.exists():
-            path.rename(old)
-        staging.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+            zarr.consolidate_metadata(self.staging)
 
 
-def _frames_dataset(filled: list, ref: Frame):
+def _write_frame(array, index: int, precip: np.ndarray) -> None:
+    array[index] = precip
+
+
+def _mark_and_publish(staging: Path, path: Path) -> None:
+    part = staging / (COMMIT_MARKER + ".part")
+    part.write_text(json.dumps({"store": str(path), "pid": os.getpid()}))
+    os.replace(part, staging / COMMIT_MARKER)
+    _publish(staging, path)
+
+
+def append_frames(
+    path: str | Path,
+    frames: list[Frame],
+    sources: dict[Path, SourceRecord],
+    *,
+    source_name: str,
+    chunks: dict | None = None,
+    compression: dict | None = None,
+    skipped_files: list[dict] | None = None,
+    history: str = "",
+) -> AppendResult:
+    """Add `frames` (any order) to the store at `path`, creating it when absent; atomic.
+
+    sources: SHA-256 record of each frame's file. A frame whose file is already listed
+    with the same SHA-256 is skipped (resume); any other frame at or before the store's
+    last time, or two frames at one time, is refused with a ConversionError naming the
+    file and the conflict. Gaps are filled with all-NaN frames flagged `missing_frame`.
+    """
+    with StoreWriter(path, source_name=source_name, chunks=chunks, compression=compression, history=history,
+                     expected_frames=len(frames)) as writer:
+        for f in frames:
+            writer.add(f, sources[f.source])
+        for entry in skipped_files or []:
+            writer.skip(entry)
+        return writer.commit()
+
+
+def _skeleton_dataset(ref: Frame):
+    """The store without time steps: coordinates, `crs`, and empty `precip` / `missing_frame`."""
     import xarray as xr
 
     h, w = ref.grid.shape
-    times = np.array([f.time if isinstance(f, Frame) else f for f in filled], dtype="datetime64[ns]")
-    precip = np.empty((len(filled), h, w), dtype=np.float32)
-    is_missing = np.zeros(len(filled), dtype=bool)
-    for i, f in enumerate(filled):
-        if isinstance(f, Frame):
-            precip[i] = f.precip
-        else:
-            precip[i] = np.nan
-            is_missing[i] = True
     ds = xr.Dataset(
         {
             schema.PRECIP: (
                 schema.PRECIP_DIMS,
-                precip,
+                np.empty((0, h, w), dtype=np.float32),
                 {"units": schema.PRECIP_UNITS, "long_name": "precipitation rate", "standard_name": "rainfall_rate",
                  "grid_mapping": schema.CRS},
             ),
-            schema.MISSING_FRAME: (("time",), is_missing, {"long_name": "time step inserted for a gap in the source (all-NaN)"}),
+            schema.MISSING_FRAME: (("time",), np.zeros(0, dtype=bool),
+                                   {"long_name": "time step inserted for a gap in the source (all-NaN)"}),
         },
         coords={
-            "time": ("time", times, {"timezone": "UTC", "long_name": "end of accumulation interval / scan time"}),
+            "time": ("time", np.array([], dtype="datetime64[ns]"),
+                     {"timezone": "UTC", "long_name": "end of accumulation interval / scan time"}),
             "y": ("y", ref.grid.y, {"units": "km", "standard_name": "projection_y_coordinate"}),
             "x": ("x", ref.grid.x, {"units": "km", "standard_name": "projection_x_coordinate"}),
+            "lat": (("y", "x"), ref.grid.lat, {"units": "degrees_north", "long_name": "latitude"}),
+            "lon": (("y", "x"), ref.grid.lon, {"units": "degrees_east", "long_name": "longitude"}),
         },
+    )
+    ds[schema.CRS] = xr.DataArray(
+        np.int8(0),
+        attrs={k: v for k, v in {"grid_mapping_name": ref.grid.grid_mapping_name, "proj4": ref.grid.proj4,
+                                 "crs_wkt": ref.grid.crs_wkt}.items() if v},
     )
     return ds
 
 
-def _encoding(ds, chunks: dict | None, compression: dict | None) -> dict:
+def _encoding(ref: Frame, chunks: dict | None, compression: dict | None) -> dict:
     from zarr.codecs import BloscCodec
 
     want = {**DEFAULT_CHUNKS, **(chunks or {})}
-    sizes = ds.sizes
+    sizes = {"time": int(want["time"]), "y": ref.grid.shape[0], "x": ref.grid.shape[1]}
     precip_chunks = tuple(max(1, min(int(want[d]), sizes[d])) for d in schema.PRECIP_DIMS)
     comp = {**DEFAULT_COMPRESSION, **(compression or {})}
-    codec = BloscCodec(cname=comp["cname"], clevel=int(comp["clevel"]), shuffle="shuffle")
+    codec = BloscCodec(cname=comp["cname"], clevel=int(comp["clevel"]), shuffle=comp.get("shuffle", "shuffle"))
     return {
         schema.PRECIP: {"chunks": precip_chunks, "compressors": [codec]},
         "time": {"units": "seconds since 1970-01-01", "dtype": "int64", "chunks": (max(1, int(want["time"])) * 1024,)},

@@ -51,6 +51,8 @@ _FLOAT32_EXACT_INT = 2**24
 # elements: large enough that per-op overhead is negligible, small enough that the
 # working set (a few float32 copies) stays well below a gigabyte on full radar grids.
 _CHUNK_ELEMENTS = 2**23
+# Elements per row band of the FSS window sums (see `_accumulate_frames`): 1 MB in float32.
+_BAND_ELEMENTS = 2**18
 
 
 def _window_sums_along(values: torch.Tensor, dim: int, scales: Sequence[int], pad: int) -> list[torch.Tensor]:
@@ -102,10 +104,18 @@ def box_sums(values: torch.Tensor, scales: Sequence[int]) -> list[torch.Tensor]:
     pad = max(scales) // 2
     if pad == 0:
         return [values for _ in scales]
-    padded = torch.nn.functional.pad(values, (pad, pad, pad, pad))
+    return _box_sums_of_padded(torch.nn.functional.pad(values, (pad, pad, pad, pad)), scales, pad)
+
+
+def _box_sums_of_padded(padded: torch.Tensor, scales: Sequence[int], pad: int) -> list[torch.Tensor]:
+    """`box_sums` of a field already zero-padded by `pad` >= max(scales) // 2 on all four sides.
+
+    padded: `(..., R + 2 pad, C + 2 pad)` -> one `(..., R, C)` tensor per scale. Row bands of a
+    larger field can be passed as views that include `pad` halo rows from their neighbours.
+    """
     out = []
     for scale, along_w in zip(scales, _window_sums_along(padded, -1, scales, pad)):
-        # along_w still has `pad` zero rows on each side; trim to what this scale needs
+        # along_w still has `pad` halo rows on each side; keep the ones this scale reaches
         extra = pad - scale // 2
         rows = along_w.narrow(-2, extra, along_w.shape[-2] - 2 * extra)
         out.append(_window_sums_along(rows, -2, [scale], scale // 2)[0])
@@ -278,23 +288,24 @@ class RadarMetrics(Metric):
         # float32 counts of 0/1 planes are exact while every (window) total stays below 2**24
         plane_dtype = torch.float32 if (h + 2 * pad) * (w + 2 * pad) < _FLOAT32_EXACT_INT else f64
 
-        # planes: K forecast events, K observed events, scored; events only at scored pixels
-        planes = torch.empty((n, 2 * k + 1, h, w), dtype=plane_dtype, device=pred.device)
+        # planes: K forecast events, K observed events, scored; events only at scored pixels.
+        # Zero-padded by `pad` so that row bands with their halo are plain views (FSS below).
+        planes = torch.zeros((n, 2 * k + 1, h + 2 * pad, w + 2 * pad), dtype=plane_dtype, device=pred.device)
+        inner = planes[:, :, pad : pad + h, pad : pad + w]
         thr = thresholds.view(1, k, 1, 1)
-        torch.ge(torch.where(scored, pred, float("-inf"))[:, None], thr, out=planes[:, :k])
-        torch.ge(torch.where(scored, target, float("-inf"))[:, None], thr, out=planes[:, k : 2 * k])
-        planes[:, 2 * k] = scored
-        flat = planes.flatten(2)
+        torch.ge(torch.where(scored, pred, float("-inf"))[:, None], thr, out=inner[:, :k])
+        torch.ge(torch.where(scored, target, float("-inf"))[:, None], thr, out=inner[:, k : 2 * k])
+        inner[:, 2 * k] = scored
+        flat = planes.flatten(2)  # the zero border adds nothing to the counts
         counts = flat.sum(2).to(f64)  # (N, 2K+1): forecast events, observed events, scored pixels
         n_fc, n_ob, n_scored = counts[:, :k], counts[:, k : 2 * k], counts[:, 2 * k]
         hits = (flat[:, :k] * flat[:, k : 2 * k]).sum(2).to(f64)
 
-        err = p - t
+        err = (p - t).flatten(1)
         sums["n_pixels"] += n_scored
-        sums["sum_error"] += err.flatten(1).sum(1)
-        sums["sum_abs_error"] += err.abs_().flatten(1).sum(1)
-        err = p - t
-        sums["sum_sq_error"] += (err * err).flatten(1).sum(1)
+        sums["sum_error"] += err.sum(1)
+        sums["sum_sq_error"] += (err * err).sum(1)
+        sums["sum_abs_error"] += err.abs_().sum(1)
 
         has = n_scored > 0
         hasf = has.to(f64)
@@ -335,19 +346,30 @@ class RadarMetrics(Metric):
                 sums["fss_den"][:, :, j] += n_fc + n_ob
         if not big:
             return
-        for (j, scale), box in zip(big, box_sums(planes, [s for _, s in big])):
-            n_window = box[:, 2 * k]
-            # every scored pixel is in its own window, so n_window >= 1 wherever it is used
-            weight = torch.where(scored, n_window.to(f64).clamp(min=1).pow(-2), 0.0).view(n, h * w, 1)
-            fc_box, ob_box = box[:, :k], box[:, k : 2 * k]
-            # squares of window sums (<= 2 scale^4) stay exact in float32 up to scale 53
-            if plane_dtype != torch.float32 or 2 * scale**4 >= _FLOAT32_EXACT_INT:
-                fc_box, ob_box = fc_box.to(f64), ob_box.to(f64)
-            diff = fc_box - ob_box
-            sq_diff = diff.mul_(diff)
-            power = torch.addcmul(fc_box * fc_box, ob_box, ob_box)
-            sums["fss_num"][:, :, j] += torch.bmm(sq_diff.flatten(2).to(f64), weight)[..., 0]
-            sums["fss_den"][:, :, j] += torch.bmm(power.flatten(2).to(f64), weight)[..., 0]
+        # Row bands keep every temporary at a few MB: cache-resident, and below the size
+        # at which each allocation would be fresh (page-faulted) memory from the OS.
+        big_scales = [s for _, s in big]
+        # squares of window sums (<= 2 scale^4) stay exact in float32 up to scale 53
+        exact_dtype = plane_dtype if 2 * max(big_scales) ** 4 < _FLOAT32_EXACT_INT else f64
+        band = max(1, _BAND_ELEMENTS // (n * (2 * k + 1) * (w + 2 * pad)))
+        for y0 in range(0, h, band):
+            rows = min(band, h - y0)
+            band_planes = planes[:, :, y0 : y0 + rows + 2 * pad]
+            box = torch.stack(_box_sums_of_padded(band_planes, big_scales, pad))  # (S', N, 2K+1, rows, W)
+            # every scored pixel is in its own window, so the window count is >= 1 wherever it is used
+            inv_sq_count = box[:, :, 2 * k].to(f64).clamp_(min=1).pow_(-2)
+            weight = torch.where(scored[None, :, y0 : y0 + rows], inv_sq_count, 0.0)
+            fc_box, ob_box = box[:, :, :k], box[:, :, k : 2 * k]
+            # per pixel: (Bf - Bo)^2 for the numerator, Bf^2 + Bo^2 for the denominator
+            squares = torch.empty((len(big), n, 2 * k, rows, w), dtype=exact_dtype, device=pred.device)
+            torch.sub(fc_box, ob_box, out=squares[:, :, :k]).square_()
+            torch.mul(fc_box, fc_box, out=squares[:, :, k:]).addcmul_(ob_box, ob_box)
+            weighted = torch.bmm(
+                squares.view(len(big) * n, 2 * k, rows * w).to(f64), weight.view(len(big) * n, rows * w, 1)
+            ).view(len(big), n, 2 * k)
+            for i, (j, _) in enumerate(big):
+                sums["fss_num"][:, :, j] += weighted[i, :, :k]
+                sums["fss_den"][:, :, j] += weighted[i, :, k:]
 
     def _scores(self, state: dict[str, torch.Tensor], suffix: str) -> dict[str, torch.Tensor]:
         """Scores from summed states (one lead or all leads); names end with `suffix`."""

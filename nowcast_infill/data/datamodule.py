@@ -421,6 +421,8 @@ class RadarDataModule(L.LightningDataModule):
         crop_attempts: int = 5,
     ):
         super().__init__()
+        # Checkpoints then carry crop size, aux names and split, so inference needs no run folder.
+        self.save_hyperparameters(ignore=None if masks is None or isinstance(masks, Mapping) else ["masks"], logger=False)
         if task not in TASKS:
             raise ValueError(f"task={task!r} is unknown; use one of {TASKS}.")
         for name, value in (("past", past), ("future", future)) if task == "nowcast" else (("context", context),):

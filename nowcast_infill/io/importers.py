@@ -145,7 +145,11 @@ def dbz_to_mm_h(dbz: np.ndarray, a: float, b: float) -> np.ndarray:
 
 def accumulation_to_mm_h(depth_mm: np.ndarray, interval_s: int) -> np.ndarray:
     """Mean rate (mm/h) from a depth (mm) accumulated over `interval_s` seconds."""
-    return (np.asarray(depth_mm, dtype=np.float64) * (3600.0 / interval_s)).astype(np.float32)
+    depth = np.asarray(depth_mm)
+    # Multiplied in float64 and cast on output: the same values as a float64 result cast
+    # afterwards, without a frame-sized float64 temporary.
+    return np.multiply(depth, 3600.0 / interval_s, out=np.empty(depth.shape, dtype=np.float32),
+                       dtype=np.float64, casting="same_kind")
 
 
 def describe_accumulation(interval_s: int) -> str:

@@ -8,7 +8,10 @@ product land in a store with identical orientation and coordinates.
 
 from __future__ import annotations
 
+import bz2
 import functools
+import gzip
+import io
 import re
 import warnings
 from datetime import datetime
@@ -136,17 +139,25 @@ class RadolanImporter:
         import wradlib
 
         path = Path(path)
-        header = self.read_header(path)
-        product = str(header.get("producttype", "")).strip()
-        _refuse_product(path, product)
         try:
+            # One read of the file, decompressed in a single C call: wradlib's own gzip
+            # stream reads it in small pieces and a separate header read opens it twice.
+            blob = _decompressed_bytes(path)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                raw, attrs = wradlib.io.read_radolan_composite(str(path), missing=np.nan)
+                raw, attrs = wradlib.io.read_radolan_composite(io.BytesIO(blob), missing=np.nan)
         except Exception as err:
+            # Name the fault precisely: the header read says empty / no header / ASCII,
+            # and a readable header of a non-precipitation product is refused as such.
+            header = self.read_header(path)
+            _refuse_product(path, str(header.get("producttype", "")).strip())
             raise ConversionError(path, _describe_read_error(err, "pixel data")) from err
+        if attrs.get("producttype") == "ascii":
+            raise ConversionError(path, "is a RADOLAN ASCII grid; convert it with source=radolan_ascii.")
+        product = str(attrs.get("producttype", "")).strip()
+        _refuse_product(path, product)
 
-        values = np.asarray(raw, dtype=np.float64)
+        values = np.asarray(raw, dtype=np.float64)  # wradlib returns float64: no copy
         clutter = np.asarray(attrs.get("cluttermask", []), dtype=np.int64)
         if clutter.size:
             # wradlib strips the clutter bit and keeps the value; a clutter echo is not rain.
@@ -183,6 +194,16 @@ class RadolanImporter:
                 radar_sites=[str(s) for s in attrs.get("radarlocations", [])],
             )
         ]
+
+
+def _decompressed_bytes(path: Path) -> bytes:
+    """The bytes of a plain, .gz or .bz2 RADOLAN file (chosen by suffix, as wradlib does)."""
+    blob = path.read_bytes()
+    if path.suffix == ".gz":
+        return gzip.decompress(blob)
+    if path.suffix == ".bz2":
+        return bz2.decompress(blob)
+    return blob
 
 
 def _accumulation_interval_s(path: Path, product: str, attrs: dict) -> int:

@@ -198,3 +198,26 @@ def test_cli_converts_and_reports_bad_input_without_traceback(tmp_path):
     unknown = subprocess.run([*exe, "source=nope", f"inputs={tmp_path}/RY_*.asc", "output=x.zarr"],
                              capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert unknown.returncode == 2 and "radolan_ascii" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+@pytest.mark.parametrize("time_chunk", [1, 4])
+def test_append_out_of_order_with_gap_keeps_every_value(tmp_path, time_chunk):
+    # time chunk 1 re-indexes chunk directories in staging; 4 rewrites the partly
+    # filled last chunk of the store through the scratch array: both must give the same store.
+    stamps = ["20221018-0005", "20221018-0010", "20221018-0015", "20221018-0020", "20221018-0030", "20221018-0035"]
+    paths = _ascii_series(tmp_path, stamps, shape=(40, 30))
+    out = tmp_path / "ooo.zarr"
+    chunks = {"time": time_chunk, "y": 16, "x": 16}
+    convert(paths[:3], out, "radolan_ascii", progress=False, workers=1, chunks=chunks)
+    summary = convert(paths[:2:-1], out, "radolan_ascii", progress=False, workers=1, chunks=chunks)  # newest first
+    assert summary["n_frames_written"] == 3 and summary["missing_times"] == ["2022-10-18T00:25:00"]
+    ds = _open(out)
+    assert ds["precip"].encoding["chunks"][0] == time_chunk and ds.sizes["time"] == 7
+    np.testing.assert_array_equal(ds["missing_frame"].values, [False] * 4 + [True] + [False] * 2)
+    importer = get_importer("radolan_ascii")
+    stored = ds["precip"].values
+    for index, path in zip([0, 1, 2, 3, 5, 6], paths):
+        np.testing.assert_array_equal(stored[index], importer.read(path)[0].precip)
+    assert np.isnan(stored[4]).all()
+    assert [d["name"] for d in ds.attrs["source_files"]] == [p.name for p in paths]
+    assert not list(tmp_path.glob("ooo.zarr.*"))

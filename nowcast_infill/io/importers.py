@@ -145,7 +145,7 @@ def dbz_to_mm_h(dbz: np.ndarray, a: float, b: float) -> np.ndarray:
 
 def accumulation_to_mm_h(depth_mm: np.ndarray, interval_s: int) -> np.ndarray:
     """Mean rate (mm/h) from a depth (mm) accumulated over `interval_s` seconds."""
-    depth = np.asarray(depth_mm)
+    depth = np.asarray(depth_mm, dtype=np.float64)  # no copy when it is float64 already
     # Multiplied in float64 and cast on output: the same values as a float64 result cast
     # afterwards, without a frame-sized float64 temporary.
     return np.multiply(depth, 3600.0 / interval_s, out=np.empty(depth.shape, dtype=np.float32),

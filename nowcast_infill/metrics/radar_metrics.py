@@ -157,6 +157,17 @@ def _weighted_row_sums(values: torch.Tensor, weight: torch.Tensor) -> torch.Tens
     return torch.bmm(values, weight.unsqueeze(2))[..., 0]
 
 
+def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`(R, P), (R, P) -> (R,)`: sum over P of a * b, without a full-size temporary.
+
+    A few long rows go through BLAS dot products; many short rows through one product
+    and sum (there the temporary is small and the per-call overhead dominates).
+    """
+    if a.shape[0] <= 64:
+        return torch.stack([torch.dot(x, y) for x, y in zip(a, b)])
+    return (a * b).sum(1)
+
+
 def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     """num / den, NaN where den == 0 (the score is undefined there, not 0)."""
     return torch.where(den > 0, num / den.clamp(min=1e-300), torch.full_like(num, float("nan")))
@@ -329,12 +340,13 @@ class RadarMetrics(Metric):
         flat = planes.flatten(2)  # the zero border adds nothing to the counts
         counts = flat.sum(2).to(f64)  # (N, 2K+1): forecast events, observed events, scored pixels
         n_fc, n_ob, n_scored = counts[:, :k], counts[:, k : 2 * k], counts[:, 2 * k]
-        hits = (flat[:, :k] * flat[:, k : 2 * k]).sum(2).to(f64)
+        # 0/1 products summed in float32 are exact integers (< 2**24), as are the counts
+        hits = _row_dots(flat[:, :k].reshape(n * k, -1), flat[:, k : 2 * k].reshape(n * k, -1)).view(n, k).to(f64)
 
         err = (p - t).flatten(1)
         sums["n_pixels"] += n_scored
         sums["sum_error"] += err.sum(1)
-        sums["sum_sq_error"] += (err * err).sum(1)
+        sums["sum_sq_error"] += _row_dots(err, err)
         sums["sum_abs_error"] += err.abs_().sum(1)
 
         has = n_scored > 0
@@ -351,12 +363,14 @@ class RadarMetrics(Metric):
         sums["sum_mean_tp"] += mean_t * mean_p * hasf
 
         # pattern correlation from deviations (two-pass), as the reference computes it
-        dp = torch.where(scored, p - mean_p.view(n, 1, 1), 0.0).flatten(1)
-        dt = torch.where(scored, t - mean_t.view(n, 1, 1), 0.0).flatten(1)
-        std_p = ((dp * dp).sum(1) / per_pixel).sqrt()
-        std_t = ((dt * dt).sum(1) / per_pixel).sqrt()
+        # p and t are not needed any more: reuse their memory for the deviations
+        unscored = ~scored
+        dp = p.sub_(mean_p.view(n, 1, 1)).masked_fill_(unscored, 0.0).flatten(1)
+        dt = t.sub_(mean_t.view(n, 1, 1)).masked_fill_(unscored, 0.0).flatten(1)
+        std_p = (_row_dots(dp, dp) / per_pixel).sqrt()
+        std_t = (_row_dots(dt, dt) / per_pixel).sqrt()
         defined = (n_scored >= 2) & (std_p >= MIN_PATTERN_STD_MM_H) & (std_t >= MIN_PATTERN_STD_MM_H)
-        cov = (dp * dt).sum(1) / per_pixel
+        cov = _row_dots(dp, dt) / per_pixel
         sums["sum_pattern_corr"] += torch.where(defined, cov / (std_p * std_t).clamp(min=1e-300), 0.0)
         sums["n_pattern_frames"] += defined.to(f64)
         sums["n_pattern_skipped"] += (has & ~defined).to(f64)

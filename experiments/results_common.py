@@ -1,0 +1,496 @@
+"""Shared machinery of the result scripts (results_infill.py, results_nowcast.py).
+
+Both scripts do the same thing for a different task: prepare stores, train each network
+variant for a fixed budget and several seeds with `ni-train`'s `train(cfg)`, score every
+checkpoint and every classical baseline with `ni-eval`'s `evaluate(cfg)` (the same windows,
+the same fixed masks, the same metric code), then write a Markdown report whose every
+number comes from those runs, plus figures. The pieces live here once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+CONF_DIR = REPO_ROOT / "conf"
+RESULTS_DIR = REPO_ROOT / "experiments" / "results"
+# git-ignored (.gitignore): converted stores, runs, logs
+WORK_DIR = RESULTS_DIR / "_work"
+SHARED_DATA = Path(os.environ.get("NI_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+VARIANTS = ("baseline", "lstm", "attention", "lstm_attention")
+# PNGs of the report must stay small enough to live in git
+MAX_FIGURE_BYTES = 300_000
+
+
+# ----------------------------------------------------------------------------------------
+# Provenance
+# ----------------------------------------------------------------------------------------
+def git_commit() -> str:
+    """`git rev-parse HEAD` of the checkout, with '-dirty' when tracked files are modified."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as err:
+        return f"unknown ({err})"
+    return sha + ("-dirty" if dirty else "")
+
+
+def machine_description() -> str:
+    """CPU model, cores visible to this process, OS, Python and torch versions."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (f"{cpu}, {cores} CPU cores visible (shared with other jobs), {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+
+
+def provenance(argv: Sequence[str] | None = None) -> dict[str, str]:
+    """Commit, UTC date, machine and the exact command that produced a report."""
+    argv = list(sys.argv if argv is None else argv)
+    script = Path(argv[0])
+    try:
+        script = script.resolve().relative_to(REPO_ROOT)
+    except ValueError:
+        pass
+    return {
+        "commit": git_commit(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_description(),
+        "command": shlex.join(["python", str(script), *argv[1:]]),
+    }
+
+
+# ----------------------------------------------------------------------------------------
+# Stores
+# ----------------------------------------------------------------------------------------
+def require_inputs(folder: Path, pattern: str, what: str) -> Path:
+    """`folder`, after checking it holds files matching `pattern`; else a clear error."""
+    if not folder.is_dir() or not any(folder.glob(pattern)):
+        raise FileNotFoundError(
+            f"{folder}: no {what} files ({pattern}) found; put the shared data beside the checkout "
+            f"(../shared/data) or point NI_SHARED_DATA at it, or pass --synthetic-only."
+        )
+    return folder
+
+
+def ensure_converted(inputs: str, output: Path, source: str, **importer_options) -> Path:
+    """Convert `inputs` to the Zarr store `output` once; an existing valid store is reused."""
+    from nowcast_infill.io.convert import convert
+    from nowcast_infill.schema import validate_store
+
+    if output.exists():
+        import xarray as xr
+
+        with xr.open_zarr(output) as ds:
+            validate_store(ds)
+        return output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    convert(inputs, output, source, progress=False, **importer_options)
+    return output
+
+
+def add_uninformative_aux(source: Path, output: Path, seed: int = 0, factor: int = 8) -> Path:
+    """Copy the store `source` to `output` with aux fields `aux_n1`, `aux_n2` that carry no
+    information about the rain, so that the attention variants can run on real radar data
+    that has no auxiliary fields.
+
+    The fields are smooth Gaussian noise, drawn from `seed` alone (never from the rain), on a
+    grid `factor` times coarser than the radar grid, and evolving slowly in time
+    (`(time, y_aux, x_aux)` float32, dimensionless). An existing `output` is reused.
+    """
+    import xarray as xr
+    from scipy import ndimage
+
+    from nowcast_infill import schema
+
+    if output.exists():
+        return output
+    with xr.open_zarr(source) as src:
+        ds = src.load()
+    n_t, ny, nx = ds.sizes["time"], ds.sizes["y"], ds.sizes["x"]
+    y_aux = ds["y"].values.reshape(-1)[: ny // factor * factor].reshape(-1, factor).mean(axis=1)
+    x_aux = ds["x"].values.reshape(-1)[: nx // factor * factor].reshape(-1, factor).mean(axis=1)
+    rng = np.random.default_rng(seed)
+    fields = {}
+    for name in ("n1", "n2"):
+        base = ndimage.gaussian_filter(rng.standard_normal((len(y_aux), len(x_aux))), sigma=4)
+        drift = ndimage.gaussian_filter(rng.standard_normal((len(y_aux), len(x_aux))), sigma=4)
+        series = np.stack([base + drift * (t / max(n_t - 1, 1)) for t in range(n_t)]).astype(np.float32)
+        fields[schema.AUX_PREFIX + name] = xr.DataArray(
+            series, dims=schema.AUX_DIMS,
+            attrs={"units": "1", "long_name": f"uninformative noise field {name} (seed {seed}): independent of the rain"},
+        )
+    ds = ds.assign_coords(y_aux=("y_aux", y_aux, {"units": "km"}), x_aux=("x_aux", x_aux, {"units": "km"}))
+    ds = ds.assign(fields)
+    for var in ds.variables.values():
+        var.encoding.clear()
+    staging = output.with_name(output.name + f".tmp-{os.getpid()}")
+    if staging.exists():
+        shutil.rmtree(staging)
+    ds.to_zarr(staging, mode="w-", zarr_format=3, consolidated=False)
+    staging.rename(output)
+    return output
+
+
+def store_times(store: Path) -> np.ndarray:
+    """The `time` axis of a store, datetime64[ns]."""
+    import xarray as xr
+
+    with xr.open_zarr(store) as ds:
+        return ds["time"].values.astype("datetime64[ns]")
+
+
+def frame_split(store: Path, train: tuple[int, int], val: tuple[int, int], test: tuple[int, int]) -> dict:
+    """`data.split` of explicit frame ranges `(first, stop)` (stop exclusive), as the
+    inclusive ISO dates the DataModule takes; frames between the ranges are the gaps."""
+    times = store_times(store)
+    ranges = {"train": train, "val": val, "test": test}
+    out = {}
+    for name, (first, stop) in ranges.items():
+        if not 0 <= first < stop <= len(times):
+            raise ValueError(f"{store}: {name} frames [{first}, {stop}) do not fit its {len(times)} frames.")
+        out[name] = [str(times[first])[:19], str(times[stop - 1])[:19]]
+    return {"dates": out}
+
+
+# ----------------------------------------------------------------------------------------
+# Runs
+# ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Budget:
+    """The fixed training budget of one network run (the same for every variant)."""
+
+    steps: int
+    batch_size: int
+    crop_size: int
+    encoder_channels: tuple[int, ...]
+    lr: float = 1e-3
+
+    def describe(self) -> str:
+        return (f"{self.steps} optimizer steps, batch {self.batch_size}, random {self.crop_size}x{self.crop_size} crops, "
+                f"encoder channels {list(self.encoder_channels)}, AdamW lr {self.lr:g} (warm-up + cosine), "
+                "no validation-based selection (the last weights are scored)")
+
+    def overrides(self) -> list[str]:
+        return [
+            f"+trainer.max_steps={self.steps}",
+            "trainer.max_epochs=-1",
+            "trainer.min_epochs=0",
+            "+trainer.limit_val_batches=0",
+            "trainer.log_every_n_steps=5",
+            f"data.batch_size={self.batch_size}",
+            f"data.crop_size={self.crop_size}",
+            f"model.net.encoder_channels=[{','.join(str(c) for c in self.encoder_channels)}]",
+            f"model.optimizer.lr={self.lr}",
+            # the budget is stated in steps of this batch, whatever a device count would scale
+            "model.optimizer.lr_scaling=none",
+            "callbacks.early_stopping=null",
+            "callbacks.model_checkpoint.monitor=null",
+            "callbacks.progress_bar=null",
+            "test=false",
+        ]
+
+
+@dataclass
+class RunResult:
+    """Scores of one method (a network variant or a classical baseline) and one seed."""
+
+    dataset: str
+    method: str
+    kind: str  # "network" or "baseline"
+    seed: int | None
+    metrics: dict[str, float]
+    train_s: float = float("nan")
+    eval_s: float = float("nan")
+    output_dir: str = ""
+    figures: list[str] = field(default_factory=list)
+
+
+def compose_config(name: str, overrides: Sequence[str]):
+    """Compose `conf/<name>.yaml` with Hydra overrides (the same tree ni-train/ni-eval use)."""
+    from hydra import compose, initialize_config_dir
+
+    from nowcast_infill.utils.config import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose(name, overrides=list(overrides))
+
+
+def _with_split(cfg, split: Mapping | None):
+    from omegaconf import OmegaConf, open_dict
+
+    if split is not None:
+        with open_dict(cfg):
+            cfg.data.split = OmegaConf.create(dict(split))
+    return cfg
+
+
+def common_overrides(run_dir: Path, store: Path, stats_path: Path, data: str, task: Sequence[str]) -> list[str]:
+    """Data, task, paths and logging shared by the training and evaluation of one dataset."""
+    return [
+        f"data={data}",
+        f"data.store={store}",
+        f"data.stats_path={stats_path}",
+        "data.num_workers=0",
+        f"paths.output_dir={run_dir}",
+        f"paths.log_dir={run_dir.parent}",
+        "logger=csv",
+        *task,
+    ]
+
+
+def train_network(dataset: str, variant: str, seed: int, base: Sequence[str], budget: Budget, run_dir: Path,
+                  split: Mapping | None = None, extra: Sequence[str] = ()) -> tuple[Path, float]:
+    """Train `variant` for `budget` with `seed`; returns (last checkpoint, wall seconds)."""
+    from nowcast_infill.cli.train import train
+
+    cfg = compose_config("train", [*base, f"model={variant}", f"seed={seed}", *budget.overrides(), *extra])
+    cfg = _with_split(cfg, split)
+    start = time.perf_counter()
+    result = train(cfg)
+    wall = time.perf_counter() - start
+    if int(result["global_step"]) != budget.steps:
+        raise RuntimeError(f"{dataset}/{variant}/seed {seed}: trained {result['global_step']} steps, budget is {budget.steps}; "
+                           f"see {run_dir}.")
+    last = Path(result.get("last_model_path") or "")
+    if not last.is_file():
+        raise RuntimeError(f"{dataset}/{variant}/seed {seed}: no last checkpoint was written under {run_dir}.")
+    return loadable_checkpoint(last), wall
+
+
+def loadable_checkpoint(path: Path) -> Path:
+    """`path`, or a copy beside it that `torch.load(weights_only=True)` accepts.
+
+    Workaround, to drop once the DataModule stores plain containers: at commit f7c2c9d it
+    saves its hyperparameters as OmegaConf objects, which `RadarModule.load_from_checkpoint`
+    (weights-only by default since torch 2.6) refuses. The copy holds the same tensors with
+    those hyperparameters converted to plain dicts/lists; our own checkpoints are trusted.
+    """
+    import pickle
+
+    import torch
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+        return path
+    except pickle.UnpicklingError:
+        pass
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+
+    def plain(obj):
+        if isinstance(obj, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(obj, resolve=True)
+        if isinstance(obj, dict):
+            return {k: plain(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(plain(v) for v in obj)
+        return obj
+
+    ckpt = plain(ckpt)
+    fixed = path.with_name(path.stem + ".plain.ckpt")
+    torch.save(ckpt, fixed)
+    torch.load(fixed, map_location="cpu", weights_only=True)  # fails loudly if something else is unsafe
+    return fixed
+
+
+def evaluate_method(dataset: str, method: str, base: Sequence[str], run_dir: Path, split: Mapping | None = None,
+                    ckpt_path: Path | None = None, seed: int | None = None, n_figures: int = 1,
+                    extra: Sequence[str] = ()) -> RunResult:
+    """Score a checkpoint (`ckpt_path`) or the classical baseline `method` on the test split
+    through `ni-eval`'s `evaluate`; returns the `test/...` metrics without the prefix."""
+    from nowcast_infill.cli.eval import evaluate
+
+    overrides = [*base, f"n_figures={n_figures}", *extra]
+    overrides += [f"ckpt_path={ckpt_path}", f"model={method}"] if ckpt_path else [f"model={method}"]
+    cfg = _with_split(compose_config("eval", overrides), split)
+    start = time.perf_counter()
+    raw = evaluate(cfg)
+    wall = time.perf_counter() - start
+    metrics = {k[len("test/"):]: float(v) for k, v in raw.items() if k.startswith("test/") and isinstance(v, (int, float))}
+    if not metrics:
+        raise RuntimeError(f"{dataset}/{method}: evaluation returned no test metrics; see {run_dir}.")
+    figures = sorted(str(p) for p in (Path(raw["output_dir"]) / "figures").glob("*.png"))
+    return RunResult(dataset, method, "network" if ckpt_path else "baseline", seed, metrics,
+                     eval_s=wall, output_dir=str(raw["output_dir"]), figures=figures)
+
+
+def save_results(results: Sequence[RunResult], path: Path) -> None:
+    """Every run's raw metrics as JSON (beside the report, for re-plotting without re-running)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([r.__dict__ for r in results], indent=1, default=float))
+
+
+# ----------------------------------------------------------------------------------------
+# Aggregation and report
+# ----------------------------------------------------------------------------------------
+def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
+    """(mean, sample std, count) of the finite values; std is NaN for fewer than two."""
+    finite = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if finite.size == 0:
+        return float("nan"), float("nan"), 0
+    std = float(finite.std(ddof=1)) if finite.size > 1 else float("nan")
+    return float(finite.mean()), std, int(finite.size)
+
+
+def format_mean_std(values: Sequence[float], digits: int = 3) -> str:
+    """'m ± s' over seeds ('m' alone for one value, 'n/a' when none is finite; the count
+    is added when some seeds gave no finite value)."""
+    mean, std, n = mean_std(values)
+    if n == 0:
+        return "n/a"
+    text = f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return text if n == len(values) else f"{text} (n={n})"
+
+
+def group_by_method(results: Sequence[RunResult], dataset: str) -> dict[str, list[RunResult]]:
+    """Runs of `dataset` per method, in first-seen order."""
+    out: dict[str, list[RunResult]] = {}
+    for r in results:
+        if r.dataset == dataset:
+            out.setdefault(r.method, []).append(r)
+    return out
+
+
+def best_method(groups: Mapping[str, list[RunResult]], metric: str, higher_is_better: bool) -> str | None:
+    """The method with the best mean of `metric` over seeds (None when none is finite)."""
+    scored = {m: mean_std(r.metrics.get(metric, float("nan")) for r in runs)[0] for m, runs in groups.items()}
+    scored = {m: v for m, v in scored.items() if math.isfinite(v)}
+    if not scored:
+        return None
+    return (max if higher_is_better else min)(scored, key=scored.get)
+
+
+def metrics_table(groups: Mapping[str, list[RunResult]], columns: Sequence[tuple[str, str]], digits: int = 3) -> str:
+    """Markdown table: one row per method, `columns` = (metric key, header), 'mean ± std'
+    over seeds, plus seeds and mean wall time per run."""
+    from nowcast_infill.utils.tables import markdown_table
+
+    rows = []
+    for method, runs in groups.items():
+        row: dict[str, Any] = {"method": method, "kind": runs[0].kind, "seeds": len(runs)}
+        for key, header in columns:
+            row[header] = format_mean_std([r.metrics.get(key, float("nan")) for r in runs], digits)
+        train_s = mean_std(r.train_s for r in runs)[0]
+        row["train s/run"] = "–" if math.isnan(train_s) else f"{train_s:.0f}"
+        row["eval s/run"] = f"{mean_std(r.eval_s for r in runs)[0]:.0f}"
+        rows.append(row)
+    return markdown_table(rows, ["method", "kind", "seeds", *[h for _, h in columns], "train s/run", "eval s/run"])
+
+
+def provenance_block(prov: Mapping[str, str], budget: Budget, seeds: Sequence[int], total_s: float) -> str:
+    return "\n".join([
+        f"- command: `{prov['command']}`",
+        f"- commit: `{prov['commit']}`",
+        f"- date: {prov['date']}",
+        f"- machine: {prov['machine']}",
+        f"- budget per network run: {budget.describe()}",
+        f"- seeds: {list(seeds)} (networks; the classical baselines are deterministic and run once)",
+        f"- total wall time of the script: {total_s / 60:.1f} min",
+    ]) + "\n"
+
+
+def keep_small(path: Path) -> Path:
+    """Refuse a report figure over MAX_FIGURE_BYTES (the repository keeps them in git)."""
+    size = path.stat().st_size
+    if size > MAX_FIGURE_BYTES:
+        raise RuntimeError(f"{path}: {size} bytes > {MAX_FIGURE_BYTES}; lower the figure's dpi or size.")
+    return path
+
+
+def bar_chart(groups: Mapping[str, list[RunResult]], metric: str, label: str, title: str, path: Path) -> Path:
+    """Bars of the mean of `metric` per method, error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(groups)
+    stats = [mean_std(r.metrics.get(metric, float("nan")) for r in groups[m]) for m in names]
+    colours = ["tab:blue" if groups[m][0].kind == "network" else "tab:grey" for m in names]
+    fig, ax = plt.subplots(figsize=(6.4, 3.4), constrained_layout=True)
+    ax.bar(names, [s[0] for s in stats], yerr=[0 if math.isnan(s[1]) else s[1] for s in stats], color=colours, capsize=3)
+    ax.set_ylabel(label)
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="x", rotation=30)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return keep_small(path)
+
+
+def lead_time_plot(groups: Mapping[str, list[RunResult]], panels: Sequence[tuple[str, str]], n_leads: int,
+                   step_min: float, title: str, path: Path) -> Path:
+    """One panel per (metric, label): mean over seeds of `{metric}/lead{k}` against lead time
+    in minutes, shaded ± std, networks solid and baselines dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    leads = np.arange(1, n_leads + 1)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), constrained_layout=True, squeeze=False)
+    for ax, (metric, label) in zip(axes[0], panels):
+        for method, runs in groups.items():
+            stats = [mean_std(r.metrics.get(f"{metric}/lead{k}", float("nan")) for r in runs) for k in leads]
+            mean = np.array([s[0] for s in stats])
+            std = np.array([0.0 if math.isnan(s[1]) else s[1] for s in stats])
+            style = "-" if runs[0].kind == "network" else "--"
+            ax.plot(leads * step_min, mean, style, marker="o", ms=3, label=method)
+            if runs[0].kind == "network":
+                ax.fill_between(leads * step_min, mean - std, mean + std, alpha=0.15)
+        ax.set_xlabel("lead time (min)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return keep_small(path)
+
+
+def copy_figure(source: str | Path, path: Path, max_width_px: int = 1000) -> Path:
+    """Copy a PNG written by ni-eval into the report folder, downscaled if needed to stay small."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    image = plt.imread(str(source))
+    step = max(1, math.ceil(image.shape[1] / max_width_px))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plt.imsave(path, image[::step, ::step])
+    return keep_small(path)
+
+
+def log(message: str) -> None:
+    """One progress line with a timestamp, flushed (the scripts run under nohup)."""
+    print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", flush=True)

@@ -213,6 +213,7 @@ class Budget:
             "callbacks.early_stopping=null",
             "callbacks.model_checkpoint.monitor=null",
             "callbacks.progress_bar=null",
+            "+trainer.enable_progress_bar=false",
             "test=false",
         ]
 
@@ -405,16 +406,41 @@ def metrics_table(groups: Mapping[str, list[RunResult]], columns: Sequence[tuple
     return markdown_table(rows, ["method", "kind", "seeds", *[h for _, h in columns], "train s/run", "eval s/run"])
 
 
-def provenance_block(prov: Mapping[str, str], budget: Budget, seeds: Sequence[int], total_s: float) -> str:
+def provenance_block(prov: Mapping[str, str], budgets: Mapping[str, Budget], seeds: Sequence[int], total_s: float) -> str:
+    """Command, commit, date, machine, budget per dataset, seeds and total wall time, as a list."""
     return "\n".join([
         f"- command: `{prov['command']}`",
         f"- commit: `{prov['commit']}`",
         f"- date: {prov['date']}",
         f"- machine: {prov['machine']}",
-        f"- budget per network run: {budget.describe()}",
+        *[f"- budget per network run, {name}: {budget.describe()}" for name, budget in budgets.items()],
         f"- seeds: {list(seeds)} (networks; the classical baselines are deterministic and run once)",
         f"- total wall time of the script: {total_s / 60:.1f} min",
     ]) + "\n"
+
+
+def winners_notes(groups: Mapping[str, list[RunResult]], metrics: Sequence[tuple[str, str, bool]]) -> list[str]:
+    """One sentence per (metric key, label, higher is better): the best method by mean, and
+    whether a classical baseline beats every network variant."""
+    notes = []
+    for key, label, higher in metrics:
+        best = best_method(groups, key, higher)
+        if best is None:
+            notes.append(f"{label}: no method produced a finite value.")
+            continue
+        nets = {m: r for m, r in groups.items() if r[0].kind == "network"}
+        bases = {m: r for m, r in groups.items() if r[0].kind == "baseline"}
+        best_net, best_base = best_method(nets, key, higher), best_method(bases, key, higher)
+        value = mean_std(r.metrics.get(key, float("nan")) for r in groups[best])[0]
+        text = f"{label}: best is **{best}** ({value:.3f})"
+        if best in bases and best_net is not None:
+            net_value = mean_std(r.metrics.get(key, float("nan")) for r in nets[best_net])[0]
+            text += f"; the classical baseline beats every network (best network: {best_net}, {net_value:.3f})"
+        elif best in nets and best_base is not None:
+            base_value = mean_std(r.metrics.get(key, float("nan")) for r in bases[best_base])[0]
+            text += f"; best classical baseline: {best_base} ({base_value:.3f})"
+        notes.append(text + ".")
+    return notes
 
 
 def keep_small(path: Path) -> Path:

@@ -4,7 +4,6 @@ Two layers, both raising `ConfigSchemaError` whose message names the full key an
 
 1. Dataclass schemas for the nodes the framework itself reads (top level, `task`, `paths`),
    checked by merging into `OmegaConf.structured(...)` (unknown key or wrong type -> error).
-   They are also registered in Hydra's ConfigStore (`ni_schema/train`, ...) for reference.
 2. Every node with a `_target_` is checked against the target's signature: an unknown key is
    refused unless the target takes `**kwargs`, and a value whose type contradicts the
    annotation (or the default's type when unannotated) is refused. This covers the Trainer,
@@ -91,15 +90,6 @@ class EvalSchema(CommonSchema):
 SCHEMAS = {"train": TrainSchema, "eval": EvalSchema}
 
 
-def register_schemas() -> None:
-    """Register the schemas in Hydra's ConfigStore under group `ni_schema`."""
-    from hydra.core.config_store import ConfigStore
-
-    store = ConfigStore.instance()
-    for name, schema in SCHEMAS.items():
-        store.store(group="ni_schema", name=name, node=schema)
-
-
 # --------------------------------------------------------------------------- validation
 def validate_config(cfg: DictConfig, kind: str = "train") -> None:
     """Raise ConfigSchemaError naming the first bad key of `cfg` (a composed train/eval config)."""
@@ -170,7 +160,6 @@ def _check_model(model: Mapping) -> None:
         # null = taken from the DataModule's aux fields when the module is built
         model.pop("aux_channels")
     check_target_node(model, "model", skip_nested=True)
-    target = _resolve_target(model, "model")
     completed = {"in_frames", "out_frames", "aux_channels"}
     if "net" in model and isinstance(model["net"], Mapping) and "_target_" in model["net"]:
         check_target_node(model["net"], "model.net", provided=completed)
@@ -183,7 +172,6 @@ def _check_model(model: Mapping) -> None:
         check_target_node(
             model["scheduler"], "model.scheduler", provided={"optimizer", "total_steps"}, reserved=set(SCHEDULER_RESERVED)
         )
-    del target
 
 
 # ----------------------------------------------------------------- target signatures

@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 
 from data_factories_io import rain_field, write_radolan_ascii
 from nowcast_infill.io.convert import convert
 from nowcast_infill.io.importers import ConversionError, get_importer
+from nowcast_infill.io.store import precip_layout
 from nowcast_infill.schema import validate_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,13 +149,15 @@ convert(sys.argv[1:-1], sys.argv[-1], "radolan_ascii", progress=False, workers=1
 """
 
 
-def test_killed_conversion_resumes_without_loss_or_doubling(tmp_path):
+@pytest.mark.parametrize("shards", [None, {"time": 1}], ids=["chunk-files", "sharded"])
+def test_killed_conversion_resumes_without_loss_or_doubling(tmp_path, shards):
     src = tmp_path / "src"
     src.mkdir()
     stamps = [f"20221018-{h:02d}{m:02d}" for h in (0, 1) for m in range(0, 60, 5)]
     paths = _ascii_series(src, stamps, shape=(120, 100))
     out = tmp_path / "kill.zarr"
-    convert(paths[:3], out, "radolan_ascii", progress=False, workers=1)
+    # The layout is fixed when the store is created; the appends below keep it.
+    convert(paths[:3], out, "radolan_ascii", progress=False, workers=1, chunks={"time": 1, "y": 32, "x": 32}, shards=shards)
     proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, *map(str, paths), str(out)], cwd=tmp_path)
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
@@ -180,6 +184,7 @@ def test_killed_conversion_resumes_without_loss_or_doubling(tmp_path):
     assert [d["name"] for d in ds.attrs["source_files"]] == [p.name for p in paths]
     last = get_importer("radolan_ascii").read(paths[-1])[0]
     np.testing.assert_array_equal(ds["precip"].isel(time=-1).values, last.precip)
+    assert ds["precip"].encoding.get("shards") == (None if shards is None else (1, 128, 128))
     assert not list(tmp_path.glob("kill.zarr.*"))
 
 
@@ -200,19 +205,24 @@ def test_cli_converts_and_reports_bad_input_without_traceback(tmp_path):
     assert unknown.returncode == 2 and "radolan_ascii" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
-@pytest.mark.parametrize("time_chunk", [1, 4])
-def test_append_out_of_order_with_gap_keeps_every_value(tmp_path, time_chunk):
-    # time chunk 1 re-indexes chunk directories in staging; 4 rewrites the partly
-    # filled last chunk of the store through the scratch array: both must give the same store.
+@pytest.mark.parametrize(("time_chunk", "shards"), [(1, None), (4, None), (1, {"time": 1}), (2, {"time": 4, "y": 20})],
+                         ids=["chunk1", "chunk4", "shard1", "shard4x2"])
+def test_append_out_of_order_with_gap_keeps_every_value(tmp_path, time_chunk, shards):
+    # One file per time step (time chunk 1, or shards of 1 frame) re-indexes directories
+    # in staging; otherwise the partly filled last chunk / shard of the store is rewritten
+    # through the scratch array: every layout must give the same store.
     stamps = ["20221018-0005", "20221018-0010", "20221018-0015", "20221018-0020", "20221018-0030", "20221018-0035"]
     paths = _ascii_series(tmp_path, stamps, shape=(40, 30))
     out = tmp_path / "ooo.zarr"
     chunks = {"time": time_chunk, "y": 16, "x": 16}
-    convert(paths[:3], out, "radolan_ascii", progress=False, workers=1, chunks=chunks)
-    summary = convert(paths[:2:-1], out, "radolan_ascii", progress=False, workers=1, chunks=chunks)  # newest first
+    convert(paths[:3], out, "radolan_ascii", progress=False, workers=1, chunks=chunks, shards=shards)
+    # newest first; the append keeps the store's layout whatever is passed
+    summary = convert(paths[:2:-1], out, "radolan_ascii", progress=False, workers=1, shards=None)
     assert summary["n_frames_written"] == 3 and summary["missing_times"] == ["2022-10-18T00:25:00"]
     ds = _open(out)
     assert ds["precip"].encoding["chunks"][0] == time_chunk and ds.sizes["time"] == 7
+    want_shards = None if shards is None else precip_layout((40, 30), chunks, shards)[1]
+    assert ds["precip"].encoding.get("shards") == want_shards
     np.testing.assert_array_equal(ds["missing_frame"].values, [False] * 4 + [True] + [False] * 2)
     importer = get_importer("radolan_ascii")
     stored = ds["precip"].values
@@ -221,3 +231,59 @@ def test_append_out_of_order_with_gap_keeps_every_value(tmp_path, time_chunk):
     assert np.isnan(stored[4]).all()
     assert [d["name"] for d in ds.attrs["source_files"]] == [p.name for p in paths]
     assert not list(tmp_path.glob("ooo.zarr.*"))
+
+
+def test_precip_layout_rounds_shards_and_names_bad_options():
+    assert precip_layout((1100, 900), None, None) == ((1, 256, 256), None)
+    # Zarr needs shards that are multiples of the inner chunk: the whole grid rounded up.
+    assert precip_layout((1100, 900), {"time": 1, "y": 256, "x": 256}, {"time": 1}) == ((1, 256, 256), (1, 1280, 1024))
+    assert precip_layout((900, 900), {"y": 10_000, "x": 10_000}, None) == ((1, 900, 900), None)
+    assert precip_layout((40, 30), {"time": 2, "y": 16, "x": 16}, {"time": 3, "y": 20}) == ((2, 16, 16), (4, 32, 32))
+    with pytest.raises(ValueError, match=r"shards\.z: unknown dimension"):
+        precip_layout((40, 30), None, {"z": 1})
+    with pytest.raises(ValueError, match=r"shards\.time=0: must be a positive integer or null"):
+        precip_layout((40, 30), None, {"time": 0})
+    with pytest.raises(ValueError, match=r"chunks\.y=-3: must be a positive integer\."):
+        precip_layout((40, 30), {"y": -3}, None)
+
+
+def test_bad_layout_option_fails_before_any_file_is_read(tmp_path):
+    paths = _ascii_series(tmp_path, ["20221018-0005"])
+    with pytest.raises(ValueError, match=r"shards\.y='full'"):
+        convert(paths, tmp_path / "bad.zarr", "radolan_ascii", progress=False, workers=1, shards={"y": "full"})
+    assert not list(tmp_path.glob("bad.zarr*"))
+
+
+def test_sharded_store_reads_the_same_through_xarray_zarr_and_datamodule(tmp_path):
+    from nowcast_infill.data.datamodule import RadarDataModule
+
+    stamps = [f"20221018-{h:02d}{m:02d}" for h in (0, 1) for m in range(0, 60, 5)][:16]
+    paths = _ascii_series(tmp_path, stamps, shape=(70, 50))
+    layouts = {
+        "chunk-files": dict(chunks={"time": 1, "y": 16, "x": 16}, shards=None),
+        "frame-shards": dict(chunks={"time": 1, "y": 16, "x": 16}, shards={"time": 1}),
+        "multi-frame-shards": dict(chunks={"time": 2, "y": 16, "x": 16}, shards={"time": 4, "y": 32, "x": 32}),
+    }
+    importer = get_importer("radolan_ascii")
+    truth = np.stack([importer.read(p)[0].precip for p in paths])
+    samples = {}
+    for name, layout in layouts.items():
+        out = tmp_path / f"{name}.zarr"
+        convert(paths[:5], out, "radolan_ascii", progress=False, workers=1, **layout)
+        convert(paths[5:], out, "radolan_ascii", progress=False, workers=1)  # append into the same layout
+        np.testing.assert_array_equal(_open(out)["precip"].values, truth)
+        precip = zarr.open_array(out / "precip", mode="r")
+        assert precip.shards == (None if layout["shards"] is None else precip_layout((70, 50), **layout)[1])
+        np.testing.assert_array_equal(precip[3:6, 10:40, 7:29], truth[3:6, 10:40, 7:29])  # crosses inner chunks
+        dm = RadarDataModule(out, task="nowcast", past=2, future=1, crop_size=24, batch_size=4, seed=3,
+                             split={"fractions": [0.5, 0.25, 0.25], "gap": 0}, min_valid_fraction=0.0,
+                             stats_path=tmp_path / f"{name}.normalization.json")
+        dm.setup()
+        samples[name] = [dm.datasets["train"][i] for i in range(3)]
+    reference = samples.pop("chunk-files")
+    for name, got in samples.items():
+        for a, b in zip(reference, got):
+            assert a.keys() == b.keys()
+            for key in a:
+                torch_equal = (a[key] == b[key]) | (a[key].isnan() & b[key].isnan()) if a[key].is_floating_point() else a[key] == b[key]
+                assert bool(torch_equal.all()), (name, key)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from nowcast_infill.metrics import RadarMetrics, box_sum, format_threshold, scores
+from nowcast_infill.metrics import RadarMetrics, box_sum, box_sums, format_threshold, scores
 
 THRESHOLDS = (0.1, 1.0, 5.0, 10.0)
 SCALES = (1, 5, 11)
@@ -290,3 +290,126 @@ def test_bad_input_is_refused_with_the_field_named():
         RadarMetrics(fss_scales=(4,))
     with pytest.raises(ValueError, match="pred has NaN"):
         scores.rmse(np.array([np.nan, 1.0]), np.array([1.0, 1.0]))
+
+
+# --- the fast update path: row bands, frame chunks, integer window sums, input dtypes -------
+
+
+def _fss_reference(pred, target, mask, thresholds, scales) -> dict[str, float]:
+    p, t, m = pred[..., 0, :, :], target[..., 0, :, :], mask[..., 0, :, :]
+    return {
+        f"fss@{format_threshold(thr)}mmh_{scale}px": scores.fss(p, t, thr, scale, m)
+        for thr in thresholds
+        for scale in scales
+    }
+
+
+@pytest.mark.parametrize("band_elements_per_thread", [1, 1440])
+def test_row_bands_and_frame_chunks_match_the_reference(monkeypatch, band_elements_per_thread):
+    """Bands of 1 row, and bands that do not divide the 23 rows, with one frame per chunk:
+    the halo rows each band borrows from its neighbours must give the whole-field sums."""
+    from nowcast_infill.metrics import radar_metrics
+
+    monkeypatch.setattr(radar_metrics, "_BAND_ELEMENTS_PER_THREAD", band_elements_per_thread)
+    monkeypatch.setattr(radar_metrics, "_CHUNK_ELEMENTS", 1)
+    pred, target, mask = _random_case(8, b=2, t=2, h=23, w=30)
+    metric = RadarMetrics(thresholds=THRESHOLDS, fss_scales=SCALES, n_leads=2)
+    metric.update(*_tensors(pred, target, mask))
+    result = metric.compute()
+    _assert_close(result, _reference(pred, target, mask))
+    _assert_close(result, _reference(pred[:, 1:], target[:, 1:], mask[:, 1:]), suffix="/lead2")
+
+
+@pytest.mark.parametrize(
+    "scales,window_dtype",
+    [((3, 15), torch.uint8), ((5, 17), torch.int16), ((33,), torch.int16), ((55,), torch.int16)],
+)
+def test_fss_at_large_scales_is_exact_in_every_window_dtype(scales, window_dtype):
+    """Window sums run in the narrowest integer type that holds scale^2 (uint8 up to 15 px);
+    squares of window sums leave float32 beyond 53 px (2 * 55^4 > 2^24)."""
+    from nowcast_infill.metrics.radar_metrics import _window_sum_dtype
+
+    assert _window_sum_dtype(max(scales)) == window_dtype
+    pred, target, mask = _random_case(9, b=2, t=2, h=30, w=36)
+    thresholds = (0.1, 5.0)
+    metric = RadarMetrics(thresholds=thresholds, fss_scales=scales, n_leads=2)
+    metric.update(*_tensors(pred, target, mask))
+    _assert_close(metric.compute(), _fss_reference(pred, target, mask, thresholds, scales))
+
+
+def test_box_sums_of_several_scales_equal_box_sum_in_integer_types():
+    rng = np.random.default_rng(10)
+    x = torch.tensor(rng.integers(0, 2, (3, 19, 23)), dtype=torch.uint8)
+    expected = [box_sum(x.double(), s) for s in (3, 5, 11, 15)]
+    for got, want in zip(box_sums(x, (3, 5, 11, 15)), expected):
+        assert got.dtype == torch.uint8
+        assert torch.equal(got.double(), want)
+
+
+def test_values_at_the_thresholds_count_as_in_the_float64_reference():
+    """Thresholds are compared in float32 after rounding them *up*: float32(0.7) =
+    0.69999999 is below 0.7 in float64, so it is no event, although rounding the
+    threshold to the nearest float32 would make it one; the next float32 is one."""
+    f32_07 = np.float32(0.7)
+    assert float(f32_07) < 0.7
+    values = [f32_07, np.nextafter(f32_07, np.float32(1)), np.float32(1.0), np.nextafter(np.float32(1.0), np.float32(0))]
+    pred = np.tile(np.array(values, np.float32), 4).reshape(1, 1, 1, 4, 4)
+    target = np.roll(pred, 1, axis=-1)
+    mask = np.ones(pred.shape, dtype=bool)
+    p64, t64, m = pred.astype(np.float64)[0, :, 0], target.astype(np.float64)[0, :, 0], mask[0, :, 0]
+    for dtype in (torch.float32, torch.float64):
+        metric = RadarMetrics(thresholds=(0.7, 1.0), fss_scales=(1, 3))
+        metric.update(torch.tensor(pred, dtype=dtype), torch.tensor(target, dtype=dtype), torch.tensor(mask))
+        result = metric.compute()
+        # columns (pred | target): (0.69999999 | below 1), (above 0.7 | 0.69999999), (1 | above 0.7), (below 1 | 1)
+        for i, (thr, table) in enumerate(((0.7, (8, 4, 4)), (1.0, (0, 4, 4)))):
+            assert scores.contingency_table(p64, t64, thr, m)[:3] == table
+            got = (metric.hits[0, i], metric.misses[0, i], metric.false_alarms[0, i])
+            assert tuple(int(x) for x in got) == table, (dtype, thr)
+            assert float(result[f"fss@{format_threshold(thr)}mmh_3px"]) == pytest.approx(
+                scores.fss(p64, t64, thr, 3, m), rel=1e-12
+            )
+
+
+def test_bf16_inputs_are_scored_as_their_float32_values():
+    pred, target, mask = _random_case(11)
+    p16, t16 = (torch.tensor(x).nan_to_num(0.0).to(torch.bfloat16) for x in (pred, target))
+    m = torch.tensor(mask, dtype=torch.float32)
+    from_bf16 = RadarMetrics(n_leads=3)
+    from_bf16.update(p16, t16, m.to(torch.bfloat16))
+    from_float32 = RadarMetrics(n_leads=3)
+    from_float32.update(p16.float(), t16.float(), m)
+    for name, value in from_float32.compute().items():
+        got = from_bf16.compute()[name]
+        assert torch.equal(got, value) or (torch.isnan(got) and torch.isnan(value)), name
+
+
+def test_a_refused_batch_leaves_the_states_unchanged(monkeypatch):
+    """The NaN sits in the last chunk: the chunks before it must not have been added."""
+    from nowcast_infill.metrics import radar_metrics
+
+    monkeypatch.setattr(radar_metrics, "_CHUNK_ELEMENTS", 1)
+    pred, target, mask = _random_case(12, b=2, t=2)
+    metric = RadarMetrics(n_leads=2)
+    metric.update(*_tensors(pred, target, mask))
+    before = {name: getattr(metric, name).clone() for name in metric._defaults}
+    bad_pred = pred.copy()
+    bad_pred[1, 1, 0][mask[1, 1, 0]] = np.inf
+    with pytest.raises(ValueError, match="pred_mm_h is NaN/inf"):
+        metric.update(*_tensors(bad_pred, target, mask))
+    for name, value in before.items():
+        assert torch.equal(getattr(metric, name), value), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_update_equals_cpu_update():
+    pred, target, mask = _random_case(13)
+    cpu = RadarMetrics(n_leads=3)
+    cpu.update(*_tensors(pred, target, mask))
+    gpu = RadarMetrics(n_leads=3).to("cuda")
+    gpu.update(*(x.cuda() for x in _tensors(pred, target, mask)))
+    got = {k: float(v) for k, v in gpu.compute().items()}
+    _assert_close(got, {k: float(v) for k, v in cpu.compute().items()}, rtol=1e-12)
+    bf16 = RadarMetrics(n_leads=3).to("cuda")
+    bf16.update(*(x.cuda().nan_to_num(0.0).to(torch.bfloat16) for x in _tensors(pred, target, mask)))
+    assert math.isfinite(float(bf16.compute()["fss@1mmh_5px"]))

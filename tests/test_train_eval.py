@@ -119,6 +119,7 @@ def test_resume_continues_and_matches_uninterrupted(tiny_store, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.slow
 def test_ni_train_cli_writes_one_run_dir(tiny_store, tmp_path):
     """The real `@hydra.main` entry point: run dir named from the job id, config saved in it."""
     import os
@@ -135,3 +136,25 @@ def test_ni_train_cli_writes_one_run_dir(tiny_store, tmp_path):
     assert (run_dir / "config.yaml").is_file() and (run_dir / ".hydra" / "overrides.yaml").is_file()
     assert "global batch = 2 per device x 1 devices x 1 nodes x 1 accumulation = 2" in done.stdout
     assert done.stdout.count("----- configuration -----") == 1
+
+
+@pytest.mark.slow
+def test_ddp_sim_two_ranks_share_one_run_dir(tiny_store, tmp_path):
+    """Lightning's DDP launcher re-runs the script per rank: one run dir, one config print."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "NI_RUN_ID", "TORCHELASTIC"))}
+    env.update(WANDB_MODE="offline", NI_LOG_DIR=str(tmp_path / "logs"))
+    overrides = [o for o in tiny_overrides(tmp_path, tiny_store) if not o.startswith("paths.")]
+    cmd = [sys.executable, "-m", "nowcast_infill.cli.train", *overrides, f"data.stats_path={tmp_path / 'stats.json'}",
+           TINY_NET, *SMALL_WINDOWS, "strategy=ddp_sim", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+           "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1", "callbacks.progress_bar=null"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = list((tmp_path / "logs" / "infill" / "runs").iterdir())
+    assert len(runs) == 1, runs
+    assert (runs[0] / "config.yaml").is_file() and (runs[0] / "checkpoints" / "last.ckpt").is_file()
+    assert done.stdout.count("----- configuration -----") == 1
+    assert "x 2 devices x 1 nodes" in done.stdout

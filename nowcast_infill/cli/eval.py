@@ -20,7 +20,7 @@ from nowcast_infill.cli.train import build_datamodule, build_module, build_train
 from nowcast_infill.config_schema import validate_config
 from nowcast_infill.models.module import RadarModule
 from nowcast_infill.utils.config import print_config_tree, register_resolvers
-from nowcast_infill.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from nowcast_infill.utils.instantiate import finish_loggers, instantiate_callbacks, instantiate_loggers
 from nowcast_infill.utils.logging import current_rank, get_logger, rank_zero_print
 from nowcast_infill.utils.tables import markdown_table, metrics_row, write_metrics_tables
 
@@ -91,6 +91,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         _save_figures(module, output_dir)
         _save_eval_masks(datamodule, output_dir)
         _log_table(trainer, row)
+    finish_loggers(trainer.loggers)
     results["output_dir"] = str(output_dir)
     return results
 

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nowcast_infill.config_schema import validate_config
 from nowcast_infill.utils.config import print_config_tree, register_resolvers
-from nowcast_infill.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from nowcast_infill.utils.instantiate import finish_loggers, instantiate_callbacks, instantiate_loggers
 from nowcast_infill.utils.logging import get_logger, rank_zero_print
 from nowcast_infill.utils.lr import global_batch_size
 
@@ -27,7 +27,9 @@ register_resolvers()
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     """The DataModule of `cfg.data`, checked against `cfg.task`."""
-    datamodule = hydra.utils.instantiate(cfg.data)
+    # Plain containers, not DictConfig: the DataModule's hyperparameters go into checkpoints,
+    # which torch.load(weights_only=True) must be able to read back.
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     for name in ("in_frames", "out_frames"):
         have = getattr(datamodule, name, None)
         if have is not None and int(have) != int(cfg.task[name]):
@@ -118,9 +120,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         fast = bool(cfg.trainer.get("fast_dev_run", False))
         if not best and not fast and cfg.get("fit", True):
             log.warning("no best checkpoint was saved (no checkpoint callback?): testing the weights in memory")
-        test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        # Without fitting, `ckpt_path` names the weights to test.
+        test_ckpt = best or (None if cfg.get("fit", True) else cfg.get("ckpt_path"))
+        test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt or None, verbose=False)
         results.update(_scalars(test_metrics[0] if test_metrics else {}))
         _save_test_figures(module, output_dir)
+    finish_loggers(trainer.loggers)
     results["output_dir"] = str(output_dir)
     results["global_step"] = int(trainer.global_step)
     return results

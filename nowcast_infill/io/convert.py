@@ -11,7 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from nowcast_infill.io.importers import ConversionError, Frame, get_importer, sha256_of
-from nowcast_infill.io.store import AppendResult, SourceRecord, StoreWriter, _iso
+from nowcast_infill.io.store import DEFAULT_SHARDS, AppendResult, SourceRecord, StoreWriter, _iso, precip_layout
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ def convert(
     skip_bad: bool = False,
     workers: int | None = None,
     chunks: dict | None = None,
+    shards: dict | None = DEFAULT_SHARDS,
     compression: dict | None = None,
     commit_every: int = DEFAULT_COMMIT_EVERY,
     progress: bool = True,
@@ -77,11 +78,14 @@ def convert(
     `importer_options` go to it (e.g. pysteps_importer="knmi_hdf5", zr_a=200).
     skip_bad: skip unreadable files (listed in the store's `skipped_files` and logged)
     instead of failing. workers: reader processes (default min(4, CPUs, files)).
+    chunks, shards, compression: `precip` layout of a new store (`shards=None`: no
+    sharding; see `nowcast_infill.io.store.precip_layout`); an append keeps the store's.
     Returns a summary dict (counts, product, skipped files, missing times, seconds).
     Raises ConversionError naming the file and the fix.
     """
     started = _time.perf_counter()
     get_importer(source, **importer_options)  # fail on a bad name/option before any work
+    precip_layout((1, 1), chunks, shards)
     files = expand_inputs(inputs)
     output = Path(output)
     n_workers = max(1, min(int(workers or min(4, os.cpu_count() or 1)), len(files)))
@@ -103,8 +107,8 @@ def convert(
                 results = (_read_one(source, importer_options, p) for p in batch)
             else:
                 results = pool.map(_read_one, [source] * len(batch), [importer_options] * len(batch), batch)
-            with StoreWriter(output, source_name=source, chunks=chunks, compression=compression, history=history,
-                             expected_frames=len(batch)) as writer:
+            with StoreWriter(output, source_name=source, chunks=chunks, shards=shards, compression=compression,
+                             history=history, expected_frames=len(batch)) as writer:
                 for path, got, digest, error in results:
                     bar.update(1)
                     if error is not None:

@@ -46,6 +46,11 @@ from nowcast_infill.io.importers import ConversionError, Frame
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNKS = {"time": 1, "y": 256, "x": 256}
+# Zarr v3 sharding of `precip`: `chunks` become the inner chunks (the unit a reader
+# decodes) and a shard (the unit written as one file) holds `time` steps by the `y` x `x`
+# pixels; a missing or null `y` / `x` means the whole grid. None: no sharding, one file
+# per chunk. The default is set by experiments/bench_data.py (see conf/convert.yaml).
+DEFAULT_SHARDS: dict | None = {"time": 1, "y": None, "x": None}
 DEFAULT_COMPRESSION = {"cname": "zstd", "clevel": 1}
 
 
@@ -271,13 +276,18 @@ class StoreWriter:
     caller reads the next file, and are held in memory only until written. Nothing in
     the store changes before `commit`; `abort` (or an exception in `commit`) leaves it
     as it was. Use as a context manager to abort on error.
+
+    chunks, shards, compression: layout of `precip` for a new store (see `DEFAULT_CHUNKS`,
+    `DEFAULT_SHARDS`); an append keeps the layout the store already has.
     """
 
     def __init__(self, path: str | Path, *, source_name: str, chunks: dict | None = None,
-                 compression: dict | None = None, history: str = "", expected_frames: int = 16):
+                 shards: dict | None = DEFAULT_SHARDS, compression: dict | None = None, history: str = "",
+                 expected_frames: int = 16):
         self.path = Path(path)
         self.source_name = source_name
         self.chunks = chunks
+        self.shards = shards
         self.compression = compression
         self.history = history
         recover_store(self.path)
@@ -344,19 +354,24 @@ class StoreWriter:
         if self.staging.exists():
             shutil.rmtree(self.staging)
         if self.state is None:
-            _skeleton_dataset(ref).to_zarr(self.staging, mode="w-", encoding=_encoding(ref, self.chunks, self.compression),
-                                           zarr_format=3, consolidated=False)
+            encoding = _encoding(ref, self.chunks, self.compression, self.shards)
+            _skeleton_dataset(ref).to_zarr(self.staging, mode="w-", encoding=encoding, zarr_format=3, consolidated=False)
         else:
             self._copy_metadata()
         precip = zarr.open_array(self.staging / schema.PRECIP, mode="r+")
-        encoding = precip.metadata.chunk_key_encoding
-        self._in_place = precip.chunks[0] == 1 and encoding.name == "default" and getattr(encoding, "separator", "/") == "/"
+        key_encoding = precip.metadata.chunk_key_encoding
+        # One file (chunk or shard) per time step under `c/<t>/`: arrivals can go straight
+        # into `precip` and be put in time order by renaming directories.
+        self._in_place = (_storage_unit(precip)[0] == 1 and key_encoding.name == "default"
+                          and getattr(key_encoding, "separator", "/") == "/")
         if self._in_place:
             self._arrivals, self._arrival_offset = precip, self.n_old
         else:
+            storage = _storage_unit(precip)
             self._arrivals = zarr.create_array(
                 self.staging / _ARRIVALS, shape=(self._capacity, *precip.shape[1:]), dtype=precip.dtype,
-                chunks=(1, *precip.chunks[1:]), fill_value=np.nan, compressors=precip.compressors, zarr_format=3,
+                chunks=(1, *precip.chunks[1:]), shards=(1, *storage[1:]) if precip.shards else None,
+                fill_value=np.nan, compressors=precip.compressors, zarr_format=3,
             )
         self._resize_arrivals()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ni-store-writer")
@@ -446,17 +461,17 @@ class StoreWriter:
         parked.rmdir()
 
     def _rewrite_from_arrivals(self, precip, final_index: list[int], n_new: int) -> None:
-        """Write the arrivals, in time order, into `precip` one time chunk at a time.
+        """Write the arrivals, in time order, into `precip` one storage unit (chunk or shard) of time at a time.
 
-        The first time chunk may already hold frames of the store: they are read from
-        the store and written again with the new ones, so the chunk is replaced whole.
+        The first unit may already hold frames of the store: they are read from the store
+        and written again with the new ones, so its file is replaced whole.
         """
         import zarr
 
         arrival_at = {t: a for a, t in enumerate(final_index)}
         precip.resize((n_new, *precip.shape[1:]))
         old = zarr.open_array(self.path / schema.PRECIP, mode="r") if self.n_old else None
-        tc = precip.chunks[0]
+        tc = _storage_unit(precip)[0]
         for start in range(self.n_old - self.n_old % tc, n_new, tc):
             stop = min(start + tc, n_new)
             block = np.full((stop - start, *precip.shape[1:]), np.nan, dtype=precip.dtype)
@@ -500,6 +515,11 @@ class StoreWriter:
             zarr.consolidate_metadata(self.staging)
 
 
+def _storage_unit(array) -> tuple[int, ...]:
+    """Shape of what is stored as one file: the shard when sharded, else the chunk."""
+    return tuple(array.shards or array.chunks)
+
+
 def _write_frame(array, index: int, precip: np.ndarray) -> None:
     array[index] = precip
 
@@ -518,6 +538,7 @@ def append_frames(
     *,
     source_name: str,
     chunks: dict | None = None,
+    shards: dict | None = DEFAULT_SHARDS,
     compression: dict | None = None,
     skipped_files: list[dict] | None = None,
     history: str = "",
@@ -529,8 +550,8 @@ def append_frames(
     last time, or two frames at one time, is refused with a ConversionError naming the
     file and the conflict. Gaps are filled with all-NaN frames flagged `missing_frame`.
     """
-    with StoreWriter(path, source_name=source_name, chunks=chunks, compression=compression, history=history,
-                     expected_frames=len(frames)) as writer:
+    with StoreWriter(path, source_name=source_name, chunks=chunks, shards=shards, compression=compression,
+                     history=history, expected_frames=len(frames)) as writer:
         for f in frames:
             writer.add(f, sources[f.source])
         for entry in skipped_files or []:
@@ -571,18 +592,61 @@ def _skeleton_dataset(ref: Frame):
     return ds
 
 
-def _encoding(ref: Frame, chunks: dict | None, compression: dict | None) -> dict:
+def _positive_sizes(option: str, given: dict, allow_null: bool) -> dict:
+    unknown = sorted(set(given) - set(schema.PRECIP_DIMS))
+    if unknown:
+        raise ValueError(f"{option}.{unknown[0]}: unknown dimension; {option} takes {', '.join(schema.PRECIP_DIMS)}.")
+    for dim, value in given.items():
+        if value is None and allow_null:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            fix = "a positive integer" + (" or null (whole grid)" if allow_null else "")
+            raise ValueError(f"{option}.{dim}={value!r}: must be {fix}.")
+    return given
+
+
+def precip_layout(shape: tuple[int, int], chunks: dict | None = None,
+                  shards: dict | None = DEFAULT_SHARDS) -> tuple[tuple[int, int, int], tuple[int, int, int] | None]:
+    """(chunks, shards) of `precip` on a grid of `shape` (H, W) pixels, as Zarr shapes `(time, y, x)`.
+
+    chunks default to `DEFAULT_CHUNKS` and are clipped to the grid. A shard size is
+    rounded up to a multiple of the chunk (Zarr requires it; a shard may reach past the
+    grid edge, costing nothing on disk); a null `y` / `x` shard size means the whole
+    grid. Raises ValueError naming the option for an unknown dimension or a bad size.
+    """
+    want = {**DEFAULT_CHUNKS, **_positive_sizes("chunks", dict(chunks or {}), allow_null=False)}
+    sizes = {"time": int(want["time"]), "y": int(shape[0]), "x": int(shape[1])}
+    inner = tuple(max(1, min(int(want[d]), sizes[d])) for d in schema.PRECIP_DIMS)
+    if shards is None:
+        return inner, None
+    given = _positive_sizes("shards", dict(shards), allow_null=True)
+    outer = []
+    for dim, chunk in zip(schema.PRECIP_DIMS, inner):
+        size = given.get(dim)
+        if size is None:
+            size = chunk if dim == "time" else sizes[dim]
+        outer.append(-(-int(size) // chunk) * chunk)
+    return inner, tuple(outer)
+
+
+def _encoding(ref: Frame, chunks: dict | None, compression: dict | None, shards: dict | None = None) -> dict:
     from zarr.codecs import BloscCodec
 
-    want = {**DEFAULT_CHUNKS, **(chunks or {})}
-    sizes = {"time": int(want["time"]), "y": ref.grid.shape[0], "x": ref.grid.shape[1]}
-    precip_chunks = tuple(max(1, min(int(want[d]), sizes[d])) for d in schema.PRECIP_DIMS)
+    precip_chunks, precip_shards = precip_layout(ref.grid.shape, chunks, shards)
     comp = {**DEFAULT_COMPRESSION, **(compression or {})}
     codec = BloscCodec(cname=comp["cname"], clevel=int(comp["clevel"]), shuffle=comp.get("shuffle", "shuffle"))
+    precip_encoding = {"chunks": precip_chunks, "compressors": [codec]}
+    if precip_shards is not None:
+        precip_encoding["shards"] = precip_shards
+    # lat/lon: written once per store, read whole; the precip codec compresses them about
+    # twice as fast as Zarr's default Zstd, a fixed cost that counts for short conversions.
+    grid_encoding = {"chunks": tuple(ref.grid.shape), "compressors": [codec]}
     return {
-        schema.PRECIP: {"chunks": precip_chunks, "compressors": [codec]},
-        "time": {"units": "seconds since 1970-01-01", "dtype": "int64", "chunks": (max(1, int(want["time"])) * 1024,)},
-        schema.MISSING_FRAME: {"chunks": (max(1, int(want["time"])) * 1024,)},
+        "lat": grid_encoding,
+        "lon": dict(grid_encoding),
+        schema.PRECIP: precip_encoding,
+        "time": {"units": "seconds since 1970-01-01", "dtype": "int64", "chunks": (precip_chunks[0] * 1024,)},
+        schema.MISSING_FRAME: {"chunks": (precip_chunks[0] * 1024,)},
     }
 
 

@@ -54,3 +54,18 @@ def _instantiate_children(cfg: DictConfig | None, group: str) -> list:
             )
         objects.append(hydra.utils.instantiate(node))
     return objects
+
+
+def finish_loggers(loggers) -> None:
+    """Close loggers that keep a run open (W&B), so the next run in this process starts its own
+    run instead of silently appending to the previous one."""
+    for logger in loggers or []:
+        if type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()
+        else:
+            finalize = getattr(logger, "finalize", None)
+            if callable(finalize):
+                finalize("success")

@@ -1,0 +1,192 @@
+"""Nowcasting results: the four network variants against persistence, extrapolation and S-PROG.
+
+Every variant (baseline, lstm, attention, lstm_attention) is trained with `ni-train`'s
+`train(cfg)` for the same fixed budget and each seed; its last checkpoint and the classical
+nowcasts (Eulerian persistence, Lagrangian extrapolation, S-PROG; pysteps) are scored on the
+test split by `ni-eval`'s `evaluate(cfg)`: the same windows, the same valid-pixel masks, the
+same metrics, per lead time. The script writes `experiments/results/nowcast.md` (every number
+in it comes from these runs), the raw metrics `nowcast_runs.json` and figures (CSI and FSS
+against lead time, an example nowcast) under `experiments/results/figures/`.
+
+Data: the KNMI RAD_NL25_RAP sequence of ../shared/data/knmi (92 frames of 765 x 700 km at
+5 min, 2010-08-26 00:00-07:35 UTC), converted once with `source=pysteps
+pysteps_importer=knmi_hdf5`. Explicit split in frames: train [0, 56), gap, validation
+[62, 72) (required by the DataModule, unused: no selection), gap, test [74, 92). KNMI has no
+auxiliary fields: the attention variants get two smooth noise fields drawn independently of
+the rain (`add_uninformative_aux`), so attention cannot help on this data.
+
+Usage::
+
+    python experiments/results_nowcast.py                 # the stated budget (see --help)
+    python experiments/results_nowcast.py --quick         # tiny check on a small synthetic store
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results_common import (  # noqa: E402
+    RESULTS_DIR, SHARED_DATA, VARIANTS, WORK_DIR, Budget, RunResult, add_uninformative_aux, common_overrides,
+    copy_figure, ensure_converted, evaluate_method, frame_split, group_by_method, lead_time_plot, log, metrics_table,
+    provenance, provenance_block, require_inputs, save_results, train_network, winners_notes,
+)
+
+CLASSICAL = ("persistence", "extrapolation", "sprog")
+PAST, FUTURE = 4, 6
+STEP_MIN = 5.0
+# frames [first, stop) of the 92-frame KNMI sequence; 6 frames (30 min) between train and
+# validation, 2 between validation and test (validation is never used for selection)
+KNMI_SPLIT_FRAMES = {"train": (0, 56), "val": (62, 72), "test": (74, 92)}
+FSS_KEY = "fss@1mmh_5px"
+PER_LEAD = [("rmse", "RMSE mm/h"), ("csi@1mmh", "CSI@1mm/h"), (FSS_KEY, "FSS@1mm/h, 5 px")]
+OVERALL = [("rmse", "RMSE mm/h"), ("mae", "MAE mm/h"), ("csi@1mmh", "CSI@1mm/h"), (FSS_KEY, "FSS@1mm/h, 5 px")]
+DATASET_NOTES = {
+    "knmi": (
+        "KNMI RAD_NL25_RAP composite, 2010-08-26 00:00-07:35 UTC (92 frames of 765 x 700 km, 1 km pixels, 5 min; "
+        "74 % no-data outside the radar circle, never scored). Frames [0, 56) train, [62, 72) validation (unused), "
+        "[74, 92) test: 9 test windows of 4 past + 6 future frames. **Auxiliary fields: none exist for this data; "
+        "the attention variants get two smooth noise fields drawn independently of the rain, so attention cannot "
+        "help here.** Scores are over every valid target pixel. FSS uses a 5 x 5 px (5 km) window."
+    ),
+    "synthetic": (
+        "Synthetic store of `write_synthetic_store` (with auxiliary wind and temperature that drive the rain); "
+        "split of `conf/data/synthetic.yaml`."
+    ),
+}
+
+
+def prepare_store(dataset: str, work: Path, quick: bool) -> Path:
+    if dataset == "synthetic":
+        from nowcast_infill.data.synthetic import write_synthetic_store
+
+        store = work / ("synthetic_quick.zarr" if quick else "synthetic.zarr")
+        if not store.exists():
+            write_synthetic_store(store, **({"n_times": 64, "ny": 64, "nx": 64} if quick else {}))
+        return store
+    folder = require_inputs(SHARED_DATA / "knmi", "*.h5", "KNMI HDF5")
+    plain = ensure_converted(str(folder / "*.h5"), work / "knmi.zarr", "pysteps", pysteps_importer="knmi_hdf5")
+    return add_uninformative_aux(plain, work / "knmi_noiseaux.zarr", seed=0)
+
+
+def run(dataset: str, store: Path, budget: Budget, seeds: list[int], variants: list[str], classical: list[str],
+        work: Path, quick: bool = False) -> list[RunResult]:
+    """Train and score every variant x seed, then score the classical nowcasts once."""
+    split = frame_split(store, **KNMI_SPLIT_FRAMES) if dataset == "knmi" else None
+    data_cfg = "knmi" if dataset == "knmi" else "synthetic"
+    extra = ["data.aux=all"]
+    if dataset == "synthetic" and quick:
+        # the small quick store must still hold one 10-frame window per split
+        extra += ["data.split.fractions=[0.5,0.25,0.25]", "data.split.gap=2"]
+    task = ["task=nowcast", f"task.past={PAST}", f"task.future={FUTURE}"]
+    stats = work / f"{store.stem}.nowcast.normalization.json"
+    results: list[RunResult] = []
+    for seed in seeds:
+        for variant in variants:
+            run_dir = work / "runs" / f"nowcast_{dataset}" / f"{variant}_seed{seed}"
+            log(f"{dataset}: train {variant} seed {seed}")
+            ckpt, train_s = train_network(dataset, variant, seed, common_overrides(run_dir, store, stats, data_cfg, task) + extra,
+                                          budget, run_dir, split)
+            eval_dir = run_dir.with_name(run_dir.name + "_eval")
+            result = evaluate_method(dataset, variant, common_overrides(eval_dir, store, stats, data_cfg, task) + extra,
+                                     eval_dir, split, ckpt_path=ckpt, seed=seed)
+            result.train_s = train_s
+            log(f"{dataset}: {variant} seed {seed}: rmse {result.metrics.get('rmse'):.4f}, "
+                f"train {train_s:.0f} s, eval {result.eval_s:.0f} s")
+            results.append(result)
+    for method in classical:
+        eval_dir = work / "runs" / f"nowcast_{dataset}" / f"{method}_eval"
+        log(f"{dataset}: evaluate {method}")
+        result = evaluate_method(dataset, method, common_overrides(eval_dir, store, stats, data_cfg, task) + extra,
+                                 eval_dir, split)
+        log(f"{dataset}: {method}: rmse {result.metrics.get('rmse'):.4f}, eval {result.eval_s:.0f} s")
+        results.append(result)
+    return results
+
+
+def write_report(results: list[RunResult], dataset: str, budget: Budget, seeds: list[int], out: Path, total_s: float,
+                 prov: dict, quick: bool = False) -> Path:
+    figures = out / "figures"
+    groups = group_by_method(results, dataset)
+    lines = [
+        "# Nowcasting results",
+        "",
+        *(["**--quick run: 2 steps on a 64-frame 64 x 64 synthetic store; the numbers are meaningless.**", ""]
+          if quick else []),
+        f"Written by `experiments/results_nowcast.py`; every number below comes from that run (raw values: "
+        f"`nowcast_runs.json`). {PAST} past frames -> {FUTURE} lead times of {STEP_MIN:g} min, test split, mm/h, "
+        "over valid target pixels. Networks: mean ± sample std over seeds of the last weights after the fixed budget "
+        "(no early stopping or checkpoint selection). Persistence, extrapolation (pysteps Lucas-Kanade + "
+        "semi-Lagrangian) and S-PROG are deterministic. All methods are scored by `ni-eval` on exactly the same "
+        "windows.",
+        "",
+        provenance_block(prov, {dataset: budget}, seeds, total_s),
+        f"## {dataset}",
+        "",
+        DATASET_NOTES[dataset],
+        "",
+        "### All lead times pooled",
+        "",
+        metrics_table(groups, OVERALL),
+        "Notes (generated from the tables):",
+        "",
+        *[f"- {n}" for n in winners_notes(groups, [("rmse", "RMSE, all leads", False), ("csi@1mmh", "CSI@1mm/h, all leads", True),
+                                                   (FSS_KEY, "FSS@1mm/h 5 px, all leads", True)])],
+        *[f"- {n}" for n in winners_notes(groups, [(f"csi@1mmh/lead{FUTURE}", f"CSI@1mm/h at +{FUTURE * STEP_MIN:g} min", True)])],
+        "",
+    ]
+    for lead in range(1, FUTURE + 1):
+        columns = [(f"{key}/lead{lead}", label) for key, label in PER_LEAD]
+        lines += [f"### Lead time +{lead * STEP_MIN:g} min", "", metrics_table(groups, columns)]
+    plot = lead_time_plot(groups, [("csi@1mmh", "CSI @ 1 mm/h"), (FSS_KEY, "FSS @ 1 mm/h, 5 px"), ("rmse", "RMSE (mm/h)")],
+                          FUTURE, STEP_MIN, f"nowcast, {dataset}: scores against lead time (mean ± std over seeds)",
+                          figures / f"nowcast_{dataset}_leadtime.png")
+    lines += [f"![CSI, FSS and RMSE against lead time, {dataset}](figures/{plot.name})", ""]
+    nets = [r for r in results if r.dataset == dataset and r.kind == "network" and r.figures]
+    if nets:
+        best = min(nets, key=lambda r: r.metrics.get("rmse", float("inf")))
+        strip = copy_figure(best.figures[0], figures / f"nowcast_{dataset}_example.png")
+        lines += [f"Example test window, {best.method} seed {best.seed} (last input; truth and prediction per lead time):",
+                  "", f"![example nowcast, {dataset}](figures/{strip.name})", ""]
+    path = out / "nowcast.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per network run (default 40)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the network runs (default 0 1)")
+    parser.add_argument("--dataset", default="knmi", choices=["knmi", "synthetic"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--classical", nargs="+", default=list(CLASSICAL), choices=list(CLASSICAL))
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--crop", type=int, default=128, help="training crop in pixels (KNMI: 1 km)")
+    parser.add_argument("--channels", type=int, nargs="+", default=[8, 16, 32], help="encoder channels of the U-Net")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny check: 2 steps on a small synthetic store (numbers meaningless)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where nowcast.md and figures/ go")
+    parser.add_argument("--work", type=Path, default=WORK_DIR, help="converted stores and run folders (git-ignored)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("WANDB_MODE", "offline")
+    prov = provenance(None if argv is None else [sys.argv[0], *argv])
+    dataset = "synthetic" if args.quick else args.dataset
+    start = time.perf_counter()
+    store = prepare_store(dataset, args.work, args.quick)
+    budget = Budget(steps=2 if args.quick else args.steps, batch_size=args.batch_size,
+                    crop_size=32 if args.quick else (args.crop if dataset == "knmi" else 64),
+                    encoder_channels=tuple(args.channels))
+    results = run(dataset, store, budget, args.seeds, args.variants, args.classical, args.work, args.quick)
+    save_results(results, args.out / "nowcast_runs.json")
+    path = write_report(results, dataset, budget, args.seeds, args.out, time.perf_counter() - start, prov, args.quick)
+    log(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

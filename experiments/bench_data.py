@@ -34,10 +34,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_convert import SHARED, bare_read, radolan_groups, timed_convert  # noqa: E402
 
-# chunks / shards as `convert()` takes them; chunk sizes beyond the grid are clipped to it.
+# chunks / shards as `convert()` takes them; null y / x = the whole grid.
 LAYOUTS = {
     "chunk256": {"chunks": {"time": 1, "y": 256, "x": 256}, "shards": None},
-    "chunkframe": {"chunks": {"time": 1, "y": 100_000, "x": 100_000}, "shards": None},
+    "chunkframe": {"chunks": {"time": 1, "y": None, "x": None}, "shards": None},
     "shardframe256": {"chunks": {"time": 1, "y": 256, "x": 256}, "shards": {"time": 1, "y": None, "x": None}},
 }
 
@@ -135,7 +135,7 @@ def bench_datamodule(samples: int, repeats: int, workdir: Path, worker_counts: l
 
 
 def _describe(layout: dict) -> str:
-    sizes = ", ".join(str(v) if v < 100_000 else "whole" for v in layout["chunks"].values())
+    sizes = ", ".join("whole" if v is None else str(v) for v in layout["chunks"].values())
     text = f"chunks ({sizes})"
     return text + (f", shards of {layout['shards']['time']} frame" if layout["shards"] else "")
 

@@ -148,9 +148,10 @@ def _check_task(task: Mapping) -> None:
         expected = {"in_frames": 2 * int(task.get("context", 0)) + 1, "out_frames": 1}
     else:
         expected = {"in_frames": int(task.get("past", 0)), "out_frames": int(task.get("future", 0))}
+    rules = {"infill": {"in_frames": "2*context+1", "out_frames": "1"}, "nowcast": {"in_frames": "past", "out_frames": "future"}}
     for key, value in expected.items():
         if int(task.get(key, -1)) != value:
-            rule = "2*context+1" if (name, key) == ("infill", "in_frames") else ("1" if name == "infill" else key.replace("in_frames", "past").replace("out_frames", "future"))
+            rule = rules[name][key]
             raise ConfigSchemaError(f"task.{key}: is {task.get(key)} but task={name} needs {rule} = {value}; set task.{key}={value}.")
 
 
@@ -170,7 +171,7 @@ def _check_model(model: Mapping) -> None:
             raise ConfigSchemaError(f"model.optimizer.lr_scaling: {scaling!r} is not 'linear' or 'none'.")
     if isinstance(model.get("scheduler"), Mapping):
         check_target_node(
-            model["scheduler"], "model.scheduler", provided={"optimizer", "total_steps"}, reserved=set(SCHEDULER_RESERVED)
+            model["scheduler"], "model.scheduler", provided={"optimizer"}, reserved=set(SCHEDULER_RESERVED)
         )
 
 
@@ -196,9 +197,9 @@ def check_target_node(
 ) -> None:
     """Check the keys and value types of an instantiable node against its target's signature.
 
-    `provided`: arguments the code passes at instantiation (not allowed in the config is not
-    implied; they are simply not required). `reserved`: keys the framework pops before
-    instantiating. Nested nodes with a `_target_` are checked recursively.
+    `provided`: arguments the code passes at instantiation, so the config must not set them.
+    `reserved`: keys the framework pops before instantiating. Nested nodes with a `_target_`
+    are checked recursively.
     """
     if "_target_" not in node:
         raise ConfigSchemaError(f"{where}: has no _target_; it must name the class or function to build.")
@@ -214,6 +215,8 @@ def check_target_node(
         if key in _HYDRA_KEYS or key in reserved:
             continue
         full = f"{where}.{key}"
+        if key in provided:
+            raise ConfigSchemaError(f"{full}: is filled in by the framework (from task/data); remove it from the config.")
         if key not in params:
             if takes_kwargs:
                 continue

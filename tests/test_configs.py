@@ -162,3 +162,9 @@ def test_launcher_env_resolvers(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_NUM_NODES", "3")
     monkeypatch.setenv("SLURM_TASKS_PER_NODE", "4(x3)")
     assert (num_nodes(), devices_per_node()) == (3, 4)
+
+
+def test_keys_the_module_fills_in_are_refused(tmp_path):
+    cfg = compose_config("train", [*tiny_overrides(tmp_path), "+model.net.in_frames=5"])
+    with pytest.raises(ConfigSchemaError, match=r"^model\.net\.in_frames: is filled in by the framework"):
+        validate_config(cfg, "train")

@@ -234,7 +234,8 @@ def test_append_out_of_order_with_gap_keeps_every_value(tmp_path, time_chunk, sh
 
 
 def test_precip_layout_rounds_shards_and_names_bad_options():
-    assert precip_layout((1100, 900), None, None) == ((1, 256, 256), None)
+    assert precip_layout((1100, 900), None, None) == ((1, 1100, 900), None)  # the default: one chunk per frame
+    assert precip_layout((1100, 900), {"time": 1, "y": 256, "x": None}, None) == ((1, 256, 900), None)
     # Zarr needs shards that are multiples of the inner chunk: the whole grid rounded up.
     assert precip_layout((1100, 900), {"time": 1, "y": 256, "x": 256}, {"time": 1}) == ((1, 256, 256), (1, 1280, 1024))
     assert precip_layout((900, 900), {"y": 10_000, "x": 10_000}, None) == ((1, 900, 900), None)
@@ -243,8 +244,10 @@ def test_precip_layout_rounds_shards_and_names_bad_options():
         precip_layout((40, 30), None, {"z": 1})
     with pytest.raises(ValueError, match=r"shards\.time=0: must be a positive integer or null"):
         precip_layout((40, 30), None, {"time": 0})
-    with pytest.raises(ValueError, match=r"chunks\.y=-3: must be a positive integer\."):
+    with pytest.raises(ValueError, match=r"chunks\.y=-3: must be a positive integer or null"):
         precip_layout((40, 30), {"y": -3}, None)
+    with pytest.raises(ValueError, match=r"chunks\.time=None: must be a positive integer\."):
+        precip_layout((40, 30), {"time": None}, None)
 
 
 def test_bad_layout_option_fails_before_any_file_is_read(tmp_path):

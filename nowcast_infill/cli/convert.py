@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from pathlib import Path
 
 import hydra
+
+from nowcast_infill.cli import CONFIG_DIR
 from omegaconf import DictConfig, OmegaConf
 
 # Importer options may also be given at the top level (`ni-convert variable=rain`),
@@ -22,11 +23,6 @@ def importer_options(cfg: DictConfig) -> dict:
         if cfg.get(key) is not None:
             options[key] = cfg.get(key)
     return options
-
-
-# An absolute path built from this file: a relative config_path inside an installed
-# package is taken by Hydra as a Python module ("conf") and not found.
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="convert")

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+
+from nowcast_infill.cli import CONFIG_DIR
 from hydra import compose
 from omegaconf import DictConfig
 
@@ -83,7 +85,7 @@ def demo(cfg: DictConfig) -> dict[str, Any]:
     return {"rows": rows, "results_md": str(md_path), "output_dir": str(out_root), "wandb_runs": wandb_runs}
 
 
-@hydra.main(config_path="../../conf", config_name="demo", version_base="1.3")
+@hydra.main(config_path=CONFIG_DIR, config_name="demo", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     demo(cfg)
 

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+
+from nowcast_infill.cli import CONFIG_DIR
 import lightning as L
 from omegaconf import DictConfig
 
@@ -124,7 +126,7 @@ def _log_table(trainer: L.Trainer, row: dict) -> None:
             logger.log_table(key="metrics_table", columns=columns, data=[[row[c] for c in columns]])
 
 
-@hydra.main(config_path="../../conf", config_name="eval", version_base="1.3")
+@hydra.main(config_path=CONFIG_DIR, config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

@@ -6,6 +6,8 @@ import json
 import logging
 
 import hydra
+
+from nowcast_infill.cli import CONFIG_DIR
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ def run(cfg: DictConfig) -> dict:
     return summary
 
 
-@hydra.main(config_path="../../conf", config_name="infill", version_base="1.3")
+@hydra.main(config_path=CONFIG_DIR, config_name="infill", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 import hydra
+
+from nowcast_infill.cli import CONFIG_DIR
 from omegaconf import DictConfig
 
 from nowcast_infill.cli.infill import model_choice
@@ -49,7 +51,7 @@ def run(cfg: DictConfig):
     return out
 
 
-@hydra.main(config_path="../../conf", config_name="nowcast", version_base="1.3")
+@hydra.main(config_path=CONFIG_DIR, config_name="nowcast", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
+
+from nowcast_infill.cli import CONFIG_DIR
 from omegaconf import DictConfig, OmegaConf
 
 GENERATOR_KEYS = (
@@ -16,7 +18,7 @@ GENERATOR_KEYS = (
 )  # fmt: skip
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="synth")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="synth")
 def main(cfg: DictConfig) -> None:
     import numpy as np
     import xarray as xr

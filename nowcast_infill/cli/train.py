@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+
+from nowcast_infill.cli import CONFIG_DIR
 import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -145,7 +147,7 @@ def _save_test_figures(module: L.LightningModule, output_dir: Path) -> None:
         plt.close(fig)
 
 
-@hydra.main(config_path="../../conf", config_name="train", version_base="1.3")
+@hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """ni-train; returns `cfg.optimized_metric` (for sweepers) or None when it was not logged."""
     results = train(cfg)

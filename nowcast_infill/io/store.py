@@ -45,12 +45,13 @@ from nowcast_infill.io.importers import ConversionError, Frame
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNKS = {"time": 1, "y": 256, "x": 256}
-# Zarr v3 sharding of `precip`: `chunks` become the inner chunks (the unit a reader
-# decodes) and a shard (the unit written as one file) holds `time` steps by the `y` x `x`
-# pixels; a missing or null `y` / `x` means the whole grid. None: no sharding, one file
-# per chunk. The default is set by experiments/bench_data.py (see conf/convert.yaml).
-DEFAULT_SHARDS: dict | None = {"time": 1, "y": None, "x": None}
+# Layout of `precip`: sizes along (time, y, x); a null `y` / `x` means the whole grid.
+# The defaults are chosen by experiments/bench_data.py; the numbers are in conf/convert.yaml.
+DEFAULT_CHUNKS = {"time": 1, "y": None, "x": None}
+# Zarr v3 sharding: `chunks` become the inner chunks (the unit a reader decodes) and a
+# shard (the unit stored as one file) holds `time` steps by `y` x `x` pixels. None: no
+# sharding, one file per chunk.
+DEFAULT_SHARDS: dict | None = None
 DEFAULT_COMPRESSION = {"cname": "zstd", "clevel": 1}
 
 
@@ -592,15 +593,17 @@ def _skeleton_dataset(ref: Frame):
     return ds
 
 
-def _positive_sizes(option: str, given: dict, allow_null: bool) -> dict:
+def _positive_sizes(option: str, given: dict, null_time: bool) -> dict:
+    """`given` checked: known dimensions, positive integers, null for y / x (and time when `null_time`)."""
     unknown = sorted(set(given) - set(schema.PRECIP_DIMS))
     if unknown:
         raise ValueError(f"{option}.{unknown[0]}: unknown dimension; {option} takes {', '.join(schema.PRECIP_DIMS)}.")
     for dim, value in given.items():
-        if value is None and allow_null:
+        may_be_null = dim != "time" or null_time
+        if value is None and may_be_null:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            fix = "a positive integer" + (" or null (whole grid)" if allow_null else "")
+            fix = "a positive integer" + (" or null (whole grid)" if may_be_null else "")
             raise ValueError(f"{option}.{dim}={value!r}: must be {fix}.")
     return given
 
@@ -609,17 +612,18 @@ def precip_layout(shape: tuple[int, int], chunks: dict | None = None,
                   shards: dict | None = DEFAULT_SHARDS) -> tuple[tuple[int, int, int], tuple[int, int, int] | None]:
     """(chunks, shards) of `precip` on a grid of `shape` (H, W) pixels, as Zarr shapes `(time, y, x)`.
 
-    chunks default to `DEFAULT_CHUNKS` and are clipped to the grid. A shard size is
-    rounded up to a multiple of the chunk (Zarr requires it; a shard may reach past the
-    grid edge, costing nothing on disk); a null `y` / `x` shard size means the whole
-    grid. Raises ValueError naming the option for an unknown dimension or a bad size.
+    Missing chunk sizes come from `DEFAULT_CHUNKS`; a null `y` / `x` (chunk or shard)
+    means the whole grid, and chunks are clipped to the grid. A shard size is rounded up
+    to a multiple of the chunk (Zarr requires it; a shard may reach past the grid edge,
+    costing nothing on disk); a missing or null shard `time` is the chunk's. Raises
+    ValueError naming the option for an unknown dimension or a bad size.
     """
-    want = {**DEFAULT_CHUNKS, **_positive_sizes("chunks", dict(chunks or {}), allow_null=False)}
+    want = {**DEFAULT_CHUNKS, **_positive_sizes("chunks", dict(chunks or {}), null_time=False)}
     sizes = {"time": int(want["time"]), "y": int(shape[0]), "x": int(shape[1])}
-    inner = tuple(max(1, min(int(want[d]), sizes[d])) for d in schema.PRECIP_DIMS)
+    inner = tuple(max(1, min(int(want[d] or sizes[d]), sizes[d])) for d in schema.PRECIP_DIMS)
     if shards is None:
         return inner, None
-    given = _positive_sizes("shards", dict(shards), allow_null=True)
+    given = _positive_sizes("shards", dict(shards), null_time=True)
     outer = []
     for dim, chunk in zip(schema.PRECIP_DIMS, inner):
         size = given.get(dim)

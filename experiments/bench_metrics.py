@@ -13,6 +13,9 @@ the shared data, or with `--data random`, rain-like random fields with a random 
 
 Timings on a shared CPU vary several-fold between runs: compare only the ratio, and
 note the wall and process CPU time together (CPU time is less sensitive to other load).
+On an oversubscribed machine, OpenMP threads that spin while waiting for a descheduled
+peer dominate: run with `--threads 1` or `OMP_WAIT_POLICY=PASSIVE` (printed below) to
+see the metric's own cost.
 
 Usage: python experiments/bench_metrics.py [--frames 4] [--repeats 3] [--threads N]
        [--data yw|random] [--no-reference] [--device cpu|cuda] [--dtype float32|bfloat16]
@@ -131,7 +134,11 @@ def main() -> None:
 
     median, median_cpu = statistics.median(wall), statistics.median(cpu)
     threads = torch.get_num_threads()
-    print(f"data: {description}; {n} frames {h}x{w}, {args.dtype} on {args.device}, torch threads {threads}")
+    wait_policy = os.environ.get("OMP_WAIT_POLICY", "default")
+    print(
+        f"data: {description}; {n} frames {h}x{w}, {args.dtype} on {args.device}, "
+        f"torch threads {threads}, OMP_WAIT_POLICY={wait_policy}"
+    )
     print(f"RadarMetrics.update: {median:.3f} s/frame wall (median of {args.repeats}; min {min(wall):.3f}), {median_cpu:.3f} s/frame process CPU")
     ratio = ""
     if ref_wall:
@@ -147,7 +154,7 @@ def main() -> None:
     print(
         f"BENCH_METRICS s_per_frame={median:.4f} cpu_s_per_frame={median_cpu:.4f} "
         f"numpy_s_per_frame={statistics.median(ref_wall) if ref_wall else float('nan'):.4f} "
-        f"speedup_vs_numpy={ratio or 'nan'} threads={threads} data={data}"
+        f"speedup_vs_numpy={ratio or 'nan'} threads={threads} omp_wait_policy={wait_policy} data={data}"
     )
 
 

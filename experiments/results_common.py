@@ -115,10 +115,15 @@ def ensure_converted(inputs: str, output: Path, source: str, **importer_options)
     return output
 
 
-def add_uninformative_aux(source: Path, output: Path, seed: int = 0, factor: int = 8) -> Path:
+def add_uninformative_aux(source: Path, output: Path, seed: int = 0, factor: int = 8,
+                          crop_to_coverage: bool = False) -> Path:
     """Copy the store `source` to `output` with aux fields `aux_n1`, `aux_n2` that carry no
     information about the rain, so that the attention variants can run on real radar data
     that has no auxiliary fields.
+
+    crop_to_coverage: keep only the bounding box of the pixels valid in any frame (the
+    rows/columns cut hold no data at all in any frame, so nothing observed is dropped; it
+    saves the CPU time spent on all-no-data margins, e.g. 74 % of the KNMI grid).
 
     The fields are smooth Gaussian noise, drawn from `seed` alone (never from the rain), on a
     grid `factor` times coarser than the radar grid, and evolving slowly in time
@@ -133,6 +138,14 @@ def add_uninformative_aux(source: Path, output: Path, seed: int = 0, factor: int
         return output
     with xr.open_zarr(source) as src:
         ds = src.load()
+    if crop_to_coverage:
+        covered = np.isfinite(ds[schema.PRECIP].values).any(axis=0)
+        if not covered.any():
+            raise ValueError(f"{source}: no pixel is valid in any frame; nothing to crop to (check the conversion).")
+        rows, cols = np.flatnonzero(covered.any(axis=1)), np.flatnonzero(covered.any(axis=0))
+        ds = ds.isel(y=slice(rows[0], rows[-1] + 1), x=slice(cols[0], cols[-1] + 1))
+        ds.attrs["history"] = (str(ds.attrs.get("history", "")) + f"; cropped to the covered rows {rows[0]}..{rows[-1]}, "
+                               f"columns {cols[0]}..{cols[-1]} by experiments/results_common.py").lstrip("; ")
     n_t, ny, nx = ds.sizes["time"], ds.sizes["y"], ds.sizes["x"]
     y_aux = ds["y"].values.reshape(-1)[: ny // factor * factor].reshape(-1, factor).mean(axis=1)
     x_aux = ds["x"].values.reshape(-1)[: nx // factor * factor].reshape(-1, factor).mean(axis=1)

@@ -168,3 +168,13 @@ def test_keys_the_module_fills_in_are_refused(tmp_path):
     cfg = compose_config("train", [*tiny_overrides(tmp_path), "+model.net.in_frames=5"])
     with pytest.raises(ConfigSchemaError, match=r"^model\.net\.in_frames: is filled in by the framework"):
         validate_config(cfg, "train")
+
+
+@pytest.mark.parametrize("launcher,target", [("local", "BasicLauncher"), ("slurm", "SlurmLauncher")])
+def test_launchers_compose(launcher, target, tmp_path):
+    register_resolvers()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra/launcher={launcher}", "hparams_search=models_seeds", *tiny_overrides(tmp_path)],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith(target)
+    assert cfg.hydra.sweeper.params.model == "baseline,lstm,attention,lstm_attention"

@@ -40,6 +40,7 @@ def _app(cfg: DictConfig) -> None:
             skip_bad=bool(cfg.skip_bad),
             workers=cfg.workers,
             chunks=OmegaConf.to_container(cfg.chunks),
+            shards=OmegaConf.to_container(cfg.shards) if cfg.get("shards") is not None else None,
             compression=OmegaConf.to_container(cfg.compression),
             commit_every=int(cfg.commit_every),
             progress=bool(cfg.progress),

@@ -1,0 +1,130 @@
+"""The result scripts (experiments/results_*.py): their helpers, and each script end to end at a
+tiny budget on synthetic data (train -> ni-eval of networks and baselines -> report + figures)."""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
+
+import results_common as rc  # noqa: E402
+from nowcast_infill.data.synthetic import write_synthetic_store  # noqa: E402
+
+
+def test_mean_std_and_format_ignore_nan_and_say_so():
+    assert rc.mean_std([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)), 2)
+    mean, std, n = rc.mean_std([5.0])
+    assert (mean, n) == (5.0, 1) and math.isnan(std)
+    assert rc.format_mean_std([1.0, 3.0], digits=2) == "2.00 ± 1.41"
+    assert rc.format_mean_std([1.0, float("nan")], digits=1) == "1.0 (n=1)"
+    assert rc.format_mean_std([float("nan")]) == "n/a"
+
+
+def _run(method, kind, seed, **metrics):
+    return rc.RunResult("d", method, kind, seed, metrics)
+
+
+def test_table_and_notes_report_a_winning_baseline():
+    results = [_run("baseline", "network", 0, rmse=1.0), _run("baseline", "network", 1, rmse=1.2),
+               _run("laplace", "baseline", None, rmse=0.5)]
+    groups = rc.group_by_method(results, "d")
+    table = rc.metrics_table(groups, [("rmse", "RMSE")]).splitlines()
+    assert table[0].startswith("| method | kind | seeds | RMSE |")
+    assert table[2].startswith("| baseline | network | 2 | 1.100 ± 0.141 |")
+    assert table[3].startswith("| laplace | baseline | 1 | 0.500 |")
+    note = rc.winners_notes(groups, [("rmse", "RMSE", False)])[0]
+    assert "**laplace**" in note and "beats every network" in note
+    note = rc.winners_notes(groups, [("rmse", "RMSE", True)])[0]
+    assert "**baseline**" in note and "best classical baseline: laplace" in note
+
+
+def test_git_commit_and_provenance():
+    commit = rc.git_commit()
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", commit), commit
+    prov = rc.provenance(["experiments/results_infill.py", "--steps", "3"])
+    assert prov["command"] == "python experiments/results_infill.py --steps 3"
+    assert prov["date"].endswith("UTC") and "CPU cores" in prov["machine"]
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("store") / "s.zarr"
+    # margins outside the coverage circle are all-NaN: that is what crop_to_coverage removes
+    write_synthetic_store(path, n_times=6, ny=48, nx=48, seed=1, coverage_radius_km=30.0)
+    return path
+
+
+def test_uninformative_aux_depends_on_the_seed_only_and_crop_keeps_every_valid_pixel(small_store, tmp_path):
+    other = tmp_path / "other_rain.zarr"
+    write_synthetic_store(other, n_times=6, ny=48, nx=48, seed=2)
+    a = rc.add_uninformative_aux(small_store, tmp_path / "a.zarr", seed=5, factor=4)
+    b = rc.add_uninformative_aux(other, tmp_path / "b.zarr", seed=5, factor=4)
+    with xr.open_zarr(a) as da, xr.open_zarr(b) as db, xr.open_zarr(small_store) as src:
+        assert sorted(v for v in da.data_vars if v.startswith("aux_")) == ["aux_n1", "aux_n2"]
+        # different rain, same seed -> identical aux: the fields carry no information about the rain
+        np.testing.assert_array_equal(da["aux_n1"].values, db["aux_n1"].values)
+        assert da["aux_n1"].dims == ("time", "y_aux", "x_aux") and da.sizes["y_aux"] == 12
+        np.testing.assert_array_equal(da["precip"].values, src["precip"].values)
+
+    cropped = rc.add_uninformative_aux(small_store, tmp_path / "c.zarr", seed=5, factor=4, crop_to_coverage=True)
+    with xr.open_zarr(cropped) as dc, xr.open_zarr(small_store) as src:
+        full = src["precip"].values
+        assert dc.sizes["y"] * dc.sizes["x"] < full.shape[1] * full.shape[2]
+        assert np.isfinite(dc["precip"].values).sum() == np.isfinite(full).sum()
+        from nowcast_infill.schema import validate_store
+
+        validate_store(dc)
+
+
+def test_frame_split_gives_inclusive_dates_and_refuses_out_of_range(small_store):
+    split = rc.frame_split(small_store, train=(0, 3), val=(3, 4), test=(4, 6))
+    times = rc.store_times(small_store)
+    assert split["dates"]["train"] == [str(times[0])[:19], str(times[2])[:19]]
+    assert split["dates"]["test"][1] == str(times[5])[:19]
+    with pytest.raises(ValueError, match=r"test frames \[4, 9\)"):
+        rc.frame_split(small_store, train=(0, 3), val=(3, 4), test=(4, 9))
+
+
+def _check_report(md: Path, methods: list[str], figure_names: list[str]) -> str:
+    text = md.read_text()
+    assert "--quick run" in text and "- commit: `" in text and "- command: `python experiments/" in text
+    for method in methods:
+        assert re.search(rf"^\| {method} \| (network|baseline) \| \d \| [0-9.]", text, re.M), method
+    for name in figure_names:
+        png = md.parent / "figures" / name
+        assert png.is_file() and 0 < png.stat().st_size < rc.MAX_FIGURE_BYTES, name
+        assert f"(figures/{name})" in text
+    return text
+
+
+@pytest.mark.slow
+def test_results_infill_quick_end_to_end(tmp_path):
+    import results_infill
+
+    md = results_infill.main(["--quick", "--datasets", "synthetic", "--seeds", "0", "1", "--variants", "baseline",
+                              "lstm_attention", "--classical", "nearest", "laplace",
+                              "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
+    text = _check_report(md, ["baseline", "lstm_attention", "nearest", "laplace"],
+                         ["infill_synthetic_rmse.png", "infill_synthetic_example.png"])
+    # two seeds -> a spread; the deterministic baselines have none
+    assert re.search(r"^\| baseline \| network \| 2 \| [0-9.]+ ± [0-9.]+ \|", text, re.M)
+    assert (tmp_path / "out" / "infill_runs.json").is_file()
+
+
+@pytest.mark.slow
+def test_results_nowcast_quick_end_to_end(tmp_path):
+    import results_nowcast
+
+    md = results_nowcast.main(["--quick", "--seeds", "0", "--variants", "baseline", "--classical", "persistence",
+                               "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
+    text = _check_report(md, ["baseline", "persistence"], ["nowcast_synthetic_leadtime.png", "nowcast_synthetic_example.png"])
+    assert text.count("### Lead time +") == results_nowcast.FUTURE
+    assert "### Lead time +30 min" in text

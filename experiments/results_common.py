@@ -115,19 +115,44 @@ def ensure_converted(inputs: str, output: Path, source: str, **importer_options)
     return output
 
 
-def add_uninformative_aux(source: Path, output: Path, seed: int = 0, factor: int = 8,
-                          crop_to_coverage: bool = False) -> Path:
-    """Copy the store `source` to `output` with aux fields `aux_n1`, `aux_n2` that carry no
-    information about the rain, so that the attention variants can run on real radar data
-    that has no auxiliary fields.
+def _crop_to_coverage(ds, multiple_of: int, where: Path):
+    """`ds` cut to the bounding box of the pixels valid in any frame, each side a multiple of
+    `multiple_of` (the U-Net needs the grid divisible by 2**depth): the box is widened into
+    the all-no-data margin where the grid allows, else narrowed symmetrically. Returns
+    (dataset, number of valid pixel-frames cut away), the latter 0 unless narrowed."""
+    from nowcast_infill import schema
 
-    crop_to_coverage: keep only the bounding box of the pixels valid in any frame (the
-    rows/columns cut hold no data at all in any frame, so nothing observed is dropped; it
-    saves the CPU time spent on all-no-data margins, e.g. 74 % of the KNMI grid).
+    valid = np.isfinite(ds[schema.PRECIP].values)
+    covered = valid.any(axis=0)
+    if not covered.any():
+        raise ValueError(f"{where}: no pixel is valid in any frame; nothing to crop to (check the conversion).")
+    bounds = []
+    for axis, n in ((1, covered.shape[0]), (0, covered.shape[1])):
+        hits = np.flatnonzero(covered.any(axis=axis))
+        lo, hi = int(hits[0]), int(hits[-1]) + 1
+        size = -(-(hi - lo) // multiple_of) * multiple_of
+        if size > n:
+            size = n // multiple_of * multiple_of
+        lo = min(max(0, (lo + hi - size) // 2), n - size)
+        bounds.append(slice(lo, lo + size))
+    rows, cols = bounds
+    dropped = int(valid.sum() - valid[:, rows, cols].sum())
+    return ds.isel(y=rows, x=cols), dropped, (rows, cols)
+
+
+def add_uninformative_aux(source: Path, output: Path, seed: int = 0, factor: int = 8,
+                          crop_multiple_of: int | None = None) -> Path:
+    """Copy the store `source` (which must have no aux fields) to `output` with aux fields
+    `aux_n1`, `aux_n2` that carry no information about the rain, so that the attention
+    variants can run on real radar data that has no auxiliary fields.
 
     The fields are smooth Gaussian noise, drawn from `seed` alone (never from the rain), on a
     grid `factor` times coarser than the radar grid, and evolving slowly in time
     (`(time, y_aux, x_aux)` float32, dimensionless). An existing `output` is reused.
+
+    crop_multiple_of: also cut the grid to the bounding box of the pixels valid in any frame,
+    sides a multiple of this (see `_crop_to_coverage`); how many valid pixels that cost (0 when
+    the margins allow) goes into the store's `history` and is returned by `store_crop_note`.
     """
     import xarray as xr
     from scipy import ndimage
@@ -138,14 +163,17 @@ def add_uninformative_aux(source: Path, output: Path, seed: int = 0, factor: int
         return output
     with xr.open_zarr(source) as src:
         ds = src.load()
-    if crop_to_coverage:
-        covered = np.isfinite(ds[schema.PRECIP].values).any(axis=0)
-        if not covered.any():
-            raise ValueError(f"{source}: no pixel is valid in any frame; nothing to crop to (check the conversion).")
-        rows, cols = np.flatnonzero(covered.any(axis=1)), np.flatnonzero(covered.any(axis=0))
-        ds = ds.isel(y=slice(rows[0], rows[-1] + 1), x=slice(cols[0], cols[-1] + 1))
-        ds.attrs["history"] = (str(ds.attrs.get("history", "")) + f"; cropped to the covered rows {rows[0]}..{rows[-1]}, "
-                               f"columns {cols[0]}..{cols[-1]} by experiments/results_common.py").lstrip("; ")
+    if schema.aux_names(ds):
+        raise ValueError(f"{source}: already has aux fields {schema.aux_names(ds)}; add_uninformative_aux is for "
+                         "stores without any (use the store as it is).")
+    if crop_multiple_of:
+        ny0, nx0 = ds.sizes["y"], ds.sizes["x"]
+        ds, dropped, (rows, cols) = _crop_to_coverage(ds, crop_multiple_of, source)
+        ds.attrs["crop_note"] = (f"cropped from {ny0} x {nx0} to rows {rows.start}..{rows.stop - 1}, columns "
+                                 f"{cols.start}..{cols.stop - 1} ({ds.sizes['y']} x {ds.sizes['x']}, multiple of "
+                                 f"{crop_multiple_of}); valid pixel-frames cut away: {dropped}")
+        ds.attrs["history"] = (str(ds.attrs.get("history", "")) + "; " + ds.attrs["crop_note"]
+                               + " (experiments/results_common.py)").lstrip("; ")
     n_t, ny, nx = ds.sizes["time"], ds.sizes["y"], ds.sizes["x"]
     y_aux = ds["y"].values.reshape(-1)[: ny // factor * factor].reshape(-1, factor).mean(axis=1)
     x_aux = ds["x"].values.reshape(-1)[: nx // factor * factor].reshape(-1, factor).mean(axis=1)
@@ -169,6 +197,14 @@ def add_uninformative_aux(source: Path, output: Path, seed: int = 0, factor: int
     ds.to_zarr(staging, mode="w-", zarr_format=3, consolidated=False)
     staging.rename(output)
     return output
+
+
+def store_crop_note(store: Path) -> str:
+    """The crop recorded by `add_uninformative_aux` ('' when the grid was not cropped)."""
+    import xarray as xr
+
+    with xr.open_zarr(store) as ds:
+        return str(ds.attrs.get("crop_note", ""))
 
 
 def store_times(store: Path) -> np.ndarray:

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_common import (  # noqa: E402
     RESULTS_DIR, SHARED_DATA, VARIANTS, WORK_DIR, Budget, RunResult, add_uninformative_aux, bar_chart, common_overrides,
     copy_figure, ensure_converted, evaluate_method, frame_split, group_by_method, log, metrics_table, provenance,
-    provenance_block, require_inputs, save_results, train_network, winners_notes,
+    provenance_block, require_inputs, save_results, store_crop_note, train_network, winners_notes,
 )
 
 CLASSICAL = ("nearest", "linear", "laplace", "biharmonic")
@@ -76,7 +76,8 @@ def prepare_synthetic(work: Path, quick: bool) -> Path:
 def prepare_radolan(work: Path) -> Path:
     folder = require_inputs(SHARED_DATA / "radolan" / "yw", "*", "RADOLAN YW")
     plain = ensure_converted(str(folder / "*"), work / "radolan_yw.zarr", "radolan")
-    return add_uninformative_aux(plain, work / "radolan_yw_noiseaux.zarr", seed=0)
+    # the U-Net scores whole frames, whose sides must be multiples of 2**depth (8): 1100 x 900 is not
+    return add_uninformative_aux(plain, work / "radolan_yw_noiseaux_crop8.zarr", seed=0, crop_multiple_of=8)
 
 
 def run_dataset(name: str, store: Path, budget: Budget, seeds: list[int], variants: list[str], classical: list[str],
@@ -119,7 +120,7 @@ def run_dataset(name: str, store: Path, budget: Budget, seeds: list[int], varian
 
 
 def write_report(results: list[RunResult], budgets: dict[str, Budget], seeds: list[int], out: Path,
-                 total_s: float, prov: dict, quick: bool = False) -> Path:
+                 total_s: float, prov: dict, quick: bool = False, crop_notes: dict[str, str] | None = None) -> Path:
     figures = out / "figures"
     lines = [
         "# Infilling results",
@@ -139,7 +140,9 @@ def write_report(results: list[RunResult], budgets: dict[str, Budget], seeds: li
         groups = group_by_method(results, name)
         if not groups:
             continue
-        lines += [f"## {name}", "", DATASET_NOTES[name], "", metrics_table(groups, COLUMNS), ""]
+        note = (crop_notes or {}).get(name)
+        lines += [f"## {name}", "", DATASET_NOTES[name] + (f" Grid: {note}." if note else ""), "",
+                  metrics_table(groups, COLUMNS), ""]
         lines += ["Notes (generated from the table):", ""]
         lines += [f"- {n}" for n in winners_notes(groups, VERDICTS)]
         lines.append("")
@@ -186,7 +189,8 @@ def main(argv: list[str] | None = None) -> Path:
         budgets[name] = Budget(steps=steps, batch_size=args.batch_size, crop_size=crop, encoder_channels=tuple(args.channels))
         results += run_dataset(name, store, budgets[name], args.seeds, args.variants, args.classical, args.work, args.quick)
         save_results(results, args.out / "infill_runs.json")
-    path = write_report(results, budgets, args.seeds, args.out, time.perf_counter() - start, prov, args.quick)
+    path = write_report(results, budgets, args.seeds, args.out, time.perf_counter() - start, prov, args.quick,
+                        {name: store_crop_note(store) for name, store in stores.items()})
     log(f"wrote {path}")
     return path
 

@@ -10,8 +10,8 @@ against lead time, an example nowcast) under `experiments/results/figures/`.
 
 Data: the KNMI RAD_NL25_RAP sequence of ../shared/data/knmi (92 frames of 765 x 700 km at
 5 min, 2010-08-26 00:00-07:35 UTC), converted once with `source=pysteps
-pysteps_importer=knmi_hdf5`, then cropped to the bounding box of the radar circle (rows and
-columns with no valid pixel in any frame are dropped). Explicit split in frames: train
+pysteps_importer=knmi_hdf5`, then cropped to the bounding box of the radar circle widened
+to a multiple of 8 pixels (only rows and columns with no valid pixel in any frame go). Explicit split in frames: train
 [0, 62), gap, validation [68, 78) (required by the DataModule, unused: no selection), gap,
 test [80, 92). KNMI has no
 auxiliary fields: the attention variants get two smooth noise fields drawn independently of
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_common import (  # noqa: E402
     RESULTS_DIR, SHARED_DATA, VARIANTS, WORK_DIR, Budget, RunResult, add_uninformative_aux, common_overrides,
     copy_figure, ensure_converted, evaluate_method, frame_split, group_by_method, lead_time_plot, log, metrics_table,
-    provenance, provenance_block, require_inputs, save_results, train_network, winners_notes,
+    provenance, provenance_block, require_inputs, save_results, store_crop_note, train_network, winners_notes,
 )
 
 CLASSICAL = ("persistence", "extrapolation", "sprog")
@@ -74,7 +74,8 @@ def prepare_store(dataset: str, work: Path, quick: bool) -> Path:
         return store
     folder = require_inputs(SHARED_DATA / "knmi", "*.h5", "KNMI HDF5")
     plain = ensure_converted(str(folder / "*.h5"), work / "knmi.zarr", "pysteps", pysteps_importer="knmi_hdf5")
-    return add_uninformative_aux(plain, work / "knmi_noiseaux_cropped.zarr", seed=0, crop_to_coverage=True)
+    # the U-Net scores whole frames, whose sides must be multiples of 2**depth (8)
+    return add_uninformative_aux(plain, work / "knmi_noiseaux_crop8.zarr", seed=0, crop_multiple_of=8)
 
 
 def run(dataset: str, store: Path, budget: Budget, seeds: list[int], variants: list[str], classical: list[str],
@@ -113,7 +114,7 @@ def run(dataset: str, store: Path, budget: Budget, seeds: list[int], variants: l
 
 
 def write_report(results: list[RunResult], dataset: str, budget: Budget, seeds: list[int], out: Path, total_s: float,
-                 prov: dict, quick: bool = False) -> Path:
+                 prov: dict, quick: bool = False, crop_note: str = "") -> Path:
     figures = out / "figures"
     groups = group_by_method(results, dataset)
     lines = [
@@ -131,7 +132,7 @@ def write_report(results: list[RunResult], dataset: str, budget: Budget, seeds: 
         provenance_block(prov, {dataset: budget}, seeds, total_s),
         f"## {dataset}",
         "",
-        DATASET_NOTES[dataset],
+        DATASET_NOTES[dataset] + (f" Grid: {crop_note}." if crop_note else ""),
         "",
         "### All lead times pooled",
         "",
@@ -186,7 +187,8 @@ def main(argv: list[str] | None = None) -> Path:
                     encoder_channels=tuple(args.channels))
     results = run(dataset, store, budget, args.seeds, args.variants, args.classical, args.work, args.quick)
     save_results(results, args.out / "nowcast_runs.json")
-    path = write_report(results, dataset, budget, args.seeds, args.out, time.perf_counter() - start, prov, args.quick)
+    path = write_report(results, dataset, budget, args.seeds, args.out, time.perf_counter() - start, prov, args.quick,
+                        store_crop_note(store))
     log(f"wrote {path}")
     return path
 

@@ -16,7 +16,6 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
 
 import results_common as rc  # noqa: E402
-from nowcast_infill.data.synthetic import write_synthetic_store  # noqa: E402
 
 
 def test_mean_std_and_format_ignore_nan_and_say_so():
@@ -54,17 +53,27 @@ def test_git_commit_and_provenance():
     assert prov["date"].endswith("UTC") and "CPU cores" in prov["machine"]
 
 
-@pytest.fixture(scope="module")
-def small_store(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("store") / "s.zarr"
-    # margins outside the coverage circle are all-NaN: that is what crop_to_coverage removes
-    write_synthetic_store(path, n_times=6, ny=48, nx=48, seed=1, coverage_radius_km=30.0)
+def _store_without_aux(path: Path, seed: int, no_data_margins: bool = False) -> Path:
+    """A synthetic store like the real ones here (RADOLAN YW, KNMI): no aux fields."""
+    from nowcast_infill.data.synthetic import generate_synthetic
+
+    ds = generate_synthetic(n_times=6, ny=48, nx=48, seed=seed)
+    ds = ds.drop_vars([v for v in ds.data_vars if v.startswith("aux_")] + ["y_aux", "x_aux"])
+    if no_data_margins:
+        # no-data rows 0..9 and columns 35..47 in every frame, as outside a radar circle
+        ds["precip"][:, :10, :] = np.nan
+        ds["precip"][:, :, 35:] = np.nan
+    ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=False)
     return path
 
 
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory) -> Path:
+    return _store_without_aux(tmp_path_factory.mktemp("store") / "s.zarr", seed=1, no_data_margins=True)
+
+
 def test_uninformative_aux_depends_on_the_seed_only_and_crop_keeps_every_valid_pixel(small_store, tmp_path):
-    other = tmp_path / "other_rain.zarr"
-    write_synthetic_store(other, n_times=6, ny=48, nx=48, seed=2)
+    other = _store_without_aux(tmp_path / "other_rain.zarr", seed=2)
     a = rc.add_uninformative_aux(small_store, tmp_path / "a.zarr", seed=5, factor=4)
     b = rc.add_uninformative_aux(other, tmp_path / "b.zarr", seed=5, factor=4)
     with xr.open_zarr(a) as da, xr.open_zarr(b) as db, xr.open_zarr(small_store) as src:
@@ -74,14 +83,18 @@ def test_uninformative_aux_depends_on_the_seed_only_and_crop_keeps_every_valid_p
         assert da["aux_n1"].dims == ("time", "y_aux", "x_aux") and da.sizes["y_aux"] == 12
         np.testing.assert_array_equal(da["precip"].values, src["precip"].values)
 
-    cropped = rc.add_uninformative_aux(small_store, tmp_path / "c.zarr", seed=5, factor=4, crop_to_coverage=True)
+    cropped = rc.add_uninformative_aux(small_store, tmp_path / "c.zarr", seed=5, factor=4, crop_multiple_of=8)
     with xr.open_zarr(cropped) as dc, xr.open_zarr(small_store) as src:
         full = src["precip"].values
+        assert dc.sizes["y"] % 8 == 0 and dc.sizes["x"] % 8 == 0
         assert dc.sizes["y"] * dc.sizes["x"] < full.shape[1] * full.shape[2]
         assert np.isfinite(dc["precip"].values).sum() == np.isfinite(full).sum()
+        assert rc.store_crop_note(cropped).endswith("valid pixel-frames cut away: 0")
         from nowcast_infill.schema import validate_store
 
         validate_store(dc)
+    with pytest.raises(ValueError, match="already has aux fields"):
+        rc.add_uninformative_aux(cropped, tmp_path / "d.zarr")
 
 
 def test_frame_split_gives_inclusive_dates_and_refuses_out_of_range(small_store):

@@ -61,9 +61,11 @@ _FLOAT32_EXACT_INT = 2**24
 # working set (a few float32 copies) stays well below a gigabyte on full radar grids.
 _CHUNK_ELEMENTS = 2**23
 # Elements per row band of the FSS window sums, per CPU thread (see `_accumulate_frames`):
-# ~1 MB per thread in float32, near a core's cache. On the shared 2-core CPU, one thread
-# ran a 1100 x 900 frame in 0.14 s with 2**18 and 0.32 s with 2**22 elements per band.
-_BAND_ELEMENTS_PER_THREAD = 2**18
+# ~2 MB per thread in float32, near a core's cache, yet few enough bands that the
+# per-op thread synchronisation stays small. Median s per 1100 x 900 frame on the shared
+# 2-core CPU for 2**18 / 2**19 / 2**20 per thread: 0.15 / 0.17 / 0.17 with one thread,
+# 1.1 / 0.71 / 0.49 with two (interleaved A/B, 5 repeats, on a heavily loaded machine).
+_BAND_ELEMENTS_PER_THREAD = 2**19
 # On a GPU the bands only need to bound memory; large kernels are what it wants.
 _BAND_ELEMENTS_GPU = 2**26
 

@@ -16,7 +16,6 @@ from test_configs import EXPERIMENTS, TINY_NET, compose_config, tiny_overrides
 
 SMALL_WINDOWS = ["task.past=2", "task.future=2", "data.split.gap=2", "data.eval_masks.n=4"]
 SHORT_FIT = ["trainer.max_epochs=2", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2"]
-FAST_EXPERIMENTS = {"infill_baseline", "nowcast_lstm_attention"}
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +29,7 @@ def run_overrides(tmp_path: Path, store: Path, *extra: str) -> list[str]:
     return [*tiny_overrides(tmp_path, store), f"data.stats_path={tmp_path / 'stats.json'}", TINY_NET, *SMALL_WINDOWS, *extra]
 
 
-@pytest.mark.parametrize(
-    "experiment", [pytest.param(e, marks=() if e in FAST_EXPERIMENTS else pytest.mark.slow) for e in EXPERIMENTS]
-)
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_fast_dev_run(experiment, tiny_store, tmp_path):
     cfg = compose_config("train", run_overrides(tmp_path, tiny_store, f"experiment={experiment}", "debug=fast_dev_run"))
     results = train(cfg)
@@ -126,7 +123,9 @@ def test_ni_train_cli_writes_one_run_dir(tiny_store, tmp_path):
     import subprocess
     import sys
 
-    env = {**os.environ, "WANDB_MODE": "offline", "SLURM_JOB_ID": "12345", "NI_LOG_DIR": str(tmp_path / "logs")}
+    # NI_RUN_ID (exported by run_id() in this process) would take precedence over the job id
+    env = {k: v for k, v in os.environ.items() if k != "NI_RUN_ID"}
+    env.update(WANDB_MODE="offline", SLURM_JOB_ID="12345", NI_LOG_DIR=str(tmp_path / "logs"))
     overrides = [o for o in tiny_overrides(tmp_path, tiny_store) if not o.startswith("paths.")]
     cmd = [sys.executable, "-m", "nowcast_infill.cli.train", *overrides, f"data.stats_path={tmp_path / 'stats.json'}",
            TINY_NET, *SMALL_WINDOWS, "debug=fast_dev_run"]

@@ -402,13 +402,14 @@ class BaselineModule(RadarModule):
     ) -> None:
         self._baseline_spec = {"name": name, "options": to_plain(options) or {}}
         super().__init__(
-            net={"_target_": "nowcast_infill.baselines.get_baseline"},
+            net=None,  # configure_models builds the baseline from _baseline_spec instead
             task=task,
             in_frames=in_frames,
             out_frames=out_frames,
             aux_channels=aux_channels,
             metrics=metrics,
             n_log_images=n_log_images,
+            name=name,
         )
         # Replaces the base hparams: a baseline is rebuilt from its name, not from a network config.
         self.save_hyperparameters(

@@ -332,43 +332,7 @@ def train_network(dataset: str, variant: str, seed: int, base: Sequence[str], bu
     last = Path(result.get("last_model_path") or "")
     if not last.is_file():
         raise RuntimeError(f"{dataset}/{variant}/seed {seed}: no last checkpoint was written under {run_dir}.")
-    return loadable_checkpoint(last), wall
-
-
-def loadable_checkpoint(path: Path) -> Path:
-    """`path`, or a copy beside it that `torch.load(weights_only=True)` accepts.
-
-    Workaround, to drop once the DataModule stores plain containers: at commit f7c2c9d it
-    saves its hyperparameters as OmegaConf objects, which `RadarModule.load_from_checkpoint`
-    (weights-only by default since torch 2.6) refuses. The copy holds the same tensors with
-    those hyperparameters converted to plain dicts/lists; our own checkpoints are trusted.
-    """
-    import pickle
-
-    import torch
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    try:
-        torch.load(path, map_location="cpu", weights_only=True)
-        return path
-    except pickle.UnpicklingError:
-        pass
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-
-    def plain(obj):
-        if isinstance(obj, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(obj, resolve=True)
-        if isinstance(obj, dict):
-            return {k: plain(v) for k, v in obj.items()}
-        if isinstance(obj, (list, tuple)):
-            return type(obj)(plain(v) for v in obj)
-        return obj
-
-    ckpt = plain(ckpt)
-    fixed = path.with_name(path.stem + ".plain.ckpt")
-    torch.save(ckpt, fixed)
-    torch.load(fixed, map_location="cpu", weights_only=True)  # fails loudly if something else is unsafe
-    return fixed
+    return last, wall
 
 
 def evaluate_method(dataset: str, method: str, base: Sequence[str], run_dir: Path, split: Mapping | None = None,

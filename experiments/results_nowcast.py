@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--work", type=Path, default=WORK_DIR, help="converted stores and run folders (git-ignored)")
     args = parser.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
-    prov = provenance(None if argv is None else [sys.argv[0], *argv])
+    prov = provenance(None if argv is None else [__file__, *argv])
     dataset = "synthetic" if args.quick else args.dataset
     start = time.perf_counter()
     store = prepare_store(dataset, args.work, args.quick)

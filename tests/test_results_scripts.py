@@ -110,7 +110,7 @@ def _check_report(md: Path, methods: list[str], figure_names: list[str]) -> str:
     text = md.read_text()
     assert "--quick run" in text and "- commit: `" in text and "- command: `python experiments/" in text
     for method in methods:
-        assert re.search(rf"^\| {method} \| (network|baseline) \| \d \| [0-9.]", text, re.M), method
+        assert re.search(rf"^\| {method} \| (network|baseline) \| \d \| [0-9.]", text, re.MULTILINE), method
     for name in figure_names:
         png = md.parent / "figures" / name
         assert png.is_file() and 0 < png.stat().st_size < rc.MAX_FIGURE_BYTES, name
@@ -118,7 +118,6 @@ def _check_report(md: Path, methods: list[str], figure_names: list[str]) -> str:
     return text
 
 
-@pytest.mark.slow
 def test_results_infill_quick_end_to_end(tmp_path):
     import results_infill
 
@@ -128,11 +127,10 @@ def test_results_infill_quick_end_to_end(tmp_path):
     text = _check_report(md, ["baseline", "lstm_attention", "nearest", "laplace"],
                          ["infill_synthetic_rmse.png", "infill_synthetic_example.png"])
     # two seeds -> a spread; the deterministic baselines have none
-    assert re.search(r"^\| baseline \| network \| 2 \| [0-9.]+ ± [0-9.]+ \|", text, re.M)
+    assert re.search(r"^\| baseline \| network \| 2 \| [0-9.]+ ± [0-9.]+ \|", text, re.MULTILINE)
     assert (tmp_path / "out" / "infill_runs.json").is_file()
 
 
-@pytest.mark.slow
 def test_results_nowcast_quick_end_to_end(tmp_path):
     import results_nowcast
 

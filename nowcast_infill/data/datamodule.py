@@ -384,6 +384,19 @@ class WindowSampler(DistributedSampler):
         return len(self._indices())
 
 
+def _plain_container(value):
+    """`value` with OmegaConf containers turned into dicts/lists, recursively."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {k: _plain_container(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_container(v) for v in value]
+    return value
+
+
 # ----------------------------------------------------------------------------------------
 # The DataModule
 # ----------------------------------------------------------------------------------------
@@ -422,7 +435,16 @@ class RadarDataModule(L.LightningDataModule):
     ):
         super().__init__()
         # Checkpoints then carry crop size, aux names and split, so inference needs no run folder.
-        self.save_hyperparameters(ignore=None if masks is None or isinstance(masks, Mapping) else ["masks"], logger=False)
+        # Plain containers only: torch's weights-only checkpoint loading refuses OmegaConf objects.
+        init_args = dict(
+            store=str(store), task=task, past=past, future=future, context=context, crop_size=crop_size,
+            eval_tile=eval_tile, split=split, batch_size=batch_size, num_workers=num_workers,
+            pin_memory=pin_memory, seed=seed, masks=masks if masks is None or isinstance(masks, Mapping) else None,
+            eval_masks=eval_masks, mask_context=mask_context, input_hole_prob=input_hole_prob, aux=aux,
+            normalization=normalization, stats_path=None if stats_path is None else str(stats_path),
+            min_valid_fraction=min_valid_fraction, crop_attempts=crop_attempts,
+        )
+        self.save_hyperparameters(_plain_container(init_args), logger=False)
         if task not in TASKS:
             raise ValueError(f"task={task!r} is unknown; use one of {TASKS}.")
         for name, value in (("past", past), ("future", future)) if task == "nowcast" else (("context", context),):

@@ -20,7 +20,11 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _offline_wandb(monkeypatch):
+def _isolated_env(monkeypatch):
     # No test may need network; W&B runs offline everywhere in the suite.
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    # An in-process run exports NI_RUN_ID for its DDP children; it must not leak into the
+    # next test's run directory names or subprocesses.
+    monkeypatch.setenv("NI_RUN_ID", "unset")
+    monkeypatch.delenv("NI_RUN_ID")

@@ -123,7 +123,7 @@ def test_ni_train_cli_writes_one_run_dir(tiny_store, tmp_path):
     import subprocess
     import sys
 
-    # NI_RUN_ID (exported by run_id() in this process) would take precedence over the job id
+    # no NI_RUN_ID from an earlier in-process run: this job is named by its SLURM_JOB_ID
     env = {k: v for k, v in os.environ.items() if k != "NI_RUN_ID"}
     env.update(WANDB_MODE="offline", SLURM_JOB_ID="12345", NI_LOG_DIR=str(tmp_path / "logs"))
     overrides = [o for o in tiny_overrides(tmp_path, tiny_store) if not o.startswith("paths.")]

@@ -10,7 +10,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from nowcast_infill.utils.logging import current_rank, rank_zero_print
 
-_RUN_ID_ENV = ("NI_RUN_ID", "SLURM_ARRAY_JOB_ID", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID")
+# Launcher ids first: a NI_RUN_ID left in the environment by an earlier run in the same shell
+# or process must not rename a Slurm or torchrun job.
+_RUN_ID_ENV = ("SLURM_ARRAY_JOB_ID", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "NI_RUN_ID")
 
 
 def run_id() -> str:

@@ -157,3 +157,27 @@ def test_ddp_sim_two_ranks_share_one_run_dir(tiny_store, tmp_path):
     assert (runs[0] / "config.yaml").is_file() and (runs[0] / "checkpoints" / "last.ckpt").is_file()
     assert done.stdout.count("----- configuration -----") == 1
     assert "x 2 devices x 1 nodes" in done.stdout
+
+
+@pytest.mark.slow
+def test_multirun_basic_launcher_runs_models_by_seeds(tiny_store, tmp_path):
+    """`ni-train --multirun model=a,b seed=1,2` with Hydra's basic launcher: one job dir each."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "NI_RUN_ID", "TORCHELASTIC"))}
+    env.update(WANDB_MODE="offline", NI_LOG_DIR=str(tmp_path / "logs"))
+    overrides = [o for o in tiny_overrides(tmp_path, tiny_store) if not o.startswith("paths.")]
+    cmd = [sys.executable, "-m", "nowcast_infill.cli.train", "--multirun", "model=baseline,attention", "seed=1,2",
+           "data.aux=all", *overrides, f"data.stats_path={tmp_path / 'stats.json'}", TINY_NET, *SMALL_WINDOWS,
+           "debug=fast_dev_run"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sweeps = list((tmp_path / "logs" / "infill" / "multiruns").iterdir())
+    assert len(sweeps) == 1, sweeps
+    jobs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert jobs == ["0_infill_baseline_seed1", "1_infill_baseline_seed2", "2_infill_attention_seed1",
+                    "3_infill_attention_seed2"], jobs
+    for job in jobs:
+        assert (sweeps[0] / job / "config.yaml").is_file(), job

@@ -133,7 +133,8 @@ def test_torchrun_two_simulated_nodes(single_process_run, tmp_path):
     assert codes == [0, 0], f"torchrun exit codes {codes}; logs: {logs}"
     result = json.loads((out / "result.json").read_text())
     assert result["world_size"] == 2 and result["num_nodes"] == 2 and result["global_step"] == 6
-    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in logs[1]
+    # The whole log: torchrun may append a teardown trace after node 0's store has closed.
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in (tmp_path / "node1.log").read_text()
     # Two nodes are two ranks like any other: same weights as one process.
     assert max_weight_difference(single_dir, out) < WEIGHT_ATOL
     for name, value in single["metrics"].items():

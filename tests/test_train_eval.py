@@ -181,3 +181,11 @@ def test_multirun_basic_launcher_runs_models_by_seeds(tiny_store, tmp_path):
                     "3_infill_attention_seed2"], jobs
     for job in jobs:
         assert (sweeps[0] / job / "config.yaml").is_file(), job
+
+
+def test_tensorboard_logger_and_rich_progress_bar(tiny_store, tmp_path):
+    # Not fast_dev_run: it swaps every logger for a dummy one.
+    cfg = compose_config("train", run_overrides(tmp_path, tiny_store, *SHORT_FIT, "logger=tensorboard", "callbacks=rich"))
+    results = train(cfg)
+    assert results["global_step"] == 4
+    assert list((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*")), "no TensorBoard event file"

@@ -18,7 +18,7 @@ import xarray as xr
 
 from factories import write_test_store
 from nowcast_infill.inference.archive import (
-    STATUS_COMPLETE, STATUS_INFILLED, STATUS_NOT_INFILLABLE, STATUS_PENDING, derive_coverage, infill_store,
+    STATUS_COMPLETE, STATUS_INFILLED, STATUS_PENDING, derive_coverage, infill_store,
     load_predictor, open_radar_store, write_nowcast,
 )
 from nowcast_infill.inference.tiling import predict_tiled

@@ -309,6 +309,8 @@ def common_overrides(run_dir: Path, store: Path, stats_path: Path, data: str, ta
         f"data.store={store}",
         f"data.stats_path={stats_path}",
         "data.num_workers=0",
+        # whole frames: the stores are cropped to multiples of the U-Net's 2**depth
+        "data.eval_tile=null",
         f"paths.output_dir={run_dir}",
         f"paths.log_dir={run_dir.parent}",
         "logger=csv",

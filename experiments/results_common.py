@@ -302,6 +302,19 @@ def _with_split(cfg, split: Mapping | None):
     return cfg
 
 
+def add_budget_arguments(parser, classical: Sequence[str], report: str, quick_help: str) -> None:
+    """The options both result scripts share: budget, seeds, variants, classical methods, folders."""
+    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per network run (default 20)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the network runs (default 0 1)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--classical", nargs="+", default=list(classical), choices=list(classical))
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--channels", type=int, nargs="+", default=[8, 16, 32], help="encoder channels of the U-Net")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help=f"where {report} and figures/ go")
+    parser.add_argument("--work", type=Path, default=WORK_DIR, help="converted stores and run folders (git-ignored)")
+
+
 def common_overrides(run_dir: Path, store: Path, stats_path: Path, data: str, task: Sequence[str]) -> list[str]:
     """Data, task, paths and logging shared by the training and evaluation of one dataset."""
     return [

@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_common import (  # noqa: E402
-    RESULTS_DIR, SHARED_DATA, VARIANTS, WORK_DIR, Budget, RunResult, add_uninformative_aux, bar_chart, common_overrides,
+    SHARED_DATA, Budget, RunResult, add_budget_arguments, add_uninformative_aux, bar_chart, common_overrides,
     copy_figure, ensure_converted, evaluate_method, frame_split, group_by_method, log, metrics_table, provenance,
     provenance_block, require_inputs, save_results, store_crop_note, train_network, winners_notes,
 )
@@ -162,17 +162,9 @@ def write_report(results: list[RunResult], budgets: dict[str, Budget], seeds: li
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per network run (default 20)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the network runs (default 0 1)")
     parser.add_argument("--datasets", nargs="+", default=["synthetic", "radolan_yw"], choices=["synthetic", "radolan_yw"])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--classical", nargs="+", default=list(CLASSICAL), choices=list(CLASSICAL))
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--channels", type=int, nargs="+", default=[8, 16, 32], help="encoder channels of the U-Net")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny check: 2 steps, small synthetic store, 4 evaluation masks (numbers meaningless)")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where infill.md and figures/ go")
-    parser.add_argument("--work", type=Path, default=WORK_DIR, help="converted stores and run folders (git-ignored)")
+    add_budget_arguments(parser, CLASSICAL, "infill.md",
+                         "tiny check: 2 steps, small synthetic store, 4 evaluation masks (numbers meaningless)")
     args = parser.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
     prov = provenance(None if argv is None else [__file__, *argv])

@@ -105,6 +105,26 @@ def test_ddp_comparison_detects_a_different_global_batch(single_process_run, tmp
     assert diff > 100 * WEIGHT_ATOL, f"a different global batch changed the weights by only {diff}"
 
 
+def run_two_torchrun_nodes(tmp_path: Path, env: dict, port: int, torchrun_args: list[str], program: list[str]) -> list[int]:
+    """Two `torchrun --nnodes=2` processes (node_rank 0 and 1) on 127.0.0.1; logs in node{r}.log; exit codes."""
+    procs = []
+    for node_rank in (0, 1):
+        cmd = [
+            TORCHRUN, "--nnodes=2", "--nproc_per_node=1", f"--node_rank={node_rank}",
+            f"--rdzv_endpoint=127.0.0.1:{port}", "--max_restarts=0", *torchrun_args, *program,
+        ]  # fmt: skip
+        log = open(tmp_path / f"node{node_rank}.log", "w")
+        procs.append((subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT), log))
+    try:
+        return [p.wait(timeout=RUN_TIMEOUT_S) for p, _ in procs]
+    finally:
+        for p, log in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            log.close()
+
+
 def test_torchrun_two_simulated_nodes(single_process_run, tmp_path):
     """`torchrun --nnodes=2 --nproc_per_node=1` twice (node_rank 0 and 1) on 127.0.0.1."""
     single_dir, single = single_process_run
@@ -112,23 +132,7 @@ def test_torchrun_two_simulated_nodes(single_process_run, tmp_path):
     port = find_free_port()
     env = distributed_env()
     env.pop("MASTER_ADDR")  # torchrun sets it from the rendezvous endpoint
-    procs = []
-    for node_rank in (0, 1):
-        cmd = [
-            TORCHRUN, "--nnodes=2", "--nproc_per_node=1", f"--node_rank={node_rank}",
-            f"--rdzv_endpoint=127.0.0.1:{port}", "--max_restarts=0",
-            str(DDP_CHECK), "--out", str(out), *RECIPE, "--num-nodes", "2",
-        ]  # fmt: skip
-        log = open(tmp_path / f"node{node_rank}.log", "w")
-        procs.append((subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT), log))
-    try:
-        codes = [p.wait(timeout=RUN_TIMEOUT_S) for p, _ in procs]
-    finally:
-        for p, log in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            log.close()
+    codes = run_two_torchrun_nodes(tmp_path, env, port, [], [str(DDP_CHECK), "--out", str(out), *RECIPE, "--num-nodes", "2"])
     logs = {r: (tmp_path / f"node{r}.log").read_text()[-3000:] for r in (0, 1)}
     assert codes == [0, 0], f"torchrun exit codes {codes}; logs: {logs}"
     result = json.loads((out / "result.json").read_text())
@@ -152,23 +156,8 @@ def test_ni_train_torchrun_two_simulated_nodes(tmp_path):
     env.pop("MASTER_ADDR")
     env.update(NI_DATA_DIR=str(tmp_path / "data"), NI_LOG_DIR=str(tmp_path / "outputs"), WANDB_MODE="offline")
     port = find_free_port()
-    procs = []
-    for node_rank in (0, 1):
-        cmd = [
-            TORCHRUN, "--nnodes=2", "--nproc_per_node=1", f"--node_rank={node_rank}",
-            f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=ni-test-job", "--max_restarts=0", "--no_python",
-            *ni_train_command(), "strategy=ddp_multinode", "trainer=cpu", *TINY_TRAIN,
-        ]  # fmt: skip
-        log = open(tmp_path / f"node{node_rank}.log", "w")
-        procs.append((subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT), log))
-    try:
-        codes = [p.wait(timeout=RUN_TIMEOUT_S) for p, _ in procs]
-    finally:
-        for p, log in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            log.close()
+    codes = run_two_torchrun_nodes(tmp_path, env, port, ["--rdzv_id=ni-test-job", "--no_python"],
+                                   [*ni_train_command(), "strategy=ddp_multinode", "trainer=cpu", *TINY_TRAIN])
     logs = "\n".join((tmp_path / f"node{r}.log").read_text() for r in (0, 1))
     assert codes == [0, 0], f"torchrun exit codes {codes}:\n{logs[-6000:]}"
     assert "global batch = 2 per device x 1 devices x 2 nodes x 1 accumulation = 4" in logs

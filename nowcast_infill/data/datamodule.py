@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from nowcast_infill import schema
 from nowcast_infill.data.normalization import Normalizer
+from nowcast_infill.utils.instantiate import to_plain
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +47,6 @@ _SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
 _SCAN_BYTES = 64 * 2**20  # frames read per block while scanning the store
 
 MaskGenerator = Callable[[np.random.Generator, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-
-
-def _plain(obj: Any) -> Any:
-    """OmegaConf containers -> plain Python (Hydra passes DictConfig/ListConfig)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        return obj
-    if isinstance(obj, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(obj, resolve=True)
-    return obj
 
 
 # ----------------------------------------------------------------------------------------
@@ -70,7 +60,7 @@ def plan_splits(times: np.ndarray, split: Mapping | None, store: str = "<store>"
     ...}}`` (inclusive ISO times, UTC). Blocks never overlap; windows never leave a block,
     so nothing straddles a gap.
     """
-    split = dict(_plain(split) or DEFAULT_SPLIT)
+    split = dict(to_plain(split) or DEFAULT_SPLIT)
     n = len(times)
     unknown = set(split) - {"fractions", "gap", "dates"}
     if unknown:
@@ -384,19 +374,6 @@ class WindowSampler(DistributedSampler):
         return len(self._indices())
 
 
-def _plain_container(value):
-    """`value` with OmegaConf containers turned into dicts/lists, recursively."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    if isinstance(value, Mapping):
-        return {k: _plain_container(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain_container(v) for v in value]
-    return value
-
-
 # ----------------------------------------------------------------------------------------
 # The DataModule
 # ----------------------------------------------------------------------------------------
@@ -444,7 +421,7 @@ class RadarDataModule(L.LightningDataModule):
             normalization=normalization, stats_path=None if stats_path is None else str(stats_path),
             min_valid_fraction=min_valid_fraction, crop_attempts=crop_attempts,
         )
-        self.save_hyperparameters(_plain_container(init_args), logger=False)
+        self.save_hyperparameters(to_plain(init_args), logger=False)
         if task not in TASKS:
             raise ValueError(f"task={task!r} is unknown; use one of {TASKS}.")
         for name, value in (("past", past), ("future", future)) if task == "nowcast" else (("context", context),):
@@ -455,14 +432,14 @@ class RadarDataModule(L.LightningDataModule):
         self.past, self.future, self.context = int(past), int(future), int(context)
         self.crop_size = None if crop_size is None else int(crop_size)
         self.eval_tile = None if eval_tile is None else int(eval_tile)
-        self.split = _plain(split) or dict(DEFAULT_SPLIT)
+        self.split = to_plain(split) or dict(DEFAULT_SPLIT)
         self.batch_size, self.num_workers, self.pin_memory = int(batch_size), int(num_workers), bool(pin_memory)
         self.seed = int(seed)
-        masks = _plain(masks)
+        masks = to_plain(masks)
         self.masks = masks
-        self.eval_mask_spec = {"n": 32, "seed": self.seed + 1000, **(_plain(eval_masks) or {})}
+        self.eval_mask_spec = {"n": 32, "seed": self.seed + 1000, **(to_plain(eval_masks) or {})}
         self.mask_context, self.input_hole_prob = bool(mask_context), float(input_hole_prob)
-        self.aux = _plain(aux)
+        self.aux = to_plain(aux)
         self.normalization = normalization
         self.stats_path = None if stats_path in (None, "") else Path(stats_path)
         self.min_valid_fraction, self.crop_attempts = float(min_valid_fraction), int(crop_attempts)

@@ -10,11 +10,14 @@ from omegaconf import DictConfig, OmegaConf
 
 
 def to_plain(node: Any) -> Any:
-    """DictConfig/ListConfig -> resolved plain dict/list (checkpoint-safe); other values unchanged."""
-    if isinstance(node, (DictConfig,)) or OmegaConf.is_list(node):
+    """DictConfig/ListConfig -> resolved plain dict/list (checkpoint-safe), also inside plain
+    dicts, lists and tuples; other values unchanged."""
+    if isinstance(node, DictConfig) or OmegaConf.is_list(node):
         return OmegaConf.to_container(node, resolve=True)
     if isinstance(node, Mapping):
         return {k: to_plain(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [to_plain(v) for v in node]
     return node
 
 

@@ -5,7 +5,9 @@
    (``naive_partial_conv=True``), same weights and inputs, interleaved (the order inside
    each pair alternates) and repeated; the median of the per-pair time ratios is printed
    as the last line, ``pconv_vs_naive_step_ratio=<x>``. Default: 7 layers, 64-512 channels,
-   256x256, batch 4, infill (3 frames in, 1 out).
+   256x256, batch 4, infill (3 frames in, 1 out). A third network in the same pairs, the
+   same U-Net with *no* mask path at all (plain convolutions: ``MaskFreeConv2d``), gives the
+   floor any partial-convolution layer could reach: ``maskfree_vs_naive_step_ratio``.
 2. Parameters, step time and peak memory of the four variants for both tasks at a small
    size. Each variant runs in a fresh subprocess so that its peak is its own: on CPU the
    peak is the resident-set high-water mark during the timed steps minus the resident set
@@ -33,7 +35,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nowcast_infill.models.components.partial_conv import PartialConv2d  # noqa: E402
 from nowcast_infill.models.components.unet import PConvUNet  # noqa: E402
+
+
+class MaskFreeConv2d(PartialConv2d):
+    """The cost floor of a partial convolution: the data convolution alone (plus bias),
+    with no mask arithmetic; the returned mask is all ones. Not a partial convolution:
+    its outputs differ; only its time is of interest."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = torch.nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+        return out, out.new_ones(out.shape[0], 1, *out.shape[2:])
 
 VARIANTS = {"baseline": (False, False), "lstm": (True, False), "attention": (False, True), "lstm_attention": (True, True)}
 TASKS = {"infill": (3, 1), "nowcast": (4, 6)}
@@ -97,24 +110,35 @@ def compare_with_naive(args) -> float:
     fast = build(args, False, False, t_in, t_out, "infill", channels)
     naive = build(args, False, False, t_in, t_out, "infill", channels, naive=True)
     naive.load_state_dict(fast.state_dict())
+    floor = build(args, False, False, t_in, t_out, "infill", channels)
+    for module in floor.modules():
+        if type(module) is PartialConv2d:
+            module.__class__ = MaskFreeConv2d
     batch = make_batch(args.batch, t_in, t_out, args.size, 0, args.device)
-    steps = {"pconv": make_step(fast, batch, args.device, args.bf16), "naive": make_step(naive, batch, args.device, args.bf16)}
+    steps = {name: make_step(model, batch, args.device, args.bf16)
+             for name, model in (("pconv", fast), ("naive", naive), ("maskfree", floor))}
     warm = {name: timed(step, args.device) for name, step in steps.items()}
-    times: dict[str, list[float]] = {"pconv": [], "naive": []}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
     for rep in range(args.repeats):
-        order = ("pconv", "naive") if rep % 2 == 0 else ("naive", "pconv")
-        for name in order:
+        # rotate the order so that no network always runs first (or last) in its group
+        for name in names[rep % 3:] + names[: rep % 3]:
             times[name].append(timed(steps[name], args.device))
     ratios = [f / n for f, n in zip(times["pconv"], times["naive"])]
+    floor_ratios = [f / n for f, n in zip(times["maskfree"], times["naive"])]
     params = sum(p.numel() for p in fast.parameters())
     print(f"\n## Training step: partial conv vs naive full-mask convolution ({args.device}, "
           f"{'bf16' if args.bf16 else 'fp32'}, {'channels_last' if args.channels_last else 'contiguous'}, "
           f"threads {torch.get_num_threads()})\n")
     print(f"layers {len(channels)}, channels {channels}, {args.size}x{args.size}, batch {args.batch}, "
-          f"infill {t_in}->{t_out}, {params:,} parameters; warm-up pconv {warm['pconv']:.3f} s, naive {warm['naive']:.3f} s\n")
-    print("| pair | pconv step (s) | naive step (s) | ratio |\n|---|---|---|---|")
-    for i, (f, n, r) in enumerate(zip(times["pconv"], times["naive"], ratios)):
-        print(f"| {i} | {f:.3f} | {n:.3f} | {r:.3f} |")
+          f"infill {t_in}->{t_out}, {params:,} parameters; warm-up pconv {warm['pconv']:.3f} s, naive {warm['naive']:.3f} s, "
+          f"mask-free {warm['maskfree']:.3f} s\n")
+    print("| group | pconv step (s) | naive step (s) | mask-free step (s) | pconv / naive | mask-free / naive |\n"
+          "|---|---|---|---|---|---|")
+    for i, (f, n, m, r, q) in enumerate(zip(times["pconv"], times["naive"], times["maskfree"], ratios, floor_ratios)):
+        print(f"| {i} | {f:.3f} | {n:.3f} | {m:.3f} | {r:.3f} | {q:.3f} |")
+    print(f"\nmaskfree_vs_naive_step_ratio={statistics.median(floor_ratios):.3f} "
+          "(the floor: no mask path at all)")
     return statistics.median(ratios)
 
 

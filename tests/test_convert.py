@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -60,6 +61,31 @@ def test_round_trip_yw_equals_importer_and_keeps_nodata(shared_data, tmp_path):
     assert ds.attrs["conversion"] == "mm per 300 s * 12" and "boo" in ds.attrs["radar_sites"]
     assert ds["lat"].shape == (1100, 900) and not ds["missing_frame"].values.any()
     assert 0.3 < float(np.isnan(ds["precip"].values).mean()) < 0.45
+
+
+@pytest.mark.filterwarnings("ignore:Consolidated metadata:UserWarning")
+@pytest.mark.parametrize("layout", [{}, {"chunks": {"time": 2, "y": 16, "x": 16}, "shards": {"time": 4, "y": 32}}],
+                         ids=["whole-frame-chunks", "sharded"])
+def test_store_files_are_those_xarray_writes(tmp_path, layout):
+    # The writer creates the store with zarr directly and writes whole-frame chunks
+    # without zarr's async pipeline: xarray, writing back what it reads from the store,
+    # must give the same files, metadata and chunk bytes alike.
+    stamps = ["20221018-0005", "20221018-0010", "20221018-0020", "20221018-0025", "20221018-0030"]
+    paths = _ascii_series(tmp_path, stamps, shape=(40, 30))
+    ours = tmp_path / "ours.zarr"
+    convert(paths[:3], ours, "radolan_ascii", progress=False, workers=1, **layout)
+    convert(paths[3:], ours, "radolan_ascii", progress=False, workers=1)  # an append as well
+    theirs = tmp_path / "xarray.zarr"
+    with xr.open_zarr(ours) as ds:
+        assert ds["missing_frame"].values.tolist() == [False, False, True, False, False, False]
+        ds.load().to_zarr(theirs, zarr_format=3, consolidated=True)
+    files = sorted(p.relative_to(ours) for p in ours.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(theirs) for p in theirs.rglob("*") if p.is_file())
+    for rel in files:
+        if rel.name == "zarr.json":
+            assert json.loads((ours / rel).read_text()) == json.loads((theirs / rel).read_text()), rel
+        else:
+            assert (ours / rel).read_bytes() == (theirs / rel).read_bytes(), rel
 
 
 def test_ascii_round_trip_with_gap_made_explicit(tmp_path):
@@ -205,16 +231,20 @@ def test_cli_converts_and_reports_bad_input_without_traceback(tmp_path):
     assert unknown.returncode == 2 and "radolan_ascii" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
-@pytest.mark.parametrize(("time_chunk", "shards"), [(1, None), (4, None), (1, {"time": 1}), (2, {"time": 4, "y": 20})],
-                         ids=["chunk1", "chunk4", "shard1", "shard4x2"])
-def test_append_out_of_order_with_gap_keeps_every_value(tmp_path, time_chunk, shards):
+@pytest.mark.parametrize(("time_chunk", "side", "shards"),
+                         [(1, 16, None), (4, 16, None), (1, 16, {"time": 1}), (2, 16, {"time": 4, "y": 20}), (1, None, None),
+                          (4, None, None)],
+                         ids=["chunk1", "chunk4", "shard1", "shard4x2", "frame1", "frame4"])
+def test_append_out_of_order_with_gap_keeps_every_value(tmp_path, time_chunk, side, shards):
     # One file per time step (time chunk 1, or shards of 1 frame) re-indexes directories
     # in staging; otherwise the partly filled last chunk / shard of the store is rewritten
-    # through the scratch array: every layout must give the same store.
+    # through the scratch array; whole-frame chunks (side None) are encoded and written
+    # without zarr's async pipeline, in place or into the scratch array: every layout
+    # must give the same store.
     stamps = ["20221018-0005", "20221018-0010", "20221018-0015", "20221018-0020", "20221018-0030", "20221018-0035"]
     paths = _ascii_series(tmp_path, stamps, shape=(40, 30))
     out = tmp_path / "ooo.zarr"
-    chunks = {"time": time_chunk, "y": 16, "x": 16}
+    chunks = {"time": time_chunk, "y": side, "x": side}
     convert(paths[:3], out, "radolan_ascii", progress=False, workers=1, chunks=chunks, shards=shards)
     # newest first; the append keeps the store's layout whatever is passed
     summary = convert(paths[:2:-1], out, "radolan_ascii", progress=False, workers=1, shards=None)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from data_factories_io import rain_field, write_radolan_ascii
-from nowcast_infill.io.importers import ConversionError, get_importer, importer_names
+from nowcast_infill.io.importers import ConversionError, accumulation_to_mm_h, dbz_to_mm_h, get_importer, importer_names
 from nowcast_infill.io.radolan import RADOLAN_PROJ4, radolan_grid
 
 RADOLAN_SHAPES = {(900, 900), (1100, 900), (1500, 1400)}
@@ -78,20 +78,21 @@ def _check_radolan_files(files):
         valid = frame.precip[np.isfinite(frame.precip)]
         assert valid.min() >= 0 and valid.max() < 1000, path
         assert frame.radar_sites and all(len(s) == 3 for s in frame.radar_sites), path
+        # The importer decodes the pixels itself: the same values as wradlib's decoding, to
+        # the bit, once clutter-flagged pixels (wradlib keeps their value) are NaN.
         raw, attrs = wradlib.io.read_radolan_composite(str(path), missing=np.nan)
+        values = np.array(raw, dtype=np.float64)
+        values.reshape(-1)[np.asarray(attrs["cluttermask"], dtype=np.int64)] = np.nan
         if frame.product in {"RX", "EX", "WX"}:
             assert frame.accumulation_interval_s == 0 and frame.zr == (200.0, 1.6)
+            expected = dbz_to_mm_h(values / 2 - 32.5, 200.0, 1.6)
             dbz = raw / 2 - 32.5
-            expected = ((10 ** (dbz / 10)) / 200.0) ** (1 / 1.6)
+            np.testing.assert_allclose(frame.precip, ((10 ** (dbz / 10)) / 200.0) ** (1 / 1.6), rtol=1e-6, equal_nan=True)
         else:
             assert frame.accumulation_interval_s >= 300 and frame.zr is None
-            expected = raw * 3600.0 / frame.accumulation_interval_s
-        clutter = np.zeros(raw.size, bool)
-        clutter[np.asarray(attrs["cluttermask"], dtype=np.int64)] = True
-        clutter = clutter.reshape(raw.shape)
-        assert np.all(np.isnan(frame.precip[clutter])), path
-        keep = ~clutter
-        np.testing.assert_allclose(frame.precip[keep], expected[keep].astype(np.float32), rtol=1e-6, equal_nan=True, err_msg=str(path))
+            expected = accumulation_to_mm_h(values, frame.accumulation_interval_s)
+            np.testing.assert_allclose(frame.precip, values * 3600.0 / frame.accumulation_interval_s, rtol=1e-6)
+        np.testing.assert_array_equal(frame.precip, expected, err_msg=str(path))
 
 
 @pytest.mark.shared_data

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from nowcast_infill.models.components.attention import resize_to_grid
-from nowcast_infill.models.components.convlstm import anchor_order
-from nowcast_infill.models.components.unet import MaskedBatchNorm2d, PConvUNet
+from nowcast_infill.models.components.convlstm import FORGET_BIAS, PartialConvLSTMCell, anchor_order
+from nowcast_infill.models.components.norm import MaskedBatchNorm2d, MaskedGroupNorm
+from nowcast_infill.models.components.unet import PConvUNet
 
 VARIANTS = {"baseline": (False, False), "lstm": (True, False), "attention": (False, True), "lstm_attention": (True, True)}
 TASKS = {"infill": (3, 1), "nowcast": (4, 3)}
@@ -158,6 +159,59 @@ def test_masked_batch_norm_ignores_hidden_pixels():
     assert (out[mask.expand_as(out) == 0] == 0).all()
     valid = out.permute(1, 0, 2, 3)[mask.expand_as(out).permute(1, 0, 2, 3) > 0].view(3, -1)
     torch.testing.assert_close(valid.mean(dim=1), torch.zeros(3), atol=1e-5, rtol=0)
+
+
+def test_masked_group_norm_ignores_hidden_pixels_and_has_no_running_state():
+    norm = MaskedGroupNorm(2, 4)
+    g = torch.Generator().manual_seed(5)
+    mask = (torch.rand(3, 1, 8, 8, generator=g) > 0.4).float()
+    x = torch.randn(3, 4, 8, 8, generator=g) * 5 + 2
+    out = norm(x, mask)
+    torch.testing.assert_close(out, norm(torch.where(mask > 0, x, torch.full_like(x, -1e3)), mask))
+    assert (out[mask.expand_as(out) == 0] == 0).all()
+    # per sample and group of 2 channels: zero mean, unit variance over the valid pixels
+    for b in range(3):
+        for group in (slice(0, 2), slice(2, 4)):
+            values = out[b, group][mask[b].expand(2, 8, 8) > 0]
+            assert abs(values.mean().item()) < 1e-5 and values.var(unbiased=False).item() == pytest.approx(1.0, rel=1e-3)
+    torch.testing.assert_close(norm.eval()(x, mask), out)  # evaluation computes the same thing
+    torch.testing.assert_close(norm(x[:1], mask[:1]), out[:1])  # and does not depend on the batch
+
+
+def test_lstm_cell_gates_start_normalised_with_forget_bias():
+    torch.manual_seed(0)
+    cell = PartialConvLSTMCell(4, 6)
+    assert cell.gates.bias is None and isinstance(cell.gate_norm, MaskedGroupNorm)
+    assert (cell.gate_norm.bias[6:12] == FORGET_BIAS).all() and (cell.gate_norm.bias[:6] == 0).all()
+    plain = PartialConvLSTMCell(4, 6, gate_norm=False)
+    assert plain.gate_norm is None and (plain.gates.bias[6:12] >= FORGET_BIAS - 1).all()
+    # features of very different scales (as partial convolutions re-normalise them) still give
+    # unsaturated hidden states: what made the ConvLSTM variants predict dry holes before
+    x = torch.randn(2, 4, 16, 16) * 50
+    state = None
+    for _ in range(3):
+        state = cell(x, torch.ones(2, 1, 16, 16), state)
+    assert (state.h.abs() > 0.95).float().mean() < 0.2
+
+
+def test_lstm_head_sees_every_input_frame_at_full_resolution():
+    """The hole of the target frame is filled at full resolution from its neighbours (as the
+    stacked variants do), not only from half-resolution LSTM features."""
+    for task in TASKS:
+        model = build("lstm", task, aux=False)
+        t_in = TASKS[task][0]
+        assert model.head.mask_groups == (8, *(1,) * t_in)
+        with torch.no_grad():  # cut every path but the head's direct one from the input values
+            for name, p in model.named_parameters():
+                if name.startswith("encoder."):
+                    p.zero_()
+        x, x_mask, *_ = batch(task)
+        x_mask[:, model.anchor, :, 10, 10] = 0.0  # a one-pixel hole in the anchor frame
+        x.requires_grad_(True)
+        model(x, x_mask)[:, 0, 0, 10, 10].sum().backward()
+        other = [t for t in range(t_in) if t != model.anchor][0]
+        assert x.grad[:, other, 0, 9:12, 9:12].abs().sum() > 0
+        assert (x.grad[:, :, 0, :8] == 0).all()
 
 
 def test_resize_to_grid_never_mixes_in_missing_values():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import itertools
 import logging
 import multiprocessing as mp
 import os
@@ -77,7 +78,8 @@ def convert(
     inputs: glob, path or list of them. source: importer name (see `get_importer`);
     `importer_options` go to it (e.g. pysteps_importer="knmi_hdf5", zr_a=200).
     skip_bad: skip unreadable files (listed in the store's `skipped_files` and logged)
-    instead of failing. workers: reader processes (default min(4, CPUs, files)).
+    instead of failing. workers: reader processes (default min(4, CPUs - 1, files));
+    1 reads in this process, with no pool.
     chunks, shards, compression: `precip` layout of a new store (`shards=None`: no
     sharding; see `nowcast_infill.io.store.precip_layout`); an append keeps the store's.
     Returns a summary dict (counts, product, skipped files, missing times, seconds).
@@ -88,15 +90,19 @@ def convert(
     precip_layout((1, 1), chunks, shards)
     files = expand_inputs(inputs)
     output = Path(output)
-    n_workers = max(1, min(int(workers or min(4, os.cpu_count() or 1)), len(files)))
+    # One core is left to the thread that compresses and writes the frames (store.StoreWriter).
+    n_workers = max(1, min(int(workers or min(4, (os.cpu_count() or 1) - 1)), len(files)))
     history = history or f"nowcast_infill.io.convert(source={source!r}, inputs={inputs!r}, output={str(output)!r})"
     skipped: list[dict] = []
     totals = AppendResult(store=output)
     product = None
 
-    pool = None
+    pool, first = None, []
     if n_workers > 1:
-        # fork: workers inherit the already imported wradlib/pysteps instead of re-importing them.
+        # The first file is read here, before the fork: the workers inherit the reader's
+        # libraries (wradlib / pysteps, imported on first use: 1-2 s) and its grid cache
+        # instead of each loading them again, for every conversion.
+        first = [_read_one(source, importer_options, files[0])]
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
         pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx)
     bar = _progress(len(files), enabled=progress)
@@ -106,7 +112,9 @@ def convert(
             if pool is None:
                 results = (_read_one(source, importer_options, p) for p in batch)
             else:
-                results = pool.map(_read_one, [source] * len(batch), [importer_options] * len(batch), batch)
+                done = first if batch_start == 0 else []
+                rest = batch[len(done):]
+                results = itertools.chain(done, pool.map(_read_one, [source] * len(rest), [importer_options] * len(rest), rest))
             with StoreWriter(output, source_name=source, chunks=chunks, shards=shards, compression=compression,
                              history=history, expected_frames=len(batch)) as writer:
                 for path, got, digest, error in results:

@@ -14,6 +14,7 @@ import gzip
 import io
 import re
 import warnings
+import zlib
 from datetime import datetime
 from pathlib import Path
 
@@ -200,7 +201,11 @@ def _decompressed_bytes(path: Path) -> bytes:
     """The bytes of a plain, .gz or .bz2 RADOLAN file (chosen by suffix, as wradlib does)."""
     blob = path.read_bytes()
     if path.suffix == ".gz":
-        return gzip.decompress(blob)
+        # zlib checks the gzip trailer's CRC in C; gzip.decompress computes it again in a
+        # second pass. Files of several gzip members (rare) take the general path.
+        inflater = zlib.decompressobj(wbits=31)
+        data = inflater.decompress(blob)
+        return data if inflater.eof and not inflater.unused_data else gzip.decompress(blob)
     if path.suffix == ".bz2":
         return bz2.decompress(blob)
     return blob

@@ -28,10 +28,13 @@ with no frame lost or doubled.
 
 from __future__ import annotations
 
+import base64
+import functools
+import json
 import logging
 import os
-import json
 import shutil
+import struct
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections import deque
@@ -53,6 +56,9 @@ DEFAULT_CHUNKS = {"time": 1, "y": None, "x": None}
 # sharding, one file per chunk.
 DEFAULT_SHARDS: dict | None = None
 DEFAULT_COMPRESSION = {"cname": "zstd", "clevel": 1}
+# Frames read but not yet written to staging (at least 2 are always allowed): the reader
+# goes on while the writer thread creates the staging store (~40 ms) or falls behind.
+MAX_QUEUED_BYTES = 64 << 20
 
 
 @dataclass
@@ -273,8 +279,9 @@ def _place_on_time_axis(fresh: list[Frame], state: _StoreState | None, path: Pat
 class StoreWriter:
     """One atomic update of the store at `path`: `add` frames as they are read, then `commit`.
 
-    Frames are compressed and written to staging by a background thread while the
-    caller reads the next file, and are held in memory only until written. Nothing in
+    A background thread creates the staging store and compresses and writes the frames
+    into it while the caller reads the next files; a frame is held in memory only until
+    written (at most `MAX_QUEUED_BYTES` of them wait). Nothing in
     the store changes before `commit`; `abort` (or an exception in `commit`) leaves it
     as it was. Use as a context manager to abort on error.
 
@@ -304,8 +311,11 @@ class StoreWriter:
         self._arrivals = None  # zarr array the frames are written to in arrival order
         self._arrival_offset = 0  # index of the first arrival in `_arrivals`
         self._in_place = False  # arrivals written straight into staging `precip`
-        self._writer: ThreadPoolExecutor | None = None
-        self._pending: deque[Future] = deque()
+        self._writer: ThreadPoolExecutor | None = None  # the one thread that writes staging
+        self._write_chunk = None  # writes one arrival as one chunk, when `_arrivals` allows it
+        self._opened: Future | None = None  # staging created (by the writer thread)
+        self._pending: deque[tuple[Future, int]] = deque()  # writer jobs not yet checked, bytes each holds
+        self._pending_bytes = 0
 
     def __enter__(self) -> "StoreWriter":
         return self
@@ -325,18 +335,22 @@ class StoreWriter:
             self.result.already_present.append(record.name)
             return
         _check_consistent(self._fresh[:1] + [frame], self.state, self.path)
-        if self._arrivals is None:
-            self._open_staging(frame)
+        if self._writer is None:
+            # Staging is created by the writer thread too, while the caller reads the
+            # next files; every staging job runs there, in the order submitted.
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ni-store-writer")
+            self._opened = self._writer.submit(self._open_staging, replace(frame, precip=None))
         index = len(self._fresh)
         if index >= self._capacity:
-            self._drain()  # the writer thread must not index the array while it is resized
             self._capacity *= 2
-            self._resize_arrivals()
+            self._pending.append((self._writer.submit(self._resize_arrivals, self._capacity), 0))
         self._records[frame.source] = record
         self._fresh.append(replace(frame, precip=None))
-        while len(self._pending) >= 2:  # bound the frames held in memory
-            self._pending.popleft().result()
-        self._pending.append(self._writer.submit(_write_frame, self._arrivals, self._arrival_offset + index, frame.precip))
+        # Bound the frames held in memory; enough of them to read on while staging is created.
+        while len(self._pending) >= 2 and self._pending_bytes + frame.precip.nbytes > MAX_QUEUED_BYTES:
+            self._check_oldest()
+        self._pending.append((self._writer.submit(self._write_arrival, index, frame.precip), frame.precip.nbytes))
+        self._pending_bytes += frame.precip.nbytes
 
     def skip(self, entry: dict) -> None:
         """Record a refused file `{"name", "error"}` in this commit's `skipped_files`."""
@@ -355,8 +369,7 @@ class StoreWriter:
         if self.staging.exists():
             shutil.rmtree(self.staging)
         if self.state is None:
-            encoding = _encoding(ref, self.chunks, self.compression, self.shards)
-            _skeleton_dataset(ref).to_zarr(self.staging, mode="w-", encoding=encoding, zarr_format=3, consolidated=False)
+            _create_skeleton(self.staging, ref, self.chunks, self.compression, self.shards)
         else:
             self._copy_metadata()
         precip = zarr.open_array(self.staging / schema.PRECIP, mode="r+")
@@ -374,11 +387,19 @@ class StoreWriter:
                 chunks=(1, *precip.chunks[1:]), shards=(1, *storage[1:]) if precip.shards else None,
                 fill_value=np.nan, compressors=precip.compressors, zarr_format=3,
             )
-        self._resize_arrivals()
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ni-store-writer")
+        self._resize_arrivals(self._capacity)
+        self._write_chunk = _whole_frame_chunk_writer(self._arrivals)
+        _package_versions()  # cached for the commit's history line, here off the reading path
 
-    def _resize_arrivals(self) -> None:
-        self._arrivals.resize((self._arrival_offset + self._capacity, *self._arrivals.shape[1:]))
+    def _resize_arrivals(self, capacity: int) -> None:
+        self._arrivals.resize((self._arrival_offset + capacity, *self._arrivals.shape[1:]))
+
+    def _write_arrival(self, index: int, precip: np.ndarray) -> None:
+        self._opened.result()  # a failed staging creation raises its own error here
+        if self._write_chunk is not None:
+            self._write_chunk(self._arrival_offset + index, precip)
+        else:
+            self._arrivals[self._arrival_offset + index] = precip
 
     def _copy_metadata(self) -> None:
         """Staging for an append: the store's metadata files only (no chunk is copied)."""
@@ -389,8 +410,15 @@ class StoreWriter:
             shutil.copy2(meta, self.staging / meta.parent.name / "zarr.json")
 
     def _drain(self) -> None:
+        if self._opened is not None:
+            self._opened.result()
         while self._pending:
-            self._pending.popleft().result()
+            self._check_oldest()
+
+    def _check_oldest(self) -> None:
+        job, nbytes = self._pending.popleft()
+        self._pending_bytes -= nbytes
+        job.result()
 
     def _close_writer(self, wait: bool = True) -> None:
         if wait:
@@ -399,6 +427,7 @@ class StoreWriter:
             self._writer.shutdown(wait=True, cancel_futures=True)
             self._writer = None
         self._pending.clear()
+        self._pending_bytes = 0
 
     def commit(self) -> AppendResult:
         """Validate the time axis, finish the staging store and publish it atomically.
@@ -431,12 +460,12 @@ class StoreWriter:
         position = {id(f): self.n_old + k for k, f in enumerate(filled) if isinstance(f, Frame)}
         final_index = [position[id(self._fresh[i])] for i in range(len(self._fresh))]  # per arrival
         n_new = self.n_old + len(filled)
-        precip = zarr.open_array(self.staging / schema.PRECIP, mode="r+")
         if self._in_place:
             self._reindex_in_place(final_index)
-            precip.resize((n_new, *precip.shape[1:]))
+            if self._arrivals.shape[0] != n_new:  # sized for the frames expected, gaps not counted
+                self._arrivals.resize((n_new, *self._arrivals.shape[1:]))
         else:
-            self._rewrite_from_arrivals(precip, final_index, n_new)
+            self._rewrite_from_arrivals(zarr.open_array(self.staging / schema.PRECIP, mode="r+"), final_index, n_new)
         self._write_time_axis(filled, n_new)
         self._finish_metadata([f for f in filled if isinstance(f, Frame)], missing, step_s)
         _mark_and_publish(self.staging, self.path)
@@ -485,7 +514,6 @@ class StoreWriter:
         shutil.rmtree(self.staging / _ARRIVALS)
 
     def _write_time_axis(self, filled: list, n_new: int) -> None:
-        import xarray as xr
         import zarr
 
         new_times = np.array([f.time if isinstance(f, Frame) else f for f in filled], dtype="datetime64[ns]")
@@ -495,13 +523,13 @@ class StoreWriter:
             times = np.concatenate([self.state.times, new_times])
             missing = np.concatenate([self.state.missing, new_missing])
         time_arr = zarr.open_array(self.staging / "time", mode="r+")
-        units, calendar = time_arr.attrs["units"], time_arr.attrs.get("calendar", "proleptic_gregorian")
-        encoded, _, _ = xr.coding.times.encode_cf_datetime(times, units=units, calendar=calendar, dtype=np.dtype(time_arr.dtype))
         time_arr.resize((n_new,))
-        time_arr[:] = np.asarray(encoded, dtype=time_arr.dtype)
+        time_arr[:] = _encode_times(times, time_arr.attrs["units"], time_arr.attrs.get("calendar", "proleptic_gregorian"),
+                                    np.dtype(time_arr.dtype))
         missing_arr = zarr.open_array(self.staging / schema.MISSING_FRAME, mode="r+")
         missing_arr.resize((n_new,))
-        missing_arr[:] = missing
+        if self.state is not None or missing.any():  # a new store without gaps: all fill value (False) already
+            missing_arr[:] = missing
 
     def _finish_metadata(self, frames: list[Frame], missing: list, step_s: int) -> None:
         import zarr
@@ -516,13 +544,58 @@ class StoreWriter:
             zarr.consolidate_metadata(self.staging)
 
 
+def _encode_times(times: np.ndarray, units: str, calendar: str, dtype: np.dtype) -> np.ndarray:
+    """`times` (datetime64) encoded as the store's `time` array holds them (CF `units` / `calendar`).
+
+    Whole seconds in the units this module writes are a plain cast; anything else goes
+    through xarray's CF encoder (whose first call imports dask: ~0.2 s per process).
+    """
+    if units == "seconds since 1970-01-01" and calendar == "proleptic_gregorian":
+        seconds = times.astype("datetime64[s]")
+        if np.array_equal(seconds, times):
+            return seconds.astype(np.int64).astype(dtype)
+    import xarray as xr
+
+    encoded, _, _ = xr.coding.times.encode_cf_datetime(times, units=units, calendar=calendar, dtype=dtype)
+    return np.asarray(encoded, dtype=dtype)
+
+
 def _storage_unit(array) -> tuple[int, ...]:
     """Shape of what is stored as one file: the shard when sharded, else the chunk."""
     return tuple(array.shards or array.chunks)
 
 
-def _write_frame(array, index: int, precip: np.ndarray) -> None:
-    array[index] = precip
+def _whole_frame_chunk_writer(array):
+    """`write(t, frame)`: stores `frame` as chunk `t` of `array`, synchronously; None when not possible.
+
+    Zarr 3.1 sends every chunk write through its event loop and a thread pool: for one
+    frame-sized chunk that is a few ms of Python and thread hand-offs per frame, most
+    of it holding the GIL that the thread reading the next file needs. When one chunk is
+    one whole time step and nothing is sharded, the array's own codecs and store do the
+    same encoding and write synchronously (zarr's `SupportsSyncCodec` / `SupportsSetSync`
+    protocols; the same bytes as `array[t] = frame`, checked in tests/test_convert.py).
+    Another layout, or a zarr without those protocols, returns None: write through `array`.
+    """
+    try:
+        from zarr.abc.codec import SupportsSyncCodec
+        from zarr.abc.store import SupportsSetSync
+        from zarr.core.buffer import default_buffer_prototype
+    except ImportError:
+        return None
+    if (array.metadata.zarr_format != 3 or array.shards is not None or tuple(array.chunks) != (1, *array.shape[1:])
+            or not all(isinstance(c, SupportsSyncCodec) for c in array.metadata.codecs)
+            or not isinstance(array.store_path.store, SupportsSetSync)):
+        return None
+    prototype = default_buffer_prototype()
+    spec = array.metadata.get_chunk_spec((0,) * array.ndim, array.config, prototype)
+
+    def write(t: int, frame: np.ndarray) -> None:
+        data = prototype.nd_buffer.from_numpy_array(np.ascontiguousarray(frame, dtype=array.dtype)[None])
+        for codec in array.metadata.codecs:
+            data = codec._encode_sync(data, spec)
+        (array.store_path / array.metadata.encode_chunk_key((t, *(0,) * (array.ndim - 1)))).set_sync(data)
+
+    return write
 
 
 def _mark_and_publish(staging: Path, path: Path) -> None:
@@ -558,39 +631,6 @@ def append_frames(
         for entry in skipped_files or []:
             writer.skip(entry)
         return writer.commit()
-
-
-def _skeleton_dataset(ref: Frame):
-    """The store without time steps: coordinates, `crs`, and empty `precip` / `missing_frame`."""
-    import xarray as xr
-
-    h, w = ref.grid.shape
-    ds = xr.Dataset(
-        {
-            schema.PRECIP: (
-                schema.PRECIP_DIMS,
-                np.empty((0, h, w), dtype=np.float32),
-                {"units": schema.PRECIP_UNITS, "long_name": "precipitation rate", "standard_name": "rainfall_rate",
-                 "grid_mapping": schema.CRS},
-            ),
-            schema.MISSING_FRAME: (("time",), np.zeros(0, dtype=bool),
-                                   {"long_name": "time step inserted for a gap in the source (all-NaN)"}),
-        },
-        coords={
-            "time": ("time", np.array([], dtype="datetime64[ns]"),
-                     {"timezone": "UTC", "long_name": "end of accumulation interval / scan time"}),
-            "y": ("y", ref.grid.y, {"units": "km", "standard_name": "projection_y_coordinate"}),
-            "x": ("x", ref.grid.x, {"units": "km", "standard_name": "projection_x_coordinate"}),
-            "lat": (("y", "x"), ref.grid.lat, {"units": "degrees_north", "long_name": "latitude"}),
-            "lon": (("y", "x"), ref.grid.lon, {"units": "degrees_east", "long_name": "longitude"}),
-        },
-    )
-    ds[schema.CRS] = xr.DataArray(
-        np.int8(0),
-        attrs={k: v for k, v in {"grid_mapping_name": ref.grid.grid_mapping_name, "proj4": ref.grid.proj4,
-                                 "crs_wkt": ref.grid.crs_wkt}.items() if v},
-    )
-    return ds
 
 
 def _positive_sizes(option: str, given: dict, null_time: bool) -> dict:
@@ -633,30 +673,69 @@ def precip_layout(shape: tuple[int, int], chunks: dict | None = None,
     return inner, tuple(outer)
 
 
-def _encoding(ref: Frame, chunks: dict | None, compression: dict | None, shards: dict | None = None) -> dict:
+# xarray's `_FillValue` attribute of a float variable whose fill value is NaN (base64 of
+# the little-endian float64), as `Dataset.to_zarr` writes it: readers mask NaN either way.
+_NAN_FILL_ATTR = base64.standard_b64encode(struct.pack("<d", float("nan"))).decode()
+
+
+def _create_skeleton(path: Path, ref: Frame, chunks: dict | None, compression: dict | None, shards: dict | None) -> None:
+    """A new store without time steps at `path` (docs/schema.md): coordinates, `crs`, empty `precip` / `time` / `missing_frame`.
+
+    Written with zarr directly, in the form `xarray.Dataset.to_zarr` gives (CF attributes,
+    `dimension_names`, `coordinates`, `_FillValue`), in a third of the zarr calls.
+    """
+    import zarr
     from zarr.codecs import BloscCodec
 
     precip_chunks, precip_shards = precip_layout(ref.grid.shape, chunks, shards)
     comp = {**DEFAULT_COMPRESSION, **(compression or {})}
     codec = BloscCodec(cname=comp["cname"], clevel=int(comp["clevel"]), shuffle=comp.get("shuffle", "shuffle"))
-    precip_encoding = {"chunks": precip_chunks, "compressors": [codec]}
-    if precip_shards is not None:
-        precip_encoding["shards"] = precip_shards
-    # lat/lon: written once per store, read whole; the precip codec compresses them about
-    # twice as fast as Zarr's default Zstd, a fixed cost that counts for short conversions.
-    grid_encoding = {"chunks": tuple(ref.grid.shape), "compressors": [codec]}
-    return {
-        "lat": grid_encoding,
-        "lon": dict(grid_encoding),
-        schema.PRECIP: precip_encoding,
-        "time": {"units": "seconds since 1970-01-01", "dtype": "int64", "chunks": (precip_chunks[0] * 1024,)},
-        schema.MISSING_FRAME: {"chunks": (precip_chunks[0] * 1024,)},
-    }
+    # lat/lon: written once per store, read whole; LZ4 compresses them 3x faster than the
+    # precip codec (Zstd 1) and smaller: a fixed cost that counts for short conversions.
+    grid_codec = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+    h, w = ref.grid.shape
+    time_chunks = (precip_chunks[0] * 1024,)
+    crs_attrs = {"grid_mapping_name": ref.grid.grid_mapping_name, "proj4": ref.grid.proj4, "crs_wkt": ref.grid.crs_wkt}
+    group = zarr.create_group(path, zarr_format=3)
+    group.create_array(
+        schema.PRECIP, shape=(0, h, w), dtype=np.float32, chunks=precip_chunks, shards=precip_shards,
+        compressors=[codec], fill_value=np.nan, dimension_names=schema.PRECIP_DIMS,
+        attributes={"units": schema.PRECIP_UNITS, "long_name": "precipitation rate", "standard_name": "rainfall_rate",
+                    "grid_mapping": schema.CRS, "coordinates": "lat lon", "_FillValue": _NAN_FILL_ATTR})
+    group.create_array(
+        schema.MISSING_FRAME, shape=(0,), dtype=bool, chunks=time_chunks, fill_value=False, dimension_names=("time",),
+        attributes={"long_name": "time step inserted for a gap in the source (all-NaN)"})
+    group.create_array(
+        "time", shape=(0,), dtype=np.int64, chunks=time_chunks, fill_value=0, dimension_names=("time",),
+        attributes={"timezone": "UTC", "long_name": "end of accumulation interval / scan time",
+                    "units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian"})
+    for dim, values in (("y", ref.grid.y), ("x", ref.grid.x)):
+        group.create_array(dim, data=values, chunks=values.shape, fill_value=np.nan, dimension_names=(dim,), attributes={
+            "units": "km", "standard_name": f"projection_{dim}_coordinate", "_FillValue": _NAN_FILL_ATTR})
+    for name, values, units, long_name in (("lat", ref.grid.lat, "degrees_north", "latitude"),
+                                           ("lon", ref.grid.lon, "degrees_east", "longitude")):
+        group.create_array(name, data=values, chunks=values.shape, compressors=[grid_codec], fill_value=np.nan,
+                           dimension_names=("y", "x"),
+                           attributes={"units": units, "long_name": long_name, "_FillValue": _NAN_FILL_ATTR})
+    group.create_array(schema.CRS, data=np.array(0, dtype=np.int8), fill_value=0,
+                       attributes={k: v for k, v in crs_attrs.items() if v})
+
+
+@functools.lru_cache(maxsize=1)
+def _package_versions() -> tuple[str, ...]:
+    """`pkg==version` of the packages a store's `history` names (looked up once per process: ~10 ms)."""
+    import importlib.metadata as md
+
+    versions = []
+    for pkg in ("nowcast_infill", "wradlib", "pysteps", "xarray", "zarr", "numpy"):
+        try:
+            versions.append(f"{pkg}=={md.version(pkg)}")
+        except md.PackageNotFoundError:
+            pass
+    return tuple(versions)
 
 
 def _new_attrs(old: dict, frames, missing, sources, source_name, new_skips, history, step_s) -> dict:
-    import importlib.metadata as md
-
     attrs: dict = {}
     if frames:
         ref = frames[0]
@@ -677,12 +756,6 @@ def _new_attrs(old: dict, frames, missing, sources, source_name, new_skips, hist
         attrs["source_files"] = list(old.get("source_files", [])) + [sources[f.source].as_dict() for f in frames]
     attrs["missing_times"] = list(old.get("missing_times", [])) + [_iso(t) for t in missing]
     attrs["skipped_files"] = list(old.get("skipped_files", [])) + list(new_skips)
-    versions = []
-    for pkg in ("nowcast_infill", "wradlib", "pysteps", "xarray", "zarr", "numpy"):
-        try:
-            versions.append(f"{pkg}=={md.version(pkg)}")
-        except md.PackageNotFoundError:
-            pass
-    line = f"{np.datetime_as_string(np.datetime64('now', 's'))}Z {history} ({', '.join(versions)})".strip()
+    line = f"{np.datetime_as_string(np.datetime64('now', 's'))}Z {history} ({', '.join(_package_versions())})".strip()
     attrs["history"] = (str(old.get("history", "")) + "\n" + line).strip()
     return attrs

@@ -29,7 +29,12 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from nowcast_infill.models.components.norm import MaskedGroupNorm
 from nowcast_infill.models.components.partial_conv import PartialConv2d
+
+# Initial forget-gate bias (Gers et al. 2000; Jozefowicz et al. 2015): the cell starts by
+# keeping its memory instead of halving it at every step.
+FORGET_BIAS = 1.0
 
 
 class LSTMState(NamedTuple):
@@ -62,6 +67,12 @@ class PartialConvLSTMCell(nn.Module):
         kernel_size: gate convolution kernel.
         input_mask_groups: mask groups of ``x_t`` (see ``PartialConv2d.mask_groups``).
         conv_cls: the partial convolution class (the naive reference for tests/benchmarks).
+        gate_norm: masked batch norm of the gate pre-activations (over valid pixels). The
+            partial convolution rescales each window by up to ``window_size / valid_count``
+            and ``[x, h]`` mixes features of different scales, so without it the gates
+            saturate (|h| -> 1 everywhere) and the gradient through them dies; it is the
+            LSTM counterpart of the batch norm after every convolution of the plain U-Net
+            (as in the batch-normalised LSTM of Cooijmans et al. 2017).
 
     ``forward(x (B, C_x, H, W), x_mask (B, G_x, H, W), state: LSTMState | None) -> LSTMState``.
     """
@@ -73,6 +84,7 @@ class PartialConvLSTMCell(nn.Module):
         kernel_size: int = 3,
         input_mask_groups: Sequence[int] | None = None,
         conv_cls: type[PartialConv2d] = PartialConv2d,
+        gate_norm: bool = True,
     ) -> None:
         super().__init__()
         self.input_channels = input_channels
@@ -84,7 +96,13 @@ class PartialConvLSTMCell(nn.Module):
             kernel_size,
             mask_groups=(*x_groups, hidden_channels),
             input_is_masked=True,
+            bias=not gate_norm,  # the norm's shift replaces the bias
         )
+        self.gate_norm = MaskedGroupNorm(4, 4 * hidden_channels) if gate_norm else None
+        forget = slice(hidden_channels, 2 * hidden_channels)
+        with torch.no_grad():
+            shift = self.gate_norm.bias if gate_norm else self.gates.bias
+            shift[forget] = FORGET_BIAS
 
     def initial_state(self, x: torch.Tensor, x_mask: torch.Tensor) -> LSTMState:
         """Empty state (nothing valid). Its mask follows the layout of ``x_mask``: one channel
@@ -99,6 +117,8 @@ class PartialConvLSTMCell(nn.Module):
             state = self.initial_state(x, x_mask)
         h_prev = state.h.to(x.dtype)
         gates, mask = self.gates(torch.cat([x, h_prev], dim=1), torch.cat([x_mask.float(), state.mask], dim=1))
+        if self.gate_norm is not None:
+            gates = self.gate_norm(gates, mask)
         in_gate, forget_gate, out_gate, candidate = gates.chunk(4, dim=1)
         keep = mask.to(gates.dtype) if mask.shape[1] == 1 else mask[:, : self.hidden_channels].to(gates.dtype)
         c = (torch.sigmoid(forget_gate) * state.c.to(gates.dtype) + torch.sigmoid(in_gate) * torch.tanh(candidate)) * keep
@@ -120,9 +140,10 @@ class PartialConvLSTM(nn.Module):
         kernel_size: int = 3,
         input_mask_groups: Sequence[int] | None = None,
         conv_cls: type[PartialConv2d] = PartialConv2d,
+        gate_norm: bool = True,
     ) -> None:
         super().__init__()
-        self.cell = PartialConvLSTMCell(input_channels, hidden_channels, kernel_size, input_mask_groups, conv_cls)
+        self.cell = PartialConvLSTMCell(input_channels, hidden_channels, kernel_size, input_mask_groups, conv_cls, gate_norm)
 
     def forward(
         self, x: torch.Tensor, x_mask: torch.Tensor, state: LSTMState | None = None

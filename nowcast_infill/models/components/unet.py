@@ -23,6 +23,7 @@ from torch import nn
 from nowcast_infill.models.components.attention import AuxChannelSpatialAttention, AuxEncoder, resize_to_grid
 from nowcast_infill.models.components.convlstm import LSTMState, PartialConvLSTM, PartialConvLSTMCell, anchor_order
 from nowcast_infill.models.components.naive_reference import NaivePartialConv2d
+from nowcast_infill.models.components.norm import MaskedBatchNorm2d
 from nowcast_infill.models.components.partial_conv import PartialConv2d
 
 TASKS = ("infill", "nowcast")
@@ -31,41 +32,6 @@ TASKS = ("infill", "nowcast")
 def default_kernel_sizes(n_layers: int) -> tuple[int, ...]:
     """Encoder kernels of Liu et al.: 7 for the first layer, 5 for the next two, then 3."""
     return tuple(7 if i == 0 else 5 if i < 3 else 3 for i in range(n_layers))
-
-
-class MaskedBatchNorm2d(nn.BatchNorm2d):
-    """Batch norm whose statistics use only valid pixels; the output is 0 outside the mask.
-
-    ``forward(x (B, C, H, W), mask (B, 1 or C, H, W) 0/1) -> (B, C, H, W)``. Statistics are
-    computed in float32 (safe under bf16 autocast). A batch with no valid pixel in a channel
-    leaves that channel's running statistics unchanged.
-    """
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        xf = x.float()
-        m = mask.float()
-        if self.training or not self.track_running_stats:
-            count = m.sum(dim=(0, 2, 3)).expand(self.num_features)
-            denom = count.clamp(min=1.0)
-            mean = (xf * m).sum(dim=(0, 2, 3)) / denom
-            var = ((xf - mean.view(1, -1, 1, 1)).square() * m).sum(dim=(0, 2, 3)) / denom
-            if self.training and self.track_running_stats:
-                with torch.no_grad():
-                    unbiased = var * count / (count - 1).clamp(min=1.0)
-                    seen = count > 1
-                    momentum = 0.1 if self.momentum is None else self.momentum
-                    self.running_mean.copy_(torch.where(seen, torch.lerp(self.running_mean, mean, momentum), self.running_mean))
-                    self.running_var.copy_(torch.where(seen, torch.lerp(self.running_var, unbiased, momentum), self.running_var))
-                    self.num_batches_tracked.add_(1)
-        else:
-            mean, var = self.running_mean, self.running_var
-        scale = torch.rsqrt(var + self.eps)
-        shift = -mean * scale
-        if self.affine:
-            scale = scale * self.weight
-            shift = shift * self.weight + self.bias
-        out = (xf * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)) * m
-        return out.to(x.dtype)
 
 
 class PConvUNet(nn.Module):
@@ -82,7 +48,8 @@ class PConvUNet(nn.Module):
         encoder_channels: width of each stride-2 encoder layer.
         kernel_sizes: encoder kernels, default :func:`default_kernel_sizes`.
         extra_pool_layers: further stride-2 layers (kernel 3) at the last width.
-        batch_norm: masked batch norm in all but the first encoder and the output layer.
+        batch_norm: masked batch norm in all but the first encoder and the output layer, and
+            on the gate pre-activations of every ConvLSTM cell.
         output_floor: lower bound of the output in normalised units (the encoded 0 mm/h,
             ``Normalizer.floor``); a buffer, see :meth:`set_output_floor`.
         task: ``"infill"`` (``out_frames == 1``, odd ``in_frames``, the centre frame is the
@@ -166,11 +133,11 @@ class PConvUNet(nn.Module):
             MaskedBatchNorm2d(levels[i + 1]) if batch_norm and i > 0 else nn.Identity() for i in range(self.depth)
         )
         if lstm:
-            self.encoder_lstm = nn.ModuleList(PartialConvLSTM(w, w, 3, conv_cls=conv) for w in widths)
+            self.encoder_lstm = nn.ModuleList(PartialConvLSTM(w, w, 3, conv_cls=conv, gate_norm=batch_norm) for w in widths)
             # Decoder level i (resolution H / 2**(i-1)) is a cell seeded by encoder level i-1.
             self.decoder_cells = nn.ModuleList(
                 PartialConvLSTMCell(levels[i] + levels[i - 1], levels[i - 1], decoder_kernel_size,
-                                    input_mask_groups=(levels[i], levels[i - 1]), conv_cls=conv)
+                                    input_mask_groups=(levels[i], levels[i - 1]), conv_cls=conv, gate_norm=batch_norm)
                 for i in range(self.depth, 1, -1)
             )
             head_out = 1
@@ -184,9 +151,13 @@ class PConvUNet(nn.Module):
                 MaskedBatchNorm2d(levels[i - 1]) if batch_norm else nn.Identity() for i in range(self.depth, 1, -1)
             )
             head_out = out_frames
+        # The head sees every input frame at full resolution, each channel with its own mask:
+        # in a hole of the target frame the neighbouring frames are the only full-resolution
+        # evidence (the LSTM variant's own features start at half resolution).
+        head_skip = levels[0] * (in_frames if lstm else 1)
         self.head = conv(
-            levels[1] + levels[0], head_out, decoder_kernel_size,
-            mask_groups=(levels[1], *(1,) * levels[0]), input_is_masked=True,
+            levels[1] + head_skip, head_out, decoder_kernel_size,
+            mask_groups=(levels[1], *(1,) * head_skip), input_is_masked=True,
         )
         if attention:
             aux_widths = tuple(
@@ -311,7 +282,7 @@ class PConvUNet(nn.Module):
         order = anchor_order(self.in_frames, self.anchor)
         seq, seq_mask = frames[:, order], frame_masks[:, order]
         b, t = seq.shape[:2]
-        skips: list[tuple[torch.Tensor, torch.Tensor]] = [(frames[:, self.anchor], frame_masks[:, self.anchor])]
+        skips: list[tuple[torch.Tensor, torch.Tensor]] = [(frames.flatten(1, 2), frame_masks.flatten(1, 2))]
         states: list[LSTMState] = []
         for i in range(self.depth):
             feat, mask = self._encode_layer(i, seq.flatten(0, 1), seq_mask.flatten(0, 1))

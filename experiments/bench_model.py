@@ -19,6 +19,7 @@ Usage::
     python experiments/bench_model.py                  # full comparison (minutes on 2 cores)
     python experiments/bench_model.py --quick          # tiny sizes, seconds
     python experiments/bench_model.py --device cuda --bf16 --channels-last
+    python experiments/bench_model.py --profile        # where one step of ours spends its time
 """
 
 from __future__ import annotations
@@ -142,6 +143,26 @@ def compare_with_naive(args) -> float:
     return statistics.median(ratios)
 
 
+def profile_step(args) -> None:
+    """One profiled training step of our network at the comparison size: convolution time
+    (forward, backward) against the whole step's CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    t_in, t_out = TASKS["infill"]
+    model = build(args, False, False, t_in, t_out, "infill", tuple(args.channels))
+    step = make_step(model, make_batch(args.batch, t_in, t_out, args.size, 0, args.device), args.device, args.bf16)
+    step(), step()  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = prof.key_averages()
+    print(events.table(sort_by="self_cpu_time_total", row_limit=12))
+    total = sum(e.self_cpu_time_total for e in events) / 1e6
+    conv_fwd = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mkldnn_convolution", "aten::_convolution")) / 1e6
+    conv_bwd = sum(e.self_cpu_time_total for e in events if e.key == "aten::convolution_backward") / 1e6
+    print(f"step CPU {total:.3f} s: convolutions {conv_fwd + conv_bwd:.3f} s "
+          f"(forward {conv_fwd:.3f} s, backward {conv_bwd:.3f} s), everything else {total - conv_fwd - conv_bwd:.3f} s")
+
+
 def _rss_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -197,6 +218,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on CPU")
     p.add_argument("--repeats", type=int, default=3, help="interleaved pconv/naive pairs after one warm-up each")
     p.add_argument("--skip-variants", action="store_true", help="only the pconv vs naive comparison")
+    p.add_argument("--profile", action="store_true", help="only a torch.profiler table of one step of ours")
     p.add_argument("--aux-channels", type=int, default=2)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -218,6 +240,9 @@ def main(argv=None) -> None:
     if args.worker:
         variant, task = args.worker.split(":")
         print(json.dumps(measure_variant(args, variant, task)))
+        return
+    if args.profile:
+        profile_step(args)
         return
     if not args.skip_variants:
         variant_table(args)

@@ -304,7 +304,7 @@ def _with_split(cfg, split: Mapping | None):
 
 def add_budget_arguments(parser, classical: Sequence[str], report: str, quick_help: str) -> None:
     """The options both result scripts share: budget, seeds, variants, classical methods, folders."""
-    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per network run (default 20)")
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per network run (default 100)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the network runs (default 0 1)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--classical", nargs="+", default=list(classical), choices=list(classical))

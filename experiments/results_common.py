@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -369,6 +369,35 @@ def evaluate_method(dataset: str, method: str, base: Sequence[str], run_dir: Pat
     figures = sorted(str(p) for p in (Path(raw["output_dir"]) / "figures").glob("*.png"))
     return RunResult(dataset, method, "network" if ckpt_path else "baseline", seed, metrics,
                      eval_s=wall, output_dir=str(raw["output_dir"]), figures=figures)
+
+
+def run_methods(dataset: str, runs_dir: Path, overrides: Callable[[Path], list[str]], budget: Budget,
+                seeds: Sequence[int], variants: Sequence[str], classical: Sequence[str],
+                split: Mapping | None = None) -> list[RunResult]:
+    """Train and score every network variant x seed, then score each classical method once.
+
+    Run folders go under `runs_dir` (`<variant>_seed<seed>`, its `_eval` twin, `<method>_eval`);
+    `overrides(run_dir)` gives the train/eval overrides of a run writing to `run_dir`.
+    """
+    results: list[RunResult] = []
+    for seed in seeds:
+        for variant in variants:
+            run_dir = runs_dir / f"{variant}_seed{seed}"
+            log(f"{dataset}: train {variant} seed {seed}")
+            ckpt, train_s = train_network(dataset, variant, seed, overrides(run_dir), budget, run_dir, split)
+            eval_dir = run_dir.with_name(run_dir.name + "_eval")
+            result = evaluate_method(dataset, variant, overrides(eval_dir), eval_dir, split, ckpt_path=ckpt, seed=seed)
+            result.train_s = train_s
+            log(f"{dataset}: {variant} seed {seed}: rmse {result.metrics.get('rmse'):.4f}, "
+                f"train {train_s:.0f} s, eval {result.eval_s:.0f} s")
+            results.append(result)
+    for method in classical:
+        eval_dir = runs_dir / f"{method}_eval"
+        log(f"{dataset}: evaluate {method}")
+        result = evaluate_method(dataset, method, overrides(eval_dir), eval_dir, split)
+        log(f"{dataset}: {method}: rmse {result.metrics.get('rmse'):.4f}, eval {result.eval_s:.0f} s")
+        results.append(result)
+    return results
 
 
 def save_results(results: Sequence[RunResult], path: Path) -> None:

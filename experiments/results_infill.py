@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_common import (  # noqa: E402
     SHARED_DATA, Budget, RunResult, add_budget_arguments, add_uninformative_aux, bar_chart, common_overrides,
-    copy_figure, ensure_converted, evaluate_method, frame_split, group_by_method, log, metrics_table, provenance,
-    provenance_block, require_inputs, save_results, store_crop_note, train_network, winners_notes,
+    copy_figure, ensure_converted, frame_split, group_by_method, log, metrics_table, provenance,
+    provenance_block, require_inputs, run_methods, save_results, store_crop_note, winners_notes,
 )
 
 CLASSICAL = ("nearest", "linear", "laplace", "biharmonic")
@@ -95,28 +95,9 @@ def run_dataset(name: str, store: Path, budget: Budget, seeds: list[int], varian
         extra += ["data.eval_masks.n=4"]
     stats = work / f"{store.stem}.normalization.json"
     task = ["task=infill"]
-    results: list[RunResult] = []
-    for seed in seeds:
-        for variant in variants:
-            run_dir = work / "runs" / name / f"{variant}_seed{seed}"
-            base = common_overrides(run_dir, store, stats, data_cfg, task) + extra
-            log(f"{name}: train {variant} seed {seed}")
-            ckpt, train_s = train_network(name, variant, seed, base, budget, run_dir, split)
-            eval_dir = run_dir.with_name(run_dir.name + "_eval")
-            result = evaluate_method(name, variant, common_overrides(eval_dir, store, stats, data_cfg, task) + extra,
-                                     eval_dir, split, ckpt_path=ckpt, seed=seed)
-            result.train_s = train_s
-            log(f"{name}: {variant} seed {seed}: rmse {result.metrics.get('rmse'):.4f}, "
-                f"train {train_s:.0f} s, eval {result.eval_s:.0f} s")
-            results.append(result)
-    for method in classical:
-        eval_dir = work / "runs" / name / f"{method}_eval"
-        log(f"{name}: evaluate {method}")
-        result = evaluate_method(name, method, common_overrides(eval_dir, store, stats, data_cfg, task) + extra,
-                                 eval_dir, split)
-        log(f"{name}: {method}: rmse {result.metrics.get('rmse'):.4f}, eval {result.eval_s:.0f} s")
-        results.append(result)
-    return results
+    return run_methods(name, work / "runs" / name,
+                       lambda run_dir: common_overrides(run_dir, store, stats, data_cfg, task) + extra,
+                       budget, seeds, variants, classical, split)
 
 
 def write_report(results: list[RunResult], budgets: dict[str, Budget], seeds: list[int], out: Path,

@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_common import (  # noqa: E402
     SHARED_DATA, Budget, RunResult, add_budget_arguments, add_uninformative_aux,
     common_overrides,
-    copy_figure, ensure_converted, evaluate_method, frame_split, group_by_method, lead_time_plot, log, metrics_table,
-    provenance, provenance_block, require_inputs, save_results, store_crop_note, train_network, winners_notes,
+    copy_figure, ensure_converted, frame_split, group_by_method, lead_time_plot, log, metrics_table,
+    provenance, provenance_block, require_inputs, run_methods, save_results, store_crop_note, winners_notes,
 )
 
 CLASSICAL = ("persistence", "extrapolation", "sprog")
@@ -90,28 +90,9 @@ def run(dataset: str, store: Path, budget: Budget, seeds: list[int], variants: l
         extra += ["data.split.fractions=[0.5,0.25,0.25]", "data.split.gap=2"]
     task = ["task=nowcast", f"task.past={PAST}", f"task.future={FUTURE}"]
     stats = work / f"{store.stem}.nowcast.normalization.json"
-    results: list[RunResult] = []
-    for seed in seeds:
-        for variant in variants:
-            run_dir = work / "runs" / f"nowcast_{dataset}" / f"{variant}_seed{seed}"
-            log(f"{dataset}: train {variant} seed {seed}")
-            ckpt, train_s = train_network(dataset, variant, seed, common_overrides(run_dir, store, stats, data_cfg, task) + extra,
-                                          budget, run_dir, split)
-            eval_dir = run_dir.with_name(run_dir.name + "_eval")
-            result = evaluate_method(dataset, variant, common_overrides(eval_dir, store, stats, data_cfg, task) + extra,
-                                     eval_dir, split, ckpt_path=ckpt, seed=seed)
-            result.train_s = train_s
-            log(f"{dataset}: {variant} seed {seed}: rmse {result.metrics.get('rmse'):.4f}, "
-                f"train {train_s:.0f} s, eval {result.eval_s:.0f} s")
-            results.append(result)
-    for method in classical:
-        eval_dir = work / "runs" / f"nowcast_{dataset}" / f"{method}_eval"
-        log(f"{dataset}: evaluate {method}")
-        result = evaluate_method(dataset, method, common_overrides(eval_dir, store, stats, data_cfg, task) + extra,
-                                 eval_dir, split)
-        log(f"{dataset}: {method}: rmse {result.metrics.get('rmse'):.4f}, eval {result.eval_s:.0f} s")
-        results.append(result)
-    return results
+    return run_methods(dataset, work / "runs" / f"nowcast_{dataset}",
+                       lambda run_dir: common_overrides(run_dir, store, stats, data_cfg, task) + extra,
+                       budget, seeds, variants, classical, split)
 
 
 def write_report(results: list[RunResult], dataset: str, budget: Budget, seeds: list[int], out: Path, total_s: float,

@@ -78,8 +78,8 @@ def _check_radolan_files(files):
         valid = frame.precip[np.isfinite(frame.precip)]
         assert valid.min() >= 0 and valid.max() < 1000, path
         assert frame.radar_sites and all(len(s) == 3 for s in frame.radar_sites), path
-        # The importer decodes the pixels itself: the same values as wradlib's decoding, to
-        # the bit, once clutter-flagged pixels (wradlib keeps their value) are NaN.
+        # wradlib's values to the bit, with clutter-flagged pixels (wradlib keeps their
+        # value) made NaN, and in mm/h.
         raw, attrs = wradlib.io.read_radolan_composite(str(path), missing=np.nan)
         values = np.array(raw, dtype=np.float64)
         values.reshape(-1)[np.asarray(attrs["cluttermask"], dtype=np.int64)] = np.nan

@@ -67,12 +67,13 @@ class PartialConvLSTMCell(nn.Module):
         kernel_size: gate convolution kernel.
         input_mask_groups: mask groups of ``x_t`` (see ``PartialConv2d.mask_groups``).
         conv_cls: the partial convolution class (the naive reference for tests/benchmarks).
-        gate_norm: masked batch norm of the gate pre-activations (over valid pixels). The
-            partial convolution rescales each window by up to ``window_size / valid_count``
-            and ``[x, h]`` mixes features of different scales, so without it the gates
-            saturate (|h| -> 1 everywhere) and the gradient through them dies; it is the
-            LSTM counterpart of the batch norm after every convolution of the plain U-Net
-            (as in the batch-normalised LSTM of Cooijmans et al. 2017).
+        gate_norm: a :class:`MaskedGroupNorm` of the gate pre-activations (one group per
+            gate, statistics over valid pixels of each sample). The partial convolution
+            rescales each window by up to ``window_size / valid_count`` and ``[x, h]`` mixes
+            features of different scales, so without it the gates saturate (|h| -> 1
+            everywhere) and the gradient through them dies; it is the LSTM counterpart of the
+            batch norm after every convolution of the plain U-Net (layer-normalised LSTMs,
+            Ba et al. 2016, normalise per sample for the same reason).
 
     ``forward(x (B, C_x, H, W), x_mask (B, G_x, H, W), state: LSTMState | None) -> LSTMState``.
     """

@@ -49,7 +49,7 @@ class PConvUNet(nn.Module):
         kernel_sizes: encoder kernels, default :func:`default_kernel_sizes`.
         extra_pool_layers: further stride-2 layers (kernel 3) at the last width.
         batch_norm: masked batch norm in all but the first encoder and the output layer, and
-            on the gate pre-activations of every ConvLSTM cell.
+            a masked group norm of the gate pre-activations of every ConvLSTM cell.
         output_floor: lower bound of the output in normalised units (the encoded 0 mm/h,
             ``Normalizer.floor``); a buffer, see :meth:`set_output_floor`.
         task: ``"infill"`` (``out_frames == 1``, odd ``in_frames``, the centre frame is the

@@ -15,6 +15,7 @@ Two layers, both raising `ConfigSchemaError` whose message names the full key an
 
 from __future__ import annotations
 
+from nowcast_infill.errors import UserError
 import dataclasses
 import inspect
 import os
@@ -30,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 from nowcast_infill.models.module import OPTIMIZER_RESERVED, SCHEDULER_RESERVED
 
 
-class ConfigSchemaError(ValueError):
+class ConfigSchemaError(UserError, ValueError):
     """The composed config breaks a schema; the message starts with the offending key."""
 
 

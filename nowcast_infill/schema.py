@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from nowcast_infill.errors import UserError
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ PRECIP_DIMS = ("time", "y", "x")
 PRECIP_UNITS = "mm h-1"
 
 
-class StoreSchemaError(ValueError):
+class StoreSchemaError(UserError, ValueError):
     """A store does not follow docs/schema.md."""
 
 

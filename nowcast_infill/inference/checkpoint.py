@@ -15,6 +15,7 @@ the network output to mm/h.
 
 from __future__ import annotations
 
+from nowcast_infill.errors import UserError
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 DATAMODULE_STATE_KEY = "RadarDataModule"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint cannot be used for inference; the message names the file and the fix."""
 
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from nowcast_infill.errors import UserError
 import functools
 import importlib
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Protocol
 import numpy as np
 
 
-class ConversionError(Exception):
+class ConversionError(UserError):
     """A source file cannot be converted.
 
     `str(err)` starts with the file path and ends with what to do about it, so a

@@ -136,6 +136,44 @@ def get_importer(name: str, **options) -> Importer:
 # ---------------------------------------------------------------- shared helpers
 
 DBZ_TO_MM_H_DEFAULT_ZR = (200.0, 1.6)  # Marshall-Palmer
+# Physical range of a stored rain rate (mm/h): gauged rain rates above a few hundred mm/h
+# last minutes at most, and a radar pixel averages about 1 km2 over 5 minutes or more, so
+# a higher rate is a damaged PR field or pixel (the issue that set it: #9; configurable).
+DEFAULT_RATE_RANGE_MM_H = (0.0, 500.0)
+
+
+def value_range(bounds, option: str) -> tuple[float, float]:
+    """(low, high) floats from the two numbers `bounds` of the setting `option`; ValueError otherwise."""
+    try:
+        low, high = (float(b) for b in bounds)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{option} must be two numbers [low, high], got {bounds!r}") from err
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise ValueError(f"{option} must be two finite numbers with low < high, got {bounds!r}")
+    return low, high
+
+
+def check_physical_range(path: str | Path, values: np.ndarray, bounds: tuple[float, float], what: str,
+                         option: str) -> None:
+    """Raise ConversionError naming `path` when a value of `values` is infinite or outside `bounds`.
+
+    NaN (no data) passes. `what` names the quantity and its unit for the message,
+    `option` the setting that widens the range when such values are real.
+    """
+    low, high = bounds
+    with np.errstate(invalid="ignore"):
+        outside = (values < low) | (values > high)  # NaN compares False; +-inf is outside
+    if not outside.any():
+        return
+    where = np.flatnonzero(outside)
+    bad = np.asarray(values).reshape(-1)[where]
+    row, col = np.unravel_index(where[0], np.shape(values))
+    raise ConversionError(
+        path,
+        f"{where.size} pixel(s) of {what} outside the physical range {low:g} to {high:g} (from {bad.min():.6g} "
+        f"to {bad.max():.6g}; first at row {row}, column {col}); the header or the pixel data is corrupt: "
+        f"re-download the file or pass skip_bad=true (if such values are real, widen {option}).",
+    )
 
 
 def dbz_to_mm_h(dbz: np.ndarray, a: float, b: float) -> np.ndarray:

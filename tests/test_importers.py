@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,3 +218,136 @@ def test_xarray_source_netcdf_depth_and_units(tmp_path):
     assert len(frames) == 3 and frames[1].time == np.datetime64("2020-01-01T00:10", "ns")
     np.testing.assert_allclose(frames[2].precip, (depth[2] * 12).astype(np.float32), rtol=1e-6, equal_nan=True)
     np.testing.assert_allclose(frames[0].grid.x, np.arange(5.0))
+
+
+# ------------------------------------------------ damaged RADOLAN headers and values
+
+_RW = "rw/raa01-rw_10000-1811220050-dwd---bin.gz"
+_RY = "ry/raa01-ry_10000-2001011530-dwd---bin.gz"
+_RX = "misc/raa01-rx_10000-1408102050-dwd---bin.gz"
+
+
+def _radolan_bytes(shared_data, rel: str) -> bytes:
+    import gzip
+
+    return gzip.decompress((shared_data / "radolan" / rel).read_bytes())
+
+
+def _write(folder, name: str, data: bytes):
+    path = folder / name
+    path.write_bytes(data)
+    return path
+
+
+def _edit_header(data: bytes, old: bytes, new: bytes) -> bytes:
+    end = data.index(b"\x03")
+    assert old in data[:end] and len(old) == len(new)
+    return data[:end].replace(old, new, 1) + data[end:]
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize(
+    "rel, old, new, match",
+    [
+        (_RW, b"PR E-01", b"PR E+99", r"PR gives a value unit of 1e\+99, product RW uses 0.1"),
+        (_RW, b"PR E-01", b"PR E+20", r"PR gives a value unit of 1e\+20"),
+        (_RW, b"INT  60", b"INT   1", r"INT gives an interval of 60 s, product RW is defined over 3600 s"),
+        (_RY, b"INT   5", b"INT  60", r"INT gives an interval of 3600 s, product RY is defined over 300 s"),
+        (_RW, b"RW220050", b"RW220150", r"header time 2018-11-22 01:50 UTC differs from the file name's 2018-11-22 00:50"),
+        (_RW, b"RW220050", b"RH220050", "header product RH differs from the file name's RW"),
+        (_RW, b"BY1620153", b"BY1620154", "header fields disagree: BY 1620154"),
+        # GP and BY edited together: fewer rows leave 180000 bytes unread.
+        (_RW, b"BY1620153VS 3SW   2.21.0PR E-01INT  60GP 900x 900", b"BY1440153VS 3SW   2.21.0PR E-01INT  60GP 800x 900",
+         "180000 bytes follow the last pixel"),
+        # ... and the same pixel count in another shape is not a size of RW.
+        (_RW, b"GP 900x 900", b"GP 450x1800", "grid GP 450x1800 is not a size of product RW"),
+    ],
+    ids=["PR-E+99", "PR-E+20", "RW-INT-1", "RY-INT-60", "time", "relabelled", "BY", "GP-BY-rows", "GP-shape"],
+)
+def test_damaged_radolan_header_is_refused_naming_the_file(shared_data, tmp_path, rel, old, new, match):
+    data = _radolan_bytes(shared_data, rel)
+    path = _write(tmp_path, Path(rel).name.removesuffix(".gz"), _edit_header(data, old, new))
+    with pytest.raises(ConversionError, match=match) as err:
+        get_importer("radolan").read(path)
+    assert str(err.value).startswith(str(path))
+    # The unedited bytes under the same name convert.
+    assert get_importer("radolan").read(_write(tmp_path, path.name, data))[0].precip.shape == (900, 900)
+
+
+@pytest.mark.shared_data
+def test_trailing_and_missing_pixel_bytes_are_refused(shared_data, tmp_path):
+    data = _radolan_bytes(shared_data, _RY)
+    name = Path(_RY).name.removesuffix(".gz")
+    with pytest.raises(ConversionError, match="2 bytes follow the last pixel"):
+        get_importer("radolan").read(_write(tmp_path, name, data + b"\x00\x00"))
+    with pytest.raises(ConversionError, match="file is truncated: the header announces 1620000 bytes of pixels"):
+        get_importer("radolan").read(_write(tmp_path, name, data[:-1]))
+
+
+@pytest.mark.shared_data
+def test_rx_pixel_above_the_rate_range_is_refused_or_widened(shared_data, tmp_path):
+    data = bytearray(_radolan_bytes(shared_data, _RX))
+    body = data.index(b"\x03") + 1
+    pixel = 400 * 900 + 450  # row 400, column 450
+    data[body + pixel] = 251  # RVP6 251 = 93 dBZ = 23,678 mm/h by Marshall-Palmer
+    path = _write(tmp_path, Path(_RX).name.removesuffix(".gz"), bytes(data))
+    with pytest.raises(ConversionError, match=r"1 pixel\(s\) of rain rate .* outside the physical range 0 to 500 "
+                                              r"\(from 23678.6 to 23678.6; first at row 400, column 450\)") as err:
+        get_importer("radolan").read(path)
+    assert str(err.value).startswith(str(path)) and "rate_range_mm_h" in str(err.value)
+    (frame,) = get_importer("radolan", rate_range_mm_h=[0, 30000]).read(path)
+    assert frame.precip[400, 450] == pytest.approx(23678.6, abs=0.1)
+    with pytest.raises(ConversionError, match=r"reflectivity \(dBZ\) outside the physical range -32.5 to 90"):
+        get_importer("radolan", rate_range_mm_h=[0, 30000], dbz_range=[-32.5, 90]).read(path)
+
+
+def test_physical_range_lets_nan_pass_and_refuses_inf_and_absurd_values(tmp_path):
+    from nowcast_infill.io.importers import check_physical_range, value_range
+
+    check_physical_range(tmp_path / "f", np.array([[np.nan, 0.0, 500.0]]), (0.0, 500.0), "rate", "opt")
+    for bad in (np.inf, -np.inf, 8e23, -0.1):
+        with pytest.raises(ConversionError, match="outside the physical range 0 to 500") as err:
+            check_physical_range(tmp_path / "f", np.array([[np.nan, bad]]), (0.0, 500.0), "rate", "opt")
+        assert str(err.value).startswith(str(tmp_path / "f"))
+    for bounds in ([500, 0], [0], [0, np.inf], "ab"):
+        with pytest.raises(ValueError, match="rate_range_mm_h"):
+            value_range(bounds, "rate_range_mm_h")
+
+
+@pytest.mark.shared_data
+def test_nonstandard_grid_needs_allow_nonstandard_grid(shared_data, tmp_path):
+    data = _radolan_bytes(shared_data, _RY)
+    end = data.index(b"\x03")
+    header = _edit_header(data, b"BY1620142", b"BY4200142")[:end]
+    header = header.replace(b"GP 900x 900", b"GP1500x1400")
+    no_data = b"\x00\x20" * (1500 * 1400)  # the no-data flag 0x2000 in every pixel
+    path = _write(tmp_path, Path(_RY).name.removesuffix(".gz"), header + b"\x03" + no_data)
+    with pytest.raises(ConversionError, match="not a size of product RY .* allow_nonstandard_grid=true"):
+        get_importer("radolan").read(path)
+    (frame,) = get_importer("radolan", allow_nonstandard_grid=True).read(path)
+    assert frame.precip.shape == (1500, 1400) and np.isnan(frame.precip).all()
+
+
+@pytest.mark.shared_data
+def test_non_rain_product_is_refused_from_the_header(shared_data, tmp_path):
+    import time
+
+    data = _radolan_bytes(shared_data, _RW)
+    cases = [_write(tmp_path, "relabelled---bin", b"PG" + data[2:]),  # an RW body wradlib would run-length decode
+             shared_data / "radolan" / "showcase" / "raa01-pg_10000-1408102045-dwd---bin.gz"]
+    for path in cases:
+        started = time.perf_counter()
+        with pytest.raises(ConversionError, match="PG is a precipitation-type/cloud classification"):
+            get_importer("radolan").read(path)
+        # Before the header check, the relabelled file took 34 s (wradlib decoding 1.6 MB as run-length code).
+        assert time.perf_counter() - started < 2.0, path
+
+
+def test_radolan_ascii_rate_above_the_range_is_refused(tmp_path):
+    depth = rain_field(np.random.default_rng(2))
+    depth[5, 5] = 60.0  # 60 mm in 5 minutes = 720 mm/h
+    path = write_radolan_ascii(tmp_path, depth, "20221018-0055", "RY")
+    with pytest.raises(ConversionError, match="outside the physical range 0 to 500") as err:
+        get_importer("radolan_ascii").read(path)
+    assert str(err.value).startswith(str(path))
+    assert get_importer("radolan_ascii", rate_range_mm_h=[0, 1000]).read(path)[0].precip[5, 5] == pytest.approx(720)

@@ -64,11 +64,12 @@ _INT_FIELD_IN_10_MIN = frozenset({"W1", "W2", "W3", "W4"})
 # Reflectivity composites are 5-minute scans; their INT field says 5.
 REFLECTIVITY_INTERVAL_S = 300
 
-# Grid sizes (rows, cols) of each product (DWD RADOLAN format description): the national
-# composite 900x900, the extended national grid 1100x900 (RADKLIM, YW, WX and the
-# national products since their extension) and the European composite 1500x1400.
-_NATIONAL_GRIDS = frozenset({(900, 900), (1100, 900)})
-_EXTENDED_GRIDS = frozenset({(1100, 900)})
+# Grid sizes (rows, cols) of each product (DWD RADOLAN format description; wradlib's
+# `get_radolan_coordinates` knows each): the national composite 900x900, the extended
+# national grid 1100x900 (RADKLIM, YW, WX), the DE1200 grid 1200x1100 DWD has moved
+# national products to, and the European composite 1500x1400.
+_NATIONAL_GRIDS = frozenset({(900, 900), (1100, 900), (1200, 1100)})
+_EXTENDED_GRIDS = frozenset({(1100, 900), (1200, 1100)})
 _EUROPEAN_GRIDS = frozenset({(1500, 1400)})
 DOCUMENTED_GRIDS: dict[str, frozenset[tuple[int, int]]] = {
     **{p: _NATIONAL_GRIDS for p in ("RW", "RH", "RB", "RL", "RU", "RY", "RZ", "RX", "SF", "SH", "SQ", "W1", "W2", "W3", "W4")},

@@ -168,6 +168,32 @@ def test_corrupt_truncated_empty_unknown_files_and_skip_bad(shared_data, tmp_pat
     assert all(d["error"] for d in ds.attrs["skipped_files"])
 
 
+@pytest.mark.shared_data
+def test_implausible_radolan_values_and_headers_fail_or_are_skipped_and_listed(shared_data, tmp_path):
+    import gzip
+
+    rw = sorted((shared_data / "radolan" / "rw").iterdir())
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    edits = {rw[2]: (b"PR E-01", b"PR E+99"), rw[3]: (b"INT  60", b"INT   1"), rw[4]: (b"GP 900x 900", b"GP 450x1800")}
+    bad = []
+    for source, (old, new) in edits.items():
+        data = gzip.decompress(source.read_bytes())
+        end = data.index(b"\x03")
+        bad.append(bad_dir / source.name.removesuffix(".gz"))
+        bad[-1].write_bytes(data[:end].replace(old, new) + data[end:])
+    for path, match in zip(bad, ["PR gives a value unit of 1e\\+99", "INT gives an interval of 60 s", "GP 450x1800"]):
+        with pytest.raises(ConversionError, match=match) as err:
+            convert([rw[0], path], tmp_path / "x.zarr", "radolan", progress=False, workers=1)
+        assert str(err.value).startswith(str(path)), err.value
+        assert not (tmp_path / "x.zarr").exists()
+    summary = convert([rw[0], rw[1], *bad], tmp_path / "skip.zarr", "radolan", skip_bad=True, progress=False, workers=1)
+    assert summary["n_frames_written"] == 2 and [d["name"] for d in summary["skipped_files"]] == [p.name for p in bad]
+    ds = _open(tmp_path / "skip.zarr")
+    assert [d["name"] for d in ds.attrs["skipped_files"]] == [p.name for p in bad]
+    assert np.nanmax(ds["precip"].values) < 500
+
+
 _KILL_SCRIPT = """
 import sys
 from nowcast_infill.io.convert import convert

@@ -18,7 +18,8 @@ other_exception (another exception type, a ConversionError not naming the file, 
 store differing elsewhere); a case taking over 5 s counts as over_5s too.
 
 Usage: python experiments/fuzz_convert.py [--cases 1000] [--seed 0] [--data DIR]
-Prints a table of cases per mutation kind x outcome and the slowest case; exit status 1
+Prints a table of cases per mutation kind x outcome, the slowest case, and how long a
+non-rain product (PG, as is and relabelled) takes to be refused; exit status 1
 when a case ended as other_exception or over_5s. tests/test_fuzz_convert.py runs the
 same generator on fewer cases.
 """
@@ -254,6 +255,31 @@ def run(sources: list[Path], n_cases: int, seed: int, workdir: Path, log=print) 
     return counts, slowest, failures
 
 
+def time_non_rain_refusal(data: Path, workdir: Path, repeats: int = 5) -> dict[str, float]:
+    """Best-of-`repeats` seconds `RadolanImporter.read` takes to refuse a non-rain product.
+
+    Two files: the showcase PG composite, and the first RW file of rw/ with its header's
+    product set to PG (a body wradlib would decode as run-length code for half a minute).
+    """
+    from nowcast_infill.io.importers import ConversionError, get_importer
+
+    rw = load_source(data / DEFAULT_SOURCES[0])
+    relabelled = workdir / rw.name
+    relabelled.write_bytes(b"PG" + rw.data[2:])
+    files = {"showcase PG": data / "showcase" / "raa01-pg_10000-1408102045-dwd---bin.gz", "RW relabelled PG": relabelled}
+    importer, best = get_importer("radolan"), {}
+    for label, path in files.items():
+        for _ in range(repeats):
+            started = time.perf_counter()
+            try:
+                importer.read(path)
+            except ConversionError:
+                best[label] = min(best.get(label, np.inf), time.perf_counter() - started)
+            else:
+                raise AssertionError(f"{path} was not refused")
+    return best
+
+
 def format_table(counts: Counter) -> str:
     kinds = [k for k in KINDS if any(counts[k, o] for o in OUTCOMES)]
     widths = [max(len(o), 5) for o in OUTCOMES]
@@ -282,9 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fuzz_convert-") as tmp:
         counts, slowest, failures = run(sources, args.cases, args.seed, Path(tmp))
+        elapsed = time.perf_counter() - started
+        refusal = time_non_rain_refusal(args.data, Path(tmp))
     print(f"fuzz_convert: {args.cases} cases, seed {args.seed}, sources: {', '.join(p.name for p in sources)}")
     print(format_table(counts))
-    print(f"slowest case: {slowest:.3f} s; all cases: {time.perf_counter() - started:.1f} s; findings: {len(failures)}")
+    print(f"slowest case: {slowest:.3f} s; all cases: {elapsed:.1f} s; findings: {len(failures)}")
+    print("non-rain product refused in (best of 5): "
+          + ", ".join(f"{label} {seconds * 1000:.2f} ms" for label, seconds in refusal.items()))
     return 1 if failures else 0
 
 

@@ -322,7 +322,7 @@ def test_nonstandard_grid_needs_allow_nonstandard_grid(shared_data, tmp_path):
     header = header.replace(b"GP 900x 900", b"GP1500x1400")
     no_data = b"\x00\x20" * (1500 * 1400)  # the no-data flag 0x2000 in every pixel
     path = _write(tmp_path, Path(_RY).name.removesuffix(".gz"), header + b"\x03" + no_data)
-    with pytest.raises(ConversionError, match="not a size of product RY .* allow_nonstandard_grid=true"):
+    with pytest.raises(ConversionError, match="not a size of product RY .* importer.allow_nonstandard_grid=true"):
         get_importer("radolan").read(path)
     (frame,) = get_importer("radolan", allow_nonstandard_grid=True).read(path)
     assert frame.precip.shape == (1500, 1400) and np.isnan(frame.precip).all()

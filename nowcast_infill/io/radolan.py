@@ -218,7 +218,7 @@ def check_radolan_header(path: Path, blob: bytes, allow_nonstandard_grid: bool =
         sizes = " or ".join(f"{r}x{c}" for r, c in sorted(DOCUMENTED_GRIDS[product]))
         raise ConversionError(
             path, f"header grid GP {nrows}x{ncols} is not a size of product {product} ({sizes}); the header is "
-            f"corrupt ({_FIX}), or pass allow_nonstandard_grid=true for a composite of another size.")
+            f"corrupt ({_FIX}), or pass importer.allow_nonstandard_grid=true for a composite of another size.")
 
     interval_s = int(attrs["intervalseconds"]) * (10 if product in _INT_FIELD_IN_10_MIN else 1)
     nominal_s = ACCUMULATION_PRODUCTS.get(product, REFLECTIVITY_INTERVAL_S)
@@ -285,8 +285,8 @@ class RadolanImporter:
         if zr_a <= 0 or zr_b <= 0:
             raise ValueError(f"Z-R coefficients must be positive, got zr_a={zr_a}, zr_b={zr_b}")
         self.zr = (float(zr_a), float(zr_b))
-        self.rate_range_mm_h = value_range(rate_range_mm_h, "rate_range_mm_h")
-        self.dbz_range = value_range(dbz_range, "dbz_range")
+        self.rate_range_mm_h = value_range(rate_range_mm_h, "importer.rate_range_mm_h")
+        self.dbz_range = value_range(dbz_range, "importer.dbz_range")
         self.allow_nonstandard_grid = bool(allow_nonstandard_grid)
 
     def read_header(self, path: str | Path) -> RadolanHeader:
@@ -412,7 +412,7 @@ class RadolanAsciiImporter:
         if precision_mm <= 0:
             raise ValueError(f"precision_mm must be positive, got {precision_mm}")
         self.precision_mm = float(precision_mm)
-        self.rate_range_mm_h = value_range(rate_range_mm_h, "rate_range_mm_h")
+        self.rate_range_mm_h = value_range(rate_range_mm_h, "importer.rate_range_mm_h")
 
     def read(self, path: str | Path) -> list[Frame]:
         path = Path(path)

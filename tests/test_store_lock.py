@@ -55,52 +55,66 @@ def _holder_pid(store: Path) -> int | None:
         return None
 
 
-# ni-convert's own entry point, with a start gate (the test decides when it may try the lock)
-# and a read gate (its first file read waits, as on a slow disk, while it holds the lock).
+# ni-convert's own entry point with gates the test opens: `<name>.start` before it runs, and
+# `<name>.commit0` / `<name>.commit1` before its first / every later commit (`StoreWriter`)
+# starts, as if its disk were slow there.
 _GATED_NI_CONVERT = """
 import sys, time
 from pathlib import Path
 import nowcast_infill.io.convert as convert_module
 from nowcast_infill.cli.convert import main
 
-start_gate, read_gate = Path(sys.argv[1]), Path(sys.argv[2])
+gates = Path(sys.argv[1])
 def wait(gate):
-    while not gate.exists():
+    while not Path(f"{gates}.{gate}").exists():
         time.sleep(0.02)
-real_read = convert_module._read_one
-def gated_read(*args):
-    wait(read_gate)
-    return real_read(*args)
-convert_module._read_one = gated_read
-wait(start_gate)
-sys.argv = ["ni-convert", *sys.argv[3:]]
+class GatedStoreWriter(convert_module.StoreWriter):
+    started = 0
+    def __init__(self, *args, **kwargs):
+        wait(f"commit{min(GatedStoreWriter.started, 1)}")
+        GatedStoreWriter.started += 1
+        super().__init__(*args, **kwargs)
+convert_module.StoreWriter = GatedStoreWriter
+wait("start")
+sys.argv = ["ni-convert", *sys.argv[2:]]
 main()
 """
 
 
-def _concurrent_ni_convert(tmp_path: Path, store: Path, first: str, second: str) -> tuple[dict, dict]:
-    """Run `ni-convert` of `first` and of `second` into `store` at once, `first` taking the lock first and
-    `second` waiting for it while `first` is mid-append; returns ({name: exit code}, {name: output}).
+def _committed_files(store: Path) -> int:
+    return len(json.loads((store / "zarr.json").read_text())["attributes"]["source_files"])
 
-    One commit per file: the lock must be held across commits, not only during each.
-    """
+
+def _concurrent_ni_convert(tmp_path: Path, store: Path, first: str, second: str) -> tuple[dict, dict]:
+    """Run `ni-convert` of `first` and of `second` into `store` at once (one commit per file),
+    `first` taking the lock first and `second` waiting for it while `first` is between two
+    commits; returns ({name: exit code}, {name: output})."""
     procs, logs = {}, {}
+    gates = {name: tmp_path / name for name in (first, second)}
+    for gate in ("commit0", "commit1"):  # once started, the second writer is held only by the lock
+        Path(f"{gates[second]}.{gate}").touch()
+    Path(f"{gates[first]}.start").touch()
+    before = _committed_files(store)
     try:
         for name in (first, second):
-            start_gate, read_gate = tmp_path / f"{name}.start", tmp_path / f"{name}.read"
-            (start_gate if name == first else read_gate).touch()
             logs[name] = tmp_path / f"{name}.log"
             with open(logs[name], "w") as log:
                 procs[name] = subprocess.Popen(
-                    [sys.executable, "-c", _GATED_NI_CONVERT, str(start_gate), str(read_gate), "source=radolan_ascii",
+                    [sys.executable, "-c", _GATED_NI_CONVERT, str(gates[name]), "source=radolan_ascii",
                      f"inputs={tmp_path / name}/RY_*.asc", f"output={store}", "progress=false", "workers=1",
                      "commit_every=1", "lock_timeout=120"], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+        # 1. the first writer holds the lock before its first commit starts
         _wait_until(lambda: _holder_pid(store) == procs[first].pid, 120, f"ni-convert {first} never took the store lock")
-        (tmp_path / f"{second}.start").touch()
+        # 2. the second one starts and waits for it
+        Path(f"{gates[second]}.start").touch()
         _wait_until(lambda: "waiting up to 120 s for the store lock" in logs[second].read_text(), 120,
                     f"ni-convert {second} did not wait for the lock held by {first}")
-        assert procs[first].poll() is None, "the first writer finished before the second one waited"
-        (tmp_path / f"{first}.read").touch()
+        # 3. the first one commits one file and stops before its next commit: the lock is still its own
+        Path(f"{gates[first]}.commit0").touch()
+        _wait_until(lambda: _committed_files(store) == before + 1, 120, f"ni-convert {first} did not commit")
+        time.sleep(1.0)  # five lock polls of the waiting writer
+        assert _committed_files(store) == before + 1 and procs[second].poll() is None, "a writer got in between commits"
+        Path(f"{gates[first]}.commit1").touch()
         codes = {name: proc.wait(timeout=120) for name, proc in procs.items()}
     finally:
         for proc in procs.values():

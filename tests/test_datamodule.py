@@ -285,5 +285,5 @@ def test_lightning_fit_keeps_sampler_and_checkpoints_normalizer(store, tmp_path)
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(Probe(), datamodule=dm)
     assert len(seen_epochs) == 2 and not seen_epochs[0] & seen_epochs[1], "epoch 2 must draw other crops"
-    ckpt = torch.load(next((tmp_path / "checkpoints").glob("*.ckpt")), weights_only=False)
+    ckpt = torch.load(next((tmp_path / "checkpoints").glob("*.ckpt")), weights_only=True)
     assert ckpt["RadarDataModule"]["normalizer"] == dm.normalizer.state_dict()

@@ -60,8 +60,8 @@ def run_ddp_check(out: Path, *extra: str, env: dict[str, str] | None = None) -> 
 
 
 def max_weight_difference(a_dir: Path, b_dir: Path, a_name: str = "weights.pt", b_name: str = "weights.pt") -> float:
-    a = torch.load(a_dir / a_name)
-    b = torch.load(b_dir / b_name)
+    a = torch.load(a_dir / a_name, weights_only=True)
+    b = torch.load(b_dir / b_name, weights_only=True)
     assert a.keys() == b.keys(), f"parameter names differ: {sorted(a)} vs {sorted(b)}"
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 

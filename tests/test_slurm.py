@@ -154,7 +154,7 @@ def test_requeued_job_resumes_from_last_checkpoint(slurm_env, tmp_path):
     # 3 epochs x 2 batches in total, not 3 more epochs after the restart.
     import torch
 
-    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 6
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 6
 
 
 def test_sweep_array_runs_every_line(slurm_env, tmp_path):

@@ -95,7 +95,7 @@ def test_eval_baseline_without_checkpoint(task, baseline, tiny_store, tmp_path):
 
 
 def _weights(ckpt: str) -> dict[str, torch.Tensor]:
-    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def test_resume_continues_and_matches_uninterrupted(tiny_store, tmp_path):

@@ -28,6 +28,7 @@ def importer_options(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="convert")
 def _app(cfg: DictConfig) -> None:
     from nowcast_infill.io.convert import convert
+    from nowcast_infill.errors import UserError
     from nowcast_infill.io.importers import ConversionError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -45,9 +46,10 @@ def _app(cfg: DictConfig) -> None:
             commit_every=int(cfg.commit_every),
             progress=bool(cfg.progress),
             history="ni-convert " + " ".join(sys.argv[1:]),
+            lock_timeout=cfg.get("lock_timeout", 0),
             **importer_options(cfg),
         )
-    except (ConversionError, FileNotFoundError, ValueError, TypeError) as err:
+    except (UserError, ConversionError, FileNotFoundError, ValueError, TypeError) as err:
         print(f"ni-convert: error: {err}", file=sys.stderr)
         sys.exit(2)
     print(json.dumps(summary, indent=2))

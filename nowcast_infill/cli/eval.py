@@ -18,6 +18,7 @@ from nowcast_infill.cli import CONFIG_DIR
 import lightning as L
 from omegaconf import DictConfig
 
+from nowcast_infill.checkpoint_io import load_module as load_checkpoint_module
 from nowcast_infill.cli.train import build_datamodule, build_module, build_trainer
 from nowcast_infill.config_schema import validate_config
 from nowcast_infill.models.module import RadarModule
@@ -38,7 +39,7 @@ def load_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> tuple[L.L
         path = Path(ckpt_path)
         if not path.is_file():
             raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist; point it at a .ckpt written by ni-train.")
-        module = RadarModule.load_from_checkpoint(path, map_location="cpu")
+        module = load_checkpoint_module(RadarModule, ckpt_path)  # weights-only; CheckpointError names the file
         for key in ("task", "in_frames", "out_frames"):
             want = cfg.task.name if key == "task" else int(cfg.task[key])
             if module.hparams[key] != want:
@@ -46,7 +47,7 @@ def load_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> tuple[L.L
                     f"{path}: the checkpoint was trained with {key}={module.hparams[key]} but the config asks "
                     f"task {key}={want}; evaluate with the task it was trained on (task=..., task.past=...)."
                 )
-        return module, str(path)
+        return module, str(ckpt_path)
     target = str(cfg.model.get("_target_", ""))
     if target.endswith("BaselineModule"):
         return build_module(cfg, datamodule), None
@@ -73,9 +74,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer = build_trainer(cfg, instantiate_callbacks(cfg.get("callbacks")), loggers)
     if split == "test":
-        raw = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+        raw = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, weights_only=True)
     else:
-        raw = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+        raw = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, weights_only=True)
     metrics = {k: float(v) for k, v in (raw[0] if raw else {}).items()}
 
     label = {

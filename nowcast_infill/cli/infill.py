@@ -44,6 +44,7 @@ def run(cfg: DictConfig) -> dict:
         coverage_min_fraction=float(cfg.coverage_min_fraction),
         infill_outside_coverage=bool(cfg.infill_outside_coverage), progress=bool(cfg.progress),
         devices=int(cfg.get("devices", 1)), accelerator=str(cfg.get("accelerator", "auto")),
+        lock_timeout=cfg.get("lock_timeout", 0),
     )
     log.info("ni-infill %s -> %s: %s", cfg.input, cfg.output, json.dumps(summary))
     print(json.dumps(summary))

@@ -43,6 +43,7 @@ def run(cfg: DictConfig):
     out = write_nowcast(
         predictor, cfg.input, cfg.output, past=past, n_leads=n_leads,
         issue_time=cfg.issue_time, model_info=info, overwrite=bool(cfg.overwrite),
+        lock_timeout=cfg.get("lock_timeout", 0),
     )
     msg = (f"ni-nowcast: {cfg.output}: {out.sizes['lead_time']} leads issued "
            f"{out.attrs['issue_time']} with {info['model']}")

@@ -17,6 +17,7 @@ from nowcast_infill.cli import CONFIG_DIR
 import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from nowcast_infill.checkpoint_io import read_checkpoint
 from nowcast_infill.config_schema import validate_config
 from nowcast_infill.utils.config import print_config_tree, register_resolvers
 from nowcast_infill.utils.instantiate import finish_loggers, instantiate_callbacks, instantiate_loggers
@@ -83,6 +84,15 @@ def _scalars(metrics: dict) -> dict[str, float]:
     return out
 
 
+def _vet_checkpoint(ckpt_path: str | None) -> None:
+    """Refuse a resume / test checkpoint that is missing or not loadable weights-only, before any work."""
+    if ckpt_path is None:
+        return
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist; point it at a .ckpt file (e.g. <run>/checkpoints/last.ckpt).")
+    read_checkpoint(ckpt_path)  # CheckpointError naming the file; Lightning's own load is weights-only too
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (unless `cfg.fit` is false), then test with the best checkpoint.
 
@@ -90,6 +100,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     `best_model_path`, `last_model_path` and `output_dir` (strings).
     """
     validate_config(cfg, "train")
+    _vet_checkpoint(cfg.get("ckpt_path"))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     print_config_tree(cfg, save_to=output_dir / "config.yaml")
@@ -107,9 +118,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     results: dict[str, Any] = {}
     if cfg.get("fit", True):
         ckpt_path = cfg.get("ckpt_path")
-        if ckpt_path is not None and not Path(ckpt_path).is_file():
-            raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist; point it at a .ckpt file (e.g. <run>/checkpoints/last.ckpt).")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         results.update(_scalars(trainer.callback_metrics))
 
     best = ""
@@ -124,7 +133,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             log.warning("no best checkpoint was saved (no checkpoint callback?): testing the weights in memory")
         # Without fitting, `ckpt_path` names the weights to test.
         test_ckpt = best or (None if cfg.get("fit", True) else cfg.get("ckpt_path"))
-        test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt or None, verbose=False)
+        test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt or None, verbose=False,
+                                    weights_only=True)
         results.update(_scalars(test_metrics[0] if test_metrics else {}))
         _save_test_figures(module, output_dir)
     finish_loggers(trainer.loggers)

@@ -33,6 +33,7 @@ import xarray as xr
 
 from nowcast_infill import __version__
 from nowcast_infill.baselines import NothingToInfillFromError, baseline_task, get_baseline
+from nowcast_infill.io.store_lock import DEFAULT_LOCK_TIMEOUT_S, StoreLock
 from nowcast_infill.schema import CRS, MISSING_FRAME, PRECIP, PRECIP_UNITS, SCHEMA_VERSION, validate_store
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ def load_predictor(model: str, task: str, **options) -> tuple[Callable, dict]:
     if model.endswith(".ckpt") or path.is_file():
         from nowcast_infill.inference.checkpoint import load_checkpoint_predictor
 
-        return load_checkpoint_predictor(path, task, **options)
+        return load_checkpoint_predictor(model, task, **options)  # the path as the user wrote it, for messages
     try:
         kind = baseline_task(model)
     except KeyError as err:
@@ -365,6 +366,7 @@ def infill_store(
     progress: bool = True,
     devices: int = 1,
     accelerator: str = "auto",
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> dict:
     """Infill every incomplete frame of `input_store` into `output_store` (resumable).
 
@@ -380,6 +382,8 @@ def infill_store(
         devices: > 1 splits the pending frames over that many processes with Lightning
             `predict` (`ddp_spawn`, one process per device); the predictor must be picklable.
         accelerator: Lightning accelerator of the multi-process path (`auto`, `cpu`, `gpu`).
+        lock_timeout: seconds to wait while another writer holds `output_store` (0: fail at
+            once with a StoreLockedError naming it); the lock is held for the whole run.
 
     A frame without NaN in the fill region is copied bit-identical. In an incomplete frame
     only NaN pixels inside the fill region take the prediction; `infilled` marks them.
@@ -387,26 +391,30 @@ def infill_store(
     """
     from tqdm.auto import tqdm
 
+    output_as_given = str(output_store)
     input_store, output_store = Path(input_store), Path(output_store)
     if context < 0:
         raise ValueError(f"context={context}; it must be >= 0 frames.")
     if int(devices) < 1:
         raise ValueError(f"devices={devices}; it must be >= 1.")
     info = dict(model_info or {"model": getattr(predictor, "__name__", type(predictor).__name__), "sha256": "", "config": ""})
-    _open_or_create_infill_store(predictor, input_store, output_store, info, context, coverage,
-                                 coverage_min_fraction, infill_outside_coverage)
-    if int(devices) > 1:
-        from nowcast_infill.inference.distributed import infill_frames_distributed
+    # One writer per output store, from its creation / resume check to the last frame
+    # (the processes of `devices > 1` write under this process's lock).
+    with StoreLock(output_as_given, timeout=lock_timeout):
+        _open_or_create_infill_store(predictor, input_store, output_store, info, context, coverage,
+                                     coverage_min_fraction, infill_outside_coverage)
+        if int(devices) > 1:
+            from nowcast_infill.inference.distributed import infill_frames_distributed
 
-        written = infill_frames_distributed(predictor, input_store, output_store, context=context,
-                                            infill_outside_coverage=infill_outside_coverage, devices=int(devices),
-                                            accelerator=accelerator, progress=progress)
-        return _summary(output_store, written)
-    infiller = _FrameInfiller(predictor, input_store, output_store, context, infill_outside_coverage)
-    pending = infiller.pending()
-    for t in tqdm(pending, desc=f"infill {output_store.name}", unit="frame", disable=not progress):
-        infiller.commit(int(t), *infiller.compute(int(t)))
-    return _summary(output_store, pending.size)
+            written = infill_frames_distributed(predictor, input_store, output_store, context=context,
+                                                infill_outside_coverage=infill_outside_coverage, devices=int(devices),
+                                                accelerator=accelerator, progress=progress)
+            return _summary(output_store, written)
+        infiller = _FrameInfiller(predictor, input_store, output_store, context, infill_outside_coverage)
+        pending = infiller.pending()
+        for t in tqdm(pending, desc=f"infill {output_store.name}", unit="frame", disable=not progress):
+            infiller.commit(int(t), *infiller.compute(int(t)))
+        return _summary(output_store, pending.size)
 
 
 # ----------------------------------------------------------------------------- nowcast products
@@ -421,14 +429,18 @@ def write_nowcast(
     issue_time: str | np.datetime64 | None = None,
     model_info: dict | None = None,
     overwrite: bool = False,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> xr.Dataset:
     """Forecast `n_leads` frames from the `past` frames ending at `issue_time` (default: the last frame).
 
     Writes `precip(lead_time, y, x)` mm/h (NaN = no forecast) with `lead_time` (timedelta,
     CF `forecast_period`), `time(lead_time)` valid times and the scalar
     `forecast_reference_time` (= issue time), plus the input's grid variables. The store
-    is written to a temporary path and renamed, so it is never half-written.
+    is written to a temporary path and renamed, so it is never half-written; the
+    output's store lock (`lock_timeout`, as for `infill_store`) keeps two runs writing
+    one product from replacing each other's half-way.
     """
+    output_as_given = str(output_store)
     input_store, output_store = Path(input_store), Path(output_store)
     if past < 1 or n_leads < 1:
         raise ValueError(f"past={past} and n_leads={n_leads} must both be >= 1.")
@@ -475,11 +487,14 @@ def write_nowcast(
                "n_leads": int(n_leads), "issue_time": str(np.datetime_as_string(times[end], unit="s")) + "Z"},
     )
     staging = output_store.with_name(f"{output_store.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    with _quiet_consolidated():
-        out.to_zarr(staging, mode="w", zarr_format=3, consolidated=True,
-                    encoding={PRECIP: {"_FillValue": np.float32(np.nan)}})
-    if output_store.exists():
-        shutil.rmtree(output_store)
-    os.replace(staging, output_store)
+    with StoreLock(output_as_given, timeout=lock_timeout):
+        if output_store.exists() and not overwrite:  # written by another run since the check above
+            raise FileExistsError(f"{output_as_given}: exists; pass overwrite=true or choose another output.")
+        shutil.rmtree(staging, ignore_errors=True)
+        with _quiet_consolidated():
+            out.to_zarr(staging, mode="w", zarr_format=3, consolidated=True,
+                        encoding={PRECIP: {"_FillValue": np.float32(np.nan)}})
+        if output_store.exists():
+            shutil.rmtree(output_store)
+        os.replace(staging, output_store)
     return out

@@ -15,7 +15,6 @@ the network output to mm/h.
 
 from __future__ import annotations
 
-from nowcast_infill.errors import UserError
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -25,26 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from nowcast_infill.checkpoint_io import CheckpointError, read_checkpoint  # noqa: F401 (CheckpointError re-exported)
 from nowcast_infill.schema import AUX_PREFIX, PRECIP
 
 log = logging.getLogger(__name__)
 
 DATAMODULE_STATE_KEY = "RadarDataModule"
-
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint cannot be used for inference; the message names the file and the fix."""
-
-
-def _read_checkpoint(path: Path) -> dict:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several types for a file that is not a checkpoint
-        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({err}); pass a .ckpt written by ni-train.") from err
-    if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise CheckpointError(f"{path}: not a Lightning checkpoint of a RadarModule (no state_dict/hyper_parameters); "
-                              "pass a .ckpt written by ni-train.")
-    return ckpt
 
 
 def _run_config(path: Path) -> dict | None:
@@ -258,17 +243,18 @@ def load_checkpoint_predictor(
     from nowcast_infill.inference.archive import file_sha256
     from nowcast_infill.models.module import RadarModule
 
-    path = Path(path)
+    shown, path = path, Path(path)  # messages name the file as the user wrote it
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found; pass ckpt_path=<run>/checkpoints/*.ckpt written by ni-train.")
-    ckpt = _read_checkpoint(path)
+        raise FileNotFoundError(f"{shown}: checkpoint not found; pass ckpt_path=<run>/checkpoints/*.ckpt written by ni-train.")
+    ckpt = read_checkpoint(shown)
     hparams = dict(ckpt["hyper_parameters"])
     if hparams.get("task") != task:
         raise CheckpointError(f"{path}: the network was trained for task={hparams.get('task')!r}; ni-{task} needs a "
                               f"task={task} checkpoint.")
     if "net" not in hparams or not hparams.get("net"):
         raise CheckpointError(f"{path}: has no network (hyper_parameters.net); a baseline is run with model=<name>, not a checkpoint.")
-    module = RadarModule.load_from_checkpoint(path, map_location="cpu")
+    # Vetted weights-only above; Lightning reads it weights-only again.
+    module = RadarModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     module.eval()
     normalizer = _normalizer_from(ckpt, path, stats_path)
     module.attach_normalizer(normalizer)

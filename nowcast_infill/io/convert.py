@@ -13,6 +13,7 @@ from pathlib import Path
 
 from nowcast_infill.io.importers import ConversionError, Frame, get_importer, sha256_of
 from nowcast_infill.io.store import DEFAULT_SHARDS, AppendResult, SourceRecord, StoreWriter, _iso, precip_layout
+from nowcast_infill.io.store_lock import DEFAULT_LOCK_TIMEOUT_S, StoreLock
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ def convert(
     commit_every: int = DEFAULT_COMMIT_EVERY,
     progress: bool = True,
     history: str | None = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
     **importer_options,
 ) -> dict:
     """Convert radar files to (or append them to) the Zarr store `output`.
@@ -82,6 +84,9 @@ def convert(
     1 reads in this process, with no pool.
     chunks, shards, compression: `precip` layout of a new store (`shards=None`: no
     sharding; see `nowcast_infill.io.store.precip_layout`); an append keeps the store's.
+    lock_timeout: seconds to wait while another writer holds `output` (0: fail at once
+    with a StoreLockedError naming it). The lock is held for the whole conversion, so
+    conversions into one store run one after the other, never interleaved.
     Returns a summary dict (counts, product, skipped files, missing times, seconds).
     Raises ConversionError naming the file and the fix.
     """
@@ -89,7 +94,7 @@ def convert(
     get_importer(source, **importer_options)  # fail on a bad name/option before any work
     precip_layout((1, 1), chunks, shards)
     files = expand_inputs(inputs)
-    output = Path(output)
+    output_as_given, output = str(output), Path(output)
     # One core is left to the thread that compresses and writes the frames (store.StoreWriter).
     n_workers = max(1, min(int(workers or min(4, (os.cpu_count() or 1) - 1)), len(files)))
     history = history or f"nowcast_infill.io.convert(source={source!r}, inputs={inputs!r}, output={str(output)!r})"
@@ -97,50 +102,53 @@ def convert(
     totals = AppendResult(store=output)
     product = None
 
-    pool, first = None, []
-    if n_workers > 1:
-        # The first file is read here, before the fork: the workers inherit the reader's
-        # libraries (wradlib / pysteps, imported on first use: 1-2 s) and its grid cache
-        # instead of each loading them again, for every conversion.
-        first = [_read_one(source, importer_options, files[0])]
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-        pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx)
-    bar = _progress(len(files), enabled=progress)
-    try:
-        for batch_start in range(0, len(files), max(1, int(commit_every))):
-            batch = files[batch_start : batch_start + max(1, int(commit_every))]
-            if pool is None:
-                results = (_read_one(source, importer_options, p) for p in batch)
-            else:
-                done = first if batch_start == 0 else []
-                rest = batch[len(done):]
-                results = itertools.chain(done, pool.map(_read_one, [source] * len(rest), [importer_options] * len(rest), rest))
-            with StoreWriter(output, source_name=source, chunks=chunks, shards=shards, compression=compression,
-                             history=history, expected_frames=len(batch)) as writer:
-                for path, got, digest, error in results:
-                    bar.update(1)
-                    if error is not None:
-                        if not skip_bad:
-                            raise ConversionError(path, error.removeprefix(f"{path}: "))
-                        log.warning("skipping %s", error)
-                        entry = {"name": path.name, "error": error}
-                        skipped.append(entry)
-                        writer.skip(entry)
-                        continue
-                    for f in got:
-                        writer.add(f, SourceRecord(name=path.name, sha256=digest, time=_iso(f.time)))
-                    product = product or (got[0].product if got else None)
-                # A batch of bad files only is recorded in an existing store; with no store
-                # yet there is nothing to record it in (the summary reports it).
-                res = writer.commit()
-            totals.written_times += res.written_times
-            totals.missing_inserted += res.missing_inserted
-            totals.already_present += res.already_present
-            totals.n_time_total = res.n_time_total or totals.n_time_total
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    # Held from before the store is first read until the last commit: another writer's
+    # frames can neither interleave with ours nor be published over by stale metadata.
+    with StoreLock(output_as_given, timeout=lock_timeout, command=history):
+        pool, first = None, []
+        if n_workers > 1:
+            # The first file is read here, before the fork: the workers inherit the reader's
+            # libraries (wradlib / pysteps, imported on first use: 1-2 s) and its grid cache
+            # instead of each loading them again, for every conversion.
+            first = [_read_one(source, importer_options, files[0])]
+            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+            pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx)
+        bar = _progress(len(files), enabled=progress)
+        try:
+            for batch_start in range(0, len(files), max(1, int(commit_every))):
+                batch = files[batch_start : batch_start + max(1, int(commit_every))]
+                if pool is None:
+                    results = (_read_one(source, importer_options, p) for p in batch)
+                else:
+                    done = first if batch_start == 0 else []
+                    rest = batch[len(done):]
+                    results = itertools.chain(done, pool.map(_read_one, [source] * len(rest), [importer_options] * len(rest), rest))
+                with StoreWriter(output, source_name=source, chunks=chunks, shards=shards, compression=compression,
+                                 history=history, expected_frames=len(batch), lock_timeout=lock_timeout) as writer:
+                    for path, got, digest, error in results:
+                        bar.update(1)
+                        if error is not None:
+                            if not skip_bad:
+                                raise ConversionError(path, error.removeprefix(f"{path}: "))
+                            log.warning("skipping %s", error)
+                            entry = {"name": path.name, "error": error}
+                            skipped.append(entry)
+                            writer.skip(entry)
+                            continue
+                        for f in got:
+                            writer.add(f, SourceRecord(name=path.name, sha256=digest, time=_iso(f.time)))
+                        product = product or (got[0].product if got else None)
+                    # A batch of bad files only is recorded in an existing store; with no store
+                    # yet there is nothing to record it in (the summary reports it).
+                    res = writer.commit()
+                totals.written_times += res.written_times
+                totals.missing_inserted += res.missing_inserted
+                totals.already_present += res.already_present
+                totals.n_time_total = res.n_time_total or totals.n_time_total
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
 
     seconds = _time.perf_counter() - started
     if not totals.written_times and not totals.already_present:

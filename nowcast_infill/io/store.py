@@ -24,6 +24,11 @@ marked commit by repeating the moves (idempotent), and deletes an unmarked stagi
 directory, leaving the store as it was. Files already listed in `source_files` with
 the same SHA-256 are recognised on the next run, so a killed conversion resumes
 with no frame lost or doubled.
+
+One writer at a time: a `StoreWriter` holds the store's `StoreLock` (the file
+`NAME.zarr.lock`, nowcast_infill/io/store_lock.py) from before it reads the store's
+state until its commit is published, and `convert` holds it across all its commits; a
+second writer waits `lock_timeout` seconds or fails naming the holder.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import numpy as np
 
 from nowcast_infill import schema
 from nowcast_infill.io.importers import ConversionError, Frame
+from nowcast_infill.io.store_lock import DEFAULT_LOCK_TIMEOUT_S, StoreLock
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +119,19 @@ def recover_store(path: str | Path) -> None:
     """Finish or undo what a killed commit left next to `path`.
 
     A staging directory `NAME.zarr.tmp-<pid>` of a dead process is rolled forward into
-    the store when it carries the commit marker, and deleted otherwise.
+    the store when it carries the commit marker, and deleted otherwise. Runs under the
+    store's lock (re-entrant: a writer that holds it calls this), so no live writer's
+    staging is touched.
     """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         return
+    with StoreLock(path):
+        _recover_unlocked(path, parent)
+
+
+def _recover_unlocked(path: Path, parent: Path) -> None:
     for staging in sorted(parent.glob(path.name + ".tmp-*")):
         pid = _suffix_pid(staging)
         if pid is not None and pid != os.getpid() and _pid_alive(pid):
@@ -287,19 +300,28 @@ class StoreWriter:
 
     chunks, shards, compression: layout of `precip` for a new store (see `DEFAULT_CHUNKS`,
     `DEFAULT_SHARDS`); an append keeps the layout the store already has.
+
+    The writer holds the store's `StoreLock` from before it reads the store until `commit`
+    or `abort` ends; another writer waits up to `lock_timeout` seconds, then gets a
+    `StoreLockedError` naming the holder (nowcast_infill/io/store_lock.py).
     """
 
     def __init__(self, path: str | Path, *, source_name: str, chunks: dict | None = None,
                  shards: dict | None = DEFAULT_SHARDS, compression: dict | None = None, history: str = "",
-                 expected_frames: int = 16):
+                 expected_frames: int = 16, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S):
         self.path = Path(path)
         self.source_name = source_name
         self.chunks = chunks
         self.shards = shards
         self.compression = compression
         self.history = history
-        recover_store(self.path)
-        self.state = _read_state(self.path)
+        self._lock = StoreLock(path, timeout=lock_timeout, command=history or None).acquire()
+        try:
+            recover_store(self.path)
+            self.state = _read_state(self.path)
+        except BaseException:
+            self._lock.release()
+            raise
         self.n_old = 0 if self.state is None else int(self.state.times.size)
         self.staging = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
         self.result = AppendResult(store=self.path)
@@ -358,8 +380,11 @@ class StoreWriter:
 
     def abort(self) -> None:
         """Drop everything added; the store stays as it was."""
-        self._close_writer(wait=False)
-        shutil.rmtree(self.staging, ignore_errors=True)
+        try:
+            self._close_writer(wait=False)
+            shutil.rmtree(self.staging, ignore_errors=True)
+        finally:
+            self._lock.release()
 
     # ------------------------------------------------------------------ internals
 
@@ -441,6 +466,7 @@ class StoreWriter:
         except BaseException:
             self.abort()
             raise
+        self._lock.release()
         return result
 
     def _commit(self) -> AppendResult:
@@ -616,6 +642,7 @@ def append_frames(
     compression: dict | None = None,
     skipped_files: list[dict] | None = None,
     history: str = "",
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> AppendResult:
     """Add `frames` (any order) to the store at `path`, creating it when absent; atomic.
 
@@ -623,9 +650,10 @@ def append_frames(
     with the same SHA-256 is skipped (resume); any other frame at or before the store's
     last time, or two frames at one time, is refused with a ConversionError naming the
     file and the conflict. Gaps are filled with all-NaN frames flagged `missing_frame`.
+    `lock_timeout`: seconds to wait for another writer of the store (see `StoreWriter`).
     """
     with StoreWriter(path, source_name=source_name, chunks=chunks, shards=shards, compression=compression,
-                     history=history, expected_frames=len(frames)) as writer:
+                     history=history, expected_frames=len(frames), lock_timeout=lock_timeout) as writer:
         for f in frames:
             writer.add(f, sources[f.source])
         for entry in skipped_files or []:

@@ -196,6 +196,24 @@ def test_missing_importer_kwargs_name_the_keyword_and_how_to_pass_it(tmp_path):
                      **MCH_PATTERN).read(path)
 
 
+@pytest.mark.parametrize(("error", "expected"), [
+    (KeyError("accutime"), "failed on keyword 'accutime' (given: <not given>; KeyError"),
+    (KeyError("dataset1"), "cannot read it (KeyError: 'dataset1'); check importer.pysteps_importer"),
+])
+def test_key_errors_name_a_keyword_only_when_it_is_one(monkeypatch, tmp_path, error, expected):
+    path = tmp_path / "RAD_NL25_RAP_5min_201008260000.h5"
+    path.write_bytes(b"stand-in")
+    importer = get_importer("pysteps", pysteps_importer="knmi_hdf5")
+
+    def failing(filename, **kwargs):
+        raise error
+
+    monkeypatch.setattr(importer, "_read", failing)
+    with pytest.raises(ConversionError) as err:
+        importer.read(path)
+    assert str(err.value).startswith(str(path)) and expected in str(err.value)
+
+
 def test_symlinked_inputs_keep_the_name_given(tmp_path):
     """A link named as the archive names files gives its time; messages and the store show the link."""
     data = tmp_path / "blobs"

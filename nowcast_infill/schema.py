@@ -15,10 +15,22 @@ AUX_PREFIX = "aux_"
 AUX_DIMS = ("time", "y_aux", "x_aux")
 PRECIP_DIMS = ("time", "y", "x")
 PRECIP_UNITS = "mm h-1"
+# Rain rates above this (mm/h) are not physical for 5-60 min radar products; readers of a
+# store treat them, negative rates and +-inf as no data (docs/schema.md § Plausible values).
+MAX_RAIN_RATE_MM_H = 500.0
 
 
 class StoreSchemaError(UserError, ValueError):
     """A store does not follow docs/schema.md."""
+
+
+def implausible_precip(values: np.ndarray, max_mm_h: float = MAX_RAIN_RATE_MM_H) -> np.ndarray:
+    """Bool mask, same shape as `values` (mm/h): negative, above `max_mm_h`, or +-inf.
+
+    NaN (no data) is not implausible; +inf is above and -inf below the range.
+    """
+    values = np.asarray(values)
+    return (values < 0) | (values > max_mm_h)
 
 
 def aux_names(ds) -> list[str]:

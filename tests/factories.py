@@ -109,8 +109,12 @@ def make_test_dataset(
 
 def write_test_store(path: str | Path, chunks: tuple[int, int, int] | None = None, **kwargs) -> Path:
     """Write ``make_test_dataset(**kwargs)`` as a Zarr v3 store at ``path``; returns the path."""
+    return write_dataset(path, make_test_dataset(**kwargs), chunks)
+
+
+def write_dataset(path: str | Path, ds: xr.Dataset, chunks: tuple[int, int, int] | None = None) -> Path:
+    """Write a schema dataset (e.g. an edited ``make_test_dataset()``) as ``write_test_store`` does."""
     path = Path(path)
-    ds = make_test_dataset(**kwargs)
     schema.validate_store(ds, path)
     encoding = {}
     if chunks is not None:

@@ -8,7 +8,7 @@ import torch
 import zarr
 from torch.utils.data import DistributedSampler
 
-from factories import LINEAR_AUX, linear_aux_truth, make_test_dataset, write_test_store
+from factories import LINEAR_AUX, linear_aux_truth, make_test_dataset, write_dataset, write_test_store
 from nowcast_infill import schema
 from nowcast_infill.data.datamodule import RadarDataModule, WindowSampler, plan_splits
 from nowcast_infill.data.masks import load_mask_set
@@ -287,3 +287,51 @@ def test_lightning_fit_keeps_sampler_and_checkpoints_normalizer(store, tmp_path)
     assert len(seen_epochs) == 2 and not seen_epochs[0] & seen_epochs[1], "epoch 2 must draw other crops"
     ckpt = torch.load(next((tmp_path / "checkpoints").glob("*.ckpt")), weights_only=True)
     assert ckpt["RadarDataModule"]["normalizer"] == dm.normalizer.state_dict()
+
+
+# (time index, row, column) -> value written by "another tool": all implausible.
+IMPLAUSIBLE = {(5, 20, 30): -1.0, (5, 21, 30): np.inf, (12, 25, 40): 1e35, (12, 26, 40): 600.0,
+               (12, 27, 40): -np.inf, (30, 15, 20): 3.4e38}
+
+
+def test_implausible_store_values_reported_once_and_masked_everywhere(tmp_path, caplog):
+    """Negative, +-inf and > 500 mm/h values: counted at setup, then no data in stats and samples."""
+    bad_ds = make_test_dataset(n_time=48, missing=[20])
+    clean_ds = bad_ds.copy(deep=True)
+    for (t, r, c), value in IMPLAUSIBLE.items():
+        bad_ds["precip"].values[t, r, c] = value
+        clean_ds["precip"].values[t, r, c] = np.nan
+    bad = write_dataset(tmp_path / "bad.zarr", bad_ds, chunks=(1, 20, 24))
+    clean = write_dataset(tmp_path / "clean.zarr", clean_ds, chunks=(1, 20, 24))
+
+    with caplog.at_level("WARNING", logger="nowcast_infill.data.datamodule"):
+        dm = make_dm(bad, crop_size=None, normalization="log1p_zscore")
+    reports = [r.getMessage() for r in caplog.records if "above 500 mm/h" in r.getMessage()]
+    assert len(reports) == 1
+    assert "6 value(s) of precip" in reports[0] and "first at 2021-06-01T00:30:00Z" in reports[0]
+    assert str(bad) in reports[0]
+    assert dm.implausible_report == {"count": 6, "first_time": "2021-06-01T00:30:00", "variable": "precip",
+                                     "max_rain_rate_mm_h": 500.0}
+    # The statistics are those of the store with these pixels missing.
+    reference = make_dm(clean, crop_size=None, normalization="log1p_zscore")
+    assert reference.implausible_report["count"] == 0
+    assert dm.normalizer.state_dict() == reference.normalizer.state_dict()
+    # Every sample (full frames) of every split: finite tensors, the pixels never valid.
+    for name, dataset in dm.datasets.items():
+        assert len(dataset) == len(reference.datasets[name])
+        for index in range(len(dataset)):
+            sample, expected = dataset[index], reference.datasets[name][index]
+            for key in ("x", "x_mask", "y", "y_valid", "hole"):
+                assert torch.isfinite(sample[key]).all(), (name, index, key)
+                assert torch.equal(sample[key], expected[key]), (name, index, key)
+            start = int(dataset.starts[index])
+            for (t, r, c) in IMPLAUSIBLE:
+                if start <= t < start + dataset.window_length:
+                    assert sample["x_mask"][t - start, 0, r, c] == 0
+                    if t - start == dataset.target_offsets[0]:
+                        assert sample["y_valid"][0, 0, r, c] == 0 and sample["hole"][0, 0, r, c] == 0
+    # A stricter maximum masks real rates too, and says so.
+    strict = make_dm(bad, crop_size=None, max_rain_rate_mm_h=10.0)
+    assert strict.implausible_report["count"] > 6
+    with pytest.raises(ValueError, match="max_rain_rate_mm_h"):
+        RadarDataModule(bad, max_rain_rate_mm_h=0)

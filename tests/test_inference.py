@@ -16,9 +16,10 @@ import pytest
 import torch
 import xarray as xr
 
-from factories import write_test_store
+from factories import make_test_dataset, write_dataset, write_test_store
+from nowcast_infill.errors import UserError
 from nowcast_infill.inference.archive import (
-    STATUS_COMPLETE, STATUS_INFILLED, STATUS_PENDING, derive_coverage, infill_store,
+    STATUS_COMPLETE, STATUS_INFILLED, STATUS_PENDING, NoValidFrameError, derive_coverage, infill_store,
     load_predictor, open_radar_store, write_nowcast,
 )
 from nowcast_infill.inference.tiling import predict_tiled
@@ -215,6 +216,45 @@ def test_derived_coverage_ignores_missing_frames(tmp_path):
     store = write_test_store(tmp_path / "in.zarr", n_time=6, missing=(1, 2, 3, 4))
     coverage = derive_coverage(open_radar_store(store), 0.5)
     assert not coverage[:10, :12].any() and coverage[10:, 12:].all()
+
+
+def _store_without_valid_frame(path: Path, kind: str) -> Path:
+    ds = make_test_dataset(n_time=6, missing=range(6) if kind == "all_missing" else ())
+    values = ds["precip"].values
+    if kind == "all_nan":
+        values[:] = np.nan  # no-data everywhere, yet not flagged missing
+    elif kind == "implausible":
+        values[:] = np.where(np.isnan(values), np.nan, -1.0)  # negative rates only ...
+        values[2, 20:, 20:] = np.inf  # ... and +inf, 1e30
+        values[3, 20:, 20:] = 1e30
+    return write_dataset(path, ds)
+
+
+@pytest.mark.parametrize("kind", ["all_missing", "all_nan", "implausible"])
+def test_infill_refuses_a_store_without_valid_frame(tmp_path, kind, monkeypatch):
+    store = _store_without_valid_frame(tmp_path / "empty.zarr", kind)
+    monkeypatch.chdir(tmp_path)
+    predictor, info = load_predictor("nearest", "infill")
+    coverage = np.ones((40, 48), bool)  # a given coverage: nothing else would stop it
+    with pytest.raises(NoValidFrameError, match=r"^empty\.zarr: no valid frame: of its 6 frames") as err:
+        infill_store(predictor, "empty.zarr", "out.zarr", model_info=info, coverage=coverage, progress=False)
+    assert isinstance(err.value, UserError) and not (tmp_path / "out.zarr").exists()
+    # One valid pixel is enough to infill from.
+    ds = xr.open_zarr(store).load()
+    ds["precip"].values[5, 30, 30] = 0.5
+    ds["missing_frame"].values[5] = False
+    write_dataset(tmp_path / "one.zarr", ds)
+    assert infill_store(predictor, "one.zarr", "out.zarr", model_info=info, coverage=coverage,
+                        progress=False)["frames"] == 6
+
+
+def test_ni_infill_on_a_store_without_valid_frame_exits_non_zero(tmp_path):
+    _store_without_valid_frame(tmp_path / "empty.zarr", "all_nan")
+    run = subprocess.run([sys.executable, "-m", "nowcast_infill.cli.infill", "input=./empty.zarr", "output=out.zarr",
+                          "progress=false"], capture_output=True, text=True, cwd=tmp_path, timeout=180,
+                         env={**os.environ, "NI_LOG_DIR": str(tmp_path / "logs")})
+    assert run.returncode != 0
+    assert "./empty.zarr: no valid frame" in run.stderr and not (tmp_path / "out.zarr").exists()
 
 
 # ----------------------------------------------------------------------------- nowcast products

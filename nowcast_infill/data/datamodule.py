@@ -17,6 +17,9 @@ Design notes (the why):
   shards are not padded (no sample is scored twice, so 2 ranks score what 1 rank does).
 - Missing data is NaN in the store and 0 in the masks here; inputs are 0 where their
   mask is 0 (the value is irrelevant: every consumer reads the mask).
+- A store written by another tool may hold negative, +-inf or absurdly large rates: they
+  are counted and reported once at setup and read as no data everywhere (statistics,
+  valid fractions, coverage, every sample), so nothing is ever trained or scored on them.
 """
 
 from __future__ import annotations
@@ -189,6 +192,11 @@ class AuxRegridder:
         return out
 
 
+def _writable(block: np.ndarray) -> np.ndarray:
+    """`block` itself when it may be written to (a fresh read), else a copy."""
+    return block if block.flags.writeable else block.copy()
+
+
 def _tiles(height: int, width: int, tile: int | None) -> list[tuple[int, int, int, int]]:
     """(y0, x0, h, w) covering the frame; edge tiles are shifted inward so all are full size."""
     if tile is None:
@@ -233,8 +241,10 @@ class RadarWindowDataset(Dataset):
         input_hole_prob: float = 0.0,
         min_valid_fraction: float = 0.0,
         crop_attempts: int = 5,
+        max_rain_rate_mm_h: float = schema.MAX_RAIN_RATE_MM_H,
     ):
         self.store, self.split, self.starts = store, split, np.asarray(starts, np.int64)
+        self.max_rain_rate_mm_h = float(max_rain_rate_mm_h)
         self.task = task
         self.input_offsets, self.target_offsets = input_offsets, target_offsets
         self.window_length = int(max(input_offsets.max(), target_offsets.max()) + 1)
@@ -258,9 +268,11 @@ class RadarWindowDataset(Dataset):
         return np.random.default_rng([self.seed, _SPLIT_IDS[self.split], epoch, index])
 
     def _read_precip(self, start: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
-        """Window ``(L, h, w)`` float32 mm/h, NaN = no data."""
+        """Window ``(L, h, w)`` float32 mm/h, NaN = no data (implausible values included)."""
         arr = self.store[schema.PRECIP]
-        return np.asarray(arr[start:start + self.window_length, y0:y0 + h, x0:x0 + w], dtype=np.float32)
+        block = _writable(np.asarray(arr[start:start + self.window_length, y0:y0 + h, x0:x0 + w], dtype=np.float32))
+        block[schema.implausible_precip(block, self.max_rain_rate_mm_h)] = np.nan
+        return block
 
     def _choose_crop(self, rng: np.random.Generator, start: int) -> tuple[tuple[int, int, int, int], np.ndarray]:
         size = self.crop_size
@@ -409,6 +421,7 @@ class RadarDataModule(L.LightningDataModule):
         stats_path: str | Path | None = None,
         min_valid_fraction: float = 0.05,
         crop_attempts: int = 5,
+        max_rain_rate_mm_h: float = schema.MAX_RAIN_RATE_MM_H,
     ):
         super().__init__()
         # Checkpoints then carry crop size, aux names and split, so inference needs no run folder.
@@ -419,7 +432,7 @@ class RadarDataModule(L.LightningDataModule):
             pin_memory=pin_memory, seed=seed, masks=masks if masks is None or isinstance(masks, Mapping) else None,
             eval_masks=eval_masks, mask_context=mask_context, input_hole_prob=input_hole_prob, aux=aux,
             normalization=normalization, stats_path=None if stats_path is None else str(stats_path),
-            min_valid_fraction=min_valid_fraction, crop_attempts=crop_attempts,
+            min_valid_fraction=min_valid_fraction, crop_attempts=crop_attempts, max_rain_rate_mm_h=max_rain_rate_mm_h,
         )
         self.save_hyperparameters(to_plain(init_args), logger=False)
         if task not in TASKS:
@@ -447,10 +460,17 @@ class RadarDataModule(L.LightningDataModule):
             raise ValueError(f"min_valid_fraction={min_valid_fraction} must lie in [0, 1].")
         if not 0 <= self.input_hole_prob <= 1:
             raise ValueError(f"input_hole_prob={input_hole_prob} must lie in [0, 1].")
+        self.max_rain_rate_mm_h = float(max_rain_rate_mm_h)
+        if not self.max_rain_rate_mm_h > 0:
+            raise ValueError(f"max_rain_rate_mm_h={max_rain_rate_mm_h} must be > 0 mm/h (default "
+                             f"{schema.MAX_RAIN_RATE_MM_H:g}).")
         self._normalizer = Normalizer(normalization)
         self._aux_names: list[str] | None = None
         self.datasets: dict[str, RadarWindowDataset] = {}
         self.window_report: dict[str, dict[str, int]] = {}
+        # Set by setup(): {"count", "first_time", "variable", "max_rain_rate_mm_h"} of the
+        # implausible values found in the scanned frames (count 0 when there are none).
+        self.implausible_report: dict[str, Any] = {}
         self.eval_masks: np.ndarray | None = None
         self._set_up = False
 
@@ -552,7 +572,7 @@ class RadarDataModule(L.LightningDataModule):
         blocks = plan_splits(times, self.split, self.store)
         store = _StoreHandle(self.store)
 
-        valid_fraction, coverage = self._scan(store, blocks, ds, height, width)
+        valid_fraction, coverage = self._scan(store, blocks, ds, height, width, times)
         length, in_off, tgt_off = frames_needed(self.task, self.past, self.future, self.context)
         starts = {name: self._windows(name, blocks[name], length, tgt_off, missing, valid_fraction) for name in SPLITS}
 
@@ -572,7 +592,7 @@ class RadarDataModule(L.LightningDataModule):
             normalizer=self._normalizer, lat=lat, lon=lon, seed=self.seed, aux_names=self._aux_names,
             regridder=regridder, mask_generator=generator, mask_context=self.mask_context,
             input_hole_prob=self.input_hole_prob, min_valid_fraction=self.min_valid_fraction,
-            crop_attempts=self.crop_attempts,
+            crop_attempts=self.crop_attempts, max_rain_rate_mm_h=self.max_rain_rate_mm_h,
         )
         self.datasets = {
             "train": RadarWindowDataset(
@@ -584,18 +604,29 @@ class RadarDataModule(L.LightningDataModule):
         }
         self._set_up = True
 
-    def _scan(self, store: _StoreHandle, blocks, ds, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    def _scan(self, store: _StoreHandle, blocks, ds, height: int, width: int,
+              times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One pass over the split frames: per-frame valid fraction, coverage (valid in any
-        frame), and, unless statistics are loaded, the normaliser fitted on train only."""
+        frame), implausible values (counted, reported, made NaN), and, unless statistics are
+        loaded, the normaliser fitted on train only."""
         n_time = ds.sizes["time"]
         valid_fraction = np.zeros(n_time)
         coverage = np.zeros((height, width), bool)
         frames_per_read = max(1, _SCAN_BYTES // (4 * height * width))
         precip = store[schema.PRECIP]
+        implausible = {"count": 0, "first_index": None}
 
         def frames(start: int, stop: int) -> Iterator[np.ndarray]:
             for t0 in range(start, stop, frames_per_read):
-                block = np.asarray(precip[t0:min(stop, t0 + frames_per_read)], np.float32)
+                block = _writable(np.asarray(precip[t0:min(stop, t0 + frames_per_read)], np.float32))
+                bad = schema.implausible_precip(block, self.max_rain_rate_mm_h)
+                if bad.any():
+                    per_frame = bad.any(axis=(1, 2))
+                    first = t0 + int(np.argmax(per_frame))
+                    implausible["count"] += int(bad.sum())
+                    if implausible["first_index"] is None or first < implausible["first_index"]:
+                        implausible["first_index"] = first
+                    block[bad] = np.nan
                 ok = np.isfinite(block)
                 valid_fraction[t0:t0 + len(block)] = ok.mean(axis=(1, 2))
                 coverage[:] |= ok.any(axis=0)
@@ -639,7 +670,20 @@ class RadarDataModule(L.LightningDataModule):
             if name not in scanned:
                 for _ in frames(*blocks[name]):
                     pass
+        self._report_implausible(implausible["count"], implausible["first_index"], times)
         return valid_fraction, coverage
+
+    def _report_implausible(self, count: int, first_index: int | None, times: np.ndarray) -> None:
+        first_time = None if first_index is None else str(np.datetime_as_string(times[first_index], unit="s"))
+        self.implausible_report = {"count": count, "first_time": first_time, "variable": schema.PRECIP,
+                                   "max_rain_rate_mm_h": self.max_rain_rate_mm_h}
+        if count and self._world()[1] == 0:
+            log.warning(
+                "%s: %d value(s) of %s are negative, infinite or above %g mm/h (first at %sZ); they are treated as "
+                "no data (masked), never trained or scored on. Re-convert the store with ni-convert, or raise "
+                "data.max_rain_rate_mm_h if such rates are real.",
+                self.store, count, schema.PRECIP, self.max_rain_rate_mm_h, first_time,
+            )
 
     def _windows(self, name, block, length, target_offsets, missing, valid_fraction) -> np.ndarray:
         start, stop = block

@@ -33,8 +33,11 @@ import xarray as xr
 
 from nowcast_infill import __version__
 from nowcast_infill.baselines import NothingToInfillFromError, baseline_task, get_baseline
+from nowcast_infill.errors import UserError
 from nowcast_infill.io.store_lock import DEFAULT_LOCK_TIMEOUT_S, StoreLock
-from nowcast_infill.schema import CRS, MISSING_FRAME, PRECIP, PRECIP_UNITS, SCHEMA_VERSION, validate_store
+from nowcast_infill.schema import (
+    CRS, MAX_RAIN_RATE_MM_H, MISSING_FRAME, PRECIP, PRECIP_UNITS, SCHEMA_VERSION, implausible_precip, validate_store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,33 @@ STATUS_MEANINGS = "pending copied_complete infilled no_data_to_infill_from"
 
 InfillPredictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 NowcastPredictor = Callable[[np.ndarray], np.ndarray]
+
+
+class NoValidFrameError(UserError, ValueError):
+    """The input store holds no frame with a single usable precipitation value."""
+
+
+def first_valid_frame(ds: xr.Dataset, max_mm_h: float = MAX_RAIN_RATE_MM_H) -> int | None:
+    """Index of the first non-missing frame with a finite rate in 0..`max_mm_h` mm/h, else None.
+
+    Reads frames in time order and stops at the first valid one (usually the first frame).
+    """
+    missing = ds[MISSING_FRAME].values.astype(bool)
+    for t in np.nonzero(~missing)[0]:
+        frame = ds[PRECIP][int(t)].values
+        if (np.isfinite(frame) & ~implausible_precip(frame, max_mm_h)).any():
+            return int(t)
+    return None
+
+
+def require_valid_frame(ds: xr.Dataset, store_name: str) -> None:
+    """Raise NoValidFrameError naming `store_name` (as the user wrote it) when `ds` has no valid frame."""
+    if first_valid_frame(ds) is None:
+        n_missing = int(ds[MISSING_FRAME].values.astype(bool).sum())
+        raise NoValidFrameError(
+            f"{store_name}: no valid frame: of its {ds.sizes['time']} frames {n_missing} are missing frames and the "
+            f"others hold no finite rate in 0..{MAX_RAIN_RATE_MM_H:g} mm/h, so there is nothing to infill from; "
+            "check input= (convert radar files into it with ni-convert).")
 
 
 @contextlib.contextmanager
@@ -387,16 +417,19 @@ def infill_store(
 
     A frame without NaN in the fill region is copied bit-identical. In an incomplete frame
     only NaN pixels inside the fill region take the prediction; `infilled` marks them.
-    Returns a summary dict of counts per status.
+    Returns a summary dict of counts per status. Raises NoValidFrameError, before any
+    output is written, when no frame of the input holds a valid value.
     """
     from tqdm.auto import tqdm
 
     output_as_given = str(output_store)
+    input_name = str(input_store)
     input_store, output_store = Path(input_store), Path(output_store)
     if context < 0:
         raise ValueError(f"context={context}; it must be >= 0 frames.")
     if int(devices) < 1:
         raise ValueError(f"devices={devices}; it must be >= 1.")
+    require_valid_frame(open_radar_store(input_store), input_name)
     info = dict(model_info or {"model": getattr(predictor, "__name__", type(predictor).__name__), "sha256": "", "config": ""})
     # One writer per output store, from its creation / resume check to the last frame
     # (the processes of `devices > 1` write under this process's lock).

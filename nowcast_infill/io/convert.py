@@ -38,8 +38,12 @@ def expand_inputs(inputs: str | Path | list) -> list[Path]:
         if not hits:
             raise FileNotFoundError(f"{text}: no file matches this input; check the path or glob (relative to {os.getcwd()}).")
         found.extend(Path(h) for h in hits)
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    return unique
+    # A file named twice (also through a symlink) is read once, under the first name given:
+    # the name is kept as written, since times are read from it and messages must show it.
+    unique: dict[Path, Path] = {}
+    for path in found:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
 
 
 _WORKER_IMPORTER = {}

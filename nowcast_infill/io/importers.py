@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-from nowcast_infill.errors import UserError
 import functools
 import importlib
 from dataclasses import dataclass, field
@@ -14,6 +13,9 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from nowcast_infill.errors import UserError
+from nowcast_infill.schema import MAX_RAIN_RATE_MM_H
 
 
 class ConversionError(UserError):
@@ -139,7 +141,7 @@ DBZ_TO_MM_H_DEFAULT_ZR = (200.0, 1.6)  # Marshall-Palmer
 # Physical range of a stored rain rate (mm/h): gauged rain rates above a few hundred mm/h
 # last minutes at most, and a radar pixel averages about 1 km2 over 5 minutes or more, so
 # a higher rate is a damaged PR field or pixel (the issue that set it: #9; configurable).
-DEFAULT_RATE_RANGE_MM_H = (0.0, 500.0)
+DEFAULT_RATE_RANGE_MM_H = (0.0, MAX_RAIN_RATE_MM_H)
 
 
 def value_range(bounds, option: str) -> tuple[float, float]:

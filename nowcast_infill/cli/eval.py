@@ -65,10 +65,6 @@ def _check_model_choice(cfg: DictConfig) -> None:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate `cfg.split`; returns the `{split}/...` metrics plus `output_dir` and the table paths."""
-    import lightning as L
-
-    from nowcast_infill.utils.instantiate import finish_loggers, instantiate_callbacks, instantiate_loggers
-
     output_dir = writable_output_dir(cfg.paths.output_dir, "paths.output_dir")
     split = cfg.get("split", "test")
     if split not in SPLITS:
@@ -77,6 +73,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     _check_model_choice(cfg)
     check_run_inputs(cfg)
     validate_targets(plain)
+    import lightning as L  # after the checks: they run in about a second, torch takes several
+
+    from nowcast_infill.utils.instantiate import finish_loggers, instantiate_callbacks, instantiate_loggers
+
     print_config_tree(cfg, save_to=output_dir / "config.yaml")
     L.seed_everything(cfg.seed, workers=True)
 

@@ -95,14 +95,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Returns a dict of floats: the callback metrics after fitting and the test metrics, plus
     `best_model_path`, `last_model_path` and `output_dir` (strings).
     """
-    import lightning as L
-
-    from nowcast_infill.utils.instantiate import finish_loggers, instantiate_callbacks, instantiate_loggers
-
     output_dir = writable_output_dir(cfg.paths.output_dir, "paths.output_dir")
     plain = validate_values(cfg, "train")
     check_run_inputs(cfg)
     validate_targets(plain)
+    import lightning as L  # after the checks: they run in about a second, torch takes several
+
+    from nowcast_infill.utils.instantiate import finish_loggers, instantiate_callbacks, instantiate_loggers
+
     print_config_tree(cfg, save_to=output_dir / "config.yaml")
     L.seed_everything(cfg.seed, workers=True)
 

@@ -21,10 +21,10 @@ class MissingInputError(UserError, FileNotFoundError):
     """An input file or store the user named does not exist."""
 
 
-class OutputPathError(UserError, OSError):
+class OutputPathError(UserError, ValueError):
     """The output the user named cannot be written: the input itself, a folder that is not a
-    store, an existing output without overwrite, or a place without write permission."""
+    store (or not the expected kind of store), or a place without write permission."""
 
 
-class OutputExistsError(OutputPathError, FileExistsError):
+class OutputExistsError(UserError, FileExistsError):
     """The output exists and the command was not asked to overwrite it."""

@@ -10,7 +10,13 @@ Two layers, both raising `ConfigSchemaError` whose message names the full key an
    the DataModule, callbacks, loggers, the network, the optimiser and the scheduler without
    copying their argument lists here.
 
-`validate_config(cfg, kind)` runs both on the resolved config.
+Between the two, `VALUE_RULES` bounds the numbers whose wrong value would otherwise fail
+deep inside a run under another name (e.g. `data.batch_size=-1` as "per_device_batch").
+Everything but layer 2 runs before torch / Lightning are imported, so a wrong value fails
+in about a second.
+
+`validate_config(cfg, kind)` runs them all on the resolved config; `validate_values` and
+`validate_targets` are its light and heavy halves, for checks to run in between.
 """
 
 from __future__ import annotations
@@ -28,7 +34,6 @@ from typing import Any, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nowcast_infill.models.module import OPTIMIZER_RESERVED, SCHEDULER_RESERVED
 
 
 class ConfigSchemaError(UserError, ValueError):
@@ -94,6 +99,12 @@ SCHEMAS = {"train": TrainSchema, "eval": EvalSchema}
 # --------------------------------------------------------------------------- validation
 def validate_config(cfg: DictConfig, kind: str = "train") -> None:
     """Raise ConfigSchemaError naming the first bad key of `cfg` (a composed train/eval config)."""
+    validate_targets(validate_values(cfg, kind))
+
+
+def validate_values(cfg: DictConfig, kind: str = "train") -> dict:
+    """The checks that import nothing heavy (top-level keys, task, VALUE_RULES); returns the
+    resolved config as plain containers, for `validate_targets`."""
     if kind not in SCHEMAS:
         raise ValueError(f"kind must be one of {sorted(SCHEMAS)}, got {kind!r}")
     try:
@@ -104,6 +115,12 @@ def validate_config(cfg: DictConfig, kind: str = "train") -> None:
     plain.pop("hydra", None)
     _check_dataclass(plain, SCHEMAS[kind])
     _check_task(plain.get("task") or {})
+    check_values(plain, VALUE_RULES)
+    return plain
+
+
+def validate_targets(plain: dict) -> None:
+    """Layer 2: every `_target_` node against its target's signature (imports the targets)."""
     for group in ("data", "trainer"):
         if plain.get(group) is not None:
             check_target_node(plain[group], group)
@@ -129,7 +146,7 @@ def _check_dataclass(plain: dict, schema: type) -> None:
         OmegaConf.merge(OmegaConf.structured(schema), subset)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
-        raise ConfigSchemaError(f"{key}: {_first_line(err)}") from None
+        raise ConfigSchemaError(f"{key}: {_first_line(err)}; set {key}= to a value of that type.") from None
 
 
 def _is_group(schema: type, name: str) -> bool:
@@ -156,7 +173,48 @@ def _check_task(task: Mapping) -> None:
             raise ConfigSchemaError(f"task.{key}: is {task.get(key)} but task={name} needs {rule} = {value}; set task.{key}={value}.")
 
 
+# key -> (minimum, maximum, integer?, null allowed?); checked when the key is present.
+VALUE_RULES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "data.batch_size": (1, None, True, False),
+    "data.num_workers": (0, None, True, False),
+    "data.crop_size": (1, None, True, True),
+    "data.eval_tile": (1, None, True, True),
+    "data.min_valid_fraction": (0, 1, False, False),
+    "data.input_hole_prob": (0, 1, False, False),
+    "data.crop_attempts": (1, None, True, False),
+    "trainer.max_epochs": (-1, None, True, True),
+    "trainer.max_steps": (-1, None, True, False),
+    "trainer.accumulate_grad_batches": (1, None, True, False),
+    "trainer.num_nodes": (1, None, True, False),
+    "trainer.log_every_n_steps": (1, None, True, False),
+    "n_figures": (0, None, True, False),
+}
+
+
+def check_values(plain: Mapping, rules: Mapping[str, tuple]) -> None:
+    """Raise ConfigSchemaError for the first key of `rules` whose value is of the wrong kind or out of range."""
+    for key, (low, high, integer, nullable) in rules.items():
+        node, found = plain, True
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                found = False
+                break
+            node = node[part]
+        if not found or (node is None and nullable):
+            continue
+        bounds = [f">= {low}" if low is not None else "", f"<= {high}" if high is not None else ""]
+        wanted = " ".join(["integer" if integer else "number", " and ".join(b for b in bounds if b)]).strip()
+        wanted += " or null" if nullable else ""
+        is_number = isinstance(node, (int, float)) and not isinstance(node, bool)
+        if not is_number or (integer and not isinstance(node, int)) or node != node:  # node != node: NaN
+            raise ConfigSchemaError(f"{key}: {node!r} is not a valid {wanted}; set {key}=<{wanted}>.")
+        if (low is not None and node < low) or (high is not None and node > high):
+            raise ConfigSchemaError(f"{key}: {node!r} is out of range; set {key}=<{wanted}>.")
+
+
 def _check_model(model: Mapping) -> None:
+    from nowcast_infill.models.module import OPTIMIZER_RESERVED, SCHEDULER_RESERVED
+
     model = dict(model)
     if model.get("aux_channels", 0) is None:
         # null = taken from the DataModule's aux fields when the module is built

@@ -11,3 +11,20 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A mistake the user can fix; `str(err)` is the whole, one-line explanation."""
+
+
+class BadValueError(UserError, ValueError):
+    """A value the user gave (a config key, an argument) is of the wrong type or out of range."""
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """An input file or store the user named does not exist."""
+
+
+class OutputPathError(UserError, ValueError):
+    """The output the user named cannot be written: the input itself, a folder that is not a
+    store (or not the expected kind of store), or a place without write permission."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """The output exists and the command was not asked to overwrite it."""

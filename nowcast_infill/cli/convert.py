@@ -6,10 +6,11 @@ import json
 import logging
 import sys
 
-import hydra
-
-from nowcast_infill.cli import CONFIG_DIR
 from omegaconf import DictConfig, OmegaConf
+
+from nowcast_infill.cli.checks import config_bool, config_int, writable_output_store
+from nowcast_infill.cli.errors import hydra_command
+from nowcast_infill.errors import BadValueError
 
 # Importer options may also be given at the top level (`ni-convert variable=rain`),
 # which reads more naturally on the command line than `importer.variable=rain`.
@@ -25,33 +26,48 @@ def importer_options(cfg: DictConfig) -> dict:
     return options
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="convert")
+def _check(cfg: DictConfig) -> dict:
+    """The checks that need no input read: values, importer options, and that `output` can be written.
+
+    Returns the keyword arguments of `convert` other than inputs/output/history.
+    """
+    from nowcast_infill.io.importers import get_importer
+    from nowcast_infill.io.store import precip_layout
+
+    importer = importer_options(cfg)
+    options = dict(
+        source=cfg.source,
+        skip_bad=config_bool(cfg, "skip_bad"),
+        workers=config_int(cfg, "workers", minimum=1, none_ok=True, meaning="reader processes; null = automatic"),
+        chunks=OmegaConf.to_container(cfg.chunks),
+        shards=OmegaConf.to_container(cfg.shards) if cfg.get("shards") is not None else None,
+        compression=OmegaConf.to_container(cfg.compression),
+        commit_every=config_int(cfg, "commit_every", minimum=1, meaning="frames per store update"),
+        progress=config_bool(cfg, "progress"),
+        lock_timeout=cfg.get("lock_timeout", 0),
+        **importer,
+    )
+    inputs = _inputs(cfg)
+    writable_output_store(cfg.output, "output", inputs=[("inputs", p) for p in ([inputs] if isinstance(inputs, str) else inputs)])
+    try:
+        get_importer(cfg.source, **importer)
+        precip_layout((1, 1), options["chunks"], options["shards"])
+    except (ValueError, TypeError) as err:  # unknown source, option or layout key: the message names it
+        raise BadValueError(str(err)) from err
+    return options
+
+
+def _inputs(cfg: DictConfig) -> str | list:
+    return OmegaConf.to_container(cfg.inputs) if OmegaConf.is_list(cfg.inputs) else cfg.inputs
+
+
+@hydra_command("convert")
 def _app(cfg: DictConfig) -> None:
     from nowcast_infill.io.convert import convert
-    from nowcast_infill.errors import UserError
-    from nowcast_infill.io.importers import ConversionError
 
+    options = _check(cfg)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    inputs = OmegaConf.to_container(cfg.inputs) if OmegaConf.is_list(cfg.inputs) else cfg.inputs
-    try:
-        summary = convert(
-            inputs=inputs,
-            output=cfg.output,
-            source=cfg.source,
-            skip_bad=bool(cfg.skip_bad),
-            workers=cfg.workers,
-            chunks=OmegaConf.to_container(cfg.chunks),
-            shards=OmegaConf.to_container(cfg.shards) if cfg.get("shards") is not None else None,
-            compression=OmegaConf.to_container(cfg.compression),
-            commit_every=int(cfg.commit_every),
-            progress=bool(cfg.progress),
-            history="ni-convert " + " ".join(sys.argv[1:]),
-            lock_timeout=cfg.get("lock_timeout", 0),
-            **importer_options(cfg),
-        )
-    except (UserError, ConversionError, FileNotFoundError, ValueError, TypeError) as err:
-        print(f"ni-convert: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    summary = convert(inputs=_inputs(cfg), output=cfg.output, history="ni-convert " + " ".join(sys.argv[1:]), **options)
     print(json.dumps(summary, indent=2))
 
 

@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
-
-from nowcast_infill.cli import CONFIG_DIR
 from hydra import compose
 from omegaconf import DictConfig
 
+from nowcast_infill.cli import CONFIG_DIR
+from nowcast_infill.cli.checks import config_int, writable_output_dir, writable_output_store
+from nowcast_infill.cli.errors import hydra_command
 from nowcast_infill.cli.eval import evaluate
 from nowcast_infill.cli.train import train
 from nowcast_infill.utils.config import register_resolvers
@@ -52,9 +52,29 @@ def _common(cfg: DictConfig, store: Path, out: Path) -> list[str]:
     ]
 
 
+def check_demo_config(cfg: DictConfig) -> Path:
+    """Before any work: every variant and baseline has its config, the sizes are integers, the
+    output folder and the store can be written. Returns the output folder."""
+    from nowcast_infill.errors import BadValueError
+
+    for key, group, pattern in (("variants", "experiment", f"{cfg.task.name}_{{}}"), ("baselines", "model", "{}")):
+        known = sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+        for name in cfg[key]:
+            if pattern.format(name) not in known:
+                choices = [k.removeprefix(pattern.format("")) for k in known if k.startswith(pattern.format(""))]
+                raise BadValueError(f"{key}: {name!r} has no config conf/{group}/{pattern.format(name)}.yaml; "
+                                    f"choose from {', '.join(choices)}.")
+    for key in ("n_times", "ny", "nx", "seed"):
+        if key in cfg.synthetic:
+            config_int(cfg, f"synthetic.{key}", minimum=0 if key == "seed" else 1)
+    out_root = writable_output_dir(cfg.paths.output_dir, "paths.output_dir")
+    writable_output_store(cfg.store, "store")
+    return out_root
+
+
 def demo(cfg: DictConfig) -> dict[str, Any]:
     """Run the demo; returns {'rows': [...], 'results_md': path, 'output_dir': path, 'wandb_runs': [...]}."""
-    out_root = Path(cfg.paths.output_dir)
+    out_root = check_demo_config(cfg)
     store = ensure_store(cfg)
     rows, wandb_runs, timings = [], [], {}
     for variant in cfg.variants:
@@ -85,7 +105,7 @@ def demo(cfg: DictConfig) -> dict[str, Any]:
     return {"rows": rows, "results_md": str(md_path), "output_dir": str(out_root), "wandb_runs": wandb_runs}
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="demo", version_base="1.3")
+@hydra_command("demo")
 def main(cfg: DictConfig) -> None:
     demo(cfg)
 

@@ -12,20 +12,22 @@ import os
 from pathlib import Path
 from typing import Any
 
-import hydra
+from typing import TYPE_CHECKING
 
-from nowcast_infill.cli import CONFIG_DIR
-import lightning as L
 from omegaconf import DictConfig
 
 from nowcast_infill.checkpoint_io import load_module as load_checkpoint_module
+from nowcast_infill.cli.checks import check_run_inputs, writable_output_dir
+from nowcast_infill.cli.errors import hydra_command
 from nowcast_infill.cli.train import build_datamodule, build_module, build_trainer
-from nowcast_infill.config_schema import validate_config
-from nowcast_infill.models.module import RadarModule
+from nowcast_infill.config_schema import validate_targets, validate_values
+from nowcast_infill.errors import BadValueError
 from nowcast_infill.utils.config import print_config_tree, register_resolvers
-from nowcast_infill.utils.instantiate import finish_loggers, instantiate_callbacks, instantiate_loggers
 from nowcast_infill.utils.logging import current_rank, get_logger, rank_zero_print
 from nowcast_infill.utils.tables import markdown_table, metrics_row, write_metrics_tables
+
+if TYPE_CHECKING:
+    import lightning as L
 
 log = get_logger(__name__)
 register_resolvers()
@@ -34,24 +36,29 @@ SPLITS = ("test", "val")
 
 def load_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> tuple[L.LightningModule, str | None]:
     """(module, checkpoint path to restore through the Trainer or None) for `cfg`."""
+    from nowcast_infill.models.module import RadarModule
+
+    _check_model_choice(cfg)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
         path = Path(ckpt_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist; point it at a .ckpt written by ni-train.")
         module = load_checkpoint_module(RadarModule, ckpt_path)  # weights-only; CheckpointError names the file
         for key in ("task", "in_frames", "out_frames"):
             want = cfg.task.name if key == "task" else int(cfg.task[key])
             if module.hparams[key] != want:
-                raise ValueError(
+                raise BadValueError(
                     f"{path}: the checkpoint was trained with {key}={module.hparams[key]} but the config asks "
                     f"task {key}={want}; evaluate with the task it was trained on (task=..., task.past=...)."
                 )
-        return module, str(ckpt_path)
-    target = str(cfg.model.get("_target_", ""))
-    if target.endswith("BaselineModule"):
-        return build_module(cfg, datamodule), None
-    raise ValueError(
+        return module, str(path)
+    return build_module(cfg, datamodule), None
+
+
+def _check_model_choice(cfg: DictConfig) -> None:
+    """A trainable network needs its checkpoint; a baseline is built from the config."""
+    if cfg.get("ckpt_path") or str(cfg.model.get("_target_", "")).endswith("BaselineModule"):
+        return
+    raise BadValueError(
         f"model={cfg.model.get('name')} is a trainable network: pass ckpt_path=<run>/checkpoints/best-*.ckpt, "
         "or choose a classical baseline (model=nearest|linear|biharmonic|laplace|persistence|extrapolation|sprog)."
     )
@@ -59,12 +66,18 @@ def load_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> tuple[L.L
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate `cfg.split`; returns the `{split}/...` metrics plus `output_dir` and the table paths."""
-    validate_config(cfg, "eval")
+    output_dir = writable_output_dir(cfg.paths.output_dir, "paths.output_dir")
     split = cfg.get("split", "test")
     if split not in SPLITS:
-        raise ValueError(f"split={split!r} is not one of {SPLITS}.")
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+        raise BadValueError(f"split={split}: not a split ni-eval scores; set split=test or split=val.")
+    plain = validate_values(cfg, "eval")
+    _check_model_choice(cfg)
+    check_run_inputs(cfg)
+    validate_targets(plain)
+    import lightning as L  # after the checks: they run in about a second, torch takes several
+
+    from nowcast_infill.utils.instantiate import finish_loggers, instantiate_callbacks, instantiate_loggers
+
     print_config_tree(cfg, save_to=output_dir / "config.yaml")
     L.seed_everything(cfg.seed, workers=True)
 
@@ -127,7 +140,7 @@ def _log_table(trainer: L.Trainer, row: dict) -> None:
             logger.log_table(key="metrics_table", columns=columns, data=[[row[c] for c in columns]])
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="eval", version_base="1.3")
+@hydra_command("eval")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

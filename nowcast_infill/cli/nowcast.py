@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 
-import hydra
-
-from nowcast_infill.cli import CONFIG_DIR
 from omegaconf import DictConfig
 
-from nowcast_infill.cli.infill import model_choice
+from nowcast_infill.cli.checks import check_checkpoint, config_bool, config_int, existing_input, writable_output_store
+from nowcast_infill.cli.errors import hydra_command
+from nowcast_infill.cli.infill import INPUT_FIX, model_choice
+from nowcast_infill.errors import BadValueError
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +24,32 @@ def frame_counts(cfg: DictConfig, predictor=None) -> tuple[int, int]:
         return (BASELINE_PAST if past is None else int(past)), (BASELINE_N_LEADS if n_leads is None else int(n_leads))
     for key, value, trained in (("past", past, predictor.in_frames), ("n_leads", n_leads, predictor.out_frames)):
         if value is not None and int(value) != trained:
-            raise ValueError(f"{key}={value} but {cfg.ckpt_path} was trained for {key}={trained}; "
+            raise BadValueError(f"{key}={value} but {cfg.ckpt_path} was trained for {key}={trained}; "
                              f"drop {key}= (null takes the checkpoint's) or set {key}={trained}.")
     return predictor.in_frames, predictor.out_frames
 
 
+def check_nowcast_config(cfg: DictConfig) -> None:
+    """Values, then the output (writable, not the input), then the inputs exist; nothing is read."""
+    for key in ("past", "n_leads"):
+        config_int(cfg, key, minimum=1, none_ok=True, meaning="null = the checkpoint's")
+    overwrite = config_bool(cfg, "overwrite")
+    if cfg.get("issue_time") is not None:
+        import numpy as np
+
+        try:
+            np.datetime64(str(cfg.issue_time), "ns")
+        except ValueError:
+            raise BadValueError(f"issue_time={cfg.issue_time}: not a time; give an ISO time of the store, "
+                                "e.g. issue_time=2017-08-16T01:50, or issue_time=null for the last frame.") from None
+    writable_output_store(cfg.output, "output", inputs=[("input", cfg.input)],
+                          if_store_exists="overwrite" if overwrite else "refuse", overwrite_key="overwrite")
+    existing_input(cfg.input, "input", "store", fix=INPUT_FIX)
+    check_checkpoint(cfg)
+
+
 def run(cfg: DictConfig):
+    check_nowcast_config(cfg)
     from nowcast_infill.inference.archive import load_predictor, write_nowcast
 
     model, options = model_choice(cfg)
@@ -52,7 +72,7 @@ def run(cfg: DictConfig):
     return out
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="nowcast", version_base="1.3")
+@hydra_command("nowcast")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

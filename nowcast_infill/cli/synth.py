@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
-
-from nowcast_infill.cli import CONFIG_DIR
 from omegaconf import DictConfig, OmegaConf
+
+from nowcast_infill.cli.checks import config_bool, config_float, config_int, writable_output_store
+from nowcast_infill.cli.errors import hydra_command
 
 GENERATOR_KEYS = (
     "seed", "n_times", "ny", "nx", "spacing_km", "time_step_s", "start", "center_lat", "center_lon",
@@ -18,8 +18,19 @@ GENERATOR_KEYS = (
 )  # fmt: skip
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="synth")
+def check_synth_config(cfg: DictConfig) -> None:
+    """The values a user most often mistypes, and the output, before the data is generated."""
+    for key, minimum in (("seed", 0), ("n_times", 1), ("ny", 1), ("nx", 1), ("time_step_s", 1), ("aux_factor", 1)):
+        config_int(cfg, key, minimum=minimum)
+    config_float(cfg, "wet_fraction", 0.0, 1.0, low_open=True)
+    overwrite = config_bool(cfg, "overwrite")
+    writable_output_store(cfg.output, "output", if_store_exists="overwrite" if overwrite else "refuse",
+                          overwrite_key="overwrite")
+
+
+@hydra_command("synth")
 def main(cfg: DictConfig) -> None:
+    check_synth_config(cfg)
     import numpy as np
     import xarray as xr
 

@@ -11,19 +11,24 @@ import os
 from pathlib import Path
 from typing import Any
 
-import hydra
+from typing import TYPE_CHECKING
 
-from nowcast_infill.cli import CONFIG_DIR
-import lightning as L
+import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nowcast_infill.checkpoint_io import read_checkpoint
-from nowcast_infill.config_schema import validate_config
+from nowcast_infill.cli.checks import check_run_inputs, writable_output_dir
+from nowcast_infill.cli.errors import hydra_command
+from nowcast_infill.config_schema import validate_targets, validate_values
+from nowcast_infill.errors import MissingInputError
 from nowcast_infill.utils.config import print_config_tree, register_resolvers
-from nowcast_infill.utils.instantiate import finish_loggers, instantiate_callbacks, instantiate_loggers
 from nowcast_infill.utils.logging import get_logger, rank_zero_print
-from nowcast_infill.utils.lr import global_batch_size
 
+if TYPE_CHECKING:
+    import lightning as L
+
+# torch / Lightning are imported inside the functions that need them: a mistake on the
+# command line is reported before they load (seconds on a busy machine).
 log = get_logger(__name__)
 register_resolvers()
 
@@ -63,6 +68,8 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None, loggers: list 
 
 def report_global_batch(cfg: DictConfig, trainer: L.Trainer) -> int:
     """Print per-device batch x devices x nodes x accumulation (rank 0) and return the product."""
+    from nowcast_infill.utils.lr import global_batch_size
+
     per_device = int(cfg.data.batch_size)
     devices, nodes, accumulate = trainer.num_devices, trainer.num_nodes, trainer.accumulate_grad_batches
     total = global_batch_size(per_device, devices, nodes, accumulate)
@@ -89,7 +96,7 @@ def _vet_checkpoint(ckpt_path: str | None) -> None:
     if ckpt_path is None:
         return
     if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist; point it at a .ckpt file (e.g. <run>/checkpoints/last.ckpt).")
+        raise MissingInputError(f"ckpt_path={ckpt_path} does not exist; point it at a .ckpt file (e.g. <run>/checkpoints/last.ckpt).")
     read_checkpoint(ckpt_path)  # CheckpointError naming the file; Lightning's own load is weights-only too
 
 
@@ -99,10 +106,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Returns a dict of floats: the callback metrics after fitting and the test metrics, plus
     `best_model_path`, `last_model_path` and `output_dir` (strings).
     """
-    validate_config(cfg, "train")
+    output_dir = writable_output_dir(cfg.paths.output_dir, "paths.output_dir")
+    plain = validate_values(cfg, "train")
+    check_run_inputs(cfg)
     _vet_checkpoint(cfg.get("ckpt_path"))
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    validate_targets(plain)
+    import lightning as L  # after the checks: they run in about a second, torch takes several
+
+    from nowcast_infill.utils.instantiate import finish_loggers, instantiate_callbacks, instantiate_loggers
+
     print_config_tree(cfg, save_to=output_dir / "config.yaml")
     L.seed_everything(cfg.seed, workers=True)
 
@@ -157,7 +169,7 @@ def _save_test_figures(module: L.LightningModule, output_dir: Path) -> None:
         plt.close(fig)
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
+@hydra_command("train")
 def main(cfg: DictConfig) -> float | None:
     """ni-train; returns `cfg.optimized_metric` (for sweepers) or None when it was not logged."""
     results = train(cfg)

@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from nowcast_infill import schema
 from nowcast_infill.data.normalization import Normalizer
+from nowcast_infill.errors import MissingInputError
 from nowcast_infill.utils.instantiate import to_plain
 
 log = logging.getLogger(__name__)
@@ -508,7 +509,7 @@ class RadarDataModule(L.LightningDataModule):
 
         path = Path(self.store)
         if not path.exists():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"radar store {path} does not exist; create it with `ni-convert ... output={path}` "
                 "(real data) or `ni-synth` (synthetic data), or fix data.store."
             )

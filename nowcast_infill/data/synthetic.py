@@ -47,6 +47,7 @@ from nowcast_infill.data.radar_sites import (
     sites_from_codes,
 )
 from nowcast_infill.io.importers import make_grid
+from nowcast_infill.errors import BadValueError, OutputExistsError
 
 # Lusatia / Polish border: two DWD radars (Prötzel, Dresden) inside a 256 km window and
 # ~23% of it beyond 150 km of any radar, i.e. a realistic coverage edge with no-data.
@@ -165,17 +166,17 @@ def generate_synthetic(
         to exercise gap handling downstream.
     """
     if ny % aux_factor or nx % aux_factor:
-        raise ValueError(
+        raise BadValueError(
             f"synthetic grid {ny} x {nx} is not divisible by aux_factor={aux_factor}; "
             "choose ny and nx as multiples of aux_factor."
         )
     if not 0.0 < wet_fraction < 1.0:
-        raise ValueError(f"wet_fraction={wet_fraction} must lie strictly between 0 and 1.")
+        raise BadValueError(f"wet_fraction={wet_fraction} must lie strictly between 0 and 1.")
     if n_times < 1:
-        raise ValueError(f"n_times={n_times} must be at least 1.")
+        raise BadValueError(f"n_times={n_times} must be at least 1.")
     bad = [i for i in missing_frame_indices if not -n_times <= i < n_times]
     if bad:
-        raise ValueError(f"missing_frame_indices {bad} are outside 0..{n_times - 1}.")
+        raise BadValueError(f"missing_frame_indices {bad} are outside 0..{n_times - 1}.")
 
     rng = np.random.default_rng(seed)
     spacing_m = spacing_km * 1000.0
@@ -340,7 +341,7 @@ def write_synthetic_store(
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{path}: a store already exists; pass overwrite=True (ni-synth overwrite=true) "
             "to replace it, or choose another output path."
         )
@@ -349,7 +350,7 @@ def write_synthetic_store(
     if chunks:
         unknown = set(chunks) - {"time", "y", "x"}
         if unknown:
-            raise ValueError(f"chunks has unknown dimension(s) {sorted(unknown)}; use keys time, y, x.")
+            raise BadValueError(f"chunks has unknown dimension(s) {sorted(unknown)}; use keys time, y, x.")
         sizes.update({k: int(v) for k, v in chunks.items()})
     sizes = {k: max(1, min(v, ds.sizes[k])) for k, v in sizes.items()}
     encoding = {

@@ -33,7 +33,7 @@ import xarray as xr
 
 from nowcast_infill import __version__
 from nowcast_infill.baselines import NothingToInfillFromError, baseline_task, get_baseline
-from nowcast_infill.errors import UserError
+from nowcast_infill.errors import BadValueError, MissingInputError, OutputExistsError, OutputPathError, UserError
 from nowcast_infill.io.store_lock import DEFAULT_LOCK_TIMEOUT_S, StoreLock
 from nowcast_infill.schema import (
     CRS, MAX_RAIN_RATE_MM_H, MISSING_FRAME, PRECIP, PRECIP_UNITS, SCHEMA_VERSION, implausible_precip, validate_store,
@@ -91,7 +91,7 @@ def open_radar_store(path: str | Path) -> xr.Dataset:
     """Open a schema store lazily and validate it (docs/schema.md)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: input store not found; create it with `ni-convert` or `ni-synth`.")
+        raise MissingInputError(f"{path}: input store not found; create it with `ni-convert` or `ni-synth`.")
     ds = xr.open_zarr(path, chunks=None)
     validate_store(ds, path)
     return ds
@@ -117,7 +117,7 @@ def derive_coverage(ds: xr.Dataset, min_fraction: float = 0.5) -> np.ndarray:
     them. Reads one frame at a time.
     """
     if not 0.0 < min_fraction <= 1.0:
-        raise ValueError(f"coverage_min_fraction={min_fraction}; it must be in (0, 1].")
+        raise BadValueError(f"coverage_min_fraction={min_fraction}; it must be in (0, 1].")
     missing = ds[MISSING_FRAME].values.astype(bool)
     counts = np.zeros(ds[PRECIP].shape[1:], dtype=np.int64)
     n_used = 0
@@ -134,19 +134,19 @@ def load_coverage(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     """Read a coverage mask `(y, x)` bool from a `.npy` file or a NetCDF/Zarr variable `coverage`."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: coverage file not found; pass a .npy bool array or a store with "
+        raise MissingInputError(f"{path}: coverage file not found; pass a .npy bool array or a store with "
                                 f"a '{COVERAGE}(y, x)' variable, or coverage=null to derive it.")
     if path.suffix == ".npy":
         mask = np.load(path)
     else:
         opened = xr.open_zarr(path) if path.suffix == ".zarr" or path.is_dir() else xr.open_dataset(path)
         if COVERAGE not in opened:
-            raise ValueError(f"{path}: no variable '{COVERAGE}'; store the mask as '{COVERAGE}(y, x)' (bool).")
+            raise BadValueError(f"{path}: no variable '{COVERAGE}'; store the mask as '{COVERAGE}(y, x)' (bool).")
         mask = opened[COVERAGE].values
     if mask.shape != tuple(shape):
-        raise ValueError(f"{path}: coverage mask has shape {mask.shape}, the store grid is {tuple(shape)} (y, x).")
+        raise BadValueError(f"{path}: coverage mask has shape {mask.shape}, the store grid is {tuple(shape)} (y, x).")
     if mask.dtype != bool and not np.isin(mask, (0, 1)).all():
-        raise ValueError(f"{path}: coverage mask holds values other than 0/1 (True = inside radar coverage).")
+        raise BadValueError(f"{path}: coverage mask holds values other than 0/1 (True = inside radar coverage).")
     return mask.astype(bool)
 
 
@@ -155,7 +155,7 @@ def load_coverage(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
 def baseline_infill_predictor(name: str, **options) -> InfillPredictor:
     """Wrap an infill baseline as an archive predictor (fills NaN pixels inside `valid_coverage`)."""
     if baseline_task(name) != "infill":
-        raise ValueError(f"model={name!r} is a nowcast baseline; ni-infill needs one of nearest, linear, "
+        raise BadValueError(f"model={name!r} is a nowcast baseline; ni-infill needs one of nearest, linear, "
                          "biharmonic, laplace.")
     baseline = get_baseline(name, **options)
 
@@ -184,9 +184,10 @@ def load_predictor(model: str, task: str, **options) -> tuple[Callable, dict]:
     try:
         kind = baseline_task(model)
     except KeyError as err:
-        raise ValueError(f"model={model!r} is neither an existing checkpoint file nor a baseline; {err.args[0]}") from None
+        raise BadValueError(f"model={model!r} is neither an existing checkpoint file nor a baseline; {err.args[0]}") from None
     if kind != task:
-        raise ValueError(f"model={model!r} is a {kind} baseline, but ni-{task} needs a {task} baseline.")
+        raise BadValueError(f"model={model!r} is a {kind} baseline, but ni-{task} needs a {task} baseline; choose "
+                            "model=nearest|linear|biharmonic|laplace (infill), model=persistence|extrapolation|sprog (nowcast).")
     predictor = baseline_infill_predictor(model, **options) if task == "infill" else get_baseline(model, **options)
     info = {"model": model, "sha256": "", "config": json.dumps({"baseline": model, **options}, sort_keys=True, default=str)}
     return predictor, info
@@ -261,12 +262,12 @@ def _check_resumable(out: xr.Dataset, src: xr.Dataset, output_store: Path, input
             "model_checkpoint_sha256": info.get("sha256", ""), "model_config": info.get("config", "")}
     for key, value in want.items():
         if out.attrs.get(key) != value:
-            raise ValueError(
+            raise OutputPathError(
                 f"{output_store}: exists but was written with {key}={out.attrs.get(key)!r}, this run has {value!r}; "
                 "delete it or choose another output to start afresh."
             )
     if STATUS not in out or out[PRECIP].shape != src[PRECIP].shape:
-        raise ValueError(f"{output_store}: exists but is not an infill store for {input_store} "
+        raise OutputPathError(f"{output_store}: exists but is not an infill store for {input_store} "
                          f"(no '{STATUS}' or another grid); delete it or choose another output.")
 
 
@@ -367,7 +368,7 @@ def _open_or_create_infill_store(predictor, input_store: Path, output_store: Pat
     else:
         coverage_mask = np.asarray(coverage, dtype=bool)
         if coverage_mask.shape != shape:
-            raise ValueError(f"coverage has shape {coverage_mask.shape}; the store grid is {shape} (y, x).")
+            raise BadValueError(f"coverage has shape {coverage_mask.shape}; the store grid is {shape} (y, x).")
         coverage_source = "given by the caller"
     _create_infill_store(src, input_store, output_store, coverage_mask, coverage_source, info, context,
                          infill_outside_coverage)
@@ -426,9 +427,9 @@ def infill_store(
     input_name = str(input_store)
     input_store, output_store = Path(input_store), Path(output_store)
     if context < 0:
-        raise ValueError(f"context={context}; it must be >= 0 frames.")
+        raise BadValueError(f"context={context}; it must be >= 0 frames.")
     if int(devices) < 1:
-        raise ValueError(f"devices={devices}; it must be >= 1.")
+        raise BadValueError(f"devices={devices}; it must be >= 1.")
     require_valid_frame(open_radar_store(input_store), input_name)
     info = dict(model_info or {"model": getattr(predictor, "__name__", type(predictor).__name__), "sha256": "", "config": ""})
     # One writer per output store, from its creation / resume check to the last frame
@@ -476,9 +477,9 @@ def write_nowcast(
     output_as_given = str(output_store)
     input_store, output_store = Path(input_store), Path(output_store)
     if past < 1 or n_leads < 1:
-        raise ValueError(f"past={past} and n_leads={n_leads} must both be >= 1.")
+        raise BadValueError(f"past={past} and n_leads={n_leads} must both be >= 1.")
     if output_store.exists() and not overwrite:
-        raise FileExistsError(f"{output_store}: exists; pass overwrite=true or choose another output.")
+        raise OutputExistsError(f"{output_store}: exists; pass overwrite=true or choose another output.")
     src = open_radar_store(input_store)
     times = src["time"].values
     if issue_time is None:
@@ -487,11 +488,12 @@ def write_nowcast(
         wanted = np.datetime64(issue_time, "ns")
         hits = np.nonzero(times == wanted)[0]
         if hits.size == 0:
-            raise ValueError(f"{input_store}: issue_time {issue_time} is not a time of the store "
-                             f"({times[0]} .. {times[-1]}, step {src.attrs.get('time_step_s')} s).")
+            raise BadValueError(f"{input_store}: issue_time {issue_time} is not a time of the store "
+                             f"({times[0]} .. {times[-1]}, step {src.attrs.get('time_step_s')} s); pick one of them "
+                                "or issue_time=null for the last frame.")
         end = int(hits[0])
     if end + 1 < past:
-        raise ValueError(f"{input_store}: only {end + 1} frames up to {times[end]}, but past={past} are needed.")
+        raise BadValueError(f"{input_store}: only {end + 1} frames up to {times[end]}, but past={past} are needed.")
     x = src[PRECIP][end + 1 - past:end + 1].values.astype(np.float32)
     if hasattr(predictor, "bind"):
         predictor.bind(src, input_store)

@@ -11,6 +11,7 @@ import time as _time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from nowcast_infill.errors import MissingInputError
 from nowcast_infill.io.importers import ConversionError, Frame, get_importer, sha256_of
 from nowcast_infill.io.store import DEFAULT_SHARDS, AppendResult, SourceRecord, StoreWriter, _iso, precip_layout
 from nowcast_infill.io.store_lock import DEFAULT_LOCK_TIMEOUT_S, StoreLock
@@ -26,17 +27,19 @@ DEFAULT_COMMIT_EVERY = 288
 def expand_inputs(inputs: str | Path | list) -> list[Path]:
     """Files named by `inputs` (a glob, a path, or a list of them), sorted, without repeats.
 
-    Raises FileNotFoundError naming each pattern that matches nothing.
+    Raises MissingInputError (a FileNotFoundError) naming each pattern that matches nothing.
+    Paths keep the user's spelling (messages name them as given); a file named twice, also
+    through a symlink, is kept once.
     """
     patterns = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     if not patterns:
-        raise FileNotFoundError("inputs is empty; pass inputs='<glob>' or a list of files.")
+        raise MissingInputError("inputs is empty; pass inputs='<glob>' or a list of files.")
     found: list[Path] = []
     for pattern in patterns:
         text = os.path.expanduser(str(pattern))
         hits = sorted(glob.glob(text)) if glob.has_magic(text) else ([text] if os.path.exists(text) else [])
         if not hits:
-            raise FileNotFoundError(f"{text}: no file matches this input; check the path or glob (relative to {os.getcwd()}).")
+            raise MissingInputError(f"{pattern}: no file matches this input; check the path or glob (relative to {os.getcwd()}).")
         found.extend(Path(h) for h in hits)
     # A file named twice (also through a symlink) is read once, under the first name given:
     # the name is kept as written, since times are read from it and messages must show it.

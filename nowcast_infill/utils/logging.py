@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-
-from lightning.fabric.utilities.rank_zero import rank_zero_only
+import sys
 
 
 def current_rank() -> int:
@@ -21,7 +20,10 @@ def current_rank() -> int:
                 return int(value)
             except ValueError:
                 continue
-    return int(getattr(rank_zero_only, "rank", 0) or 0)
+    # Lightning's rank, once Lightning is loaded (it also knows launchers not listed above);
+    # not imported here: the ni-* commands check their config before loading torch.
+    rank_zero = sys.modules.get("lightning.fabric.utilities.rank_zero")
+    return int(getattr(getattr(rank_zero, "rank_zero_only", None), "rank", 0) or 0)
 
 
 class RankZeroLogger(logging.LoggerAdapter):

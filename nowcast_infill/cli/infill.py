@@ -59,12 +59,12 @@ def run(cfg: DictConfig) -> dict:
         trained = (predictor.in_frames - 1) // 2
         if context is not None and int(context) != trained:
             raise BadValueError(f"context={context} but {model} was trained with context={trained} "
-                             f"(in_frames={predictor.in_frames}); drop context= or set context={trained}.")
+                                f"(in_frames={predictor.in_frames}); drop context= or set context={trained}.")
         context = trained
     else:
         if int(cfg.get("devices", 1)) > 1:
             raise BadValueError("devices > 1 runs checkpoints only (a baseline predictor is a closure that cannot be "
-                             "sent to worker processes, and it has no device to use); use devices=1 with a baseline.")
+                                "sent to worker processes, and it has no device to use); use devices=1 with a baseline.")
         context = 0 if context is None else context
     summary = infill_store(
         predictor, cfg.input, cfg.output, model_info=info, context=int(context), coverage=cfg.coverage,

@@ -25,7 +25,7 @@ def frame_counts(cfg: DictConfig, predictor=None) -> tuple[int, int]:
     for key, value, trained in (("past", past, predictor.in_frames), ("n_leads", n_leads, predictor.out_frames)):
         if value is not None and int(value) != trained:
             raise BadValueError(f"{key}={value} but {cfg.ckpt_path} was trained for {key}={trained}; "
-                             f"drop {key}= (null takes the checkpoint's) or set {key}={trained}.")
+                                f"drop {key}= (null takes the checkpoint's) or set {key}={trained}.")
     return predictor.in_frames, predictor.out_frames
 
 

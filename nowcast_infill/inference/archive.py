@@ -156,7 +156,7 @@ def baseline_infill_predictor(name: str, **options) -> InfillPredictor:
     """Wrap an infill baseline as an archive predictor (fills NaN pixels inside `valid_coverage`)."""
     if baseline_task(name) != "infill":
         raise BadValueError(f"model={name!r} is a nowcast baseline; ni-infill needs one of nearest, linear, "
-                         "biharmonic, laplace.")
+                            "biharmonic, laplace.")
     baseline = get_baseline(name, **options)
 
     def predictor(x_mm_h: np.ndarray, valid_coverage: np.ndarray) -> np.ndarray:
@@ -268,7 +268,7 @@ def _check_resumable(out: xr.Dataset, src: xr.Dataset, output_store: Path, input
             )
     if STATUS not in out or out[PRECIP].shape != src[PRECIP].shape:
         raise OutputPathError(f"{output_store}: exists but is not an infill store for {input_store} "
-                         f"(no '{STATUS}' or another grid); delete it or choose another output.")
+                              f"(no '{STATUS}' or another grid); delete it or choose another output.")
 
 
 class _FrameCache:
@@ -489,11 +489,12 @@ def write_nowcast(
         hits = np.nonzero(times == wanted)[0]
         if hits.size == 0:
             raise BadValueError(f"{input_store}: issue_time {issue_time} is not a time of the store "
-                             f"({times[0]} .. {times[-1]}, step {src.attrs.get('time_step_s')} s); pick one of them "
+                                f"({times[0]} .. {times[-1]}, step {src.attrs.get('time_step_s')} s); pick one of them "
                                 "or issue_time=null for the last frame.")
         end = int(hits[0])
     if end + 1 < past:
-        raise BadValueError(f"{input_store}: only {end + 1} frames up to {times[end]}, but past={past} are needed.")
+        raise BadValueError(f"{input_store}: only {end + 1} frames up to {times[end]}, but past={past} are needed; "
+                            "lower past= or choose a later issue_time=.")
     x = src[PRECIP][end + 1 - past:end + 1].values.astype(np.float32)
     if hasattr(predictor, "bind"):
         predictor.bind(src, input_store)

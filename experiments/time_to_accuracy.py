@@ -398,7 +398,7 @@ def load_runs(path: Path) -> tuple[list[Run], dict]:
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=1536, help="training samples per run (default 1536)")
+    parser.add_argument("--samples", type=int, default=1024, help="training samples per run (default 1024)")
     parser.add_argument("--val-every", type=int, default=128, help="validate every this many samples (default 128)")
     parser.add_argument("--warmup-samples", type=int, default=128, help="lr warm-up length in samples (default 128)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -411,6 +411,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--target", type=float, default=None, help="target validation RMSE (mm/h); default: see above")
     parser.add_argument("--quick", action="store_true", help="tiny store and budget: checks the pipeline in ~1 min")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the saved JSON")
+    parser.add_argument("--resume", action="store_true", help="keep the finished runs of the saved JSON, run the rest")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where scaling.md and figures/ go")
     parser.add_argument("--work", type=Path, default=WORK_DIR, help="store and run folders (git-ignored)")
     args = parser.parse_args(argv)
@@ -419,6 +420,8 @@ def main(argv: list[str] | None = None) -> Path:
     json_path = args.out / "time_to_accuracy_runs.json"
     if args.report_only:
         runs, meta = load_runs(json_path)
+        if not runs:
+            raise SystemExit(f"{json_path}: no finished run to report")
         for key in ("samples", "val_every", "warmup_samples", "lr", "crop", "channels", "eval_masks", "quick"):
             setattr(args, key, meta["args"][key])
         prov, total_s = meta["provenance"], meta["total_s"]
@@ -432,18 +435,31 @@ def main(argv: list[str] | None = None) -> Path:
         stats = store.with_suffix(".normalization.json")
         prov = provenance([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
         start = time.perf_counter()
-        runs = []
+        runs, done_before = [], 0.0
+        if args.resume and json_path.is_file():
+            runs, old_meta = load_runs(json_path)
+            changed = [k for k in ("samples", "val_every", "warmup_samples", "lr", "crop", "channels", "eval_masks")
+                       if old_meta["args"][k] != getattr(args, k)]
+            if changed:
+                raise SystemExit(f"--resume: {json_path} was run with other {changed}; rerun without --resume")
+            done_before = old_meta["total_s"]
+            log(f"resuming: {len(runs)} finished runs from {json_path}")
+        finished = {(r.setting, r.seed) for r in runs}
         for seed in args.seeds:
             for setting in settings_of(layouts):
+                if (setting, seed) in finished:
+                    continue
                 log(f"{setting.name} ({setting.describe()}) seed {seed}")
                 run = run_one(setting, seed, args, store, stats)
                 log(f"  best val RMSE {min(run.val_rmse):.4f}, final {run.val_rmse[-1]:.4f}, test {run.test_rmse:.4f}, "
                     f"{run.wall_s:.0f} s")
                 runs.append(run)
-        total_s = time.perf_counter() - start
-        meta = {"provenance": prov, "total_s": total_s, "args": {
-            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
-        save_runs(runs, json_path, meta)
+                total_s = done_before + time.perf_counter() - start
+                meta = {"provenance": prov, "total_s": total_s, "args": {
+                    k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+                # after every run: an interrupted matrix can be reported (--report-only) or resumed
+                save_runs(runs, json_path, meta)
+        total_s = done_before + time.perf_counter() - start
     target = args.target if args.target is not None else default_target(runs)
     source = ("given with --target" if args.target is not None else
               "the largest best-validation-RMSE over all runs, rounded up: the tightest target every run reaches")

@@ -397,18 +397,19 @@ def run_ddp(report: Report, args, budget: Budget) -> None:
     if not script.is_file():
         report.ddp = {"note": "skipped: experiments/bench_scaling.py is not in this checkout"}
         return
-    seconds = int(budget.left() - 10)
+    seconds = int(min(budget.left() - 10, 90 if args.dry_run else 1e9))
     if seconds < 30:
         report.ddp = {"note": "skipped (time budget)"}
         return
     if args.dry_run:
-        cmd = [sys.executable, str(script), "--dry-run", "--accelerator", "cpu", "--backend", "gloo", "--procs", "1"]
+        cmd = [sys.executable, str(script), "--dry-run", "--accelerator", "cpu", "--backend", "gloo", "--procs", "1",
+               "--no-nodes2"]
     else:
         gpus = max(torch.cuda.device_count(), 1)
         procs = "1" if gpus == 1 else f"1,{gpus}"
         cmd = [sys.executable, str(script), "--accelerator", "gpu", "--backend", "nccl", "--procs", procs,
-               "--variants", "baseline", "--mode", "weak", "--batch", str(args.batch), "--crop", "256",
-               "--steps", "10"]
+               "--no-nodes2", "--variants", "baseline", "--mode", "weak", "--batch", str(args.batch), "--crop", "256",
+               "--net-channels", ",".join(map(str, args.channels)), "--precision", "bf16-mixed", "--steps", "10"]
     report.ddp = {"command": " ".join(cmd[1:])}
     try:
         done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=seconds)
@@ -490,13 +491,13 @@ def render(report: Report, args, elapsed_s: float) -> str:
         "forward (autocast), masked MSE, backward, Adam. GFLOP/step from FlopCounterMode (forward + backward); "
         "MFU = GFLOP/step / step time / peak.", "",
         step_table(report.cells), "",
-        "### Largest batch (baseline, 7 levels)", "",
+        f"### Largest batch (baseline, {len(args.channels)} levels)", "",
     ]
     lb = report.largest_batch
     if lb:
         cap = f" (the search cap {lb['cap']}: may fit more)" if lb.get("hit_cap") else ""
-        lines.append(f"{lb['dtype']}, {lb['crop']}² crops: **{lb['batch']}**{cap}. {lb.get('note', '')} "
-                     f"Tries (batch, fits): {lb['tries']}")
+        note = f" {lb['note']}." if lb.get("note") else ""
+        lines.append(f"{lb['dtype']}, {lb['crop']}² crops: **{lb['batch']}**{cap}.{note} Tries (batch, fits): {lb['tries']}")
     else:
         lines.append("not run")
     lines += ["", "### ni-infill throughput (whole frames, every tile computed)", "", infill_table(report.infill), "",

@@ -202,11 +202,10 @@ def run_one(setting: Setting, seed: int, args, store: Path, stats: Path) -> Run:
     lr = args.lr * (setting.global_batch / REFERENCE_BATCH if setting.lr_scaling == "linear" else 1.0)
     run = Run(setting, seed, lr, run_dir=str(run_dir))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "NI_RUN_ID", "TORCHELASTIC"))}
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    # the cores are shared out between the processes: one process gets them all, two get half each
+    # a process stands for one device of fixed speed: the same threads in every process, so that
+    # 2 processes have twice the compute of 1 (as 2 GPUs have twice that of 1)
     env.update(WANDB_MODE="offline", PYTHONPATH=str(REPO_ROOT), GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(29500 + (os.getpid() % 1000)),
-               OMP_NUM_THREADS=str(max(1, cores // setting.processes)))
+               MASTER_PORT=str(29500 + (os.getpid() % 1000)), OMP_NUM_THREADS=str(args.threads))
     cmd = [sys.executable, "-m", "nowcast_infill.cli.train", *train_overrides(setting, seed, args, store, stats, run_dir)]
     start = time.perf_counter()
     with (run_dir / "train.log").open("w") as out:
@@ -349,7 +348,8 @@ def write_report(runs: list[Run], args, prov: dict, total_s: float, target: floa
         f"reference global batch {REFERENCE_BATCH}, warm-up over {args.warmup_samples} samples "
         f"(`model.scheduler.warmup_samples`, so ceil({args.warmup_samples}/batch) steps) then cosine decay to 1 %. "
         f"Global batch = processes x per-process batch x gradient accumulation: this machine has 2 cores, so at most "
-        f"2 gloo processes (1 thread each; 1 process gets 2 threads) and accumulation makes up the rest. Validation "
+        f"2 gloo processes, {args.threads} thread(s) each (a process stands for a device of fixed speed), and "
+        f"accumulation makes up the rest. Validation "
         f"(whole 128x128 frames, {args.eval_masks} fixed hole masks) every {args.val_every} samples, logged with the "
         f"samples seen and the training wall time excluding validation (`TrainingClock`).",
         "",
@@ -405,6 +405,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--layouts", nargs="+", default=[f"{b}={p}x{n}x{a}" for b, (p, n, a) in DEFAULT_LAYOUTS.items()],
                         help="GLOBAL=PROCSxBATCHxACCUM per global batch (default 8=1x8x1 16=2x8x1 32=2x8x2)")
     parser.add_argument("--lr", type=float, default=1e-3, help=f"base lr at global batch {REFERENCE_BATCH}")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
     parser.add_argument("--crop", type=int, default=32, help="training crop edge (px, a multiple of 8)")
     parser.add_argument("--channels", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--eval-masks", type=int, default=16, help="fixed validation/test hole masks (default 16)")
@@ -422,7 +423,7 @@ def main(argv: list[str] | None = None) -> Path:
         runs, meta = load_runs(json_path)
         if not runs:
             raise SystemExit(f"{json_path}: no finished run to report")
-        for key in ("samples", "val_every", "warmup_samples", "lr", "crop", "channels", "eval_masks", "quick"):
+        for key in ("samples", "val_every", "warmup_samples", "lr", "crop", "channels", "eval_masks", "quick", "threads"):
             setattr(args, key, meta["args"][key])
         prov, total_s = meta["provenance"], meta["total_s"]
     else:
@@ -438,7 +439,8 @@ def main(argv: list[str] | None = None) -> Path:
         runs, done_before = [], 0.0
         if args.resume and json_path.is_file():
             runs, old_meta = load_runs(json_path)
-            changed = [k for k in ("samples", "val_every", "warmup_samples", "lr", "crop", "channels", "eval_masks")
+            changed = [k for k in ("samples", "val_every", "warmup_samples", "lr", "crop", "channels", "eval_masks",
+                                   "threads")
                        if old_meta["args"][k] != getattr(args, k)]
             if changed:
                 raise SystemExit(f"--resume: {json_path} was run with other {changed}; rerun without --resume")

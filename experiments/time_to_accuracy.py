@@ -27,7 +27,7 @@ Writes `experiments/results/scaling.md` (section "Time to accuracy"), the raw cu
 
 Usage::
 
-    python experiments/time_to_accuracy.py                # the stated matrix (10 runs, ~30 min on 2 busy cores)
+    python experiments/time_to_accuracy.py                # the stated matrix (15 runs, ~15 min on 2 cores)
     python experiments/time_to_accuracy.py --quick        # tiny check of the pipeline (numbers meaningless)
     python experiments/time_to_accuracy.py --report-only  # rewrite the report from the saved JSON
 """
@@ -399,9 +399,9 @@ def load_runs(path: Path) -> tuple[list[Run], dict]:
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=1024, help="training samples per run (default 1024)")
-    parser.add_argument("--val-every", type=int, default=128, help="validate every this many samples (default 128)")
+    parser.add_argument("--val-every", type=int, default=64, help="validate every this many samples (default 64)")
     parser.add_argument("--warmup-samples", type=int, default=128, help="lr warm-up length in samples (default 128)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--layouts", nargs="+", default=[f"{b}={p}x{n}x{a}" for b, (p, n, a) in DEFAULT_LAYOUTS.items()],
                         help="GLOBAL=PROCSxBATCHxACCUM per global batch (default 8=1x8x1 16=2x8x1 32=2x8x2)")
     parser.add_argument("--lr", type=float, default=1e-3, help=f"base lr at global batch {REFERENCE_BATCH}")

@@ -17,10 +17,10 @@ Validation runs every `--val-every` samples; the `TrainingClock` callback logs w
 samples seen and the training wall time (validation excluded). From those curves the report
 gives, per setting, the optimizer steps, samples and seconds until the validation RMSE first
 falls to the target, the speed-up in steps over batch 8 against the ideal N, and the final
-validation and test RMSE (test = the final weights on the test split). The target is either
-`--target` or, by default, the largest best-validation-RMSE over all runs (rounded up to
-0.001): the tightest target that every run reaches (a value from a pilot run of the
-reference batch can be given with `--target`).
+validation and test RMSE (test = the final weights on the test split). The target is
+`--target` (e.g. a value read off a pilot run of the reference batch) or, by default, two
+(`default_targets`): the largest best-validation-RMSE over all runs, which every run reaches,
+and 1.05 x the final validation RMSE of batch 8, which a setting that trains worse may not.
 
 Writes `experiments/results/scaling.md` (section "Time to accuracy"), the raw curves
 `time_to_accuracy_runs.json` and `figures/time_to_accuracy.png`.
@@ -220,10 +220,24 @@ def run_one(setting: Setting, seed: int, args, store: Path, stats: Path) -> Run:
 # ----------------------------------------------------------------------------------------
 # Analysis and report
 # ----------------------------------------------------------------------------------------
-def default_target(runs: list[Run]) -> float:
-    """The largest best-validation-RMSE over all runs, rounded up to 0.001: every run reaches it."""
-    worst_best = max(min(r.val_rmse) for r in runs)
-    return math.ceil(worst_best * 1000 - 1e-9) / 1000
+def default_targets(runs: list[Run]) -> list[tuple[float, str]]:
+    """Two targets, (value, how it was chosen), both rounded up to 0.001 mm/h:
+
+    - the largest best-validation-RMSE over all runs: the tightest target every run reaches;
+    - 1.05 x the reference batch's mean final validation RMSE: "as good as batch 8, within 5 %",
+      which a setting that trains worse may never reach within the budget.
+    """
+    def up(value: float) -> float:
+        return math.ceil(value * 1000 - 1e-9) / 1000
+
+    targets = [(up(max(min(r.val_rmse) for r in runs)),
+                "the largest best-validation-RMSE over all runs: the tightest target every run reaches")]
+    reference = [r for r in runs if r.setting.global_batch == REFERENCE_BATCH]
+    if reference:
+        final = mean_std(r.val_rmse[-1] for r in reference)[0]
+        targets.append((up(1.05 * final), f"1.05 x the mean final validation RMSE of batch {REFERENCE_BATCH} "
+                                          f"({final:.4f}): as good as the reference within 5 %"))
+    return targets
 
 
 def group(runs: list[Run]) -> dict[str, list[Run]]:
@@ -245,37 +259,56 @@ def reach_stats(runs: list[Run], target: float) -> dict[str, float | int]:
     }
 
 
-def results_table(runs: list[Run], target: float) -> str:
+def reference_group(runs: list[Run]) -> list[Run] | None:
+    return next((g for g in group(runs).values() if g[0].setting.global_batch == REFERENCE_BATCH), None)
+
+
+def settings_table(runs: list[Run]) -> str:
+    """Per setting: layout, lr, final validation and test RMSE, wall time per run."""
     from nowcast_infill.utils.tables import markdown_table
 
-    groups = group(runs)
-    reference = next((g for g in groups.values() if g[0].setting.global_batch == REFERENCE_BATCH), None)
-    ref = reach_stats(reference, target) if reference else None
     rows = []
-    for name, members in groups.items():
+    for members in group(runs).values():
         s = members[0].setting
-        stats = reach_stats(members, target)
-        n = s.global_batch / REFERENCE_BATCH
-        all_reached = stats["reached"] == len(members)
-        speedup = ref["steps"] / stats["steps"] if ref and all_reached and ref["reached"] == len(reference) else float("nan")
         rows.append({
-            "global batch": s.global_batch,
-            "layout": s.describe(),
-            "lr rule": s.lr_scaling,
-            "lr": f"{members[0].lr:g}",
-            "seeds reaching": f"{stats['reached']}/{len(members)}",
-            "steps to target": f"{stats['steps']:.0f}" if stats["reached"] else "not reached",
-            "samples to target": f"{stats['samples']:.0f}" if stats["reached"] else "–",
-            "train s to target": f"{stats['train_s']:.0f}" if stats["reached"] else "–",
-            "step speed-up vs 8 (ideal)": "–" if math.isnan(speedup) else f"{speedup:.2f} ({n:g})",
+            "global batch": s.global_batch, "layout": s.describe(), "lr rule": s.lr_scaling, "lr": f"{members[0].lr:g}",
+            "steps": members[0].steps[-1],
             "final val RMSE": format_mean_std([r.val_rmse[-1] for r in members]),
+            "best val RMSE": format_mean_std([min(r.val_rmse) for r in members]),
             "test RMSE": format_mean_std([r.test_rmse for r in members]),
+            "train s (whole run)": format_mean_std([r.train_s[-1] for r in members], 0),
             "run wall s": f"{mean_std(r.wall_s for r in members)[0]:.0f}",
         })
     return markdown_table(rows, list(rows[0]))
 
 
-def plot_curves(runs: list[Run], target: float, path: Path) -> Path:
+def target_table(runs: list[Run], target: float) -> str:
+    """Per setting: seeds reaching `target`, steps / samples / training seconds to it, and the
+    speed-up in steps and in training time over the reference batch."""
+    from nowcast_infill.utils.tables import markdown_table
+
+    reference = reference_group(runs)
+    ref = reach_stats(reference, target) if reference else None
+    ref_ok = ref is not None and ref["reached"] == len(reference)
+    rows = []
+    for members in group(runs).values():
+        s = members[0].setting
+        stats = reach_stats(members, target)
+        ok = stats["reached"] == len(members) and ref_ok
+        rows.append({
+            "global batch": s.global_batch, "lr rule": s.lr_scaling,
+            "seeds reaching": f"{stats['reached']}/{len(members)}",
+            "steps to target": f"{stats['steps']:.0f}" if stats["reached"] else "not reached",
+            "samples to target": f"{stats['samples']:.0f}" if stats["reached"] else "–",
+            "train s to target": f"{stats['train_s']:.1f}" if stats["reached"] else "–",
+            "fewer steps than batch 8 (ideal)": (f"{ref['steps'] / stats['steps']:.2f}x ({s.global_batch // REFERENCE_BATCH}x)"
+                                                 if ok else "–"),
+            "faster than batch 8 in train s": f"{ref['train_s'] / stats['train_s']:.2f}x" if ok else "–",
+        })
+    return markdown_table(rows, list(rows[0]))
+
+
+def plot_curves(runs: list[Run], targets: list[float], path: Path) -> Path:
     """Validation RMSE against samples seen (left) and training seconds (right), mean over seeds."""
     import matplotlib
 
@@ -295,13 +328,14 @@ def plot_curves(runs: list[Run], target: float, path: Path) -> Path:
         axes[0].plot(members[0].samples[:n], rmse, style, color=colour, marker="o", ms=2, label=label)
         axes[1].plot(np.mean([r.train_s[:n] for r in members], axis=0), rmse, style, color=colour, marker="o", ms=2)
     for ax, xlabel in zip(axes, ("training samples seen", "training wall time, validation excluded (s)")):
-        ax.axhline(target, color="grey", lw=0.8, ls=":")
+        for target in targets:
+            ax.axhline(target, color="grey", lw=0.8, ls=":")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation RMSE (mm/h)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"Infilling baseline on the synthetic store, mean over seeds; dotted: target {target:.3f} mm/h",
-                 fontsize=9)
+    fig.suptitle("Infilling baseline on the synthetic store, mean over seeds; dotted: targets "
+                 + ", ".join(f"{t:.3f}" for t in targets) + " mm/h", fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -311,9 +345,9 @@ def plot_curves(runs: list[Run], target: float, path: Path) -> Path:
 def verdict(runs: list[Run], target: float) -> list[str]:
     """Sentences on the claim, from the table's numbers (no fixed wording of the outcome)."""
     groups = group(runs)
-    reference = next((g for g in groups.values() if g[0].setting.global_batch == REFERENCE_BATCH), None)
-    if reference is None:
-        return []
+    reference = reference_group(runs)
+    if reference is None or reach_stats(reference, target)["reached"] < len(reference):
+        return [f"- batch {REFERENCE_BATCH} itself does not reach {target:.3f} with every seed: no step ratio."]
     ref = reach_stats(reference, target)
     lines = []
     for members in groups.values():
@@ -334,9 +368,18 @@ def verdict(runs: list[Run], target: float) -> list[str]:
     return lines
 
 
-def write_report(runs: list[Run], args, prov: dict, total_s: float, target: float, target_source: str) -> Path:
-    figure = plot_curves(runs, target, args.out / "figures" / "time_to_accuracy.png")
+def write_report(runs: list[Run], args, prov: dict, total_s: float, targets: list[tuple[float, str]]) -> Path:
+    figure = plot_curves(runs, [t for t, _ in targets], args.out / "figures" / "time_to_accuracy.png")
     quick = ["", "**--quick run: tiny budget; the numbers only show that the pipeline runs.**"] if args.quick else []
+    seeds = sorted({r.seed for r in runs})
+    per_target = []
+    for value, source in targets:
+        per_target += [
+            f"### Target validation RMSE {value:.3f} mm/h", "",
+            f"Chosen as {source}.", "",
+            target_table(runs, value), "",
+            *verdict(runs, value), "",
+        ]
     body = "\n".join([
         REPORT_BEGIN,
         "## Time to accuracy: global batch 8 / 16 / 32, linear lr scaling vs none",
@@ -349,19 +392,17 @@ def write_report(runs: list[Run], args, prov: dict, total_s: float, target: floa
         f"(`model.scheduler.warmup_samples`, so ceil({args.warmup_samples}/batch) steps) then cosine decay to 1 %. "
         f"Global batch = processes x per-process batch x gradient accumulation: this machine has 2 cores, so at most "
         f"2 gloo processes, {args.threads} thread(s) each (a process stands for a device of fixed speed), and "
-        f"accumulation makes up the rest. Validation "
-        f"(whole 128x128 frames, {args.eval_masks} fixed hole masks) every {args.val_every} samples, logged with the "
-        f"samples seen and the training wall time excluding validation (`TrainingClock`).",
+        f"accumulation makes up the rest. Validation (whole 128x128 frames, {args.eval_masks} fixed hole masks) every "
+        f"{args.val_every} samples, logged with the samples seen and the training wall time excluding validation "
+        f"(`TrainingClock`). Test RMSE = the final weights on the test split. Mean ± std over seeds {seeds}.",
         "",
-        f"Target validation RMSE: **{target:.3f} mm/h** ({target_source}). \"to target\" = the first validation at "
-        f"or below it (resolution {args.val_every} samples), mean over the seeds that reached it; test RMSE = the "
-        "final weights on the test split; mean ± std over seeds "
-        f"{sorted({r.seed for r in runs})}.",
+        settings_table(runs),
         "",
-        results_table(runs, target),
+        f"\"to target\" = the first validation at or below the target (resolution {args.val_every} samples), mean over "
+        "the seeds that reached it; \"train s\" = training wall time without validation, on a machine shared with "
+        "other jobs (noisy: compare steps and samples first).",
         "",
-        *verdict(runs, target),
-        "",
+        *per_target,
         f"![validation RMSE against samples seen and training time](figures/{figure.name})",
         "",
         f"- command: `{prov['command']}`",
@@ -462,10 +503,8 @@ def main(argv: list[str] | None = None) -> Path:
                 # after every run: an interrupted matrix can be reported (--report-only) or resumed
                 save_runs(runs, json_path, meta)
         total_s = done_before + time.perf_counter() - start
-    target = args.target if args.target is not None else default_target(runs)
-    source = ("given with --target" if args.target is not None else
-              "the largest best-validation-RMSE over all runs, rounded up: the tightest target every run reaches")
-    report = write_report(runs, args, prov, total_s, target, source)
+    targets = [(args.target, "given with --target")] if args.target is not None else default_targets(runs)
+    report = write_report(runs, args, prov, total_s, targets)
     log(f"wrote {report}")
     return report
 

@@ -48,7 +48,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_common import (  # noqa: E402
-    REPO_ROOT, RESULTS_DIR, WORK_DIR, format_mean_std, keep_small, log, mean_std, provenance,
+    REPO_ROOT, RESULTS_DIR, WORK_DIR, format_mean_std, git_commit, keep_small, log, mean_std, provenance,
 )
 
 REFERENCE_BATCH = 8
@@ -410,6 +410,8 @@ def write_report(runs: list[Run], args, prov: dict, total_s: float, targets: lis
         f"- date: {prov['date']}",
         f"- machine: {prov['machine']}",
         f"- total wall time of the script: {total_s / 60:.1f} min",
+        *([f"- this text rewritten from the saved runs (`--report-only`) at commit `{git_commit()}`"]
+          if args.report_only else []),
         REPORT_END,
     ]) + "\n"
     report = args.out / "scaling.md"

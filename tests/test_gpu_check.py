@@ -60,11 +60,11 @@ def test_dry_run_prints_every_row_and_column(tmp_path):
     assert "**4** (the search cap 4" in out  # CPU: never out of memory, so the cap is reached
 
     infill = table_rows(out, "| product | frame |")
-    assert [r[0] for r in infill] == ["RW", "YW"]
-    assert [r[1] for r in infill] == ["90x90", "110x90"]
+    assert [(r[0], r[1], r[2]) for r in infill] == [
+        ("RW", "90x90", "fp32"), ("RW", "90x90", "bf16 autocast"), ("YW", "110x90", "fp32"), ("YW", "110x90", "bf16 autocast")]
     for r in infill:
-        assert float(r[3]) > 0
-    assert "8,760 frames" in infill[0][4] and "105,120 frames" in infill[1][4]
+        assert float(r[4]) > 0, r
+    assert "8,760 frames" in infill[0][5] and "105,120 frames" in infill[2][5]
 
     assert "### DDP over all visible GPUs" in out
     assert "- MFU, baseline bf16 512²: goal >= 35 %" in out

@@ -124,6 +124,21 @@ def test_warmup_cosine_schedule_shape():
     assert lrs[-1] == pytest.approx(expected_last)
 
 
+def test_warmup_length_precedence():
+    from nowcast_infill.utils.lr import warmup_steps_for
+
+    # steps win, then samples (ceil(samples / global batch)), then the fraction of all steps
+    assert warmup_steps_for(100, warmup_steps=7, warmup_samples=64, warmup_fraction=0.5, global_batch=8) == 7
+    assert warmup_steps_for(100, warmup_samples=64, warmup_fraction=0.5, global_batch=8) == 8
+    assert warmup_steps_for(100, warmup_samples=65, global_batch=32) == 3
+    assert warmup_steps_for(100, warmup_fraction=0.05) == 5
+    assert warmup_steps_for(10, warmup_samples=1000, global_batch=8) == 10  # never longer than the run
+    with pytest.raises(ValueError, match="warmup_samples needs the global batch"):
+        warmup_steps_for(100, warmup_samples=64)
+    with pytest.raises(ValueError, match="scheduler.warmup_steps must be >= 0"):
+        warmup_steps_for(100, warmup_steps=-1)
+
+
 def test_run_dir_agrees_across_ranks(monkeypatch, tmp_path):
     # Under srun every rank sees the same SLURM_JOB_ID; the run dir must not depend on the rank.
     for name in ("NI_RUN_ID", "SLURM_ARRAY_JOB_ID", "TORCHELASTIC_RUN_ID"):

@@ -116,3 +116,41 @@ def test_linear_lr_scaling_with_accumulation_and_aux_check(store, tmp_path):
     trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
     with pytest.raises(ValueError, match=r"model.aux_channels=0 but the DataModule yields 3"):
         trainer.fit(make_module(), datamodule=dm_aux)
+
+
+def test_warmup_in_samples_and_training_clock(store, tmp_path):
+    """scheduler.warmup_samples is a number of samples whatever the global batch (here 2 x 2
+    accumulation = 4: 8 samples = 2 steps); TrainingClock logs samples seen = steps x 4."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from nowcast_infill.utils.training_clock import TrainingClock
+
+    dm = RadarDataModule(store, task="infill", context=1, crop_size=32, batch_size=2, masks=MASKS,
+                         eval_masks={"n": 2}, split={"fractions": [0.7, 0.15, 0.15], "gap": 2}, aux=None)
+    scheduler = {"_target_": "nowcast_infill.utils.lr.warmup_cosine_schedule", "_partial_": True,
+                 "warmup_samples": 8, "warmup_fraction": 0.75, "min_lr_ratio": 1.0, "interval": "step"}
+    module = make_module(scheduler=scheduler)
+    seen_lrs = []
+
+    class RecordLr(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx % 2 == 0:  # the first micro-batch of each optimizer step
+                seen_lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = L.Trainer(max_steps=4, accumulate_grad_batches=2, val_check_interval=4, check_val_every_n_epoch=None,
+                        limit_val_batches=1, num_sanity_val_steps=0, logger=CSVLogger(tmp_path, name="csv", version=""),
+                        callbacks=[TrainingClock(), RecordLr()], enable_checkpointing=False,
+                        enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=dm)
+    # lr linear-scaled to 1e-3 x 4/8 = 0.5e-3; warm-up of 8 samples / 4 = 2 steps (warmup_samples
+    # wins over warmup_fraction, which would give 3 steps: 1/3, 2/3, 1 of the lr)
+    assert seen_lrs[:3] == pytest.approx([0.25e-3, 0.5e-3, 0.5e-3])
+
+    import csv
+
+    rows = [r for r in csv.DictReader((tmp_path / "csv" / "metrics.csv").open()) if r.get("clock/samples_seen")]
+    assert [float(r["clock/samples_seen"]) for r in rows] == [8.0, 16.0]
+    assert [float(r["clock/optimizer_steps"]) for r in rows] == [2.0, 4.0]
+    assert all(float(r["clock/global_batch"]) == 4.0 for r in rows)
+    times = [float(r["clock/train_s"]) for r in rows]
+    assert 0 < times[0] < times[1]

@@ -28,7 +28,7 @@ import torch
 
 from nowcast_infill.utils.instantiate import split_reserved, to_plain
 from nowcast_infill.utils.logging import get_logger
-from nowcast_infill.utils.lr import global_batch_size, scaled_learning_rate
+from nowcast_infill.utils.lr import scaled_learning_rate, trainer_global_batch
 
 log = get_logger(__name__)
 
@@ -337,15 +337,7 @@ class RadarModule(L.LightningModule):
     # ------------------------------------------------------------ optimiser
     def global_batch(self) -> int:
         """Per-device batch x devices x nodes x accumulation of the attached Trainer."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        per_device = getattr(datamodule, "batch_size", None)
-        if per_device is None:
-            per_device = getattr(getattr(datamodule, "hparams", {}), "batch_size", None)
-        if per_device is None:
-            raise ValueError("cannot read the per-device batch size: the DataModule has no `batch_size`.")
-        return global_batch_size(
-            per_device, self.trainer.num_devices, self.trainer.num_nodes, self.trainer.accumulate_grad_batches
-        )
+        return trainer_global_batch(self.trainer)
 
     def configure_optimizers(self):
         kwargs, ours = split_reserved(self.hparams.optimizer or {}, OPTIMIZER_RESERVED)
@@ -375,6 +367,9 @@ class RadarModule(L.LightningModule):
         accepts = inspect.signature(target).parameters
         if "total_steps" in accepts and "total_steps" not in sched_kwargs:
             sched_kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        if "global_batch" in accepts and "global_batch" not in sched_kwargs:
+            # for a warm-up stated in samples (scheduler.warmup_samples)
+            sched_kwargs["global_batch"] = self.global_batch()
         scheduler = hydra.utils.instantiate(sched_kwargs, optimizer=optimizer)
         config = {"scheduler": scheduler, "interval": lightning_keys["interval"], "frequency": lightning_keys["frequency"]}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):

@@ -29,6 +29,18 @@ def global_batch_size(per_device_batch: int, devices: int, nodes: int, accumulat
     return int(per_device_batch) * int(devices) * int(nodes) * int(accumulate_grad_batches)
 
 
+def trainer_global_batch(trainer) -> int:
+    """Global batch of a Lightning Trainer: the DataModule's per-device `batch_size` (attribute
+    or hyperparameter) x devices x nodes x gradient accumulation."""
+    datamodule = getattr(trainer, "datamodule", None)
+    per_device = getattr(datamodule, "batch_size", None)
+    if per_device is None:
+        per_device = getattr(getattr(datamodule, "hparams", {}), "batch_size", None)
+    if per_device is None:
+        raise ValueError("cannot read the per-device batch size: the DataModule has no `batch_size`.")
+    return global_batch_size(per_device, trainer.num_devices, trainer.num_nodes, trainer.accumulate_grad_batches)
+
+
 def scaled_learning_rate(base_lr: float, global_batch: int, reference_global_batch: int, rule: str = "linear") -> float:
     """Learning rate for `global_batch` given `base_lr` tuned at `reference_global_batch`."""
     if rule not in LR_SCALING_RULES:
@@ -42,21 +54,52 @@ def scaled_learning_rate(base_lr: float, global_batch: int, reference_global_bat
     return float(base_lr) * global_batch / int(reference_global_batch)
 
 
+def warmup_steps_for(total_steps: int, warmup_steps: int = 0, warmup_samples: int = 0, warmup_fraction: float = 0.0,
+                     global_batch: int | None = None) -> int:
+    """Length of the warm-up in optimiser steps, from the first of these that is set:
+
+    - `warmup_steps`: that many optimiser steps;
+    - `warmup_samples`: ceil(warmup_samples / global_batch) steps, i.e. the same number of
+      training samples whatever the global batch (Goyal et al. warm up over 5 epochs, not
+      over a number of steps); needs `global_batch`;
+    - `warmup_fraction`: that fraction of `total_steps`.
+
+    Clipped to [0, total_steps].
+    """
+    for name, value in (("warmup_steps", warmup_steps), ("warmup_samples", warmup_samples),
+                        ("warmup_fraction", warmup_fraction)):
+        if value is not None and value < 0:
+            raise ValueError(f"scheduler.{name} must be >= 0, got {value}")
+    if warmup_steps:
+        warmup = int(warmup_steps)
+    elif warmup_samples:
+        if not global_batch or int(global_batch) < 1:
+            raise ValueError("scheduler.warmup_samples needs the global batch (the module passes it); got "
+                             f"global_batch={global_batch!r}. Use scheduler.warmup_steps outside a RadarModule.")
+        warmup = math.ceil(int(warmup_samples) / int(global_batch))
+    else:
+        warmup = int(round((warmup_fraction or 0.0) * total_steps))
+    return min(max(warmup, 0), total_steps)
+
+
 def warmup_cosine_schedule(
     optimizer: torch.optim.Optimizer,
     total_steps: int,
     warmup_steps: int = 0,
     warmup_fraction: float = 0.0,
     min_lr_ratio: float = 0.0,
+    warmup_samples: int = 0,
+    global_batch: int | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up from ~0 to the base lr, then cosine decay to `min_lr_ratio` x base lr.
 
-    `warmup_steps` (absolute) wins over `warmup_fraction` (of `total_steps`) when both are set.
+    The warm-up length is `warmup_steps`, else `warmup_samples` / `global_batch`, else
+    `warmup_fraction` x `total_steps` (see `warmup_steps_for`). `RadarModule` fills in
+    `total_steps` (the Trainer's estimated optimiser steps) and `global_batch`.
     Stepped once per optimiser step (Lightning `interval: step`).
     """
     total_steps = max(int(total_steps), 1)
-    warmup = int(warmup_steps) if warmup_steps else int(round(warmup_fraction * total_steps))
-    warmup = min(max(warmup, 0), total_steps)
+    warmup = warmup_steps_for(total_steps, warmup_steps, warmup_samples, warmup_fraction, global_batch)
     if not 0.0 <= min_lr_ratio <= 1.0:
         raise ValueError(f"scheduler.min_lr_ratio must be within [0, 1], got {min_lr_ratio}")
 

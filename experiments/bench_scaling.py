@@ -215,6 +215,23 @@ def project_step(
     return {"allreduce_s": allreduce, "exposed_s": allreduce - hidden, "step_s": step, "efficiency": step_1_s / step}
 
 
+def batch_for_efficiency(
+    target: float, step_per_sample_s: float, compute_per_sample_s: float, grad_bytes: float, n_ranks: int,
+    link: Interconnect, overlap: float, largest: int = 4096,
+) -> int | None:
+    """Smallest per-GPU batch (a power of 2) whose projected weak-scaling efficiency at `n_ranks`
+    reaches `target`: compute grows with the batch, the all-reduce does not. None beyond `largest`
+    (and memory is not modelled: check the batch fits)."""
+    batch = 1
+    while batch <= largest:
+        point = project_step(step_per_sample_s * batch, grad_bytes, n_ranks, link, overlap,
+                             compute_per_sample_s * batch * 2 / 3, ddp_bucket_count(grad_bytes))
+        if point["efficiency"] >= target:
+            return batch
+        batch *= 2
+    return None
+
+
 def fit_latency_bandwidth(sizes_bytes: list[float], seconds: list[float], n_ranks: int) -> dict[str, float]:
     """Least-squares T = c0 + c1 * bytes over an all-reduce sweep, read as the ring model:
     c0 = 2(N-1) * step latency, c1 = 2(N-1)/N / bus bandwidth."""
@@ -461,6 +478,11 @@ class RunSpec:
 def run_one(spec: RunSpec, args: argparse.Namespace, work: Path, index: int) -> dict:
     """Launch one configuration (all its ranks); return rank results and the load average."""
     result_dir = work / f"run{index:03d}"
+    launch_file = result_dir / "launch.json"
+    if args.reuse_runs and launch_file.is_file():
+        launch = json.loads(launch_file.read_text())
+        if launch["label"] == spec.label:
+            return {**launch, "ranks": [json.loads(f.read_text()) for f in sorted(result_dir.glob("rank*.json"))]}
     shutil.rmtree(result_dir, ignore_errors=True)
     worker = [sys.executable, str(Path(__file__).resolve()), "--worker", "--variant", spec.variant,
               "--procs", str(spec.procs), "--nnodes", str(spec.nnodes), "--per-process-batch", str(spec.per_process_batch),
@@ -498,8 +520,10 @@ def run_one(spec: RunSpec, args: argparse.Namespace, work: Path, index: int) -> 
     ranks = [json.loads(f.read_text()) for f in sorted(result_dir.glob("rank*.json"))]
     if len(ranks) != spec.world:
         raise RuntimeError(f"run {spec.label}: {len(ranks)} rank results for world size {spec.world}")
-    return {"spec": asdict(spec), "label": spec.label, "load_before": load, "load_after": load_average(),
-            "launch_wall_s": time.perf_counter() - started, "ranks": ranks}
+    launch = {"spec": asdict(spec), "label": spec.label, "load_before": load, "load_after": load_average(),
+              "launch_wall_s": time.perf_counter() - started}
+    launch_file.write_text(json.dumps(launch))
+    return {**launch, "ranks": ranks}
 
 
 def summarise_run(run: dict) -> dict:
@@ -724,18 +748,22 @@ def build_report(results: dict) -> str:
     for v in proj["variants"]:
         lines.append(f"| {v['variant']} | {v['params']:,} | {v['grad_bytes'] / 1e6:.1f} | {v['flops'] / 1e12:.2f} T | "
                      f"{fmt_ms(v['step_1'])} | {v['overlap']:.0%} | {v['buckets']} |")
-    lines += ["", "| variant | interconnect | " + " | ".join(f"{n} GPUs" for n in PROJECTED_GPUS) + " |",
+    header = ["| variant | interconnect | " + " | ".join(f"{n} GPUs" for n in PROJECTED_GPUS) + " |",
               "|---|---|" + "---|" * len(PROJECTED_GPUS)]
+    lines += ["", "Efficiency T_1/T_N (exposed all-reduce per step), fp32 gradients:", "", *header]
     for row in proj["rows"]:
         lines.append(f"| {row['variant']} | {row['interconnect']} | " + " | ".join(
             f"{e['efficiency']:.0%} ({fmt_ms(e['exposed_s'])} ms)" for e in row["points"]) + " |")
-    lines += ["", "Cells: efficiency T_1/T_N (exposed all-reduce per step). With bf16 gradient compression "
-              "(`bf16_grads`) the bandwidth term halves:", "",
-              "| variant | interconnect | " + " | ".join(f"{n} GPUs" for n in PROJECTED_GPUS) + " |",
-              "|---|---|" + "---|" * len(PROJECTED_GPUS)]
+    lines += ["", "The same with bf16 gradient compression (`bf16_grads`: half the bytes):", "", *header]
     for row in proj["rows_bf16"]:
         lines.append(f"| {row['variant']} | {row['interconnect']} | " + " | ".join(
             f"{e['efficiency']:.0%}" for e in row["points"]) + " |")
+    lines += ["", f"Per-GPU batch (power of 2) at which {max(PROJECTED_GPUS)} GPUs reach ≥ 90 % (fp32 gradients; "
+              "memory not modelled):", "", "| variant | " + " | ".join(link.name for link in INTERCONNECTS) + " |",
+              "|---|" + "---|" * len(INTERCONNECTS)]
+    for v in proj["variants"]:
+        cells = [b["batch"] for b in proj["batches_90"] if b["variant"] == v["variant"]]
+        lines.append(f"| {v['variant']} | " + " | ".join("> 4096" if b is None else str(b) for b in cells) + " |")
 
     feed = results["data_feed"]
     lines += ["", "### Data feed", "",
@@ -743,7 +771,9 @@ def build_report(results: dict) -> str:
               f"(synthetic store {feed['store_shape']}, aux {', '.join(feed['aux']) or 'none'}, {feed['samples']} samples). "
               f"One GPU consumes batch {feed['batch']} per {fmt_ms(feed['gpu_step_s'])} ms step "
               f"({feed['gpu_step_source']}) = {feed['consumed_per_s']:.0f} samples/s → "
-              f"**{feed['workers_needed']} workers per GPU** (ceil of the ratio × 1.25 headroom)."]
+              f"**{feed['workers_needed']} workers per GPU** (ceil of the ratio × 1.25 headroom). With "
+              f"{feed['cores_per_gpu']} CPU cores per GPU ({feed['workers_recommended']} workers after one core for the "
+              f"training process and one for NCCL and the OS) the loader feeds {feed['fed_fraction']:.0%} of that rate."]
     return "\n".join(lines) + "\n"
 
 
@@ -884,7 +914,7 @@ def project(args: argparse.Namespace, variants: list[str], scaling_rows: list[di
     """Weak-scaling efficiency of the 7-level net at PROJECTED_GPUS for each interconnect."""
     channels = [int(c) for c in args.projection_channels.split(",")]
     aux = 3  # the synthetic store's aux fields (u, v, t), as data.aux=all yields them
-    out_variants, rows, rows_bf16 = [], [], []
+    out_variants, rows, rows_bf16, batches_90 = [], [], [], []
     for variant in variants:
         two = next((r for r in scaling_rows if r["variant"] == variant and r["world"] == 2 and r["mode"] == "weak"
                     and r["nnodes"] == 1), None)
@@ -902,6 +932,9 @@ def project(args: argparse.Namespace, variants: list[str], scaling_rows: list[di
                              "compute_s": compute, "step_1": step_1, "overlap": overlap, "buckets": buckets,
                              "optimizer_fraction": optimizer_fraction})
         for link in INTERCONNECTS:
+            batch_90 = batch_for_efficiency(0.9, step_1 / args.projection_batch, compute / args.projection_batch,
+                                            grad_bytes, max(PROJECTED_GPUS), link, overlap)
+            batches_90.append({"variant": variant, "interconnect": link.name, "batch": batch_90})
             for target, nbytes in ((rows, grad_bytes), (rows_bf16, grad_bytes / 2)):
                 target.append({"variant": variant, "interconnect": link.name, "points": [
                     {"gpus": n, **project_step(step_1, nbytes, n, link, overlap, compute * 2 / 3, ddp_bucket_count(nbytes))}
@@ -909,7 +942,7 @@ def project(args: argparse.Namespace, variants: list[str], scaling_rows: list[di
     return {"channels": channels, "crop": args.projection_crop, "batch": args.projection_batch, "mfu": args.gpu_mfu,
             "peak_flops": args.gpu_peak_tflops * 1e12, "gpu_step_ms": args.gpu_step_ms,
             "optimizer_fraction": statistics.median(v["optimizer_fraction"] for v in out_variants),
-            "variants": out_variants, "rows": rows, "rows_bf16": rows_bf16}
+            "variants": out_variants, "rows": rows, "rows_bf16": rows_bf16, "batches_90": batches_90}
 
 
 def data_feed(args: argparse.Namespace, work: Path, projection: dict) -> dict:
@@ -927,8 +960,13 @@ def data_feed(args: argparse.Namespace, work: Path, projection: dict) -> dict:
     source = ("measured, --gpu-step-ms" if args.gpu_step_ms else
               f"{baseline['variant']} 7-level net, assumed {args.gpu_mfu:.0%} MFU of {args.gpu_peak_tflops:.0f} TFLOP/s")
     consumed = args.projection_batch / gpu_step
+    needed = max(1, math.ceil(1.25 * consumed / feed["samples_per_s"]))
+    # One core for the training process and one for NCCL's proxy thread and the OS.
+    available = max(1, args.cpu_cores_per_gpu - 2)
+    workers = min(needed, available)
     return {**feed, "store_shape": f"{args.feed_times} × {size} × {size}", "gpu_step_s": gpu_step, "gpu_step_source": source,
-            "consumed_per_s": consumed, "workers_needed": max(1, math.ceil(1.25 * consumed / feed["samples_per_s"]))}
+            "consumed_per_s": consumed, "workers_needed": needed, "cores_per_gpu": args.cpu_cores_per_gpu,
+            "workers_recommended": workers, "fed_fraction": min(1.0, workers * feed["samples_per_s"] / consumed)}
 
 
 # ------------------------------------------------------------------------------------ CLI
@@ -964,12 +1002,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpu-step-ms", type=float, default=0.0, help="measured GPU compute ms per step (baseline); 0 = from FLOPs")
     p.add_argument("--gpu-mfu", type=float, default=ASSUMED_MFU)
     p.add_argument("--gpu-peak-tflops", type=float, default=H100_BF16_DENSE_FLOPS / 1e12)
+    p.add_argument("--cpu-cores-per-gpu", type=int, default=14,
+                   help="CPU cores per GPU of the target node (DGX H100/H200: 112 cores for 8 GPUs)")
     p.add_argument("--feed-times", type=int, default=64)
     p.add_argument("--feed-batches", type=int, default=12)
     p.add_argument("--run-timeout", type=int, default=900, help="seconds per launch")
     p.add_argument("--out", type=Path, default=None, help="folder for bench_scaling.json and bench_scaling.md")
     p.add_argument("--work-dir", type=Path, default=None, help="stores and run folders (kept); default a temp dir")
     p.add_argument("--keep-work", action="store_true")
+    p.add_argument("--reuse-runs", action="store_true",
+                   help="reuse the launches already in --work-dir (same order and labels): rebuild the report only")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes: checks the machinery in seconds")
     # worker-only
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -118,3 +118,11 @@ def test_dry_run_measures_the_real_loop(tmp_path):
     assert rows[2]["efficiency"][0] == pytest.approx(rows[1]["step"][0] / rows[2]["step"][0])
     assert results["model_check"] and results["sweep"]["bus_bytes_s"] > 0
     assert results["data_feed"]["workers_needed"] >= 1
+
+
+def test_batch_for_efficiency_solves_the_projection():
+    link = bs.Interconnect("test", 100e9, 10e9, 0.0, 0.0, 0.0)
+    # All-reduce 0.1875 s (as above), nothing hidden, 0.1 s per sample: 0.9 needs
+    # T_1 >= 9 * 0.1875 = 1.6875 s, i.e. 16.9 samples -> the next power of 2 is 32.
+    assert bs.batch_for_efficiency(0.9, 0.1, 0.1, 1e9, 16, link, overlap=0.0) == 32
+    assert bs.batch_for_efficiency(0.9, 1e-6, 1e-6, 1e9, 16, link, overlap=0.0, largest=64) is None

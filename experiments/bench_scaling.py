@@ -32,9 +32,11 @@ plain all-reduce, and timestamps each bucket's all-reduce from launch to complet
 * backward compute: `on_before_backward` -> the moment the last gradient bucket is ready
   (1 process: -> `on_after_backward`);
 * exposed all-reduce: last bucket ready -> `on_after_backward` (DDP waits there for the
-  buckets still in flight: the communication *not* hidden behind backward);
+  buckets still in flight and copies their results into `.grad`: the communication *not*
+  hidden behind backward);
 * all-reduce: union of the buckets' launch->completion intervals; hidden = all-reduce -
-  exposed; overlap fraction = hidden / all-reduce;
+  exposed (0 when the wait is longer than the all-reduce itself); overlap fraction =
+  hidden / all-reduce;
 * optimiser: `on_before_optimizer_step` -> `on_train_batch_end` (clipping, AdamW, scheduler,
   logging);
 * other: the step minus all of the above (Lightning's closure bookkeeping between backward and

@@ -113,7 +113,10 @@ def test_dry_run_measures_the_real_loop(tmp_path):
     assert one["allreduce"] == 0 and one["buckets"] == 0
     # The hook saw the whole fp32 gradient of the network in each step.
     assert two["allreduce_bytes"] == 4 * rows[2]["params"]
-    assert two["allreduce"] > 0 and two["exposed_allreduce"] + two["hidden_allreduce"] == pytest.approx(two["allreduce"])
+    # The wait after backward can exceed the all-reduce itself (DDP copies the results back into
+    # .grad there), so hidden is what the all-reduce overlapped, never more than it took.
+    assert two["allreduce"] > 0 and two["exposed_allreduce"] > 0
+    assert 0 <= two["hidden_allreduce"] <= two["allreduce"] and 0 <= two["overlap"] <= 1
     # The reported efficiency is T_1 / T_2 of the runs themselves.
     assert rows[2]["efficiency"][0] == pytest.approx(rows[1]["step"][0] / rows[2]["step"][0])
     assert results["model_check"] and results["sweep"]["bus_bytes_s"] > 0

@@ -242,8 +242,11 @@ def fit_latency_bandwidth(sizes_bytes: list[float], seconds: list[float], n_rank
     sxx = sum((x - mx) ** 2 for x in sizes_bytes)
     c1 = sum((x - mx) * (y - my) for x, y in zip(sizes_bytes, seconds)) / sxx
     c0 = my - c1 * mx
-    return {"step_latency_s": max(c0, 0.0) / (2 * (n_ranks - 1)), "bus_bytes_s": 2 * (n_ranks - 1) / n_ranks / c1,
-            "intercept_s": c0, "slope_s_per_byte": c1}
+    # A sweep disturbed by other load can make larger messages look faster: no bandwidth then.
+    fit_ok = c1 > 0
+    return {"step_latency_s": max(c0, 0.0) / (2 * (n_ranks - 1)),
+            "bus_bytes_s": 2 * (n_ranks - 1) / n_ranks / c1 if fit_ok else math.inf,
+            "intercept_s": c0, "slope_s_per_byte": c1, "fit_ok": fit_ok}
 
 
 def union_seconds(intervals: list[tuple[float, float]]) -> float:
@@ -303,15 +306,30 @@ def make_step_timer(warmup_steps: int):
             self._previous_end: float | None = None
             self._forward_started = 0.0
             self._seen = 0
+            # CUDA kernels run asynchronously: wait for them at every timestamp of the callback
+            # (not inside the comm hook, which would stall backward). On GPU the bucket-ready times
+            # are when autograd reached the bucket on the CPU side: the split of a GPU step is
+            # approximate, the step times are exact.
+            self._sync = lambda: None
 
         # -- forward: hooks on the network itself
         def _forward_pre(self, module, args):
+            self._sync()
             self._forward_started = time.perf_counter()
 
         def _forward_post(self, module, args, output):
+            self._sync()
             self._marks["forward"] = self._marks.get("forward", 0.0) + time.perf_counter() - self._forward_started
 
+        def _now(self) -> float:
+            self._sync()
+            return time.perf_counter()
+
         def on_fit_start(self, trainer, pl_module):
+            if trainer.strategy.root_device.type == "cuda":
+                import torch
+
+                self._sync = torch.cuda.synchronize
             pl_module.net.register_forward_pre_hook(self._forward_pre)
             pl_module.net.register_forward_hook(self._forward_post)
             from torch.nn.parallel import DistributedDataParallel
@@ -337,19 +355,19 @@ def make_step_timer(warmup_steps: int):
             return timed
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            self._marks = {"start": time.perf_counter(), "forward": 0.0, "buckets": []}
+            self._marks = {"start": self._now(), "forward": 0.0, "buckets": []}
 
         def on_before_backward(self, trainer, pl_module, loss):
-            self._marks["before_backward"] = time.perf_counter()
+            self._marks["before_backward"] = self._now()
 
         def on_after_backward(self, trainer, pl_module):
-            self._marks["after_backward"] = time.perf_counter()
+            self._marks["after_backward"] = self._now()
 
         def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-            self._marks["before_optimizer"] = time.perf_counter()
+            self._marks["before_optimizer"] = self._now()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            end = time.perf_counter()
+            end = self._now()
             self._marks["end"] = end
             self._seen += 1
             # Warm-up steps are not measured: DDP builds its buckets, allocators warm up.
@@ -368,13 +386,15 @@ def compose_train_config(args: argparse.Namespace, per_process_batch: int, procs
     overrides = [
         "task=infill", f"model={args.variant}", "data=synthetic", f"data.store={args.store}",
         f"data.stats_path={Path(args.store).with_suffix('.normalization.json')}",
-        f"data.crop_size={args.crop}", f"data.batch_size={per_process_batch}", f"data.num_workers={args.num_workers}",
+        f"data.crop_size={args.crop}", f"data.batch_size={per_process_batch}",
         "data.eval_masks.n=2", f"trainer={'gpu' if args.accelerator == 'gpu' else 'cpu'}", f"strategy={strategy}",
         "callbacks=none", "logger=none", f"paths.output_dir={args.run_dir}", f"paths.data_dir={Path(args.store).parent}",
         f"+trainer.max_steps={args.warmup + args.steps}", "trainer.max_epochs=100000",
         "+trainer.limit_val_batches=0", "+trainer.num_sanity_val_steps=0", "+trainer.enable_progress_bar=false",
         "+trainer.enable_model_summary=false", "+trainer.enable_checkpointing=false", "trainer.log_every_n_steps=1000000",
     ]
+    if args.num_workers >= 0:
+        overrides.append(f"data.num_workers={args.num_workers}")
     if args.net_channels:
         overrides.append(f"model.net.encoder_channels=[{args.net_channels}]")
     if args.precision:
@@ -611,10 +631,12 @@ def training_step_flops(variant: str, channels, aux_channels: int, crop: int, ba
     from nowcast_infill.models.components.unet import PConvUNet
 
     lstm, attention = variant in ("lstm", "lstm_attention"), variant in ("attention", "lstm_attention")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     net = PConvUNet(3, 1, aux_channels, lstm=lstm, attention=attention, encoder_channels=tuple(channels), task="infill")
-    x = torch.randn(1, 3, 1, crop, crop)
-    mask = (torch.rand(1, 3, 1, crop, crop) > 0.3).float()
-    aux = torch.randn(1, 3, aux_channels, crop // 4, crop // 4) if aux_channels else None
+    net = net.to(device)
+    x = torch.randn(1, 3, 1, crop, crop, device=device)
+    mask = (torch.rand(1, 3, 1, crop, crop, device=device) > 0.3).float()
+    aux = torch.randn(1, 3, aux_channels, crop // 4, crop // 4, device=device) if aux_channels else None
     with FlopCounterMode(display=False) as counter:
         net(x, mask, aux, None if aux is None else torch.ones_like(aux)).square().mean().backward()
     return float(counter.get_total_flops()) * batch
@@ -677,7 +699,7 @@ def build_report(results: dict) -> str:
     lines = [f"Command: `{results['command']}`  ", f"Machine: {results['machine']}  ",
              f"Date: {results['date']}; load average (1 min) during the runs: {results['load_min']:.1f}–{results['load_max']:.1f}  ",
              f"Runs: task infill, synthetic store {results['store_shape']}, crop {a['crop']}², "
-             f"{a['threads']} thread(s) per process, {a['num_workers']} loader workers, {a['warmup']} warm-up + "
+             f"{a['threads']} thread(s) per process, {a['num_workers'] if a['num_workers'] >= 0 else 'the configured'} loader workers, {a['warmup']} warm-up + "
              f"{a['steps']} measured steps per launch, {a['repeats']} interleaved repeats, net "
              f"{a['net_channels'] or 'as configured (conf/model/baseline.yaml)'}, backend {a['backend']}.", ""]
 
@@ -715,23 +737,28 @@ def build_report(results: dict) -> str:
                          f"{fmt_ms(row['allreduce'])} | {fmt_ms(row['exposed'])} | {fmt_ms(row['forward_overhead'])} | {row['ratio']:.2f} |")
 
     sweep = results["sweep"]
-    lines += ["", f"### {sweep['backend']} all-reduce sweep ({sweep['world']} processes, this machine)", "",
-              "| bytes | " + " | ".join(f"{s:,}" for s in sweep["sizes"]) + " |",
-              "|---|" + "---|" * len(sweep["sizes"]),
-              "| ms | " + " | ".join(f"{t * 1e3:.3f}" for t in sweep["seconds"]) + " |", "",
-              f"Ring fit T = 2(N−1)·α + 2(N−1)/N · bytes / β: α = {sweep['step_latency_s'] * 1e6:.0f} µs per step, "
-              f"β = {sweep['bus_bytes_s'] / 1e9:.2f} GB/s."]
+    if sweep is None:
+        lines += ["", "No all-reduce sweep and no model check: only 1 process ran."]
+    else:
+        lines += ["", f"### {sweep['backend']} all-reduce sweep ({sweep['world']} processes, this machine)", "",
+                  "| bytes | " + " | ".join(f"{s:,}" for s in sweep["sizes"]) + " |",
+                  "|---|" + "---|" * len(sweep["sizes"]),
+                  "| ms | " + " | ".join(f"{t * 1e3:.3f}" for t in sweep["seconds"]) + " |", "",
+                  f"Ring fit T = 2(N−1)·α + 2(N−1)/N · bytes / β: α = {sweep['step_latency_s'] * 1e6:.0f} µs per step, "
+                  + (f"β = {sweep['bus_bytes_s'] / 1e9:.2f} GB/s." if sweep["fit_ok"] else
+                     "β undetermined (time fell with size: the sweep was disturbed by other load; rerun).")]
 
-    check = results["model_check"]
-    lines += ["", "### Model check against the 2-process measurement", "",
-              "Predicted T_2 = T_1 (measured, 1 process, same per-process batch) + (1 − overlap) · ring all-reduce "
-              "(α, β of the sweep; the run's gradient bytes and bucket count; overlap measured in the 2-process run).", "",
-              "| variant | T_1 (ms) | all-reduce predicted (ms) | all-reduce measured (ms) | T_2 predicted (ms) | "
-              "T_2 measured (ms) | error | compute 2-proc / 1-proc |", "|---|---|---|---|---|---|---|---|"]
-    for row in check:
-        lines.append(f"| {row['variant']} | {fmt_ms(row['t1'])} | {fmt_ms(row['allreduce_predicted'])} | "
-                     f"{fmt_ms(row['allreduce_measured'])} | {fmt_ms(row['t2_predicted'])} | {fmt_ms(row['t2_measured'])} | "
-                     f"{row['error']:+.0%} | {row['compute_inflation']:.2f} |")
+        check = results["model_check"]
+        n = sweep["world"]
+        lines += ["", f"### Model check against the {n}-process measurement", "",
+                  f"Predicted T_{n} = T_1 (measured, 1 process, same per-process batch) + (1 − overlap) · ring all-reduce "
+                  f"(α, β of the sweep; the run's gradient bytes and bucket count; overlap measured in the {n}-process run).",
+                  "", f"| variant | T_1 (ms) | all-reduce predicted (ms) | all-reduce measured (ms) | T_{n} predicted (ms) | "
+                  f"T_{n} measured (ms) | error | compute {n}-proc / 1-proc |", "|---|---|---|---|---|---|---|---|"]
+        for row in check:
+            lines.append(f"| {row['variant']} | {fmt_ms(row['t1'])} | {fmt_ms(row['allreduce_predicted'])} | "
+                         f"{fmt_ms(row['allreduce_measured'])} | {fmt_ms(row['t2_predicted'])} | {fmt_ms(row['t2_measured'])} | "
+                         f"{row['error']:+.0%} | {row['compute_inflation']:.2f} |")
 
     proj = results["projection"]
     lines += ["", "### Projection to cluster scale (weak scaling, 7-level net)", "",
@@ -745,11 +772,11 @@ def build_report(results: dict) -> str:
               "(src/graph/tuning.cc: 8.4 µs + 3.4 µs per NVLink step + 9.6 µs per network step); bus-bandwidth "
               "convention of nccl-tests (doc/PERFORMANCE.md). Peak figures: the efficiencies are upper bounds for the "
               "stated compute time.", "",
-              "| variant | params | gradient MB (fp32) | FLOPs/step | compute step (ms) | overlap | buckets |",
-              "|---|---|---|---|---|---|---|"]
+              "| variant | params | gradient MB (fp32) | FLOPs/step | compute step (ms) | from | overlap | buckets |",
+              "|---|---|---|---|---|---|---|---|"]
     for v in proj["variants"]:
         lines.append(f"| {v['variant']} | {v['params']:,} | {v['grad_bytes'] / 1e6:.1f} | {v['flops'] / 1e12:.2f} T | "
-                     f"{fmt_ms(v['step_1'])} | {v['overlap']:.0%} | {v['buckets']} |")
+                     f"{fmt_ms(v['step_1'])} | {v['compute_source']} | {v['overlap']:.0%} | {v['buckets']} |")
     header = ["| variant | interconnect | " + " | ".join(f"{n} GPUs" for n in PROJECTED_GPUS) + " |",
               "|---|---|" + "---|" * len(PROJECTED_GPUS)]
     lines += ["", "Efficiency T_1/T_N (exposed all-reduce per step), fp32 gradients:", "", *header]
@@ -844,7 +871,7 @@ def study(args: argparse.Namespace) -> dict:
         for spec in order + option_specs:
             launch(spec)
 
-    sweep = allreduce_sweep(2 if args.accelerator == "cpu" else max(2, option_world), args.backend,
+    sweep = allreduce_sweep(option_world, args.backend,
                             args.sweep_sizes, args.sweep_repeats, args.threads) if option_world > 1 else None
 
     scaling_rows, check_rows = [], []
@@ -866,11 +893,11 @@ def study(args: argparse.Namespace) -> dict:
                 "throughput": throughput(spec.mode, spec.world, batch, med["step"]), "components": med,
                 "loads": [r["load"] for r in reps],
             })
-            if spec.world == 2 and spec.nnodes == 1 and spec.mode == "weak" and sweep is not None:
+            if sweep is not None and spec.world == sweep["world"] and spec.nnodes == 1 and spec.mode == "weak":
                 predicted_pairs = []
                 for ref, r in zip(refs, reps):
                     s, t1 = r["summary"], ref["summary"]["step"]
-                    ar = ring_allreduce_seconds(s["allreduce_bytes"], 2, sweep["bus_bytes_s"],
+                    ar = ring_allreduce_seconds(s["allreduce_bytes"], spec.world, sweep["bus_bytes_s"],
                                                 intra_step_s=sweep["step_latency_s"], n_calls=max(int(s["buckets"]), 1))
                     predicted_pairs.append((t1 + (1 - s["overlap"]) * ar, s["step"], ar, s["allreduce"], t1,
                                             (s["forward"] + s["backward_compute"]) /
@@ -918,21 +945,30 @@ def project(args: argparse.Namespace, variants: list[str], scaling_rows: list[di
     aux = 3  # the synthetic store's aux fields (u, v, t), as data.aux=all yields them
     out_variants, rows, rows_bf16, batches_90 = [], [], [], []
     for variant in variants:
-        two = next((r for r in scaling_rows if r["variant"] == variant and r["world"] == 2 and r["mode"] == "weak"
-                    and r["nnodes"] == 1), None)
+        # the overlap of the largest single-node weak-scaling run
+        two = max((r for r in scaling_rows if r["variant"] == variant and r["world"] > 1 and r["mode"] == "weak"
+                   and r["nnodes"] == 1), key=lambda r: r["world"], default=None)
         one = next(r for r in scaling_rows if r["variant"] == variant and r["world"] == 1)
         overlap = two["components"]["overlap"] if two else 0.0
         c1 = one["components"]
         optimizer_fraction = c1["optimizer"] / (c1["forward"] + c1["backward_compute"])
         params = count_parameters(variant, channels, aux)
         flops = training_step_flops(variant, channels, aux, args.projection_crop, args.projection_batch)
-        compute = args.gpu_step_ms / 1e3 if args.gpu_step_ms else flops / (args.gpu_mfu * args.gpu_peak_tflops * 1e12)
+        measured_here = (args.accelerator == "gpu" and args.net_channels.replace(" ", "") == args.projection_channels
+                         and args.crop == args.projection_crop and args.batch == args.projection_batch)
+        if args.gpu_step_ms:
+            compute, source = args.gpu_step_ms / 1e3, "--gpu-step-ms"
+        elif measured_here:  # this run is the projected configuration: its own 1-GPU step
+            compute, source = c1["forward"] + c1["forward_overhead"] + c1["backward_compute"], "measured 1-GPU run"
+        else:
+            compute = flops / (args.gpu_mfu * args.gpu_peak_tflops * 1e12)
+            source = f"FLOPs at {args.gpu_mfu:.0%} of {args.gpu_peak_tflops:.0f} TFLOP/s"
         step_1 = compute * (1 + optimizer_fraction)
         grad_bytes = 4.0 * params
         buckets = ddp_bucket_count(grad_bytes)
         out_variants.append({"variant": variant, "params": params, "grad_bytes": grad_bytes, "flops": flops,
                              "compute_s": compute, "step_1": step_1, "overlap": overlap, "buckets": buckets,
-                             "optimizer_fraction": optimizer_fraction})
+                             "optimizer_fraction": optimizer_fraction, "compute_source": source})
         for link in INTERCONNECTS:
             batch_90 = batch_for_efficiency(0.9, step_1 / args.projection_batch, compute / args.projection_batch,
                                             grad_bytes, max(PROJECTED_GPUS), link, overlap)
@@ -959,8 +995,7 @@ def data_feed(args: argparse.Namespace, work: Path, projection: dict) -> dict:
     baseline = next(v for v in projection["variants"] if v["variant"] == (
         "baseline" if any(v["variant"] == "baseline" for v in projection["variants"]) else projection["variants"][0]["variant"]))
     gpu_step = baseline["step_1"]
-    source = ("measured, --gpu-step-ms" if args.gpu_step_ms else
-              f"{baseline['variant']} 7-level net, assumed {args.gpu_mfu:.0%} MFU of {args.gpu_peak_tflops:.0f} TFLOP/s")
+    source = f"{baseline['variant']}, projected net, compute {baseline['compute_source']}"
     consumed = args.projection_batch / gpu_step
     needed = max(1, math.ceil(1.25 * consumed / feed["samples_per_s"]))
     # One core for the training process and one for NCCL's proxy thread and the OS.
@@ -975,8 +1010,8 @@ def data_feed(args: argparse.Namespace, work: Path, projection: dict) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--procs", default="1,2", help="processes per node, comma list; 'all' = every GPU (or CPU core)")
-    p.add_argument("--nodes2", action=argparse.BooleanOptionalAction, default=True,
-                   help="also run 2 simulated nodes x 1 process with torchrun (weak scaling)")
+    p.add_argument("--nodes2", action=argparse.BooleanOptionalAction, default=None,
+                   help="also run 2 simulated nodes x 1 process with torchrun (weak scaling); default: on CPU only")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--mode", default="weak,strong", help="weak, strong or both")
     p.add_argument("--batch", type=int, default=8, help="weak: per-process batch; strong: global batch")
@@ -987,7 +1022,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="steps before measuring (DDP builds its buckets)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every configuration")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers per process")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="DataLoader workers per process; default 0 on CPU (loading inside the step), the trainer "
+                        "config's on GPU (conf/trainer/gpu.yaml); -1 = the config's")
     p.add_argument("--backend", default="gloo", choices=("gloo", "nccl"))
     p.add_argument("--accelerator", default="cpu", choices=("cpu", "gpu"))
     p.add_argument("--ddp-option-sets", default=",".join(DDP_OPTION_SETS),
@@ -1025,13 +1062,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run-dir", default="", help=argparse.SUPPRESS)
     p.add_argument("--store", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.nodes2 is None:
+        args.nodes2 = args.accelerator == "cpu"
+    if args.num_workers is None:
+        args.num_workers = 0 if args.accelerator == "cpu" else -1
     if args.dry_run and not args.worker:
         args.variants = args.variants if args.variants != ",".join(VARIANTS) else "baseline"
         args.procs, args.mode, args.nodes2 = "1,2", "weak", False
         args.batch, args.crop, args.net_channels = 2, 32, args.net_channels or "4,8"
         args.steps, args.warmup, args.repeats = 4, 2, 1
         args.store_times, args.store_size = 64, 32
-        args.ddp_option_sets, args.option_variants = "torch_defaults,bf16_grads", args.variants.split(",")[0]
+        if args.ddp_option_sets == ",".join(DDP_OPTION_SETS):
+            args.ddp_option_sets = "torch_defaults,bf16_grads"
+        args.option_variants = args.variants.split(",")[0]
         args.sweep_sizes, args.sweep_repeats = [4096, 262144, 1048576], 3
         args.projection_channels, args.projection_crop, args.projection_batch = "4,8", 32, 2
         args.feed_times, args.feed_batches = 64, 3

@@ -51,7 +51,9 @@ def test_latency_bandwidth_fit_recovers_the_ring_parameters():
     times = [bs.ring_allreduce_seconds(s, 2, 2e9, intra_step_s=50e-6) for s in sizes]
     fit = bs.fit_latency_bandwidth(sizes, times, 2)
     assert fit["step_latency_s"] == pytest.approx(50e-6, rel=1e-6)
-    assert fit["bus_bytes_s"] == pytest.approx(2e9, rel=1e-6)
+    assert fit["bus_bytes_s"] == pytest.approx(2e9, rel=1e-6) and fit["fit_ok"]
+    # A disturbed sweep (bigger messages faster) yields no bandwidth rather than a negative one.
+    assert bs.fit_latency_bandwidth(sizes, list(reversed(times)), 2)["bus_bytes_s"] == math.inf
 
 
 def test_step_split_and_overlap_by_hand():
@@ -119,7 +121,9 @@ def test_dry_run_measures_the_real_loop(tmp_path):
     assert 0 <= two["hidden_allreduce"] <= two["allreduce"] and 0 <= two["overlap"] <= 1
     # The reported efficiency is T_1 / T_2 of the runs themselves.
     assert rows[2]["efficiency"][0] == pytest.approx(rows[1]["step"][0] / rows[2]["step"][0])
-    assert results["model_check"] and results["sweep"]["bus_bytes_s"] > 0
+    # the sweep's fit may be undetermined on a loaded machine; its timings must exist
+    assert results["model_check"] and all(t > 0 for t in results["sweep"]["seconds"])
+    assert results["sweep"]["bus_bytes_s"] > 0
     assert results["data_feed"]["workers_needed"] >= 1
 
 

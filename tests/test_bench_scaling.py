@@ -110,7 +110,8 @@ def test_dry_run_measures_the_real_loop(tmp_path):
         timed = sum(c[k] for k in bs.COMPONENTS if k != "other")
         # every part of a step is timed by something: the untimed rest is a sliver
         assert abs(c["other"]) < 0.15 * c["step"], c
-        assert timed == pytest.approx(c["step"] - c["other"])
+        # step = the slowest rank's mean step; the parts are rank 0's
+        assert c["step"] >= 0.99 * (timed + c["other"])
         assert c["forward"] > 0 and c["backward_compute"] > 0
     assert one["allreduce"] == 0 and one["buckets"] == 0
     # The hook saw the whole fp32 gradient of the network in each step.

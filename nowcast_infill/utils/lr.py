@@ -11,8 +11,8 @@ ImageNet. Our optimiser is AdamW, whose per-parameter step is normalised by the 
 second moment, so a k-fold batch cuts the update noise by sqrt(k), not k; the square-root rule
 (Malladi et al. 2022, "On the SDEs and Scaling Rules for Adaptive Gradient Algorithms") keeps
 the noise of the updates the same. With the default lr 1e-3 at a global batch of 8, linear
-scaling reaches AdamW's usual stability limit (lr ~1e-2) at a global batch of ~64-128; beyond
-that use `lr_scaling: sqrt` (BENCHMARKS.md § Scaling). The global batch includes gradient
+scaling reaches 8e-3-1.6e-2, an order of magnitude above the tuned value, at a global batch of
+~64-128; beyond that use `lr_scaling: sqrt` (BENCHMARKS.md § Scaling). The global batch includes gradient
 accumulation, so accumulating instead of adding devices does not lift this limit.
 """
 

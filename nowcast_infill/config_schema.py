@@ -214,6 +214,7 @@ def check_values(plain: Mapping, rules: Mapping[str, tuple]) -> None:
 
 def _check_model(model: Mapping) -> None:
     from nowcast_infill.models.module import OPTIMIZER_RESERVED, SCHEDULER_RESERVED
+    from nowcast_infill.utils.lr import LR_SCALING_RULES
 
     model = dict(model)
     if model.get("aux_channels", 0) is None:
@@ -226,8 +227,8 @@ def _check_model(model: Mapping) -> None:
     if isinstance(model.get("optimizer"), Mapping):
         check_target_node(model["optimizer"], "model.optimizer", provided={"params"}, reserved=set(OPTIMIZER_RESERVED))
         scaling = model["optimizer"].get("lr_scaling", "none")
-        if scaling not in ("linear", "none"):
-            raise ConfigSchemaError(f"model.optimizer.lr_scaling: {scaling!r} is not 'linear' or 'none'.")
+        if scaling not in LR_SCALING_RULES:
+            raise ConfigSchemaError(f"model.optimizer.lr_scaling: {scaling!r} is not one of {', '.join(LR_SCALING_RULES)}.")
     if isinstance(model.get("scheduler"), Mapping):
         check_target_node(
             model["scheduler"], "model.scheduler", provided={"optimizer"}, reserved=set(SCHEDULER_RESERVED)

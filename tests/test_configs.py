@@ -103,8 +103,10 @@ def test_global_batch_and_linear_lr_scaling():
     assert global_batch_size(4, devices=2, nodes=3, accumulate_grad_batches=2) == 48
     assert scaled_learning_rate(1e-3, 48, 8, "linear") == pytest.approx(6e-3)
     assert scaled_learning_rate(1e-3, 48, 8, "none") == 1e-3
+    # square-root rule for adaptive optimisers: 1e-3 * sqrt(48 / 8)
+    assert scaled_learning_rate(1e-3, 48, 8, "sqrt") == pytest.approx(2.449490e-3)
     with pytest.raises(ValueError, match="lr_scaling"):
-        scaled_learning_rate(1e-3, 48, 8, "sqrt")
+        scaled_learning_rate(1e-3, 48, 8, "cubic")
     with pytest.raises(ValueError, match="devices"):
         global_batch_size(4, 0, 1, 1)
 

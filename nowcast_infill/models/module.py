@@ -352,8 +352,8 @@ class RadarModule(L.LightningModule):
             lr = scaled_learning_rate(kwargs["lr"], global_batch, reference or global_batch, ours["lr_scaling"])
             if lr != kwargs["lr"]:
                 log.info(
-                    f"lr scaled {ours['lr_scaling']}: {kwargs['lr']:g} x {global_batch}/{reference} = {lr:g} "
-                    f"(optimizer.lr_scaling=none switches this off)"
+                    f"lr scaled ({ours['lr_scaling']}) for global batch {global_batch} (reference {reference}): "
+                    f"{kwargs['lr']:g} -> {lr:g} (optimizer.lr_scaling=none switches this off)"
                 )
             kwargs["lr"] = lr
         optimizer = hydra.utils.instantiate(kwargs, params=self.parameters())

@@ -4,7 +4,16 @@ Linear scaling (Goyal et al. 2017, "Accurate, Large Minibatch SGD"): when the gl
 grows k-fold (more devices, nodes or gradient accumulation), multiply the learning rate by k,
 and ramp it up over a warm-up period so the first large steps do not diverge. The reference
 is the global batch the base `lr` was tuned for (`optimizer.reference_global_batch`); the rule
-is chosen by `optimizer.lr_scaling` (`linear` or `none`).
+is chosen by `optimizer.lr_scaling` (`linear`, `sqrt` or `none`).
+
+Where linear scaling stops: Goyal et al. kept SGD's accuracy up to a global batch of ~8k on
+ImageNet. Our optimiser is AdamW, whose per-parameter step is normalised by the gradient's
+second moment, so a k-fold batch cuts the update noise by sqrt(k), not k; the square-root rule
+(Malladi et al. 2022, "On the SDEs and Scaling Rules for Adaptive Gradient Algorithms") keeps
+the noise of the updates the same. With the default lr 1e-3 at a global batch of 8, linear
+scaling reaches 8e-3-1.6e-2, an order of magnitude above the tuned value, at a global batch of
+~64-128; beyond that use `lr_scaling: sqrt` (BENCHMARKS.md § Scaling). The global batch includes gradient
+accumulation, so accumulating instead of adding devices does not lift this limit.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ import math
 
 import torch
 
-LR_SCALING_RULES = ("linear", "none")
+LR_SCALING_RULES = ("linear", "sqrt", "none")
 
 
 def global_batch_size(per_device_batch: int, devices: int, nodes: int, accumulate_grad_batches: int) -> int:
@@ -44,14 +53,15 @@ def trainer_global_batch(trainer) -> int:
 def scaled_learning_rate(base_lr: float, global_batch: int, reference_global_batch: int, rule: str = "linear") -> float:
     """Learning rate for `global_batch` given `base_lr` tuned at `reference_global_batch`."""
     if rule not in LR_SCALING_RULES:
-        raise ValueError(f"optimizer.lr_scaling={rule!r} is not one of {LR_SCALING_RULES}; use 'linear' or 'none'.")
+        raise ValueError(f"optimizer.lr_scaling={rule!r} is not one of {LR_SCALING_RULES}; use one of them.")
     if rule == "none":
         return float(base_lr)
     if int(reference_global_batch) < 1:
         raise ValueError(
-            f"optimizer.reference_global_batch must be >= 1 for lr_scaling=linear, got {reference_global_batch!r}"
+            f"optimizer.reference_global_batch must be >= 1 for lr_scaling={rule}, got {reference_global_batch!r}"
         )
-    return float(base_lr) * global_batch / int(reference_global_batch)
+    ratio = global_batch / int(reference_global_batch)
+    return float(base_lr) * (math.sqrt(ratio) if rule == "sqrt" else ratio)
 
 
 def warmup_steps_for(total_steps: int, warmup_steps: int = 0, warmup_samples: int = 0, warmup_fraction: float = 0.0,

@@ -63,12 +63,17 @@ MAX_DIRNAME_BYTES = 150
 
 
 def dirname(text: str) -> str:
-    """`text` (an override_dirname such as 'model=lstm,seed=2') as one folder name: '/' becomes
-    '-', and a name longer than MAX_DIRNAME_BYTES is cut and ends with a hash of the whole, so
-    two long names still differ."""
+    """A multirun job's folder name: its swept overrides ('model=lstm,seed=2') when the sweep
+    made them known (SweepSummary callback), else `text` (hydra.job.override_dirname: every
+    override but the excluded keys). '/' becomes '-', and a name longer than MAX_DIRNAME_BYTES
+    is cut and ends with a hash of the whole, so two long names still differ."""
     import hashlib
 
-    name = str(text or "defaults").replace("/", "-")
+    from nowcast_infill.utils.results import multirun_swept_overrides
+
+    swept = multirun_swept_overrides()
+    name = (",".join(o.lstrip("+") for o in swept) if swept else str(text or "")) or "defaults"
+    name = name.replace("/", "-")
     raw = name.encode()
     if len(raw) <= MAX_DIRNAME_BYTES:
         return name

@@ -89,10 +89,14 @@ def swept_overrides() -> list[str]:
     line = os.environ.get(SWEPT_OVERRIDES_ENV)
     if line and os.environ.get("SLURM_ARRAY_JOB_ID"):
         return shlex.split(line)
+    return multirun_swept_overrides() if sweep_id() is not None else []
+
+
+def multirun_swept_overrides() -> list[str]:
+    """This Hydra job's overrides whose keys its multirun sweeps (NI_SWEPT_KEYS, set by the
+    SweepSummary callback); [] when they are not known."""
     keys = set(filter(None, os.environ.get(SWEPT_KEYS_ENV, "").split(",")))
-    if not keys or sweep_id() is None:
-        return []
-    return [o for o in run_overrides() if override_key(o) in keys]
+    return [o for o in run_overrides() if override_key(o) in keys] if keys else []
 
 
 def variant_suffix(overrides: Iterable[str]) -> str:
@@ -112,7 +116,7 @@ def run_record(cfg, results: Mapping[str, Any], stage: str = "test") -> dict[str
         "model": str(cfg.model.get("name")),
         "seed": int(cfg.seed),
         "sweep": sweep_id(),
-        "group": str(cfg.get("group", "")) or None,
+        "group": sweep_id() or str(cfg.get("group", "")) or None,  # as W&B's group (conf/logger/wandb.yaml)
         "overrides": run_overrides(),
         "swept": swept_overrides(),
         "checkpoint": str(checkpoint) if checkpoint else None,

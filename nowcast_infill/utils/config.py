@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -62,23 +63,29 @@ def devices_per_node() -> int:
 MAX_DIRNAME_BYTES = 150
 
 
+# Characters a path may hold and still be passed back unquoted as a Hydra override value
+# (`ni-eval ckpt_path=<sweep>/<job>/checkpoints/...`): no '=', ',', '+', brackets or spaces.
+_DIRNAME_UNSAFE = re.compile(r"[^A-Za-z0-9._:@-]+")
+
+
 def dirname(text: str) -> str:
-    """A multirun job's folder name: its swept overrides ('model=lstm,seed=2') when the sweep
+    """A multirun job's folder name: its swept overrides ('model-lstm_seed-2') when the sweep
     made them known (SweepSummary callback), else `text` (hydra.job.override_dirname: every
-    override but the excluded keys). '/' becomes '-', and a name longer than MAX_DIRNAME_BYTES
-    is cut and ends with a hash of the whole, so two long names still differ."""
+    override but the excluded keys, with the same separators). Characters Hydra would not read
+    back in an unquoted path become '-'; a name longer than MAX_DIRNAME_BYTES is cut and ends
+    with a hash of the whole, so two long names still differ."""
     import hashlib
 
-    from nowcast_infill.utils.results import multirun_swept_overrides
+    from nowcast_infill.utils.results import multirun_swept_overrides, override_key
 
     swept = multirun_swept_overrides()
-    name = (",".join(o.lstrip("+") for o in swept) if swept else str(text or "")) or "defaults"
-    name = name.replace("/", "-")
-    raw = name.encode()
-    if len(raw) <= MAX_DIRNAME_BYTES:
+    if swept:
+        text = "_".join(f"{override_key(o)}-{o.split('=', 1)[1]}" for o in swept)
+    name = _DIRNAME_UNSAFE.sub("-", str(text or "")).strip("-") or "defaults"
+    if len(name) <= MAX_DIRNAME_BYTES:
         return name
-    digest = hashlib.sha1(raw).hexdigest()[:8]
-    return raw[: MAX_DIRNAME_BYTES - 9].decode(errors="ignore") + "~" + digest
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return name[: MAX_DIRNAME_BYTES - 9] + "-" + digest
 
 
 def sweep_group(default: str) -> str:

@@ -53,6 +53,7 @@ def sweep(tmp_path_factory) -> dict:
     return {"dir": root / "logs" / "infill" / "multiruns" / SWEEP_ID, "stdout": proc.stdout, "store": store}
 
 
+@pytest.mark.slow  # shares the 2x2 multirun: ~30 s on an idle 2-core CPU
 def test_every_run_writes_its_metrics(sweep):
     sweep_dir = sweep["dir"]
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == sorted(RUNS)  # sub-folders carry the overrides
@@ -74,6 +75,7 @@ def test_every_run_writes_its_metrics(sweep):
     assert "| rmse | mae | bias | ame | temporal_corr | spatial_corr | csi@1mmh |" in sweep["stdout"]
 
 
+@pytest.mark.slow  # shares the 2x2 multirun: ~30 s on an idle 2-core CPU
 def test_multirun_ends_with_one_summary_table(sweep):
     sweep_dir = sweep["dir"]
     assert "## Variants: mean ± std over seeds (4 runs, sweep sweep2x2)" in sweep["stdout"]
@@ -93,6 +95,7 @@ def test_multirun_ends_with_one_summary_table(sweep):
     assert text.count("| infill_baseline |") == 3 and text.count("| infill_lstm |") == 3  # 1 variant + 2 run rows each
 
 
+@pytest.mark.slow  # shares the 2x2 multirun: ~30 s on an idle 2-core CPU
 def test_ni_compare_over_runs_of_different_sweeps(sweep, tmp_path, capsys):
     from nowcast_infill.cli.compare import main
 
@@ -114,6 +117,7 @@ def test_ni_compare_over_runs_of_different_sweeps(sweep, tmp_path, capsys):
         compare([str(sweep["dir"])], str(tmp_path / "none"), sweep="nope")
 
 
+@pytest.mark.slow  # shares the 2x2 multirun: ~30 s on an idle 2-core CPU
 def test_offline_wandb_runs_carry_the_comparison(sweep, tmp_path):
     runs = wandb_report.find_offline_runs([sweep["dir"]])
     assert len(runs) == 4
@@ -134,6 +138,7 @@ def test_offline_wandb_runs_carry_the_comparison(sweep, tmp_path):
     assert (tmp_path / "wandb_report.md").is_file() and (tmp_path / "wandb_runs.csv").is_file()
 
 
+@pytest.mark.slow  # shares the 2x2 multirun: ~30 s on an idle 2-core CPU
 def test_eval_is_named_after_the_checkpoint_model(sweep, tmp_path):
     record = json.loads((sweep["dir"] / "2_model-lstm_seed-1" / "metrics.json").read_text())
     cfg = compose_config("eval", [*tiny_overrides(tmp_path, sweep["store"]), f"ckpt_path={record['checkpoint']}"])

@@ -23,13 +23,13 @@ from nowcast_infill.utils.results import RUN_METRICS_FILE, write_summary
 
 def compare(paths: list[str], out: str | None = None, sweep: str | None = None) -> tuple[Path, str, list]:
     """Summarise the runs under `paths` into `out`; returns (summary.md path, its text, the run records)."""
-    if out is None:
-        if len(paths) != 1 or not Path(paths[0]).is_dir():
-            raise BadValueError(f"ni-compare got {len(paths)} paths: name the folder for the tables with --out DIR.")
-        out = paths[0]
     for given in paths:
         if not Path(given).exists():
             raise MissingInputError(f"{given}: no such run or sweep folder; pass folders that hold <run>/{RUN_METRICS_FILE}.")
+    if out is None:
+        if len(paths) != 1 or not Path(paths[0]).is_dir():
+            raise BadValueError(f"ni-compare got {len(paths)} folders: name the folder for the tables with --out DIR.")
+        out = paths[0]
     md_path, markdown, records = write_summary(out, paths, sweep)
     if not records:
         which = f" of sweep {sweep}" if sweep is not None else ""

@@ -24,6 +24,7 @@ from nowcast_infill.config_schema import validate_targets, validate_values
 from nowcast_infill.errors import BadValueError
 from nowcast_infill.utils.config import print_config_tree, register_resolvers
 from nowcast_infill.utils.logging import current_rank, get_logger, rank_zero_print
+from nowcast_infill.utils.results import run_record, write_run_record
 from nowcast_infill.utils.tables import log_table, markdown_table, metrics_row, write_metrics_tables
 
 if TYPE_CHECKING:
@@ -102,7 +103,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if current_rank() == 0:
         row = metrics_row(label, metrics, split)
         csv_path, md_path = write_metrics_tables([row], output_dir / "metrics")
-        results.update(metrics_csv=str(csv_path), metrics_md=str(md_path), row=row)
+        # metrics.json too, so that `ni-compare` puts evaluations (e.g. baselines) beside trained runs
+        record = run_record(cfg, {**metrics, "output_dir": str(output_dir)}, split, model=label["model"])
+        results.update(metrics_csv=str(csv_path), metrics_md=str(md_path), row=row,
+                       metrics_json=str(write_run_record(output_dir, record)))
         rank_zero_print(markdown_table([row]))
         _save_figures(module, output_dir)
         _save_eval_masks(datamodule, output_dir)

@@ -115,7 +115,9 @@ def run_label(run_name: str, seed) -> str:
     return f"{run_name}{variant_suffix(swept_overrides())}_seed{seed}"
 
 
-_CKPT_MODEL_CACHE: dict[str, str] = {}
+# (path, modification time) -> name: a run's name is resolved several times, and reading a
+# checkpoint costs its whole size; a checkpoint rewritten in place is read again.
+_CKPT_MODEL_CACHE: dict[tuple[str, float], str] = {}
 
 
 def checkpoint_model(ckpt_path, default: str) -> str:
@@ -124,12 +126,15 @@ def checkpoint_model(ckpt_path, default: str) -> str:
     An unreadable path gives `default` here: ni-eval's own check then names the file."""
     if not ckpt_path:
         return str(default)
-    key = str(ckpt_path)
+    try:
+        key = (str(ckpt_path), os.path.getmtime(str(ckpt_path)))
+    except OSError:
+        return str(default)
     if key not in _CKPT_MODEL_CACHE:
         try:
             from nowcast_infill.checkpoint_io import read_checkpoint
 
-            name = read_checkpoint(key)["hyper_parameters"].get("name")
+            name = read_checkpoint(key[0])["hyper_parameters"].get("name")
         except Exception:  # noqa: BLE001  (reported by ni-eval's checkpoint check, naming the file)
             return str(default)
         _CKPT_MODEL_CACHE[key] = str(name) if name else str(default)

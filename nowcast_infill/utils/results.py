@@ -106,14 +106,15 @@ def variant_suffix(overrides: Iterable[str]) -> str:
 
 
 # ----------------------------------------------------------------------------- one run
-def run_record(cfg, results: Mapping[str, Any], stage: str = "test") -> dict[str, Any]:
-    """What `<run>/metrics.json` holds: labels of the run and its `{stage}/...` metrics."""
+def run_record(cfg, results: Mapping[str, Any], stage: str = "test", model: str | None = None) -> dict[str, Any]:
+    """What `<run>/metrics.json` holds: labels of the run and its `{stage}/...` metrics
+    (`model`: the variant when it is not `cfg.model.name`, e.g. that of an evaluated checkpoint)."""
     metrics = {k: float(v) for k, v in results.items() if k.startswith(f"{stage}/") and _is_number(v)}
     checkpoint = results.get("best_model_path") or results.get("last_model_path") or cfg.get("ckpt_path") or None
     return {
         "run": Path(str(results.get("output_dir", cfg.paths.output_dir))).name,
         "task": str(cfg.task.name),
-        "model": str(cfg.model.get("name")),
+        "model": str(model or cfg.model.get("name")),
         "seed": int(cfg.seed),
         "sweep": sweep_id(),
         "group": sweep_id() or str(cfg.get("group", "")) or None,  # as W&B's group (conf/logger/wandb.yaml)
@@ -142,13 +143,19 @@ def record_row(record: Mapping[str, Any]) -> dict[str, Any]:
     return metrics_row(label, record.get("metrics", {}), record.get("split", "test"))
 
 
-def write_run_results(output_dir: str | Path, record: Mapping[str, Any]) -> tuple[Path, Path]:
-    """Write `metrics.json` and `metrics.csv`/`metrics.md` (one row) into the run folder."""
+def write_run_record(output_dir: str | Path, record: Mapping[str, Any]) -> Path:
+    """Write `metrics.json` (what ni-compare reads) into the run folder."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path = output_dir / RUN_METRICS_FILE
     _write_atomically(json_path, json.dumps(record, indent=2, sort_keys=False, default=_json_default) + "\n")
-    csv_path, _ = write_metrics_tables([record_row(record)], output_dir / "metrics")
+    return json_path
+
+
+def write_run_results(output_dir: str | Path, record: Mapping[str, Any]) -> tuple[Path, Path]:
+    """Write `metrics.json` and `metrics.csv`/`metrics.md` (one row) into the run folder."""
+    json_path = write_run_record(output_dir, record)
+    csv_path, _ = write_metrics_tables([record_row(record)], Path(output_dir) / "metrics")
     return json_path, csv_path
 
 
@@ -194,10 +201,11 @@ def format_mean_std(values: Sequence[float], digits: int = 3) -> str:
 # ----------------------------------------------------------------------------- sweeps
 def find_run_records(paths: Iterable[str | Path], sweep: str | None = None) -> list[dict[str, Any]]:
     """The run records in `paths` (run folders, or folders searched for `metrics.json`),
-    in path order, optionally only those of `sweep`. Each gets `path` (its folder)."""
-    from nowcast_infill.errors import MissingInputError
+    in path order, optionally only those of `sweep`; a run found twice (a folder and its
+    parent given) counts once. Each gets `path` (its folder)."""
+    from nowcast_infill.errors import BadValueError, MissingInputError
 
-    records = []
+    records, seen = [], set()
     for given in paths:
         folder = Path(given)
         if folder.is_file() and folder.name == RUN_METRICS_FILE:
@@ -207,7 +215,13 @@ def find_run_records(paths: Iterable[str | Path], sweep: str | None = None) -> l
         else:
             raise MissingInputError(f"{given}: no such run or sweep folder; pass folders that hold <run>/{RUN_METRICS_FILE}.")
         for file in files:
-            record = json.loads(file.read_text())
+            if file.resolve() in seen:
+                continue
+            seen.add(file.resolve())
+            try:
+                record = json.loads(file.read_text())
+            except (OSError, ValueError) as err:
+                raise BadValueError(f"{file}: not a readable run record ({err}); delete it or rerun that run.") from None
             if sweep is not None and str(record.get("sweep")) != str(sweep):
                 continue
             record["path"] = str(file.parent)

@@ -15,10 +15,9 @@ import os
 import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +27,9 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+
+from nowcast_infill.utils.results import format_mean_std, mean_std  # noqa: E402
+from nowcast_infill.utils.results import git_commit as package_git_commit  # noqa: E402
 
 CONF_DIR = REPO_ROOT / "conf"
 RESULTS_DIR = REPO_ROOT / "experiments" / "results"
@@ -44,13 +46,7 @@ MAX_FIGURE_BYTES = 300_000
 # ----------------------------------------------------------------------------------------
 def git_commit() -> str:
     """`git rev-parse HEAD` of the checkout, with '-dirty' when tracked files are modified."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError) as err:
-        return f"unknown ({err})"
-    return sha + ("-dirty" if dirty else "")
+    return package_git_commit(REPO_ROOT) or "unknown (not a git checkout)"
 
 
 def machine_description() -> str:
@@ -409,25 +405,6 @@ def save_results(results: Sequence[RunResult], path: Path) -> None:
 # ----------------------------------------------------------------------------------------
 # Aggregation and report
 # ----------------------------------------------------------------------------------------
-def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
-    """(mean, sample std, count) of the finite values; std is NaN for fewer than two."""
-    finite = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    if finite.size == 0:
-        return float("nan"), float("nan"), 0
-    std = float(finite.std(ddof=1)) if finite.size > 1 else float("nan")
-    return float(finite.mean()), std, int(finite.size)
-
-
-def format_mean_std(values: Sequence[float], digits: int = 3) -> str:
-    """'m ± s' over seeds ('m' alone for one value, 'n/a' when none is finite; the count
-    is added when some seeds gave no finite value)."""
-    mean, std, n = mean_std(values)
-    if n == 0:
-        return "n/a"
-    text = f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
-    return text if n == len(values) else f"{text} (n={n})"
-
-
 def group_by_method(results: Sequence[RunResult], dataset: str) -> dict[str, list[RunResult]]:
     """Runs of `dataset` per method, in first-seen order."""
     out: dict[str, list[RunResult]] = {}

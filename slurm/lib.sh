@@ -1,6 +1,7 @@
 # Shared by the sbatch templates (sourced, not run). Expects to run in the repository root.
 #
 #   ni_train_command          -> fills the array NI_TRAIN_CMD (how to start ni-train)
+#   ni_compare_command        -> fills the array NI_COMPARE_CMD (how to start ni-compare)
 #   ni_has_override KEY ARGS  -> 0 if ARGS set KEY (KEY=..., +KEY=..., ++KEY=...)
 #   ni_resume_overrides ARGS  -> fills the array NI_RESUME_ARGS for a requeued job
 
@@ -11,6 +12,23 @@ ni_train_command() {
     read -r -a NI_TRAIN_CMD <<<"${NI_TRAIN:-$bin/ni-train}"
     if ! command -v "${NI_TRAIN_CMD[0]}" >/dev/null; then
         echo "slurm: '${NI_TRAIN_CMD[0]}' not found from $PWD: submit from the repository root after 'make install', or set NI_BIN / NI_TRAIN" >&2
+        return 2
+    fi
+}
+
+# NI_COMPARE: the ni-compare command line, default $NI_BIN/ni-compare, else `python -m` with
+# the interpreter of NI_BIN (an environment installed before ni-compare existed).
+ni_compare_command() {
+    local bin=${NI_BIN:-.venv/bin}
+    if [[ -n ${NI_COMPARE:-} ]]; then
+        read -r -a NI_COMPARE_CMD <<<"$NI_COMPARE"
+    elif [[ -x $bin/ni-compare ]]; then
+        NI_COMPARE_CMD=("$bin/ni-compare")
+    else
+        NI_COMPARE_CMD=("$bin/python" -m nowcast_infill.cli.compare)
+    fi
+    if ! command -v "${NI_COMPARE_CMD[0]}" >/dev/null; then
+        echo "slurm: '${NI_COMPARE_CMD[0]}' not found from $PWD: set NI_BIN or NI_COMPARE" >&2
         return 2
     fi
 }

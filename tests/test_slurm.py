@@ -13,6 +13,8 @@ here as in the sbatch templates.
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import re
 import shlex
@@ -171,6 +173,17 @@ def test_sweep_array_runs_every_line(slurm_env, tmp_path):
         run = tmp_path / "outputs" / "infill" / "runs" / name
         assert (run / "checkpoints" / "last.ckpt").is_file()
         assert f"seed: {seed}" in (run / "config.yaml").read_text()
+        record = json.loads((run / "metrics.json").read_text())
+        assert record["sweep"] == array_job and record["seed"] == seed, record
+    # The last task to finish left one table over both runs of the array.
+    summary = tmp_path / "outputs" / "sweeps" / array_job
+    with open(summary / "runs.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted((r["run"], r["seed"]) for r in rows) == [(runs[0], "11"), (runs[1], "12")], rows
+    with open(summary / "summary.csv") as fh:
+        variants = list(csv.DictReader(fh))
+    assert [(v["variant"], v["runs"], v["seeds"]) for v in variants] == [("infill_baseline", "2", "11 12")], variants
+    assert "mean ± std over seeds (2 runs" in (summary / "summary.md").read_text()
 
 
 def test_sweep_array_refuses_a_task_beyond_the_file(slurm_env, tmp_path):
@@ -186,9 +199,6 @@ def test_multirun_with_slurm_launcher_completes(slurm_env, tmp_path):
     cmd = [
         *ni_train_command(), "--multirun", "hydra/launcher=slurm", "model=baseline,lstm", "seed=1",
         "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10",
-        # The default subdir spells out every override: with this many it passes the
-        # 255-byte file-name limit.
-        "hydra.sweep.subdir=${hydra.job.num}_${model.name}",
         *TINY_TRAIN,
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=2 * JOB_TIMEOUT_S)
@@ -196,9 +206,14 @@ def test_multirun_with_slurm_launcher_completes(slurm_env, tmp_path):
     multiruns = list((tmp_path / "outputs" / "infill" / "multiruns").iterdir())
     assert len(multiruns) == 1, multiruns
     jobs = sorted(p for p in multiruns[0].iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert [j.name.split("_", 1)[0] for j in jobs] == ["0", "1"], jobs
+    # sub-folders named by what the sweep varies (the SweepSummary callback tells the jobs)
+    assert [j.name for j in jobs] == ["0_model-baseline", "1_model-lstm"], jobs
     for job_dir in jobs:
         assert (job_dir / "checkpoints" / "last.ckpt").is_file(), sorted(job_dir.rglob("*"))
     # submitit ran them as Slurm jobs (its folder holds one result per job).
     results = list((multiruns[0] / ".submitit").rglob("*_result.pkl"))
     assert len(results) == 2, sorted((multiruns[0] / ".submitit").rglob("*"))
+    # ...and the multirun ended with one table over both (printed, and in the sweep folder)
+    with open(multiruns[0] / "runs.csv") as fh:
+        assert sorted(r["variant"] for r in csv.DictReader(fh)) == ["infill_baseline", "infill_lstm"]
+    assert "## Variants: mean ± std over seeds (2 runs" in proc.stdout

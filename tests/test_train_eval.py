@@ -3,6 +3,7 @@ fast_dev_run of every experiment, and resuming that continues exactly."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,11 @@ def test_train_then_eval_from_checkpoint(tiny_store, tmp_path):
     for key in ("test/rmse", "test/mae", "test/csi@1mmh"):
         np.testing.assert_allclose(evaluated[key], trained[key], rtol=1e-5, equal_nan=True)
     assert evaluated["row"]["model"] == "baseline"
+    # both write metrics.json, which ni-compare reads
+    trained_record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    eval_record = json.loads((out / "metrics.json").read_text())
+    assert (eval_record["model"], eval_record["split"], eval_record["checkpoint"]) == ("baseline", "test", str(best))
+    assert eval_record["metrics"]["test/rmse"] == pytest.approx(trained_record["metrics"]["test/rmse"], rel=1e-5)
     assert (out / "metrics.csv").read_text().startswith("model,task,split,checkpoint")
     md = (out / "metrics.md").read_text().splitlines()
     assert md[0].startswith("| model | task | split | checkpoint | rmse |") and md[2].startswith("| baseline | infill | test | best-")
@@ -177,8 +183,9 @@ def test_multirun_basic_launcher_runs_models_by_seeds(tiny_store, tmp_path):
     sweeps = list((tmp_path / "logs" / "infill" / "multiruns").iterdir())
     assert len(sweeps) == 1, sweeps
     jobs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert jobs == ["0_infill_baseline_seed1", "1_infill_baseline_seed2", "2_infill_attention_seed1",
-                    "3_infill_attention_seed2"], jobs
+    # named by the swept overrides (the SweepSummary callback tells the jobs what is swept)
+    assert jobs == ["0_model-baseline_seed-1", "1_model-baseline_seed-2", "2_model-attention_seed-1",
+                    "3_model-attention_seed-2"], jobs
     for job in jobs:
         assert (sweeps[0] / job / "config.yaml").is_file(), job
 

@@ -22,7 +22,8 @@ from nowcast_infill.config_schema import validate_targets, validate_values
 from nowcast_infill.errors import BadValueError
 from nowcast_infill.utils.config import print_config_tree, register_resolvers
 from nowcast_infill.utils.logging import current_rank, get_logger, rank_zero_print
-from nowcast_infill.utils.tables import markdown_table, metrics_row, write_metrics_tables
+from nowcast_infill.utils.results import run_record, write_run_record
+from nowcast_infill.utils.tables import log_table, markdown_table, metrics_row, write_metrics_tables
 
 if TYPE_CHECKING:
     import lightning as L
@@ -100,11 +101,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if current_rank() == 0:
         row = metrics_row(label, metrics, split)
         csv_path, md_path = write_metrics_tables([row], output_dir / "metrics")
-        results.update(metrics_csv=str(csv_path), metrics_md=str(md_path), row=row)
+        # metrics.json too, so that `ni-compare` puts evaluations (e.g. baselines) beside trained runs
+        record = run_record(cfg, {**metrics, "output_dir": str(output_dir)}, split, model=label["model"])
+        results.update(metrics_csv=str(csv_path), metrics_md=str(md_path), row=row,
+                       metrics_json=str(write_run_record(output_dir, record)))
         rank_zero_print(markdown_table([row]))
         _save_figures(module, output_dir)
         _save_eval_masks(datamodule, output_dir)
-        _log_table(trainer, row)
+        log_table(trainer.loggers, "metrics_table", row)
     finish_loggers(trainer.loggers)
     results["output_dir"] = str(output_dir)
     return results
@@ -129,13 +133,6 @@ def _save_eval_masks(datamodule, output_dir: Path) -> None:
     spec = getattr(datamodule, "masks", None) or {}
     seed = int(getattr(datamodule, "eval_mask_spec", {}).get("seed", 0))
     save_mask_set(output_dir / "eval_masks.npz", masks.astype(bool), spec, seed)
-
-
-def _log_table(trainer: L.Trainer, row: dict) -> None:
-    columns = list(row)
-    for logger in trainer.loggers:
-        if hasattr(logger, "log_table"):
-            logger.log_table(key="metrics_table", columns=columns, data=[[row[c] for c in columns]])
 
 
 @hydra_command("eval")

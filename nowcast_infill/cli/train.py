@@ -147,10 +147,31 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                                     weights_only=True)
         results.update(_scalars(test_metrics[0] if test_metrics else {}))
         _save_test_figures(module, output_dir)
-    finish_loggers(trainer.loggers)
     results["output_dir"] = str(output_dir)
     results["global_step"] = int(trainer.global_step)
+    if cfg.get("test", True):
+        _report_test_results(cfg, trainer, results, output_dir)
+    finish_loggers(trainer.loggers)
     return results
+
+
+def _report_test_results(cfg: DictConfig, trainer: L.Trainer, results: dict[str, Any], output_dir: Path) -> None:
+    """Rank 0: the headline test metrics on the terminal, `metrics.json`/`metrics.csv` in the run
+    folder, and a one-row table in the loggers that take tables (W&B)."""
+    from nowcast_infill.utils.logging import current_rank
+    from nowcast_infill.utils.results import headline_table, record_row, run_record, write_run_results
+    from nowcast_infill.utils.tables import log_table
+
+    if current_rank() != 0:
+        return
+    record = run_record(cfg, results)
+    json_path, csv_path = write_run_results(output_dir, record)
+    results["metrics_json"] = str(json_path)
+    rank_zero_print(
+        f"\ntest metrics of {record['task']}_{record['model']} seed {record['seed']} (mm/h; per lead time for nowcasts):\n"
+        f"{headline_table(record['metrics'])}-> {json_path} and {csv_path.name}"
+    )
+    log_table(trainer.loggers, "summary_table", record_row(record))
 
 
 def _save_test_figures(module: L.LightningModule, output_dir: Path) -> None:

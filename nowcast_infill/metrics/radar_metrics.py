@@ -201,8 +201,9 @@ class RadarMetrics(Metric):
     `compute()` returns a flat dict of float64 scalars:
         rmse, mae, bias (mean pred - truth), ame, temporal_corr, spatial_corr (mm/h or
         unitless); pod@{thr}mmh, far@..., csi@..., fbias@... (event: value >= thr);
-        fss@{thr}mmh_{scale}px; the same names with `/lead{k}` (k = 1..n_leads) for each
-        lead time; and the counts scored_pixels, scored_frames, spatial_corr_skipped_frames.
+        fss@{thr}mmh_{scale}px; with several lead times (n_leads > 1) the same names with
+        `/lead{k}` (k = 1..n_leads) for each lead time (with one they would repeat the overall
+        scores under a second key); and the counts scored_pixels, scored_frames, spatial_corr_skipped_frames.
         Thresholds are written with `format_threshold` (1.0 -> '1', 0.1 -> '0.1').
 
     A frame is one (sample, lead) field. Frames without scored pixels are ignored by the
@@ -472,12 +473,12 @@ class RadarMetrics(Metric):
         return {name + suffix: value for name, value in out.items()}
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """Flat dict of scores, overall and `/lead{k}`; see the class docstring."""
+        """Flat dict of scores, overall and (n_leads > 1) `/lead{k}`; see the class docstring."""
         states = {name: getattr(self, name) for name in _STATE_SHAPES}
         result = self._scores({name: s.sum(0) for name, s in states.items()}, "")
         result["scored_pixels"] = states["n_pixels"].sum()
         result["scored_frames"] = states["n_frames"].sum()
         result["spatial_corr_skipped_frames"] = states["n_pattern_skipped"].sum()
-        for lead in range(self.n_leads):
+        for lead in range(self.n_leads if self.n_leads > 1 else 0):
             result.update(self._scores({name: s[lead] for name, s in states.items()}, f"/lead{lead + 1}"))
         return result

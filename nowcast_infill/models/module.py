@@ -38,6 +38,10 @@ STAGES = ("val", "test")
 OPTIMIZER_RESERVED = {"lr_scaling": "none", "reference_global_batch": None}
 SCHEDULER_RESERVED = {"interval": "step", "frequency": 1, "monitor": "val/loss"}
 DEFAULT_METRICS = {"thresholds": [0.1, 1.0, 5.0, 10.0], "fss_scales": [1, 5, 11]}
+# Sample panels are drawn from windows whose target is at least this fraction valid, the
+# wettest first (fraction of valid pixels with at least FIGURE_WET_MM_H).
+FIGURE_MIN_VALID_FRACTION = 0.5
+FIGURE_WET_MM_H = 1.0
 
 
 class RadarModule(L.LightningModule):
@@ -58,7 +62,8 @@ class RadarModule(L.LightningModule):
             `total_steps` when it accepts it) plus Lightning's `interval`, `frequency`,
             `monitor`; null for a constant learning rate.
         metrics: `RadarMetrics` options (`thresholds` mm/h, `fss_scales` pixels).
-        n_log_images: how many test samples are drawn as figures and sent to the logger.
+        n_log_images: how many validation/test windows are drawn as figures and sent to the
+            logger: the wettest of those with a mostly valid target.
         name: variant label (`baseline`, `lstm`, ...) used in tables and run names.
     """
 
@@ -102,7 +107,8 @@ class RadarModule(L.LightningModule):
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
-        self._figure_batches: list[dict[str, torch.Tensor]] = []
+        # Per stage: (score, one window's CPU tensors) of the sample panels, best first.
+        self._figure_pool: dict[str, list[tuple[float, dict[str, torch.Tensor]]]] = {}
         # Per stage: scored pixels, and pixels a method left without an answer (see _update_metrics).
         self._scored: dict[str, int] = {}
         self._unscored: dict[str, int] = {}
@@ -245,18 +251,22 @@ class RadarModule(L.LightningModule):
         raw = self(batch)
         total, _ = self.criterion(raw, batch)
         self.log("val/loss", total, prog_bar=True, batch_size=batch["x"].shape[0], sync_dist=True)
-        self._update_metrics("val", self.normalizer.decode(self.compose(raw, batch)), batch)
+        pred_mm_h = self.normalizer.decode(self.compose(raw, batch))
+        self._update_metrics("val", pred_mm_h, batch)
+        self._keep_for_figures("val", pred_mm_h, batch)
 
     def test_step(self, batch, batch_idx):
-        self._update_metrics("test", self.predict_mm_h(batch), batch)
-        self._keep_for_figures(batch)
+        pred_mm_h = self.predict_mm_h(batch)
+        self._update_metrics("test", pred_mm_h, batch)
+        self._keep_for_figures("test", pred_mm_h, batch)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
+        self._log_figures("val")
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
-        self._log_figures("test")
+        self.test_figures = self._log_figures("test")
 
     def _update_metrics(self, stage: str, pred_mm_h: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> None:
         target_mm_h = self.normalizer.decode(batch["y"])
@@ -285,54 +295,79 @@ class RadarModule(L.LightningModule):
         metric.reset()
 
     # --------------------------------------------------------------- figures
-    def _keep_for_figures(self, batch: Mapping[str, torch.Tensor]) -> None:
-        have = sum(b["x"].shape[0] for b in self._figure_batches)
-        need = self.hparams.n_log_images - have
-        if need <= 0:
-            return
-        pred = self.predict_mm_h(batch)[:need]
-        kept = {k: v[:need].detach().cpu() for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        kept["pred_mm_h"] = pred.detach().cpu()
-        self._figure_batches.append(kept)
+    # Sample panels show windows worth looking at: among those whose target is mostly valid
+    # (on a real radar grid the first tiles are often outside the radar range, all no-data),
+    # the wettest. Each stage keeps its best `n_log_images` candidates over the epoch.
+    def _figure_scores(self, pred_mm_h: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """`(B,)`: the fraction of valid target pixels with >= FIGURE_WET_MM_H for windows whose
+        target is at least FIGURE_MIN_VALID_FRACTION valid and that have scored pixels; other
+        windows score their valid fraction - 2, below every such window."""
+        valid = batch["y_valid"] > 0
+        n_valid = valid.flatten(1).sum(1)
+        valid_fraction = n_valid / valid[0].numel()
+        wet = (self.normalizer.decode(batch["y"]) >= FIGURE_WET_MM_H) & valid
+        wet_fraction = wet.flatten(1).sum(1) / n_valid.clamp(min=1)
+        has_scored = (self.score_mask(batch) > 0).flatten(1).any(1)
+        eligible = (valid_fraction >= FIGURE_MIN_VALID_FRACTION) & has_scored
+        return torch.where(eligible, wet_fraction.double(), valid_fraction.double() - 2.0)
 
-    def figures(self) -> list[tuple[str, Any]]:
-        """(name, matplotlib Figure) for the kept test samples; empties the buffer."""
+    def _keep_for_figures(self, stage: str, pred_mm_h: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> None:
+        """Keep the windows of `batch` that beat the stage's kept candidates (CPU copies)."""
+        need = int(self.hparams.n_log_images)
+        if need <= 0 or self.global_rank != 0 or (stage == "val" and self.trainer.sanity_checking):
+            return
+        pool = self._figure_pool.setdefault(stage, [])
+        scores = self._figure_scores(pred_mm_h, batch).tolist()
+        for i, score in enumerate(scores):
+            if len(pool) >= need and score <= pool[-1][0]:
+                continue
+            kept = {k: v[i : i + 1].detach().cpu() for k, v in batch.items() if isinstance(v, torch.Tensor) and v.ndim == 5}
+            kept["pred_mm_h"] = pred_mm_h[i : i + 1].detach().cpu()
+            pool.append((score, kept))
+            pool.sort(key=lambda item: -item[0])  # stable: among equals the earlier window stays first
+            del pool[need:]
+
+    def figures(self, stage: str = "test") -> list[tuple[str, Any]]:
+        """(name, matplotlib Figure) for the windows kept at `stage`, best first; empties the pool."""
         from nowcast_infill.utils.plotting import infill_panel, nowcast_strip
 
         out = []
         normalizer = self.normalizer
-        index = 0
-        for kept in self._figure_batches:
-            for i in range(kept["x"].shape[0]):
-                x_mm_h = normalizer.decode(kept["x"][i]).numpy()
-                y_mm_h = normalizer.decode(kept["y"][i]).numpy()
-                pred = kept["pred_mm_h"][i].numpy()
-                if self.hparams.task == "infill":
-                    c = self.hparams.in_frames // 2
-                    fig = infill_panel(
-                        x_mm_h[c, 0], kept["x_mask"][i, c, 0].numpy(), y_mm_h[0, 0],
-                        kept["y_valid"][i, 0, 0].numpy(), pred[0, 0], kept["hole"][i, 0, 0].numpy(),
-                    )
-                else:
-                    fig = nowcast_strip(
-                        x_mm_h[:, 0], kept["x_mask"][i, :, 0].numpy(), y_mm_h[:, 0],
-                        kept["y_valid"][i, :, 0].numpy(), pred[:, 0],
-                    )
-                out.append((f"{self.hparams.task}_sample{index}", fig))
-                index += 1
-        self._figure_batches = []
+        for index, (_, kept) in enumerate(self._figure_pool.pop(stage, [])):
+            x_mm_h = normalizer.decode(kept["x"][0]).numpy()
+            y_mm_h = normalizer.decode(kept["y"][0]).numpy()
+            pred = kept["pred_mm_h"][0].numpy()
+            if self.hparams.task == "infill":
+                c = self.hparams.in_frames // 2
+                fig = infill_panel(
+                    x_mm_h[c, 0], kept["x_mask"][0, c, 0].numpy(), y_mm_h[0, 0],
+                    kept["y_valid"][0, 0, 0].numpy(), pred[0, 0], kept["hole"][0, 0, 0].numpy(),
+                )
+            else:
+                fig = nowcast_strip(
+                    x_mm_h[:, 0], kept["x_mask"][0, :, 0].numpy(), y_mm_h[:, 0],
+                    kept["y_valid"][0, :, 0].numpy(), pred[:, 0],
+                )
+            out.append((f"{self.hparams.task}_sample{index}", fig))
         return out
 
-    def _log_figures(self, stage: str) -> None:
+    def _log_figures(self, stage: str) -> list[tuple[str, Any]]:
+        """Send the stage's sample panels to the loggers (rank 0); returns them (test: saved by ni-train/ni-eval)."""
+        import matplotlib.pyplot as plt
+
         from nowcast_infill.utils.plotting import log_figure
 
-        if self.trainer.global_rank != 0:
-            self._figure_batches = []
-            return
-        self.test_figures = self.figures()
-        for name, fig in self.test_figures:
+        if self.trainer.global_rank != 0 or stage not in self._figure_pool:
+            self._figure_pool.pop(stage, None)
+            return []
+        figures = self.figures(stage)
+        for name, fig in figures:
             for logger in self.loggers:
                 log_figure(logger, f"{stage}/{name}", fig, step=self.global_step)
+        if stage != "test":
+            for _, fig in figures:
+                plt.close(fig)
+        return figures
 
     # ------------------------------------------------------------ optimiser
     def global_batch(self) -> int:
@@ -475,7 +510,9 @@ class BaselineModule(RadarModule):
         raise RuntimeError("a BaselineModule is not trained; run `ni-eval model=<baseline>` (trainer.test).")
 
     def validation_step(self, batch, batch_idx):
-        self._update_metrics("val", self.predict_mm_h(batch), batch)
+        pred_mm_h = self.predict_mm_h(batch)
+        self._update_metrics("val", pred_mm_h, batch)
+        self._keep_for_figures("val", pred_mm_h, batch)
 
     def configure_optimizers(self):
         raise RuntimeError("a BaselineModule has no parameters to optimise; use trainer.test, not trainer.fit.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -58,8 +59,100 @@ def devices_per_node() -> int:
     return _first_int("SLURM_NTASKS_PER_NODE", "SLURM_TASKS_PER_NODE", "LOCAL_WORLD_SIZE")
 
 
+# A folder name stays well below the 255-byte limit of common file systems.
+MAX_DIRNAME_BYTES = 150
+
+
+# Characters a path may hold and still be passed back unquoted as a Hydra override value
+# (`ni-eval ckpt_path=<sweep>/<job>/checkpoints/...`): no '=', ',', '+', brackets or spaces.
+_DIRNAME_UNSAFE = re.compile(r"[^A-Za-z0-9._:@-]+")
+
+
+def dirname(text: str) -> str:
+    """A multirun job's folder name: its swept overrides ('model-lstm_seed-2') when the sweep
+    made them known (SweepSummary callback), else `text` (hydra.job.override_dirname: every
+    override but the excluded keys, with the same separators). Characters Hydra would not read
+    back in an unquoted path become '-'; a name longer than MAX_DIRNAME_BYTES is cut and ends
+    with a hash of the whole, so two long names still differ."""
+    import hashlib
+
+    from nowcast_infill.utils.results import multirun_swept_overrides, override_key
+
+    swept = multirun_swept_overrides()
+    if swept:
+        text = "_".join(f"{override_key(o)}-{o.split('=', 1)[1]}" for o in swept)
+    name = _DIRNAME_UNSAFE.sub("-", str(text or "")).strip("-") or "defaults"
+    if len(name) <= MAX_DIRNAME_BYTES:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return name[: MAX_DIRNAME_BYTES - 9] + "-" + digest
+
+
+def sweep_group(default: str) -> str:
+    """W&B group: the sweep this run belongs to (multirun id or Slurm array job id), else `default`."""
+    from nowcast_infill.utils.results import sweep_id
+
+    return sweep_id() or str(default)
+
+
+def run_tags(tags, store: str | None = None) -> list[str]:
+    """W&B tags: the configured ones, the data (the store's name), and the overrides this run got
+    from its sweep; W&B refuses tags over 64 characters, so longer ones are cut."""
+    from nowcast_infill.utils.results import swept_overrides
+
+    out = [str(t) for t in (tags or [])]
+    if store:
+        out.append(f"data={Path(str(store)).stem}")
+    out += [o.lstrip("+") for o in swept_overrides()]
+    unique = list(dict.fromkeys(t[:64] for t in out))
+    return unique
+
+
+def run_label(run_name: str, seed) -> str:
+    """W&B run name: `<run_name>[_<swept overrides other than model/seed>]_seed<seed>`."""
+    from nowcast_infill.utils.results import swept_overrides, variant_suffix
+
+    return f"{run_name}{variant_suffix(swept_overrides())}_seed{seed}"
+
+
+# (path, modification time) -> name: a run's name is resolved several times, and reading a
+# checkpoint costs its whole size; a checkpoint rewritten in place is read again.
+_CKPT_MODEL_CACHE: dict[tuple[str, float], str] = {}
+
+
+def checkpoint_model(ckpt_path, default: str) -> str:
+    """The variant name (`hparams.name`) stored in the checkpoint at `ckpt_path`, else `default`.
+
+    An unreadable path gives `default` here: ni-eval's own check then names the file."""
+    if not ckpt_path:
+        return str(default)
+    try:
+        key = (str(ckpt_path), os.path.getmtime(str(ckpt_path)))
+    except OSError:
+        return str(default)
+    if key not in _CKPT_MODEL_CACHE:
+        try:
+            from nowcast_infill.checkpoint_io import read_checkpoint
+
+            name = read_checkpoint(key[0])["hyper_parameters"].get("name")
+        except Exception:  # noqa: BLE001  (reported by ni-eval's checkpoint check, naming the file)
+            return str(default)
+        _CKPT_MODEL_CACHE[key] = str(name) if name else str(default)
+    return _CKPT_MODEL_CACHE[key]
+
+
+_RESOLVERS = {
+    "ni.dirname": dirname,
+    "ni.sweep_group": sweep_group,
+    "ni.tags": run_tags,
+    "ni.run_label": run_label,
+    "ni.checkpoint_model": checkpoint_model,
+}
+
+
 def register_resolvers() -> None:
-    """Register `${ni.run_id:}`, `${ni.num_nodes:}`, `${ni.devices_per_node:}` (idempotent)."""
+    """Register `${ni.run_id:}`, `${ni.num_nodes:}`, `${ni.devices_per_node:}` and the naming
+    resolvers of `_RESOLVERS` (idempotent)."""
     if not OmegaConf.has_resolver("ni.run_id"):
         # use_cache: one value per process even if the config is resolved several times
         OmegaConf.register_new_resolver("ni.run_id", run_id, use_cache=True)
@@ -67,6 +160,9 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("ni.num_nodes", num_nodes)
     if not OmegaConf.has_resolver("ni.devices_per_node"):
         OmegaConf.register_new_resolver("ni.devices_per_node", devices_per_node)
+    for name, function in _RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, function)
 
 
 def print_config_tree(cfg: DictConfig, save_to: str | Path | None = None, resolve: bool = True) -> str:

@@ -41,8 +41,9 @@ def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None
     return "\n".join(lines) + "\n"
 
 
-def write_metrics_tables(rows: Sequence[Mapping], stem: str | Path) -> tuple[Path, Path]:
-    """Write `<stem>.csv` (every column) and `<stem>.md` (headline columns); return both paths."""
+def write_metrics_tables(rows: Sequence[Mapping], stem: str | Path, markdown: bool = True) -> tuple[Path, Path]:
+    """Write `<stem>.csv` (every column) and, unless `markdown` is false, `<stem>.md` (headline
+    columns); return both paths."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     columns: list[str] = []
@@ -56,5 +57,14 @@ def write_metrics_tables(rows: Sequence[Mapping], stem: str | Path) -> tuple[Pat
         writer.writeheader()
         for row in rows:
             writer.writerow({c: row.get(c, "") for c in columns})
-    md_path.write_text(markdown_table(rows))
+    if markdown:
+        md_path.write_text(markdown_table(rows))
     return csv_path, md_path
+
+
+def log_table(loggers, key: str, row: Mapping) -> None:
+    """Send `row` as a one-row table to every logger that takes tables (W&B); others skip it."""
+    columns = list(row)
+    for logger in loggers:
+        if hasattr(logger, "log_table"):
+            logger.log_table(key=key, columns=columns, data=[[row[c] for c in columns]])

@@ -154,6 +154,48 @@ def scaled(idle_seconds: float, margin: float = 4.0) -> float:
     return min(MAX_WAIT_S, idle_seconds * margin * slowness())
 
 
+class LoadScaledBudget:
+    """A time budget counted in idle-machine seconds: wall time divided by the load per core.
+
+    ``LoadScaledBudget(20)`` expires after ~80 s wall (``margin`` 4) on an idle machine and
+    ~320 s at 4 runnable processes per core, however the load changes in between; never
+    later than :data:`MAX_WAIT_S` wall.
+    """
+
+    def __init__(self, idle_seconds: float, margin: float = 4.0) -> None:
+        self.idle_seconds, self.budget = idle_seconds, idle_seconds * margin
+        self.start = self._last = time.monotonic()
+        self.idle_equivalent = 0.0
+        self.factor = load_per_core()
+
+    def expired(self) -> bool:
+        now = time.monotonic()
+        self.factor = load_per_core()
+        self.idle_equivalent += (now - self._last) / self.factor
+        self._last = now
+        return self.idle_equivalent > self.budget or now - self.start > MAX_WAIT_S
+
+    @property
+    def wall(self) -> float:
+        return time.monotonic() - self.start
+
+    def __str__(self) -> str:
+        return (
+            f"{self.wall:.0f} s wall = {self.idle_equivalent:.0f} s idle-equivalent at load/core {self.factor:.1f} "
+            f"(budget {self.budget:.0f} s = {self.budget / self.idle_seconds:.0f} x {self.idle_seconds:.0f} s idle; "
+            f"wall cap {MAX_WAIT_S:.0f} s)"
+        )
+
+
+def wait_until(predicate, idle_seconds: float, what: str, explain=lambda: "") -> None:
+    """Poll ``predicate()`` each second until true; fail after a :class:`LoadScaledBudget`."""
+    budget = LoadScaledBudget(idle_seconds)
+    while not predicate():
+        if budget.expired():
+            raise AssertionError(f"no {what} after {budget}\n{explain()}")
+        time.sleep(1)
+
+
 def _children(pid: int) -> list[int]:
     """All live descendants of ``pid`` (Linux /proc), deepest last."""
     parents: dict[int, list[int]] = {}
@@ -228,16 +270,16 @@ def run_watched(
     idle_seconds: float,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
-    peer_grace_idle_s: float = 15.0,
+    peer_grace_idle_s: float = 5.0,
     dump_stacks_of: Sequence[str] = (),
 ) -> None:
     """Run ``commands`` (name -> argv) at once; return when all exit 0, else raise AssertionError.
 
     Output of each goes to ``log_dir/<name>.log``. ``idle_seconds`` is how long the whole
-    run takes on an idle machine; the run may take ``4 x`` that times the current
-    :func:`slowness`, re-measured from :func:`load_per_core` while it runs (a run that gets
-    slower as other jobs start is not cut short). When a process exits non-zero, the
-    others get ``peer_grace_idle_s`` (scaled the same way) to end by themselves -- a
+    run takes on an idle machine; the run may take ``4 x`` that in idle-equivalent seconds
+    (:class:`LoadScaledBudget`: a run that gets slower as other jobs start is not cut
+    short). When a process exits non-zero, the others get ``peer_grace_idle_s`` (times the
+    load per core) to end by themselves -- a
     peer of a dead rank should fail on its own within seconds -- and are then killed.
     Processes running a script named in ``dump_stacks_of`` are asked for their stacks
     (:func:`request_stack_dumps`) before a hung run is killed.
@@ -246,7 +288,6 @@ def run_watched(
     logs = {name: log_dir / f"{name}.log" for name in commands}
     procs: dict[str, subprocess.Popen] = {}
     handles = []
-    budget = idle_seconds * 4.0
     try:
         for name, argv in commands.items():
             handle = open(logs[name], "w")
@@ -254,41 +295,33 @@ def run_watched(
             procs[name] = subprocess.Popen(
                 list(argv), env=dict(env) if env is not None else None, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT
             )
-        start = last = time.monotonic()
-        idle_equivalent = 0.0  # elapsed time divided by the slowness while it elapsed
+        budget = LoadScaledBudget(idle_seconds)
         first_failure: tuple[str, int, float] | None = None
         while True:
             time.sleep(0.5)
-            now = time.monotonic()
-            factor = load_per_core()
-            idle_equivalent += (now - last) / factor
-            last = now
+            hung = budget.expired()
             codes = {name: p.poll() for name, p in procs.items()}
             if first_failure is None:
                 failed = [(name, c) for name, c in codes.items() if c not in (None, 0)]
                 if failed:
-                    first_failure = (*failed[0], now)
+                    first_failure = (*failed[0], budget.wall)
             running = [name for name, c in codes.items() if c is None]
             if not running:
                 break
-            if first_failure is not None and now - first_failure[2] > peer_grace_idle_s * 4.0 * factor:
+            if first_failure is not None and budget.wall - first_failure[2] > peer_grace_idle_s * budget.factor:
                 name, code, when = first_failure
                 raise AssertionError(
-                    f"{name} exited {code} after {when - start:.0f} s; {', '.join(running)} still running "
-                    f"{now - when:.0f} s later (waiting on a dead peer?), killed.\n{log_tails(logs)}"
+                    f"{name} exited {code} after {when:.0f} s; {', '.join(running)} still running "
+                    f"{budget.wall - when:.0f} s later (waiting on a dead peer?), killed.\n{log_tails(logs)}"
                 )
-            if idle_equivalent > budget or now - start > MAX_WAIT_S:
+            if hung:
                 if request_stack_dumps(list(procs.values()), dump_stacks_of):
-                    time.sleep(min(10.0, 2.0 * factor))  # time to write the stacks under load
-                raise AssertionError(
-                    f"{', '.join(running)} still running after {now - start:.0f} s wall "
-                    f"({idle_equivalent:.0f} s idle-equivalent at slowness {factor:.1f}; budget {budget:.0f} s = "
-                    f"4 x {idle_seconds:.0f} s idle, wall cap {MAX_WAIT_S:.0f} s): hung, killed.\n{log_tails(logs)}"
-                )
+                    time.sleep(min(10.0, 2.0 * budget.factor))  # time to write the stacks under load
+                raise AssertionError(f"{', '.join(running)} still running after {budget}: hung, killed.\n{log_tails(logs)}")
         if first_failure is not None:
             name, code, when = first_failure
             raise AssertionError(
-                f"{name} exited {code} after {when - start:.0f} s (exit codes "
+                f"{name} exited {code} after {when:.0f} s (exit codes "
                 f"{ {n: p.returncode for n, p in procs.items()} }).\n{log_tails(logs)}"
             )
     finally:

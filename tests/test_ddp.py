@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -115,8 +116,11 @@ def test_ddp_comparison_detects_a_different_global_batch(single_process_run, tmp
     assert diff > 100 * WEIGHT_ATOL, f"a different global batch changed the weights by only {diff}"
 
 
-def run_two_torchrun_nodes(tmp_path: Path, env: dict, torchrun_args: list[str], program: list[str]) -> None:
+def run_two_torchrun_nodes(tmp_path: Path, env: dict, torchrun_args: list[str], program: list[str],
+                           node1_program: list[str] | None = None) -> None:  # fmt: skip
     """Two `torchrun --nnodes=2` processes (node_rank 0 and 1) on 127.0.0.1; logs in node{r}.log.
+
+    Both run ``program`` unless ``node1_program`` is given for node 1.
 
     Returns when both exit 0; fails fast otherwise (tests/process_watch.py). Static
     rendezvous (torchrun's default here): node 0's agent serves the store on the reserved
@@ -128,7 +132,7 @@ def run_two_torchrun_nodes(tmp_path: Path, env: dict, torchrun_args: list[str], 
             f"node{node_rank}": [
                 TORCHRUN, "--nnodes=2", "--nproc_per_node=1", f"--node_rank={node_rank}",
                 f"--rdzv_endpoint=127.0.0.1:{port}", f"--rdzv_conf=timeout={scaled(IDLE_JOIN_S):.0f}",
-                "--max_restarts=0", *torchrun_args, *program,
+                "--max_restarts=0", *torchrun_args, *(node1_program if node_rank == 1 and node1_program else program),
             ]
             for node_rank in (0, 1)
         }  # fmt: skip
@@ -152,6 +156,21 @@ def test_torchrun_two_simulated_nodes(single_process_run, tmp_path):
     assert max_weight_difference(single_dir, out) < WEIGHT_ATOL
     for name, value in single["metrics"].items():
         assert result["metrics"][name] == pytest.approx(value, rel=METRIC_RTOL), name
+
+
+@pytest.mark.slow
+def test_torchrun_node_whose_peer_died_fails_fast_with_the_cause(tmp_path):
+    """Rank 1 dies before joining: rank 0 would wait in the rendezvous for 30 min; it ends in seconds."""
+    dies = tmp_path / "dies.py"
+    dies.write_text("raise SystemExit('rank 1 gives up before joining the process group')\n")
+    env = distributed_env()
+    env.pop("MASTER_ADDR")
+    start = time.monotonic()
+    with pytest.raises(AssertionError, match=r"(?s)node1 exited 1 .*node0 still running.*killed.*rank 1 gives up"):
+        run_two_torchrun_nodes(tmp_path, env, [], ddp_check_args(tmp_path / "out", "--strategy", "ddp", "--num-nodes", "2"),
+                               node1_program=[str(dies)])  # fmt: skip
+    # Startup of two agents and two ranks plus the peer grace, not a timeout.
+    assert time.monotonic() - start < scaled(IDLE_RUN_S)
 
 
 @pytest.mark.slow

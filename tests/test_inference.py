@@ -17,6 +17,7 @@ import torch
 import xarray as xr
 
 from factories import write_test_store
+from process_watch import LoadScaledBudget
 from nowcast_infill.inference.archive import (
     STATUS_COMPLETE, STATUS_INFILLED, STATUS_PENDING, derive_coverage, infill_store,
     load_predictor, open_radar_store, write_nowcast,
@@ -173,9 +174,10 @@ def test_resume_after_kill_writes_every_frame_once(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, str(script), str(store), str(out_path), "0.4"], env=env)
     try:
-        deadline = time.time() + 60
+        # Load-scaled: starting Python, torch and zarr and writing 3 frames takes ~10 s idle.
+        budget = LoadScaledBudget(15)
         done = 0
-        while time.time() < deadline:
+        while not budget.expired() and proc.poll() is None:
             if (out_path / "infill_status" / "zarr.json").exists():
                 done = int((zarr.open_array(str(out_path / "infill_status"), mode="r")[:] > 0).sum())
                 if done >= 3:
@@ -397,13 +399,15 @@ def test_checkpoint_on_a_full_radolan_grid(infill_ckpt, tmp_path):
     frame[500:560, 300:420] = np.nan
     group["precip"][1] = frame
     predictor, info = load_predictor(infill_ckpt, "infill", tile=64, device="cpu", batch_size=16)
-    start = time.perf_counter()
+    # CPU time of this process (all torch threads), not wall time: a busy machine does not
+    # inflate it. 60 s of wall on each of the 2 cores of the test machine.
+    start = time.process_time()
     summary = infill_store(predictor, store, tmp_path / "out.zarr", model_info=info, context=1, progress=False)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     out = xr.open_zarr(tmp_path / "out.zarr")["precip"].values
     assert summary["infilled"] == 1 and summary["complete"] == 2
     assert np.isfinite(out[1, 500:560, 300:420]).all() and (out[1, 500:560, 300:420] >= 0).all()
-    assert elapsed < 60, f"1100x900 frame took {elapsed:.1f} s"
+    assert elapsed < 120, f"1100x900 frame took {elapsed:.1f} s of CPU"
 
 
 def test_tiled_needed_pixels_get_the_full_grid_blend_exactly():

@@ -17,7 +17,7 @@ import torch
 import xarray as xr
 
 from factories import write_test_store
-from process_watch import LoadScaledBudget
+from process_watch import LoadScaledBudget, reserve_ports, run_watched
 from nowcast_infill.inference.archive import (
     STATUS_COMPLETE, STATUS_INFILLED, STATUS_PENDING, derive_coverage, infill_store,
     load_predictor, open_radar_store, write_nowcast,
@@ -449,11 +449,13 @@ def test_two_process_predict_writes_what_one_process_writes(infill_ckpt, tmp_pat
     src_path, _ = _store_with_holes(tmp_path, aux=LINEAR_AUX)
     script = tmp_path / "ddp_infill.py"
     script.write_text(DDP_INFILL)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, str(script), infill_ckpt, str(src_path), str(tmp_path / "ddp.zarr")],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "Starting with 2 processes" in done.stdout + done.stderr
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
+    # A reserved port: Lightning's own pick (bind port 0, release) can be taken on a busy machine.
+    with reserve_ports(1, "test_two_process_predict_writes_what_one_process_writes") as [port]:
+        env["MASTER_PORT"] = str(port)
+        run_watched({"ddp_infill": [sys.executable, str(script), infill_ckpt, str(src_path), str(tmp_path / "ddp.zarr")]},
+                    log_dir=tmp_path / "proc", idle_seconds=60, env=env)  # fmt: skip
+    assert "Starting with 2 processes" in (tmp_path / "proc" / "ddp_infill.log").read_text()
     predictor, info = load_predictor(infill_ckpt, "infill", device="cpu")
     infill_store(predictor, src_path, tmp_path / "one.zarr", model_info=info, context=1, progress=False)
     ddp, one = xr.open_zarr(tmp_path / "ddp.zarr"), xr.open_zarr(tmp_path / "one.zarr")

@@ -129,11 +129,17 @@ def job_log(log_dir: Path, pattern: str) -> str:
 
 def test_cluster_runs_a_step_on_both_nodes(slurm_cluster):  # noqa: F811
     proc = subprocess.run(
-        ["srun", "-N2", "--ntasks-per-node=1", "sh", "-c", 'echo "$SLURMD_NODENAME $SLURM_PROCID $MASTER_ADDR"'],
+        ["srun", "-N2", "--ntasks-per-node=1", "sh", "-c", 'echo "$SLURMD_NODENAME $SLURM_PROCID $MASTER_ADDR $MASTER_PORT"'],
         env=slurm_cluster, capture_output=True, text=True, timeout=scaled(15),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert sorted(proc.stdout.split("\n")[:2]) == ["n1 0 127.0.0.1", "n2 1 127.0.0.1"]
+    lines = sorted(proc.stdout.split("\n")[:2])
+    assert [line.rsplit(" ", 1)[0] for line in lines] == ["n1 0 127.0.0.1", "n2 1 127.0.0.1"]
+    # Both tasks rendezvous on one port from this cluster's reserved block, not on
+    # Lightning's 15000 + job id, which every local cluster on the host would share.
+    ports = {int(line.rsplit(" ", 1)[1]) for line in lines}
+    base = int(slurm_cluster["NI_SLURM_MASTER_PORT_BASE"])
+    assert len(ports) == 1 and ports <= set(range(base, base + int(slurm_cluster["NI_SLURM_MASTER_PORTS"]))), lines
 
 
 def test_train_multinode_sbatch_trains_on_two_nodes(slurm_env, tmp_path):

@@ -34,8 +34,10 @@ from pathlib import Path
 
 # Ports handed out to tests; the kernel's ephemeral range (usually 32768-60999) is
 # excluded at run time, so a port freed for a moment cannot be reused by an unrelated
-# outgoing connection before our server binds it.
-TEST_PORT_RANGE = range(20000, 32000)
+# outgoing connection before our server binds it. Below it, the range also avoids ports
+# others pick by rule: Lightning under Slurm (15000 + last 4 digits of the job id),
+# slurm/local_cluster.sh's default (26817), torchrun's default (29500).
+TEST_PORT_RANGE = range(30000, 32700)
 PORT_LOCK_DIR = Path(tempfile.gettempdir()) / "ni-test-ports"
 # pytest-timeout (pyproject.toml) kills a test at 900 s with only pytest's own stack;
 # our own limits stay below it so the failure shows the children's logs instead.

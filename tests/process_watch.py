@@ -9,8 +9,9 @@ static rendezvous, 30 min for a gloo process group) and the test only sees a bar
 - :func:`reserve_ports`: TCP ports on 127.0.0.1 that no other test on this host can get
   at the same time (below the kernel's ephemeral range, so never handed out to a
   ``connect()`` or ``bind(port 0)``, and held by a lock file shared by every checkout);
-- :func:`slowness` and :func:`scaled`: time limits scaled to how contended the CPUs are
-  right now, instead of fixed wall-clock numbers;
+- :func:`scaled` (a limit from :func:`slowness` now), :class:`LoadScaledBudget` and
+  :func:`wait_until` (a budget counted in idle-machine seconds while the load changes):
+  time limits scaled to how contended the CPUs are, instead of fixed wall-clock numbers;
 - :func:`run_watched`: starts processes with their output in log files and returns once
   all exit 0; when one fails the others get a short grace and are then killed, and a run
   past its load-scaled budget is killed too; either way the assertion names the process

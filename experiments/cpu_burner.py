@@ -65,20 +65,29 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
-    def stop(*_):
+    command_proc = subprocess.Popen(command) if command else None
+
+    def stop() -> None:
         for b in burners:
             if b.is_alive():
                 b.terminate()
 
-    signal.signal(signal.SIGTERM, lambda *a: (stop(), sys.exit(143)))
+    def on_sigterm(*_) -> None:
+        # `kill <this pid>` (or a `timeout` around us) ends the command too, not only the burners.
+        if command_proc is not None and command_proc.poll() is None:
+            command_proc.terminate()
+        stop()
+        sys.exit(143)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     status = 0
     try:
-        if command:
-            status = subprocess.call(command)
+        if command_proc is not None:
+            status = command_proc.wait()
         else:
             for b in burners:
                 b.join()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C reaches the command too (same process group)
         status = 130
     finally:
         stop()

@@ -10,6 +10,10 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# test-busy: burner processes beside the suite (each adds ~1 to the load average) and
+# the most seconds they may run (they stop with pytest, or by themselves at this limit).
+BURN_PROCS ?= 4
+BURN_SECONDS ?= 7200
 
 .DEFAULT_GOAL := help
 
@@ -31,6 +35,10 @@ demo: $(STAMP) ## Run the main job on the embedded synthetic data (data -> train
 test: $(STAMP) ## Run the whole test suite (slurm tests start their own local cluster when root)
 	WANDB_MODE=offline $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+test-busy: $(STAMP) ## Run the whole suite beside BURN_PROCS (4) busy processes: it must pass on a loaded machine
+	WANDB_MODE=offline $(BIN)/python experiments/cpu_burner.py --procs $(BURN_PROCS) --seconds $(BURN_SECONDS) -- \
+		$(BIN)/python -m pytest $(PYTEST_ARGS)
+
 test-fast: $(STAMP) ## Run the tests not marked slow or slurm
 	WANDB_MODE=offline $(BIN)/python -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)
 
@@ -46,4 +54,4 @@ clean: ## Remove run outputs (keeps .venv/)
 distclean: clean ## Remove run outputs and .venv/
 	rm -rf $(VENV)
 
-.PHONY: help install demo test test-fast bench-data bench-model clean distclean
+.PHONY: help install demo test test-busy test-fast bench-data bench-model clean distclean

@@ -36,14 +36,18 @@ Example::
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
+import signal
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
 import torch
 import torchmetrics
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
@@ -117,20 +121,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", action="store_true", help="write OUT/checkpoints/last.ckpt")
+    p.add_argument(
+        "--pg-timeout-s", type=float, default=None,
+        help="with --strategy ddp: process-group timeout (joining it and every collective); a rank whose "
+        "peer is gone fails after this instead of torch's default 30 min",
+    )  # fmt: skip
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    # `kill -USR2 <pid>` prints every thread's stack to stderr: where a hung rank is stuck
+    # (rendezvous, a collective, ...) ends up in its log (tests/process_watch.py does this).
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     # Two cores are shared by every rank on the test machine; more threads only thrash.
     torch.set_num_threads(1)
     L.seed_everything(args.seed, workers=True)
+    strategy = args.strategy
+    if args.pg_timeout_s is not None:
+        if strategy != "ddp":
+            raise SystemExit(f"--pg-timeout-s needs --strategy ddp, not {strategy!r}")
+        strategy = DDPStrategy(timeout=timedelta(seconds=args.pg_timeout_s))
 
     trainer = L.Trainer(
         accelerator="cpu",
         devices=args.devices,
         num_nodes=args.num_nodes,
-        strategy=args.strategy,
+        strategy=strategy,
         max_steps=args.max_steps,
         logger=False,
         enable_progress_bar=False,

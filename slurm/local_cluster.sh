@@ -13,6 +13,10 @@
 # Environment:
 #   NI_SLURM_DIR            state dir (config, keys, logs, pids)        [/tmp/ni-slurm]
 #   NI_SLURM_PORT_BASE      slurmctld port; the slurmds use the next ones [26817]
+#   NI_SLURM_MASTER_PORT_BASE, NI_SLURM_MASTER_PORTS
+#                           each job's DDP rendezvous port is BASE + job id mod PORTS
+#                           [PORT_BASE + 3, 16]; Lightning's default (15000 + job id)
+#                           would be the same in two clusters on one host
 #   NI_SLURM_CPUS_PER_NODE  CPUs each simulated node offers             [1]
 #   NI_SLURM_START_TIMEOUT  seconds to wait for both nodes to be idle   [60]
 #
@@ -25,6 +29,8 @@ set -euo pipefail
 STATE=${NI_SLURM_DIR:-/tmp/ni-slurm}
 PORT_BASE=${NI_SLURM_PORT_BASE:-26817}
 CPUS_PER_NODE=${NI_SLURM_CPUS_PER_NODE:-1}
+MASTER_PORT_BASE=${NI_SLURM_MASTER_PORT_BASE:-$((PORT_BASE + 3))}
+MASTER_PORTS=${NI_SLURM_MASTER_PORTS:-16}
 START_TIMEOUT=${NI_SLURM_START_TIMEOUT:-60}
 NODES=(n1 n2)
 PACKAGES=(slurmctld slurmd slurm-client munge)
@@ -54,11 +60,13 @@ install_packages() {
     command -v apt-get >/dev/null || die "Slurm packages missing (${missing[*]}) and no apt-get: install Slurm + munge by hand"
     say "installing ${PACKAGES[*]} (apt-get, --no-install-recommends)"
     export DEBIAN_FRONTEND=noninteractive
-    if ! apt-get install -y --no-install-recommends "${PACKAGES[@]}" >"$LOG_DIR/apt.log" 2>&1; then
+    # Another session installing at the same time holds dpkg's lock: wait for it, not fail.
+    local apt=(apt-get -o DPkg::Lock::Timeout=300)
+    if ! "${apt[@]}" install -y --no-install-recommends "${PACKAGES[@]}" >"$LOG_DIR/apt.log" 2>&1; then
         # A fresh container often has no package lists yet.
         say "install failed; running apt-get update once and retrying (log: $LOG_DIR/apt.log)"
-        apt-get update >>"$LOG_DIR/apt.log" 2>&1 || die "apt-get update failed, see $LOG_DIR/apt.log"
-        apt-get install -y --no-install-recommends "${PACKAGES[@]}" >>"$LOG_DIR/apt.log" 2>&1 \
+        "${apt[@]}" update >>"$LOG_DIR/apt.log" 2>&1 || die "apt-get update failed, see $LOG_DIR/apt.log"
+        "${apt[@]}" install -y --no-install-recommends "${PACKAGES[@]}" >>"$LOG_DIR/apt.log" 2>&1 \
             || die "apt-get install ${PACKAGES[*]} failed, see $LOG_DIR/apt.log"
     fi
 }
@@ -80,10 +88,12 @@ write_config() {
     chmod 400 "$MUNGE_DIR/munge.key"
 
     # Node names n1/n2 do not resolve, so tasks get the rendezvous address here
-    # (Lightning's SLURMEnvironment would otherwise use the first node name).
-    cat >"$STATE/task_prolog.sh" <<'EOF'
+    # (Lightning's SLURMEnvironment would otherwise use the first node name), and a port
+    # from this cluster's own block: every task of a job computes the same one.
+    cat >"$STATE/task_prolog.sh" <<EOF
 #!/bin/sh
 echo "export MASTER_ADDR=127.0.0.1"
+echo "export MASTER_PORT=\$(( $MASTER_PORT_BASE + \${SLURM_JOB_ID:-0} % $MASTER_PORTS ))"
 EOF
     chmod 755 "$STATE/task_prolog.sh"
 

@@ -5,8 +5,9 @@ import mode)::
 
     from slurm_cluster import slurm_cluster  # noqa: F401  (pytest fixture)
 
-The cluster gets its own state dir and free ports, so it never meets a cluster a developer
-started by hand. Tests skip, with the reason, when this is not root, when the Debian
+The cluster gets its own state dir and a block of ports reserved for the session
+(tests/process_watch.py), daemons first, then one rendezvous port per job, so it never
+meets a cluster a developer started by hand or another test session's cluster. Tests skip, with the reason, when this is not root, when the Debian
 packages cannot be installed, or when the daemons do not come up in time.
 """
 
@@ -14,43 +15,22 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from process_watch import reserve_ports, scaled
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCAL_CLUSTER = REPO_ROOT / "slurm" / "local_cluster.sh"
 # install (~13 MB from the Debian mirror) plus start; the start alone takes ~2 s
 START_TIMEOUT_S = 300
-
-
-def _ports_free(base: int, count: int) -> bool:
-    for port in range(base, base + count):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
-def find_free_port_range(count: int, start: int = 27817, stop: int = 28817) -> int:
-    """First port ``p`` in [start, stop) with ``p .. p + count - 1`` all bindable on 127.0.0.1."""
-    for base in range(start + os.getpid() % 97 * 8, stop, count + 1):
-        if _ports_free(base, count):
-            return base
-    raise RuntimeError(f"no {count} consecutive free TCP ports in {start}-{stop} on 127.0.0.1")
-
-
-def find_free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (for DDP rendezvous)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Rendezvous ports for the cluster's jobs (MASTER_PORT = base + job id mod this), after
+# slurmctld's and the two slurmds' ports. Lightning's own default, 15000 + job id, is the
+# same in every local cluster, so two test sessions on one host would share it.
+JOB_PORTS = 16
 
 
 def _run_cluster_script(action: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
@@ -75,6 +55,7 @@ def slurm_cluster(tmp_path_factory) -> dict[str, str]:
 
     # Short path: the munge socket path must stay under the 108-byte sun_path limit.
     state_dir = Path(tmp_path_factory.mktemp("slurm"))
+    ports = reserve_ports(3 + JOB_PORTS, f"slurm cluster {state_dir}")
     env = {
         key: value
         for key, value in os.environ.items()
@@ -83,12 +64,22 @@ def slurm_cluster(tmp_path_factory) -> dict[str, str]:
     }
     env.update(
         NI_SLURM_DIR=str(state_dir),
-        NI_SLURM_PORT_BASE=str(find_free_port_range(3)),
-        NI_SLURM_START_TIMEOUT="60",
+        NI_SLURM_PORT_BASE=str(ports.ports[0]),
+        NI_SLURM_MASTER_PORT_BASE=str(ports.ports[3]),
+        NI_SLURM_MASTER_PORTS=str(JOB_PORTS),
+        # Both nodes idle takes ~2 s on an idle machine.
+        NI_SLURM_START_TIMEOUT=f"{scaled(15):.0f}",
         SLURM_CONF=str(state_dir / "slurm.conf"),
         MASTER_ADDR="127.0.0.1",
         GLOO_SOCKET_IFNAME="lo",
     )
+    try:
+        yield from _start_and_stop(env, state_dir)
+    finally:
+        ports.release()
+
+
+def _start_and_stop(env: dict[str, str], state_dir: Path):
     t0 = time.monotonic()
     try:
         started = _run_cluster_script("start", env, timeout=START_TIMEOUT_S)

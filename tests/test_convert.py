@@ -18,6 +18,7 @@ import xarray as xr
 import zarr
 
 from data_factories_io import rain_field, write_radolan_ascii
+from process_watch import LoadScaledBudget
 from nowcast_infill.io.convert import convert
 from nowcast_infill.io.importers import ConversionError, get_importer
 from nowcast_infill.io.store import precip_layout
@@ -211,8 +212,8 @@ def test_killed_conversion_resumes_without_loss_or_doubling(tmp_path, shards):
     # The layout is fixed when the store is created; the appends below keep it.
     convert(paths[:3], out, "radolan_ascii", progress=False, workers=1, chunks={"time": 1, "y": 32, "x": 32}, shards=shards)
     proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, *map(str, paths), str(out)], cwd=tmp_path)
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None:
+    budget = LoadScaledBudget(15)  # starting Python + zarr and writing 5 frames: ~5 s idle
+    while not budget.expired() and proc.poll() is None:
         if list(tmp_path.glob("kill.zarr.tmp-*")) and xr.open_zarr(out).sizes["time"] >= 5:
             break
         time.sleep(0.05)

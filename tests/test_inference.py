@@ -17,6 +17,7 @@ import torch
 import xarray as xr
 
 from factories import make_test_dataset, write_dataset, write_test_store
+from process_watch import LoadScaledBudget, reserve_ports, run_watched
 from nowcast_infill.errors import UserError
 from nowcast_infill.inference.archive import (
     STATUS_COMPLETE, STATUS_INFILLED, STATUS_PENDING, NoValidFrameError, derive_coverage, infill_store,
@@ -174,9 +175,10 @@ def test_resume_after_kill_writes_every_frame_once(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, str(script), str(store), str(out_path), "0.4"], env=env)
     try:
-        deadline = time.time() + 60
+        # Load-scaled: starting Python, torch and zarr and writing 3 frames takes ~10 s idle.
+        budget = LoadScaledBudget(15)
         done = 0
-        while time.time() < deadline:
+        while not budget.expired() and proc.poll() is None:
             if (out_path / "infill_status" / "zarr.json").exists():
                 done = int((zarr.open_array(str(out_path / "infill_status"), mode="r")[:] > 0).sum())
                 if done >= 3:
@@ -437,13 +439,15 @@ def test_checkpoint_on_a_full_radolan_grid(infill_ckpt, tmp_path):
     frame[500:560, 300:420] = np.nan
     group["precip"][1] = frame
     predictor, info = load_predictor(infill_ckpt, "infill", tile=64, device="cpu", batch_size=16)
-    start = time.perf_counter()
+    # CPU time of this process (all torch threads), not wall time: a busy machine does not
+    # inflate it. 60 s of wall on each of the 2 cores of the test machine.
+    start = time.process_time()
     summary = infill_store(predictor, store, tmp_path / "out.zarr", model_info=info, context=1, progress=False)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     out = xr.open_zarr(tmp_path / "out.zarr")["precip"].values
     assert summary["infilled"] == 1 and summary["complete"] == 2
     assert np.isfinite(out[1, 500:560, 300:420]).all() and (out[1, 500:560, 300:420] >= 0).all()
-    assert elapsed < 60, f"1100x900 frame took {elapsed:.1f} s"
+    assert elapsed < 120, f"1100x900 frame took {elapsed:.1f} s of CPU"
 
 
 def test_tiled_needed_pixels_get_the_full_grid_blend_exactly():
@@ -485,11 +489,13 @@ def test_two_process_predict_writes_what_one_process_writes(infill_ckpt, tmp_pat
     src_path, _ = _store_with_holes(tmp_path, aux=LINEAR_AUX)
     script = tmp_path / "ddp_infill.py"
     script.write_text(DDP_INFILL)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, str(script), infill_ckpt, str(src_path), str(tmp_path / "ddp.zarr")],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "Starting with 2 processes" in done.stdout + done.stderr
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
+    # A reserved port: Lightning's own pick (bind port 0, release) can be taken on a busy machine.
+    with reserve_ports(1, "test_two_process_predict_writes_what_one_process_writes") as [port]:
+        env["MASTER_PORT"] = str(port)
+        run_watched({"ddp_infill": [sys.executable, str(script), infill_ckpt, str(src_path), str(tmp_path / "ddp.zarr")]},
+                    log_dir=tmp_path / "proc", idle_seconds=60, env=env)  # fmt: skip
+    assert "Starting with 2 processes" in (tmp_path / "proc" / "ddp_infill.log").read_text()
     predictor, info = load_predictor(infill_ckpt, "infill", device="cpu")
     infill_store(predictor, src_path, tmp_path / "one.zarr", model_info=info, context=1, progress=False)
     ddp, one = xr.open_zarr(tmp_path / "ddp.zarr"), xr.open_zarr(tmp_path / "one.zarr")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -117,11 +116,13 @@ def test_split_states_merge_to_the_single_process_result():
 _GLOO_WORKER = textwrap.dedent(
     """
     import os, sys, json
+    from datetime import timedelta
     import numpy as np, torch, torch.distributed as dist
     sys.path.insert(0, os.environ["NI_REPO"])
     from nowcast_infill.metrics import RadarMetrics
     rank, world = int(sys.argv[1]), 2
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # A short timeout: a rank whose peer died fails in seconds, not torch's 30 min.
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=float(os.environ["NI_PG_TIMEOUT_S"])))
     data = np.load(os.environ["NI_DATA"])
     part = slice(rank * 2, rank * 2 + 2)
     m = RadarMetrics(n_leads=3)
@@ -138,31 +139,27 @@ _GLOO_WORKER = textwrap.dedent(
 def test_two_gloo_processes_equal_one(tmp_path):
     """A real 2-process gloo group (run outside the pytest process) syncs the sums exactly."""
     import json
-    import socket
+
+    from process_watch import reserve_ports, run_watched, scaled
 
     pred, target, mask = _random_case(3, b=4)
     np.savez(tmp_path / "data.npz", pred=pred, target=target, mask=mask)
     (tmp_path / "worker.py").write_text(_GLOO_WORKER)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    ports = reserve_ports(1, "test_two_gloo_processes_equal_one")
     env = dict(
         os.environ,
         MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
+        MASTER_PORT=str(ports.ports[0]),
         GLOO_SOCKET_IFNAME="lo",
+        NI_PG_TIMEOUT_S=f"{scaled(30):.0f}",
         NI_REPO=str(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
         NI_DATA=str(tmp_path / "data.npz"),
         NI_OUT=str(tmp_path / "out.json"),
         OMP_NUM_THREADS="1",
     )
-    procs = [
-        subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(r)], env=env, stderr=subprocess.PIPE)
-        for r in range(2)
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err.decode()[-2000:]
+    with ports:  # 2 ranks starting Python + torch: ~5 s on an idle machine
+        run_watched({f"rank{r}": [sys.executable, str(tmp_path / "worker.py"), str(r)] for r in range(2)},
+                    log_dir=tmp_path, idle_seconds=15, env=env)  # fmt: skip
     single = RadarMetrics(n_leads=3)
     single.update(*_tensors(pred, target, mask))
     _assert_close(json.loads((tmp_path / "out.json").read_text()), {k: float(v) for k, v in single.compute().items()}, rtol=1e-12)

@@ -7,6 +7,10 @@
 - `ni-train --multirun hydra/launcher=slurm` completes through submitit (no sacct here).
 
 Skipped with the reason when the cluster cannot be started (not root, no packages).
+Jobs are waited for with a load-scaled budget (tests/process_watch.py); a job past it is
+cancelled, so it cannot hold the nodes for the next test, and the failure shows its state
+and log. Multi-node jobs get a short process-group timeout, so a rank whose peer died
+fails in seconds (srun --kill-on-bad-exit then ends the job).
 NI_TRAIN (e.g. "python -m nowcast_infill.cli.train") replaces the `ni-train` command
 here as in the sbatch templates.
 """
@@ -24,12 +28,16 @@ from pathlib import Path
 
 import pytest
 
+from process_watch import LoadScaledBudget, run_watched, scaled, wait_until
 from slurm_cluster import slurm_cluster  # noqa: F401  (pytest fixture)
 
 pytestmark = pytest.mark.slurm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-JOB_TIMEOUT_S = 240
+# Wall time of one tiny ni-train job (queue, start, 1 epoch, test) on an idle 2-core
+# machine: ~20-40 s; jobs may take 4x this times the load (LoadScaledBudget).
+IDLE_JOB_S = 60
+FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE")
 
 # Tiny run: 32x32 crops, a 2-level U-Net of 4/8 channels. These tests check plumbing;
 # the numerics of DDP against one process are in test_ddp.py.
@@ -51,6 +59,13 @@ TINY_TRAIN = [
 ONE_CPU_NO_GPU = ["--cpus-per-task=1", "--gpus-per-node=0", "--time=15"]
 
 
+def multinode_train(*overrides: str) -> list[str]:
+    """slurm/train_multinode.sbatch on 2 nodes x 1 task; ranks give up on a gone peer quickly."""
+    # Joining the group takes under a second idle; only a dead or stuck peer takes 30 s.
+    timeout = f"trainer.strategy.timeout.seconds={scaled(30):.0f}"
+    return ["--nodes=2", "--ntasks-per-node=1", *ONE_CPU_NO_GPU, "slurm/train_multinode.sbatch", *overrides, timeout]
+
+
 def ni_train_command() -> list[str]:
     """The ni-train command line, as slurm/lib.sh resolves it (NI_TRAIN overrides)."""
     return shlex.split(os.environ.get("NI_TRAIN", str(REPO_ROOT / ".venv" / "bin" / "ni-train")))
@@ -70,16 +85,43 @@ def slurm_env(slurm_cluster, tmp_path_factory) -> dict[str, str]:  # noqa: F811
 
 
 def sbatch(env: dict[str, str], log_dir: Path, *args: str, wait: bool = True) -> tuple[int, str]:
-    """Submit from the repository root; return (exit code of sbatch, job id).
+    """Submit from the repository root; return (0 if every task COMPLETED else 1, job id).
 
     Logs go to ``log_dir/<job name>-<job id>.out``, for arrays ``<name>-<array id>_<task>.out``.
+    With ``wait``, the job (all array tasks) is waited for; past the budget it is cancelled.
     """
     pattern = "%x-%A_%a.out" if any(a.startswith("--array") for a in args) else "%x-%j.out"
-    cmd = ["sbatch", "--parsable", f"--output={log_dir}/{pattern}", *(["--wait"] if wait else []), *args]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
+    cmd = ["sbatch", "--parsable", f"--output={log_dir}/{pattern}", *args]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=scaled(15))
     job_id = proc.stdout.strip().splitlines()[0].split(";")[0] if proc.stdout.strip() else ""
     assert job_id, f"sbatch {args} did not submit: {proc.stderr}"
-    return proc.returncode, job_id
+    if not wait:
+        return proc.returncode, job_id
+    states = wait_for_job(env, job_id, log_dir)
+    return (0 if set(states.values()) == {"COMPLETED"} else 1), job_id
+
+
+def job_states(env: dict[str, str], job: str) -> dict[str, str]:
+    """JobState of each task of ``job`` (one for a plain job, one per array task)."""
+    out = subprocess.run(["scontrol", "-o", "show", "job", job], env=env, capture_output=True, text=True, timeout=scaled(15))
+    assert out.returncode == 0, f"scontrol show job {job}: {out.stderr}"
+    return dict(re.findall(r"^JobId=(\S+) .*?JobState=(\S+)", out.stdout, flags=re.M))
+
+
+def wait_for_job(env: dict[str, str], job: str, log_dir: Path, idle_seconds: float = IDLE_JOB_S) -> dict[str, str]:
+    """Wait until every task of ``job`` is in a final state; cancel it and fail past the budget."""
+    budget = LoadScaledBudget(idle_seconds)
+    while True:
+        states = job_states(env, job)
+        if states and all(state in FINAL_STATES for state in states.values()):
+            return states
+        if budget.expired():
+            subprocess.run(["scancel", job], env=env, timeout=scaled(15))
+            raise AssertionError(
+                f"job {job} not finished after {budget}; cancelled. States: {states}\n"
+                f"{job_log(log_dir, f'*{job}*.out')[-6000:]}"
+            )
+        time.sleep(1)
 
 
 def job_log(log_dir: Path, pattern: str) -> str:
@@ -87,27 +129,24 @@ def job_log(log_dir: Path, pattern: str) -> str:
     return "\n".join(p.read_text(errors="replace") for p in logs)
 
 
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(1)
-
-
 def test_cluster_runs_a_step_on_both_nodes(slurm_cluster):  # noqa: F811
     proc = subprocess.run(
-        ["srun", "-N2", "--ntasks-per-node=1", "sh", "-c", 'echo "$SLURMD_NODENAME $SLURM_PROCID $MASTER_ADDR"'],
-        env=slurm_cluster, capture_output=True, text=True, timeout=60,
+        ["srun", "-N2", "--ntasks-per-node=1", "sh", "-c", 'echo "$SLURMD_NODENAME $SLURM_PROCID $MASTER_ADDR $MASTER_PORT"'],
+        env=slurm_cluster, capture_output=True, text=True, timeout=scaled(15),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert sorted(proc.stdout.split("\n")[:2]) == ["n1 0 127.0.0.1", "n2 1 127.0.0.1"]
+    lines = sorted(proc.stdout.split("\n")[:2])
+    assert [line.rsplit(" ", 1)[0] for line in lines] == ["n1 0 127.0.0.1", "n2 1 127.0.0.1"]
+    # Both tasks rendezvous on one port from this cluster's reserved block, not on
+    # Lightning's 15000 + job id, which every local cluster on the host would share.
+    ports = {int(line.rsplit(" ", 1)[1]) for line in lines}
+    base = int(slurm_cluster["NI_SLURM_MASTER_PORT_BASE"])
+    assert len(ports) == 1 and ports <= set(range(base, base + int(slurm_cluster["NI_SLURM_MASTER_PORTS"]))), lines
 
 
 def test_train_multinode_sbatch_trains_on_two_nodes(slurm_env, tmp_path):
     env = dict(slurm_env, NI_LOG_DIR=str(tmp_path / "outputs"))
-    code, job = sbatch(env, tmp_path, "--nodes=2", "--ntasks-per-node=1", *ONE_CPU_NO_GPU,
-                       "slurm/train_multinode.sbatch", *TINY_TRAIN)  # fmt: skip
+    code, job = sbatch(env, tmp_path, *multinode_train(*TINY_TRAIN))
     log = job_log(tmp_path, f"ni-train-{job}.out")
     assert code == 0, f"job {job} failed:\n{log[-6000:]}"
 
@@ -130,24 +169,20 @@ def test_train_multinode_sbatch_trains_on_two_nodes(slurm_env, tmp_path):
 def test_requeued_job_resumes_from_last_checkpoint(slurm_env, tmp_path):
     env = dict(slurm_env, NI_LOG_DIR=str(tmp_path / "outputs"))
     overrides = [o for o in TINY_TRAIN if not o.startswith("trainer.max_epochs")] + ["trainer.max_epochs=3"]
-    _, job = sbatch(env, tmp_path, "--nodes=2", "--ntasks-per-node=1", *ONE_CPU_NO_GPU,
-                    "slurm/train_multinode.sbatch", *overrides, wait=False)  # fmt: skip
+    _, job = sbatch(env, tmp_path, *multinode_train(*overrides), wait=False)
     last = tmp_path / "outputs" / "infill" / "runs" / f"infill_baseline_{job}" / "checkpoints" / "last.ckpt"
-    wait_until(last.is_file, JOB_TIMEOUT_S, f"{last} (first epoch of job {job})")
-    # What a preemption does: the job goes back to the queue with the same id.
-    subprocess.run(["scontrol", "requeue", job], env=env, check=True, timeout=30)
-    # Slurm holds a requeued job for ~2 minutes (BeginTime); release it now.
-    wait_until(
-        lambda: "JobState=PENDING" in subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout,
-        60, f"job {job} pending again",
-    )  # fmt: skip
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True, timeout=30)
-
-    def finished() -> bool:
-        out = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
-        return bool(re.search(r"JobState=(COMPLETED|FAILED|CANCELLED|TIMEOUT)", out)) or "Invalid job id" in out
-
-    wait_until(finished, JOB_TIMEOUT_S, f"job {job} to finish after the requeue")
+    log_so_far = lambda: job_log(tmp_path, f"ni-train-{job}.out")[-6000:]  # noqa: E731
+    try:
+        wait_until(last.is_file, IDLE_JOB_S, f"{last} (first epoch of job {job})", log_so_far)
+        # What a preemption does: the job goes back to the queue with the same id.
+        subprocess.run(["scontrol", "requeue", job], env=env, check=True, timeout=scaled(15))
+        # Slurm holds a requeued job for ~2 minutes (BeginTime); release it now.
+        wait_until(lambda: job_states(env, job) == {job: "PENDING"}, 15, f"job {job} pending again", log_so_far)
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True, timeout=scaled(15))
+    except BaseException:
+        subprocess.run(["scancel", job], env=env, timeout=scaled(15))
+        raise
+    wait_for_job(env, job, tmp_path, idle_seconds=2 * IDLE_JOB_S)
     log = job_log(tmp_path, f"ni-train-{job}.out")
     state = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
     assert "JobState=COMPLETED" in state or "Invalid job id" in state, f"{state}\n{log[-6000:]}"
@@ -201,8 +236,8 @@ def test_multirun_with_slurm_launcher_completes(slurm_env, tmp_path):
         "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10",
         *TINY_TRAIN,
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=2 * JOB_TIMEOUT_S)
-    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    # Two jobs through submitit; the command waits for both.
+    run_watched({"ni-train-multirun": cmd}, log_dir=tmp_path / "logs", idle_seconds=2 * IDLE_JOB_S, env=env, cwd=REPO_ROOT)
     multiruns = list((tmp_path / "outputs" / "infill" / "multiruns").iterdir())
     assert len(multiruns) == 1, multiruns
     jobs = sorted(p for p in multiruns[0].iterdir() if p.is_dir() and not p.name.startswith("."))

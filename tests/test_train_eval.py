@@ -147,22 +147,27 @@ def test_ni_train_cli_writes_one_run_dir(tiny_store, tmp_path):
 def test_ddp_sim_two_ranks_share_one_run_dir(tiny_store, tmp_path):
     """Lightning's DDP launcher re-runs the script per rank: one run dir, one config print."""
     import os
-    import subprocess
     import sys
 
+    from process_watch import reserve_ports, run_watched, scaled
+
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "NI_RUN_ID", "TORCHELASTIC"))}
-    env.update(WANDB_MODE="offline", NI_LOG_DIR=str(tmp_path / "logs"))
+    env.update(WANDB_MODE="offline", NI_LOG_DIR=str(tmp_path / "logs"), MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo")
     overrides = [o for o in tiny_overrides(tmp_path, tiny_store) if not o.startswith("paths.")]
     cmd = [sys.executable, "-m", "nowcast_infill.cli.train", *overrides, f"data.stats_path={tmp_path / 'stats.json'}",
            TINY_NET, *SMALL_WINDOWS, "strategy=ddp_sim", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
-           "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1", "callbacks.progress_bar=null"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+           "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1", "callbacks.progress_bar=null",
+           f"trainer.strategy.timeout.seconds={scaled(30):.0f}"]  # a rank whose peer died gives up quickly
+    # A reserved port: Lightning's own pick (bind port 0, release) can be taken on a busy machine.
+    with reserve_ports(1, "test_ddp_sim_two_ranks_share_one_run_dir") as [port]:
+        env["MASTER_PORT"] = str(port)
+        run_watched({"ni-train": cmd}, log_dir=tmp_path / "proc", idle_seconds=60, env=env)
+    output = (tmp_path / "proc" / "ni-train.log").read_text()
     runs = list((tmp_path / "logs" / "infill" / "runs").iterdir())
     assert len(runs) == 1, runs
     assert (runs[0] / "config.yaml").is_file() and (runs[0] / "checkpoints" / "last.ckpt").is_file()
-    assert done.stdout.count("----- configuration -----") == 1
-    assert "x 2 devices x 1 nodes" in done.stdout
+    assert output.count("----- configuration -----") == 1
+    assert "x 2 devices x 1 nodes" in output
 
 
 @pytest.mark.slow

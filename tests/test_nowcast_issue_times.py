@@ -32,6 +32,7 @@ def test_range_of_issue_times_gives_one_forecast_each(store, tmp_path):
         last = src["precip"].sel(time=issue).values
         assert np.array_equal(nc["precip"].values[k, 1], last, equal_nan=True)
     assert nc.attrs["n_issue_times"] == 4 and nc.attrs["issue_times_without_data"] == 0
+    assert nc.attrs["model"] == "persistence" and nc.attrs["product"] == "nowcast" and nc.attrs["past_frames"] == 3
 
 
 def test_all_issue_times_start_where_past_frames_exist(store, tmp_path):

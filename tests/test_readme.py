@@ -54,14 +54,20 @@ def ni_verb(argv: list[str]) -> str | None:
 
 
 def uses_real_data(argv: list[str]) -> bool:
-    return any(a.startswith(("data=radolan", "data=knmi", "inputs=", "input=data/radolan")) for a in argv)
+    """Reads the RADOLAN / KNMI samples of ../shared/data (or a store converted from them)."""
+    return any("radolan" in a or "knmi" in a for a in argv)
+
+
+def is_script(argv: list[str]) -> bool:
+    """`.venv/bin/python experiments/<script>.py ...`"""
+    return argv[0] == VENV_BIN + "python" and len(argv) > 1 and argv[1].startswith(("experiments/", "examples/"))
 
 
 def test_readme_has_every_kind_of_command():
     commands = readme_commands()
     programs = {ni_verb(c) or c[0] for c in commands}
     assert {"make", "ni-convert", "ni-train", "ni-eval", "ni-infill", "sbatch", "bash"} <= programs, programs
-    unknown = [c for c in commands if not (ni_verb(c) or c[0] in ("make", "sbatch", "bash"))]
+    unknown = [c for c in commands if not (ni_verb(c) or is_script(c) or c[0] in ("make", "sbatch", "bash"))]
     assert not unknown, f"README commands this test does not know how to run: {unknown}"
 
 
@@ -110,7 +116,8 @@ def _prepare_folder(folder: Path) -> None:
         write_mch_gif(folder / "mch" / f"AQC1619321{minute:02d}V_00005.801.gif", rng.integers(0, 140, MCH_SHAPE).astype(np.uint8))
     if SHARED_DATA.is_dir():
         (folder / "knmi").mkdir()
-        for path in sorted((SHARED_DATA / "knmi").glob("*.h5"))[:3]:
+        # 8 frames: nowcasts issued at 4 of them (past=4) are verified against the later ones
+        for path in sorted((SHARED_DATA / "knmi").glob("*.h5"))[:8]:
             (folder / "knmi" / path.name).symlink_to(path)
 
 
@@ -137,9 +144,11 @@ def _to_run(argv: list[str], folder: Path, slurm_env: dict | None, cuda: bool) -
             given = {a.split("=")[0] for a in fitted[:script]}
             return ["sbatch", "--test-only", *[f for f in cpu_flags if f.split("=")[0] not in given], *fitted]
         return ["bash", fitted[0], "--test-only", f"--cpus-per-task={cpus}", *fitted[1:]]
-    assert verb, argv
     if uses_real_data(argv) and not SHARED_DATA.is_dir():
         return f"real radar data folder {SHARED_DATA} is absent"
+    if is_script(argv):
+        return [str(REPO_ROOT / argv[0]), str(REPO_ROOT / argv[1]), *argv[2:]]
+    assert verb, argv
     args = [a.replace("/path/to/radolan/yw/*", f"{SHARED_DATA}/radolan/yw/*") for a in argv[1:]]
     if "--multirun" in args and "hydra/launcher=slurm" in args:
         if slurm_env is None:
@@ -196,3 +205,38 @@ def test_readme_commands_run(tmp_path, request):
     assert len(ran) >= 10, (ran, not_run)
     # The README names <run>/checkpoints/best.ckpt: it exists after a run.
     assert (_latest_run(folder) / "checkpoints" / "best.ckpt").is_file()
+
+
+# ---------------------------------------------------------------------------------------
+# Help texts
+
+VERBS = ["train", "eval", "convert", "synth", "infill", "nowcast", "demo"]
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_help_template_says_what_the_command_does(verb):
+    from hydra import compose, initialize_config_dir
+
+    from nowcast_infill.utils.config import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose(verb, return_hydra_config=True)
+    template = cfg.hydra.help.template
+    assert template.startswith(f"ni-{verb}: "), template[:200]
+    assert "Main keys" in template and "Examples:" in template and f"  ni-{verb}" in template.replace("make demo", "")
+
+
+def test_ni_train_help_is_printed_first():
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    done = subprocess.run([sys.executable, "-m", "nowcast_infill.cli.train", "--help"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ni-train: fit a model"), done.stdout[:300]
+    assert "Examples:\n  ni-train experiment=infill_lstm data=radolan" in done.stdout
+
+
+def test_make_help_has_no_colour_codes_when_piped():
+    done = subprocess.run(["make", "-s", "help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "demo" in done.stdout, done.stderr
+    assert "\x1b" not in done.stdout, repr(done.stdout[:200])

@@ -571,7 +571,8 @@ def write_nowcast(
             {PRECIP: (("forecast_reference_time", "lead_time", "y", "x"), forecast[None], precip_attrs)},
             coords={**coords, "forecast_reference_time": ("forecast_reference_time", times[end:end + 1], issue_attrs),
                     "time": (("forecast_reference_time", "lead_time"),
-                             (times[end] + lead)[None].astype("datetime64[ns]"), valid_attrs)})
+                             (times[end] + lead)[None].astype("datetime64[ns]"), valid_attrs)},
+            attrs=attrs)  # on every piece: an append replaces the store's attributes with the piece's
 
     staging = output_store.with_name(f"{output_store.name}.tmp-{os.getpid()}")
     with StoreLock(output_as_given, timeout=lock_timeout):
@@ -591,7 +592,6 @@ def write_nowcast(
                                   encoding={PRECIP: {"_FillValue": np.float32(np.nan)}})
                 elif n == 0:
                     piece = piece.assign(_grid_vars(src))
-                    piece.attrs.update(attrs)
                     piece.to_zarr(staging, mode="w", zarr_format=3, consolidated=True,
                                   encoding={PRECIP: {"_FillValue": np.float32(np.nan), "chunks": (1, n_leads) + forecast.shape[1:]},
                                             # fixed units: xarray would pick them from the first issue

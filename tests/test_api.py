@@ -20,8 +20,9 @@ def test_compose_outside_hydra_names_the_run_folder(tmp_path):
     assert cfg.paths.output_dir.startswith(f"{tmp_path}/infill/runs/infill_lstm_")
 
 
-def test_train_runs_a_config_composed_by_plain_hydra(tmp_path):
-    """No `paths.output_dir` given, no Hydra run: the run folder is the one ni-train would use."""
+def test_train_runs_a_config_composed_by_plain_hydra(tmp_path, capfd):
+    """No `paths.output_dir` given, no Hydra run: the run folder is the one ni-train would use.
+    Also: logger=none runs, best.ckpt is there, and progress without a terminal is plain lines."""
     from hydra import compose, initialize_config_dir
 
     from nowcast_infill import train
@@ -44,6 +45,11 @@ def test_train_runs_a_config_composed_by_plain_hydra(tmp_path):
     checkpoints = sorted(p.name for p in (run.iterdir().__next__() / "checkpoints").iterdir())
     assert "best.ckpt" in checkpoints and any(n.startswith("best-epoch") for n in checkpoints), checkpoints
     assert "test/rmse" in results
+    out, err = capfd.readouterr()
+    assert "train epoch 1/1 step 1/1 (100%)" in out and "test step 1/1 (100%)" in out, out[-2000:]
+    assert "\r" not in out + err
+    for noise in ("💡 Tip", "srun` command is available", "LeafSpec", "sync_dist=True"):
+        assert noise not in out + err, noise
 
 
 @pytest.mark.slow

@@ -81,6 +81,7 @@ def quiet_known_noise() -> None:
       every run. Our sbatch templates start every task with srun.
     - torch's `_pytree` LeafSpec deprecation raised inside Lightning (_HARMLESS_WARNINGS).
     - Lightning's litlogger/litmodels tips (_HARMLESS_INFO).
+    - Lightning's second copy of its messages where the root logger already prints them.
     The anonymous-W&B warning is avoided where it is caused (instantiate_loggers), and the
     per-metric `sync_dist` warnings by logging epoch metrics with sync_dist=True (models/module.py).
     """
@@ -94,6 +95,14 @@ def quiet_known_noise() -> None:
         target = logging.getLogger(name)
         if not any(isinstance(f, _DropPrefixes) for f in target.filters):
             target.addFilter(_DropPrefixes(_HARMLESS_INFO))
+    if logging.getLogger().handlers:
+        # Inside a Hydra job the root logger writes every record (console and the job's log
+        # file); Lightning's own console handlers would print each of its messages a second time.
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            target = logging.getLogger(name)
+            for handler in [h for h in target.handlers if type(h) is logging.StreamHandler]:
+                target.removeHandler(handler)
+            target.propagate = True
 
 
 def _first_int_env(name: str) -> int:

@@ -32,6 +32,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from nowcast_infill.cli import CONFIG_DIR
 from nowcast_infill.errors import UserError
+from nowcast_infill.utils.logging import quiet_known_noise
 
 VERBOSE_FLAGS = ("-v", "--verbose")
 EXIT_USER_ERROR = 2
@@ -69,6 +70,7 @@ def hydra_command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], C
 
         @functools.wraps(task)
         def main(cfg: DictConfig | None = None) -> Any:
+            quiet_known_noise()
             if cfg is not None:
                 return checked_task(cfg)
             verbose[0] = take_verbose_flag(sys.argv) or os.environ.get("HYDRA_FULL_ERROR") == "1"

@@ -20,7 +20,7 @@ from nowcast_infill.cli.errors import hydra_command
 from nowcast_infill.cli.train import build_datamodule, build_module, build_trainer
 from nowcast_infill.config_schema import validate_targets, validate_values
 from nowcast_infill.errors import BadValueError
-from nowcast_infill.utils.config import print_config_tree, register_resolvers
+from nowcast_infill.utils.config import output_dir_outside_hydra, print_config_tree, register_resolvers
 from nowcast_infill.utils.logging import current_rank, get_logger, rank_zero_print
 from nowcast_infill.utils.results import run_record, write_run_record
 from nowcast_infill.utils.tables import log_table, markdown_table, metrics_row, write_metrics_tables
@@ -65,6 +65,7 @@ def _check_model_choice(cfg: DictConfig) -> None:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate `cfg.split`; returns the `{split}/...` metrics plus `output_dir` and the table paths."""
+    output_dir_outside_hydra(cfg)  # a config composed in a notebook runs as well
     output_dir = writable_output_dir(cfg.paths.output_dir, "paths.output_dir")
     split = cfg.get("split", "test")
     if split not in SPLITS:
@@ -76,6 +77,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     import lightning as L  # after the checks: they run in about a second, torch takes several
 
     from nowcast_infill.utils.instantiate import finish_loggers, instantiate_callbacks, instantiate_loggers
+    from nowcast_infill.utils.logging import quiet_known_noise
+
+    quiet_known_noise()
 
     print_config_tree(cfg, save_to=output_dir / "config.yaml")
     L.seed_everything(cfg.seed, workers=True)

@@ -35,17 +35,33 @@ def check_nowcast_config(cfg: DictConfig) -> None:
         config_int(cfg, key, minimum=1, none_ok=True, meaning="null = the checkpoint's")
     overwrite = config_bool(cfg, "overwrite")
     if cfg.get("issue_time") is not None:
-        import numpy as np
+        _check_time(cfg.issue_time, "issue_time", "issue_time=2017-08-16T01:50, or issue_time=null for the last frame")
+    issue_times = cfg.get("issue_times")
+    if issue_times is not None:
+        from omegaconf import ListConfig
 
-        try:
-            np.datetime64(str(cfg.issue_time), "ns")
-        except ValueError:
-            raise BadValueError(f"issue_time={cfg.issue_time}: not a time; give an ISO time of the store, "
-                                "e.g. issue_time=2017-08-16T01:50, or issue_time=null for the last frame.") from None
+        if isinstance(issue_times, ListConfig) and len(issue_times) == 2:
+            for bound in issue_times:
+                _check_time(bound, "issue_times", "issue_times=[2017-08-16T01:00,2017-08-16T01:50]")
+        elif issue_times != "all":
+            raise BadValueError(f"issue_times={issue_times}: give all, [start, end] (two ISO times of the store) or null "
+                                "(one nowcast at issue_time).")
+        if cfg.get("issue_time") is not None:
+            raise BadValueError(f"issue_time={cfg.issue_time} and issue_times={issue_times} are both set; keep one "
+                                "(issue_time for one nowcast, issue_times for a range).")
     writable_output_store(cfg.output, "output", inputs=[("input", cfg.input)],
                           if_store_exists="overwrite" if overwrite else "refuse", overwrite_key="overwrite")
     existing_input(cfg.input, "input", "store", fix=INPUT_FIX)
     check_checkpoint(cfg)
+
+
+def _check_time(value, key: str, example: str) -> None:
+    import numpy as np
+
+    try:
+        np.datetime64(str(value), "ns")
+    except ValueError:
+        raise BadValueError(f"{key}={value}: not a time; give an ISO time of the store, e.g. {example}.") from None
 
 
 def run(cfg: DictConfig):
@@ -62,14 +78,20 @@ def run(cfg: DictConfig):
         predictor, info = load_predictor(model, "nowcast", **options)
     out = write_nowcast(
         predictor, cfg.input, cfg.output, past=past, n_leads=n_leads,
-        issue_time=cfg.issue_time, model_info=info, overwrite=bool(cfg.overwrite),
-        lock_timeout=cfg.get("lock_timeout", 0),
+        issue_time=cfg.issue_time, issue_times=_plain(cfg.get("issue_times")), model_info=info,
+        overwrite=bool(cfg.overwrite), lock_timeout=cfg.get("lock_timeout", 0),
     )
-    msg = (f"ni-nowcast: {cfg.output}: {out.sizes['lead_time']} leads issued "
-           f"{out.attrs['issue_time']} with {info['model']}")
+    issued = out.attrs.get("issue_time") or f"at {out.attrs['n_issue_times']} times {out.attrs['issue_times']}"
+    msg = f"ni-nowcast: {cfg.output}: {out.sizes['lead_time']} leads issued {issued} with {info['model']}"
     log.info(msg)
     print(msg)
     return out
+
+
+def _plain(value):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 @hydra_command("nowcast")

@@ -19,8 +19,8 @@ from nowcast_infill.cli.checks import check_run_inputs, writable_output_dir
 from nowcast_infill.cli.errors import hydra_command
 from nowcast_infill.config_schema import validate_targets, validate_values
 from nowcast_infill.errors import MissingInputError
-from nowcast_infill.utils.config import print_config_tree, register_resolvers
-from nowcast_infill.utils.logging import get_logger, rank_zero_print
+from nowcast_infill.utils.config import output_dir_outside_hydra, print_config_tree, register_resolvers
+from nowcast_infill.utils.logging import get_logger, quiet_known_noise, rank_zero_print
 
 if TYPE_CHECKING:
     import lightning as L
@@ -61,7 +61,17 @@ def build_module(cfg: DictConfig, datamodule: L.LightningDataModule | None = Non
 
 
 def build_trainer(cfg: DictConfig, callbacks: list | None = None, loggers: list | None = None) -> L.Trainer:
-    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks or [], logger=loggers or False)
+    """The Trainer of `cfg.trainer`. Without a progress-bar callback (and unless
+    `trainer.enable_progress_bar=false`) it gets `progress_bar()` in place of Lightning's tqdm
+    default: plain periodic lines when stdout is no terminal (Slurm logs), not \\r bars."""
+    from lightning.pytorch.callbacks.progress import ProgressBar
+
+    from nowcast_infill.utils.callbacks import progress_bar
+
+    callbacks = list(callbacks or [])
+    if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(progress_bar())
+    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
 def report_global_batch(cfg: DictConfig, trainer: L.Trainer) -> int:
@@ -104,6 +114,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Returns a dict of floats: the callback metrics after fitting and the test metrics, plus
     `best_model_path`, `last_model_path` and `output_dir` (strings).
     """
+    output_dir_outside_hydra(cfg)  # a config composed in a notebook runs as well
     output_dir = writable_output_dir(cfg.paths.output_dir, "paths.output_dir")
     plain = validate_values(cfg, "train")
     check_run_inputs(cfg)
@@ -111,15 +122,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     validate_targets(plain)
     import lightning as L  # after the checks: they run in about a second, torch takes several
 
-    from nowcast_infill.utils.instantiate import finish_loggers, instantiate_callbacks, instantiate_loggers
+    quiet_known_noise()
+
+    from nowcast_infill.utils.instantiate import (finish_loggers, instantiate_callbacks, instantiate_loggers,
+                                                   without_logger_only_callbacks)
 
     print_config_tree(cfg, save_to=output_dir / "config.yaml")
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
-    callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
+    callbacks = without_logger_only_callbacks(instantiate_callbacks(cfg.get("callbacks")), loggers)
     trainer = build_trainer(cfg, callbacks, loggers)
     report_global_batch(cfg, trainer)
     for logger in trainer.loggers:

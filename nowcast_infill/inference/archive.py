@@ -453,6 +453,51 @@ def infill_store(
 
 # ----------------------------------------------------------------------------- nowcast products
 
+def issue_indices(times: np.ndarray, past: int, store_name: str, issue_time=None, issue_times=None) -> list[int]:
+    """Store time indices to issue nowcasts at.
+
+    `issue_times`: None (one issue: `issue_time`, default the last frame), "all" (every frame
+    with `past` frames up to it), or `[start, end]` ISO times (every store frame in between,
+    both included; each needs `past` frames up to it).
+    """
+    times = np.asarray(times)
+    first_possible = past - 1
+    if issue_times is None:
+        if issue_time is None:
+            end = len(times) - 1
+        else:
+            hits = np.nonzero(times == np.datetime64(issue_time, "ns"))[0]
+            if hits.size == 0:
+                raise BadValueError(f"{store_name}: issue_time {issue_time} is not a time of the store "
+                                    f"({times[0]} .. {times[-1]}); pick one of them or issue_time=null for the last frame.")
+            end = int(hits[0])
+        if end < first_possible:
+            raise BadValueError(f"{store_name}: only {end + 1} frames up to {times[end]}, but past={past} are needed.")
+        return [end]
+    if issue_time is not None:
+        raise BadValueError(f"issue_time={issue_time} and issue_times={issue_times} are both set; keep one "
+                            "(issue_time for one nowcast, issue_times for a range).")
+    if isinstance(issue_times, str):
+        if issue_times != "all":
+            raise BadValueError(f"issue_times={issue_times}: give all, [start, end] (ISO times) or null.")
+        wanted = np.arange(first_possible, len(times))
+    else:
+        bounds = list(issue_times)
+        if len(bounds) != 2:
+            raise BadValueError(f"issue_times={bounds}: give [start, end] (two ISO times), all or null.")
+        start, end = (np.datetime64(str(b), "ns") for b in bounds)
+        if end < start:
+            raise BadValueError(f"issue_times=[{bounds[0]}, {bounds[1]}]: the end is before the start; swap them.")
+        wanted = np.nonzero((times >= start) & (times <= end))[0]
+        if wanted.size and wanted[0] < first_possible:
+            raise BadValueError(f"issue_times starts at {bounds[0]}, but a nowcast needs past={past} frames up to its "
+                                f"issue time: start at {_iso(times[first_possible])} or later.")
+    if wanted.size == 0:
+        raise BadValueError(f"issue_times={issue_times}: no frame of {store_name} ({times[0]} .. {times[-1]}) "
+                            f"with past={past} frames before it lies in that range.")
+    return [int(i) for i in wanted]
+
+
 def write_nowcast(
     predictor: NowcastPredictor,
     input_store: str | Path,
@@ -461,18 +506,25 @@ def write_nowcast(
     past: int,
     n_leads: int,
     issue_time: str | np.datetime64 | None = None,
+    issue_times: str | list | None = None,
     model_info: dict | None = None,
     overwrite: bool = False,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> xr.Dataset:
-    """Forecast `n_leads` frames from the `past` frames ending at `issue_time` (default: the last frame).
+    """Forecast `n_leads` frames from the `past` frames ending at each issue time.
 
-    Writes `precip(lead_time, y, x)` mm/h (NaN = no forecast) with `lead_time` (timedelta,
-    CF `forecast_period`), `time(lead_time)` valid times and the scalar
-    `forecast_reference_time` (= issue time), plus the input's grid variables. The store
-    is written to a temporary path and renamed, so it is never half-written; the
-    output's store lock (`lock_timeout`, as for `infill_store`) keeps two runs writing
-    one product from replacing each other's half-way.
+    One issue (`issue_time`, default the last frame): `precip(lead_time, y, x)` mm/h (NaN = no
+    forecast) with `lead_time` (timedelta, CF `forecast_period`), `time(lead_time)` valid times
+    and the scalar `forecast_reference_time` (= issue time).
+    A range (`issue_times="all"` or `[start, end]`, see `issue_indices`): `precip(
+    forecast_reference_time, lead_time, y, x)` with `time(forecast_reference_time, lead_time)`,
+    written one issue time at a time (memory holds one forecast); an issue time whose past
+    frames hold no data at all gets an all-NaN forecast, counted in the attribute
+    `issue_times_without_data`.
+    Both carry the input's grid variables. The store is written to a temporary path and
+    renamed, so it is never half-written; the output's store lock (`lock_timeout`, as for
+    `infill_store`) keeps two runs writing one product from replacing each other's half-way.
+    Returns the product, opened lazily from the output.
     """
     output_as_given = str(output_store)
     input_store, output_store = Path(input_store), Path(output_store)
@@ -482,55 +534,88 @@ def write_nowcast(
         raise OutputExistsError(f"{output_store}: exists; pass overwrite=true or choose another output.")
     src = open_radar_store(input_store)
     times = src["time"].values
-    if issue_time is None:
-        end = len(times) - 1
-    else:
-        wanted = np.datetime64(issue_time, "ns")
-        hits = np.nonzero(times == wanted)[0]
-        if hits.size == 0:
-            raise BadValueError(f"{input_store}: issue_time {issue_time} is not a time of the store "
-                                f"({times[0]} .. {times[-1]}, step {src.attrs.get('time_step_s')} s); pick one of them "
-                                "or issue_time=null for the last frame.")
-        end = int(hits[0])
-    if end + 1 < past:
-        raise BadValueError(f"{input_store}: only {end + 1} frames up to {times[end]}, but past={past} are needed; "
-                            "lower past= or choose a later issue_time=.")
-    x = src[PRECIP][end + 1 - past:end + 1].values.astype(np.float32)
-    if hasattr(predictor, "bind"):
-        predictor.bind(src, input_store)
-    forecast = np.asarray(predictor(x, **_predictor_kwargs(predictor, np.arange(end + 1 - past, end + 1))),
-                          dtype=np.float32)
-    if forecast.shape != (n_leads,) + x.shape[1:]:
-        raise ValueError(f"predictor returned shape {forecast.shape}; expected ({n_leads}, {x.shape[1]}, {x.shape[2]}).")
+    issues = issue_indices(times, past, str(input_store), issue_time, issue_times)
     step_s = src.attrs.get("time_step_s")
     if not step_s:
         raise ValueError(f"{input_store}: attribute 'time_step_s' is missing; it defines the lead times.")
-    lead = np.arange(1, n_leads + 1) * np.timedelta64(int(step_s), "s")
+    if hasattr(predictor, "bind"):
+        predictor.bind(src, input_store)
+    lead = (np.arange(1, n_leads + 1) * np.timedelta64(int(step_s), "s")).astype("timedelta64[ns]")
     info = dict(model_info or {"model": getattr(predictor, "__name__", ""), "sha256": "", "config": ""})
     precip_attrs = {k: v for k, v in src[PRECIP].attrs.items() if k != "_FillValue"}
-    out = xr.Dataset(
-        {PRECIP: (("lead_time", "y", "x"), forecast, precip_attrs), **_grid_vars(src)},
-        coords={
-            "lead_time": ("lead_time", lead.astype("timedelta64[ns]"),
-                          {"standard_name": "forecast_period", "long_name": "time since the issue time"}),
-            "time": ("lead_time", (times[end] + lead).astype("datetime64[ns]"),
-                     {"standard_name": "time", "long_name": "valid time", "timezone": "UTC"}),
-            "forecast_reference_time": ((), times[end],
-                                        {"standard_name": "forecast_reference_time", "timezone": "UTC"}),
-            "y": src["y"], "x": src["x"],
-        },
-        attrs={**_common_attrs(src, input_store, info), "product": "nowcast", "past_frames": int(past),
-               "n_leads": int(n_leads), "issue_time": str(np.datetime_as_string(times[end], unit="s")) + "Z"},
-    )
+    lead_attrs = {"standard_name": "forecast_period", "long_name": "time since the issue time"}
+    valid_attrs = {"standard_name": "time", "long_name": "valid time", "timezone": "UTC"}
+    issue_attrs = {"standard_name": "forecast_reference_time", "timezone": "UTC"}
+    attrs = {**_common_attrs(src, input_store, info), "product": "nowcast", "past_frames": int(past), "n_leads": int(n_leads)}
+    single = issue_times is None
+
+    def forecast_at(end: int) -> np.ndarray | None:
+        x = src[PRECIP][end + 1 - past:end + 1].values.astype(np.float32)
+        if not single and not np.isfinite(x).any():
+            return None  # no data to forecast from: NaN, counted
+        forecast = np.asarray(predictor(x, **_predictor_kwargs(predictor, np.arange(end + 1 - past, end + 1))),
+                              dtype=np.float32)
+        if forecast.shape != (n_leads,) + x.shape[1:]:
+            raise ValueError(f"predictor returned shape {forecast.shape}; expected ({n_leads}, {x.shape[1]}, {x.shape[2]}).")
+        return forecast
+
+    def issue_dataset(end: int, forecast: np.ndarray) -> xr.Dataset:
+        coords = {"lead_time": ("lead_time", lead, lead_attrs), "y": src["y"], "x": src["x"]}
+        if single:
+            return xr.Dataset(
+                {PRECIP: (("lead_time", "y", "x"), forecast, precip_attrs), **_grid_vars(src)},
+                coords={**coords, "time": ("lead_time", (times[end] + lead).astype("datetime64[ns]"), valid_attrs),
+                        "forecast_reference_time": ((), times[end], issue_attrs)},
+                attrs={**attrs, "issue_time": _iso(times[end])})
+        return xr.Dataset(
+            {PRECIP: (("forecast_reference_time", "lead_time", "y", "x"), forecast[None], precip_attrs)},
+            coords={**coords, "forecast_reference_time": ("forecast_reference_time", times[end:end + 1], issue_attrs),
+                    "time": (("forecast_reference_time", "lead_time"),
+                             (times[end] + lead)[None].astype("datetime64[ns]"), valid_attrs)},
+            attrs=attrs)  # on every piece: an append replaces the store's attributes with the piece's
+
     staging = output_store.with_name(f"{output_store.name}.tmp-{os.getpid()}")
     with StoreLock(output_as_given, timeout=lock_timeout):
         if output_store.exists() and not overwrite:  # written by another run since the check above
             raise FileExistsError(f"{output_as_given}: exists; pass overwrite=true or choose another output.")
         shutil.rmtree(staging, ignore_errors=True)
+        without_data = 0
         with _quiet_consolidated():
-            out.to_zarr(staging, mode="w", zarr_format=3, consolidated=True,
-                        encoding={PRECIP: {"_FillValue": np.float32(np.nan)}})
+            for n, end in enumerate(issues):
+                forecast = forecast_at(end)
+                if forecast is None:
+                    without_data += 1
+                    forecast = np.full((n_leads,) + src[PRECIP].shape[1:], np.nan, dtype=np.float32)
+                piece = issue_dataset(end, forecast)
+                if single:
+                    piece.to_zarr(staging, mode="w", zarr_format=3, consolidated=True,
+                                  encoding={PRECIP: {"_FillValue": np.float32(np.nan)}})
+                elif n == 0:
+                    piece = piece.assign(_grid_vars(src))
+                    piece.to_zarr(staging, mode="w", zarr_format=3, consolidated=True,
+                                  encoding={PRECIP: {"_FillValue": np.float32(np.nan), "chunks": (1, n_leads) + forecast.shape[1:]},
+                                            # fixed units: xarray would pick them from the first issue
+                                            # time alone (days) and truncate the appended ones
+                                            **{name: {"units": "seconds since 1970-01-01", "dtype": "int64"}
+                                               for name in ("forecast_reference_time", "time")}})
+                else:
+                    piece.to_zarr(staging, mode="a", append_dim="forecast_reference_time", zarr_format=3, consolidated=True)
+            if not single:
+                import zarr
+
+                group = zarr.open_group(staging, mode="r+")
+                group.attrs.update({"issue_times": f"{_iso(times[issues[0]])} .. {_iso(times[issues[-1]])}",
+                                    "n_issue_times": len(issues), "issue_times_without_data": without_data})
+                zarr.consolidate_metadata(staging)
+        if without_data:
+            log.warning("%s: %d of %d issue times have no data in their %d past frames: their forecasts are NaN.",
+                        output_as_given, without_data, len(issues), past)
         if output_store.exists():
             shutil.rmtree(output_store)
         os.replace(staging, output_store)
-    return out
+    with _quiet_consolidated():
+        return xr.open_zarr(output_store)
+
+
+def _iso(time: np.datetime64) -> str:
+    return str(np.datetime_as_string(time, unit="s")) + "Z"

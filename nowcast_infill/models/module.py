@@ -285,8 +285,10 @@ class RadarModule(L.LightningModule):
         metric = self.stage_metrics[stage]
         values = metric.compute()
         for name, value in values.items():
-            # RadarMetrics already reduced its sum/count states over ranks.
-            self.log(f"{stage}/{name}", value, sync_dist=False, rank_zero_only=False)
+            # RadarMetrics already reduced its sum/count states over ranks, so `value` is the same
+            # on every rank: an all-reduce with max returns it bit for bit (a mean could round),
+            # and sync_dist=True spares a Lightning warning per metric and DDP job.
+            self.log(f"{stage}/{name}", value, sync_dist=True, reduce_fx="max", rank_zero_only=False)
         unscored = self._unscored.pop(stage, 0)
         scored = self._scored.pop(stage, 0)
         if unscored:

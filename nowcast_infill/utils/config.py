@@ -182,3 +182,24 @@ def print_config_tree(cfg: DictConfig, save_to: str | Path | None = None, resolv
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(OmegaConf.to_yaml(OmegaConf.create(container)))
     return text
+
+
+# Where a run writes when no Hydra run names the folder: the same place as hydra.run.dir
+# (conf/hydra/default.yaml).
+DEFAULT_RUN_DIR = "${paths.log_dir}/${task.name}/runs/${run_name}_${ni.run_id:}"
+
+
+def output_dir_outside_hydra(cfg: DictConfig, run_dir: str | None = None) -> None:
+    """Outside a Hydra run (a config from `hydra.compose`, in a notebook or test), replace
+    `paths.output_dir: ${hydra:runtime.output_dir}`, which only a running Hydra app can
+    resolve ("HydraConfig was not set"), with `run_dir` (default: the folder `ni-train`
+    would use). An explicit `paths.output_dir` is kept; inside a Hydra run nothing changes."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    if HydraConfig.initialized() or "paths" not in cfg or "output_dir" not in cfg.paths:
+        return
+    raw = OmegaConf.to_container(cfg.paths, resolve=False).get("output_dir")
+    if isinstance(raw, str) and "${hydra:" in raw:
+        with open_dict(cfg):
+            cfg.paths.output_dir = run_dir or DEFAULT_RUN_DIR

@@ -38,7 +38,24 @@ def instantiate_callbacks(cfg: DictConfig | None) -> list:
 
 def instantiate_loggers(cfg: DictConfig | None) -> list:
     """One Lightning logger per child node with a `_target_`; nodes set to null are skipped."""
-    return _instantiate_children(cfg, "logger")
+    loggers = _instantiate_children(cfg, "logger")
+    for logger in loggers:
+        init = getattr(logger, "_wandb_init", None)
+        if isinstance(init, dict) and init.get("anonymous") is None:
+            # Lightning's WandbLogger passes anonymous=None, which wandb >= 0.19 answers with
+            # "The anonymous setting has no effect" in every run; left out, nothing changes.
+            init.pop("anonymous", None)
+    return loggers
+
+
+def without_logger_only_callbacks(callbacks: list, loggers: list) -> list:
+    """`callbacks` less those that only feed a logger (LearningRateMonitor) when there is none:
+    Lightning refuses a LearningRateMonitor without a logger, and `logger=none` is a valid choice."""
+    if loggers:
+        return callbacks
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    return [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
 
 
 def _instantiate_children(cfg: DictConfig | None, group: str) -> list:

@@ -185,3 +185,52 @@ def test_radar_outage_computes_site_distances_once_per_grid(monkeypatch):
     assert np.array_equal(cached, uncached) and cached.any()
     generator(np.random.default_rng(0), valid, lat + 0.1, lon)  # another grid: computed afresh
     assert len(calls) == 6
+
+
+# ------------------------------------------------------------------ through ni-eval
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    from nowcast_infill.data.synthetic import write_synthetic_store
+
+    path = tmp_path_factory.mktemp("data") / "synthetic.zarr"
+    write_synthetic_store(path, n_times=40, ny=48, nx=48, seed=3)
+    return path
+
+
+def _evaluate(tmp_path, store, *overrides):
+    from test_configs import compose_config, tiny_overrides
+
+    from nowcast_infill.cli.eval import evaluate
+
+    cfg = compose_config("eval", [*tiny_overrides(tmp_path, store), f"data.stats_path={tmp_path.parent / 'stats.json'}",
+                                  "data.split.gap=2", "data.eval_masks.n=4", "n_figures=0", *overrides])
+    return evaluate(cfg)
+
+
+def test_overlapping_eval_tiles_score_each_pixel_once(tiny_store, tmp_path):
+    # 48 px in 20 px tiles: starts 0, 20, 28, so the edge tiles overlap by 12 px.
+    nowcast = ["task=nowcast", "task.past=2", "task.future=2", "model=persistence"]
+    whole = _evaluate(tmp_path / "whole", tiny_store, *nowcast, "data.eval_tile=null")
+    tiled = _evaluate(tmp_path / "tiled", tiny_store, *nowcast, "data.eval_tile=20")
+    assert whole["test/scored_pixels"] > 0
+    for key in ("test/scored_pixels", "test/rmse", "test/mae", "test/bias", "test/csi@1mmh"):
+        assert tiled[key] == pytest.approx(whole[key], rel=1e-5), key
+    # temporal_linear answers each hole pixel from the same pixel of the neighbouring frames,
+    # so its scores cannot depend on the tiling either
+    infill = ["task=infill", "model=temporal_linear"]
+    holes_whole = _evaluate(tmp_path / "iw", tiny_store, *infill, "data.eval_tile=null")
+    holes_tiled = _evaluate(tmp_path / "it", tiny_store, *infill, "data.eval_tile=20")
+    assert holes_whole["test/scored_pixels"] > 0 and holes_whole["test/fallbacks"] == 0
+    for key in ("test/scored_pixels", "test/rmse", "test/mae"):
+        assert holes_tiled[key] == pytest.approx(holes_whole[key], rel=1e-5), key
+
+
+def test_every_nowcast_method_is_scored_on_the_same_pixels(tiny_store, tmp_path):
+    counts = {}
+    for name in ("persistence", "extrapolation", "sprog"):
+        result = _evaluate(tmp_path / name, tiny_store, "task=nowcast", "task.past=3", "task.future=2",
+                           f"model={name}", "data.eval_tile=24")
+        counts[name] = (result["test/scored_pixels"], result["test/unscored_pixels"])
+        assert result["row"]["n_pixels"] == int(result["test/scored_pixels"])
+        assert "test/fallbacks" in result
+    assert len(set(counts.values())) == 1 and counts["persistence"][1] == 0, counts

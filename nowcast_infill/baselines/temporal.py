@@ -19,7 +19,8 @@ index `T_in // 2`, neighbours at `T_in // 2 - 1` and `+ 1` (one time step each, 
 Fallback rule: a fill pixel where a neighbouring frame is itself missing (or, for
 `temporal_flow`, where the advected neighbour came from outside the domain or from no-data)
 is filled by the spatial method `spatial` (default `laplace`) from the target frame's
-observed and temporally filled pixels. The callable's `fallbacks` attribute counts those pixels (summed over
+observed and temporally filled pixels (when the target frame has none, by the neighbour
+that has the pixel, else NaN: unscored and reported as `unscored_pixels`). The callable's `fallbacks` attribute counts those pixels (summed over
 calls); `ni-eval` reports it per method (`test/fallbacks`).
 """
 
@@ -59,7 +60,9 @@ def _make_temporal(name: str, estimate: Callable, spatial: str) -> Callable:
                 f"{name}: x_mm_h has shape {x.shape}; it needs (T_in >= 3, H, W) mm/h, the target frame and "
                 "one frame on either side; set task.context >= 1."
             )
-        centre, fill, _ = _prepare(x, fill_mask)
+        # The target frame may be entirely hidden (a tile inside a radar outage): the
+        # neighbours still answer, so no observed target pixel is required here.
+        centre, fill, known = _prepare(x, fill_mask, need_known=False)
         if not fill.any():
             return centre.copy()[None]
         c = x.shape[0] // 2
@@ -72,7 +75,12 @@ def _make_temporal(name: str, estimate: Callable, spatial: str) -> Callable:
             # The spatial method also leans on the temporally filled pixels next to the gap.
             with_temporal = x.copy()
             with_temporal[c][fill & ~rest] = np.maximum(values[~missing], 0.0)
-            values[missing] = spatial_fill(with_temporal, fill_mask=rest)[0][rest]
+            if (known | (fill & ~rest)).any():
+                values[missing] = spatial_fill(with_temporal, fill_mask=rest)[0][rest]
+            else:
+                # Nothing in the target frame to fill from: the neighbour that has the pixel
+                # (NaN, i.e. unscored and counted as such, where neither has it).
+                values[missing] = np.where(np.isfinite(x[c - 1][rest]), x[c - 1][rest], x[c + 1][rest])
         return _finish(centre, fill, values)
 
     infill.fallbacks = 0

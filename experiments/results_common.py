@@ -433,11 +433,16 @@ def metrics_table(groups: Mapping[str, list[RunResult]], columns: Sequence[tuple
         row: dict[str, Any] = {"method": method, "kind": runs[0].kind, "seeds": len(runs)}
         for key, header in columns:
             row[header] = format_mean_std([r.metrics.get(key, float("nan")) for r in runs], digits)
+        # Pixels scored per run (the same for every method of a fair comparison) and the
+        # windows/pixels a classical method answered with its documented fallback.
+        row["n_pixels"] = "/".join(sorted({str(int(r.metrics.get("scored_pixels", -1))) for r in runs}))
+        row["fallbacks"] = "/".join(sorted({str(int(r.metrics.get("fallbacks", 0))) for r in runs}))
         train_s = mean_std(r.train_s for r in runs)[0]
         row["train s/run"] = "–" if math.isnan(train_s) else f"{train_s:.0f}"
         row["eval s/run"] = f"{mean_std(r.eval_s for r in runs)[0]:.0f}"
         rows.append(row)
-    return markdown_table(rows, ["method", "kind", "seeds", *[h for _, h in columns], "train s/run", "eval s/run"])
+    return markdown_table(rows, ["method", "kind", "seeds", *[h for _, h in columns], "n_pixels", "fallbacks",
+                                 "train s/run", "eval s/run"])
 
 
 def provenance_block(prov: Mapping[str, str], budgets: Mapping[str, Budget], seeds: Sequence[int], total_s: float) -> str:

@@ -3,7 +3,8 @@
 For each dataset, every variant (baseline, lstm, attention, lstm_attention) is trained with
 `ni-train`'s `train(cfg)` for the same fixed budget and each seed, and its last checkpoint is
 scored on the test split by `ni-eval`'s `evaluate(cfg)`; the classical baselines (nearest,
-linear, laplace, biharmonic) go through the very same `evaluate` (same windows, same fixed
+linear, laplace, biharmonic; temporal_linear and temporal_flow, which read the neighbouring frames
+like the LSTM variants) go through the very same `evaluate` (same windows, same fixed
 evaluation masks, same metrics on hole pixels). The script writes
 `experiments/results/infill.md` (every number in it comes from these runs), the raw metrics
 `infill_runs.json` and figures under `experiments/results/figures/`.
@@ -39,7 +40,7 @@ from results_common import (  # noqa: E402
     provenance_block, require_inputs, run_methods, save_results, store_crop_note, winners_notes,
 )
 
-CLASSICAL = ("nearest", "linear", "laplace", "biharmonic")
+CLASSICAL = ("nearest", "linear", "laplace", "biharmonic", "temporal_linear", "temporal_flow")
 COLUMNS = [("rmse", "RMSE mm/h"), ("mae", "MAE mm/h"), ("ame", "AME mm/h"), ("temporal_corr", "temporal corr"),
            ("spatial_corr", "spatial corr"), ("csi@1mmh", "CSI@1mm/h")]
 VERDICTS = [("rmse", "RMSE", False), ("ame", "AME", False), ("temporal_corr", "temporal correlation", True),

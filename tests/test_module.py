@@ -59,7 +59,13 @@ def test_nowcast_answer_is_the_network_output(normalizer):
     module.attach_normalizer(normalizer)
     batch = random_batch("nowcast", t_in=2, t_out=3)
     assert torch.equal(module.compose(module(batch), batch), module(batch))
-    assert torch.equal(module.score_mask(batch), batch["y_valid"])
+    # scored: valid targets observed in the latest input frame with data (where every method answers)
+    assert torch.equal(module.score_mask(batch), batch["y_valid"] * batch["x_mask"][:, -1:])
+    batch["x_mask"][0, -1] = 0.0  # sample 0's last frame is missing: persistence starts from the one before
+    assert torch.equal(module.score_mask(batch)[0], batch["y_valid"][0] * batch["x_mask"][0, -2:-1])
+    batch["owned"] = torch.zeros(1, 1, 1, 16, 16)
+    batch["owned"][..., :5, :] = 1.0  # an overlapping eval tile scores only the pixels it owns
+    assert not module.score_mask(batch)[..., 5:, :].any() and module.score_mask(batch)[..., :5, :].any()
 
 
 def test_hparams_rebuild_the_same_network():

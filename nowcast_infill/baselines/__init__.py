@@ -1,6 +1,7 @@
 """Classical baselines behind one registry: `get_baseline(name, **options)`.
 
-Infill baselines (`nearest`, `linear`, `biharmonic`, `laplace`) return `(1, H, W)` mm/h
+Infill baselines (spatial: `nearest`, `linear`, `biharmonic`, `laplace`; temporal, from the
+neighbouring frames: `temporal_linear`, `temporal_flow`) return `(1, H, W)` mm/h
 and accept `fill_mask=(H, W) bool`; nowcast baselines (`persistence`, `extrapolation`,
 `sprog`) need `n_leads` and return `(n_leads, H, W)` mm/h. All take
 `x_mm_h (T_in, H, W)` float32 mm/h with NaN for missing or hidden pixels.
@@ -13,12 +14,15 @@ from typing import Callable
 
 from nowcast_infill.baselines.infill import NothingToInfillFromError, infill_nearest, make_inpaint, make_linear
 from nowcast_infill.baselines.nowcast import make_extrapolation, make_persistence, make_sprog
+from nowcast_infill.baselines.temporal import make_temporal_flow, make_temporal_linear
 
 INFILL_BASELINES: dict[str, Callable[..., Callable]] = {
     "nearest": lambda: infill_nearest,
     "linear": make_linear,
     "biharmonic": partial(make_inpaint, "biharmonic"),
     "laplace": partial(make_inpaint, "laplace"),
+    "temporal_linear": make_temporal_linear,
+    "temporal_flow": make_temporal_flow,
 }
 NOWCAST_BASELINES: dict[str, Callable[..., Callable]] = {
     "persistence": make_persistence,

@@ -26,8 +26,12 @@ class NothingToInfillFromError(ValueError):
     """The frame has no observed pixel a spatial method could fill the holes from."""
 
 
-def _prepare(x_mm_h: np.ndarray, fill_mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validate the input; return (centre frame (H, W), fill (H, W) bool, known (H, W) bool)."""
+def _prepare(x_mm_h: np.ndarray, fill_mask: np.ndarray | None,
+             need_known: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate the input; return (centre frame (H, W), fill (H, W) bool, known (H, W) bool).
+
+    `need_known`: a frame with holes but no observed pixel is an error (spatial methods).
+    """
     x = np.asarray(x_mm_h)
     if x.ndim != 3:
         raise ValueError(f"x_mm_h has shape {x.shape}; expected (T_in, H, W) mm/h with NaN for missing.")
@@ -42,7 +46,7 @@ def _prepare(x_mm_h: np.ndarray, fill_mask: np.ndarray | None) -> tuple[np.ndarr
         # An observed pixel is never overwritten, even if the caller marks it.
         fill = fill & missing
     known = ~missing
-    if fill.any() and not known.any():
+    if need_known and fill.any() and not known.any():
         raise NothingToInfillFromError(
             "the centre frame has no observed pixel, so a spatial baseline has nothing to infill from; "
             "use a model with temporal context or leave the frame missing."

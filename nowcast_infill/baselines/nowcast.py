@@ -3,8 +3,17 @@
 Every baseline is a callable `(x_mm_h, **ctx) -> (n_leads, H, W)` mm/h:
 
 - `x_mm_h`: `(T_in, H, W)` float32 mm/h, past frames oldest first, NaN = no data.
-- The result holds NaN where no forecast exists (advected in from outside the domain or
-  from no-data); it is never 0 for missing.
+- Outside rule (like pySTEPS' `outval`, but a forecast value, not a constant): a pixel
+  whose departure point lies outside the domain or on no-data (rain advected in from
+  outside the tile) takes the latest observation at that pixel, i.e. Eulerian
+  persistence. So every method answers every pixel observed in the latest input frame
+  and all are scored on the same pixels (`RadarModule.score_mask`); pixels not observed
+  there stay NaN, never 0. `fill_outside=False` keeps the NaN (pure pySTEPS output).
+- Fallback rule: a window pySTEPS cannot forecast (almost no rain or few valid pixels:
+  Lucas–Kanade's "x contains non-finite values", S-PROG's nonstationary AR fit, a missing
+  frame in S-PROG's window, fewer than 2 frames with data) gets Eulerian persistence
+  instead of crashing the evaluation. Each such window adds 1 to the callable's
+  `fallbacks` attribute, which `ni-eval` reports per method (`test/fallbacks`).
 
 Extrapolation and S-PROG follow the pysteps recipe: motion by Lucas–Kanade on
 dB-transformed rain (`10 log10 R`, rain below `threshold` mm/h set to the dB zero
@@ -61,6 +70,43 @@ def make_persistence(n_leads: int) -> Callable:
     return persistence
 
 
+# Errors pySTEPS (and our motion step) raise on windows they cannot forecast: LK on a nearly
+# dry or nearly all-NaN field ("x contains non-finite values"), S-PROG's nonstationary AR fit,
+# too few frames with data. Input-shape mistakes are checked before and still raise.
+_FORECAST_FAILURES = (ValueError, RuntimeError, FloatingPointError, np.linalg.LinAlgError, IndexError)
+
+
+def _with_fallback(name: str, forecast: Callable, n_leads: int, fill_outside: bool, min_frames: int) -> Callable:
+    """Wrap `forecast(x (T_in, H, W) float32 mm/h) -> (n_leads, H, W)` with the outside and fallback rules.
+
+    The returned callable has a `fallbacks` attribute: the number of windows that got
+    Eulerian persistence because `forecast` failed (see the module docstring).
+    """
+
+    def method(x_mm_h: np.ndarray, **ctx) -> np.ndarray:
+        x = _check_input(x_mm_h, name, min_frames)
+        has_data = np.isfinite(x).any(axis=(1, 2))
+        if not has_data.any():
+            # Nothing observed (a tile outside the radar range): no forecast anywhere, nothing scored.
+            method.fallbacks += 1
+            return np.full((n_leads,) + x.shape[1:], np.nan, dtype=np.float32)
+        last = x[int(np.nonzero(has_data)[0][-1])]
+        try:
+            out = np.asarray(forecast(x), dtype=np.float32)
+        except _FORECAST_FAILURES as err:
+            method.fallbacks += 1
+            log.warning("%s: %s: %s; Eulerian persistence for this window (counted in fallbacks).",
+                        name, type(err).__name__, err)
+            return np.repeat(last[None], n_leads, axis=0)
+        if fill_outside:
+            out = np.where(np.isfinite(out), out, last[None])
+        return out
+
+    method.fallbacks = 0
+    method.__name__ = name
+    return method
+
+
 def _check_leads(n_leads: int) -> None:
     if int(n_leads) != n_leads or n_leads < 1:
         raise ValueError(f"n_leads={n_leads!r}; it must be a positive integer (number of forecast frames).")
@@ -100,30 +146,33 @@ def _advect(field: np.ndarray, velocity: np.ndarray, n_leads: int) -> np.ndarray
 
 
 def make_extrapolation(n_leads: int, threshold: float = 0.1, zerovalue_db: float = -15.0,
-                       lk_options: dict | None = None) -> Callable:
-    """Lagrangian persistence: LK motion on dBR, rain rate advected semi-Lagrangian (pysteps)."""
+                       lk_options: dict | None = None, fill_outside: bool = True) -> Callable:
+    """Lagrangian persistence: LK motion on dBR, rain rate advected semi-Lagrangian (pysteps).
+
+    Outside and fallback rules: see the module docstring.
+    """
     _check_leads(n_leads)
     lk_options = dict(lk_options or {})
 
-    def extrapolation(x_mm_h: np.ndarray, **ctx) -> np.ndarray:
+    def extrapolation(x: np.ndarray) -> np.ndarray:
         """(T_in >= 2, H, W) mm/h -> (n_leads, H, W) mm/h, NaN where advected from no-data."""
-        x = _check_input(x_mm_h, "extrapolation", 2)
         velocity = _motion(_to_db(x, threshold, zerovalue_db), lk_options)
         last = x[_last_valid_index(x, "extrapolation")].astype(np.float64)
-        return _advect(last, velocity, n_leads).astype(np.float32)
+        return _advect(last, velocity, n_leads)
 
-    return extrapolation
+    return _with_fallback("extrapolation", extrapolation, n_leads, fill_outside, 2)
 
 
 def make_sprog(n_leads: int, threshold: float = 0.1, zerovalue_db: float = -15.0, n_cascade_levels: int = 6,
-               ar_order: int = 2, lk_options: dict | None = None) -> Callable:
+               ar_order: int = 2, lk_options: dict | None = None, fill_outside: bool = True) -> Callable:
     """S-PROG (Seed 2003) via pysteps, in dBR, with LK motion; needs `ar_order + 1` past frames.
 
     No-data pixels are passed to pysteps as NaN (its S-PROG masks them and fills the
     cascade with the field minimum); the forecast is then set to NaN wherever the advected
     no-data mask of the last frame says there is no data, the same NaN pattern that
-    `extrapolation` produces, so both are scored on the same pixels. An entirely missing
-    frame among the last `ar_order + 1` is an error (the AR fit would be meaningless).
+    `extrapolation` produces; the outside rule then fills it like extrapolation's. An
+    entirely missing frame among the last `ar_order + 1` makes the AR fit meaningless: that
+    window falls back to persistence (module docstring).
     """
     _check_leads(n_leads)
     if ar_order < 1:
@@ -131,11 +180,10 @@ def make_sprog(n_leads: int, threshold: float = 0.1, zerovalue_db: float = -15.0
     lk_options = dict(lk_options or {})
     need = ar_order + 1
 
-    def sprog(x_mm_h: np.ndarray, **ctx) -> np.ndarray:
+    def sprog(x: np.ndarray) -> np.ndarray:
         """(T_in >= ar_order + 1, H, W) mm/h -> (n_leads, H, W) mm/h."""
         from pysteps import nowcasts
 
-        x = _check_input(x_mm_h, "sprog", need)
         x_db = _to_db(x, threshold, zerovalue_db)
         velocity = _motion(x_db, lk_options)
         last = x[_last_valid_index(x, "sprog")].astype(np.float64)
@@ -173,4 +221,4 @@ def make_sprog(n_leads: int, threshold: float = 0.1, zerovalue_db: float = -15.0
         rain[nodata | ~np.isfinite(forecast_db)] = np.nan
         return rain.astype(np.float32)
 
-    return sprog
+    return _with_fallback("sprog", sprog, n_leads, fill_outside, need)

@@ -59,7 +59,7 @@ def _check_model_choice(cfg: DictConfig) -> None:
         return
     raise BadValueError(
         f"model={cfg.model.get('name')} is a trainable network: pass ckpt_path=<run>/checkpoints/best-*.ckpt, "
-        "or choose a classical baseline (model=nearest|linear|biharmonic|laplace|persistence|extrapolation|sprog)."
+        "or choose a classical baseline (model=nearest|linear|biharmonic|laplace|temporal_linear|temporal_flow|persistence|extrapolation|sprog)."
     )
 
 

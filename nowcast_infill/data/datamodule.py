@@ -212,6 +212,20 @@ def _tiles(height: int, width: int, tile: int | None) -> list[tuple[int, int, in
     return [(y0, x0, tile, tile) for y0 in starts(height) for x0 in starts(width)]
 
 
+def _tile_owners(height: int, width: int, tiles: Sequence[tuple[int, int, int, int]]) -> np.ndarray:
+    """(H, W) int: the index of the first tile covering each pixel (its owner), -1 if none.
+
+    The inward-shifted edge tiles of `_tiles` overlap their neighbours; a tile is scored
+    only on the pixels it owns, so each pixel counts once and scores over tiles equal
+    scores over the whole grid.
+    """
+    owners = np.full((height, width), -1, dtype=np.int32)
+    for index, (y0, x0, h, w) in enumerate(tiles):
+        block = owners[y0:y0 + h, x0:x0 + w]
+        block[block < 0] = index
+    return owners
+
+
 # ----------------------------------------------------------------------------------------
 # Dataset and sampler
 # ----------------------------------------------------------------------------------------
@@ -255,6 +269,7 @@ class RadarWindowDataset(Dataset):
         self.seed = int(seed)
         self.crop_size = crop_size
         self.tiles = list(tiles) if tiles is not None else None
+        self.tile_owners = None if self.tiles is None else _tile_owners(*lat.shape, self.tiles)
         if (crop_size is None) == (self.tiles is None):
             raise ValueError("RadarWindowDataset: give exactly one of crop_size (random crops) and tiles (fixed tiles).")
         self.aux_names, self.regridder = list(aux_names), regridder
@@ -353,6 +368,10 @@ class RadarWindowDataset(Dataset):
             aux_valid = np.isfinite(aux)
             sample["aux"] = torch.from_numpy(np.where(aux_valid, aux, 0.0).astype(np.float32))
             sample["aux_mask"] = torch.from_numpy(aux_valid.astype(np.float32))
+        if self.tiles is not None:
+            # (1, 1, h, w) 0/1: the pixels this tile scores (RadarModule.score_mask); see _tile_owners.
+            owned = self.tile_owners[rows, cols] == tile_index
+            sample["owned"] = torch.from_numpy(owned[None, None].astype(np.float32))
         sample["time"] = torch.from_numpy(self.times_ns[start + self.target_offsets].astype(np.int64))
         return sample
 

@@ -14,6 +14,7 @@ Configs are plain dicts `{"name": ..., **options}` (conf/masks/*.yaml) passed to
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -26,6 +27,9 @@ from nowcast_infill.data.radar_sites import great_circle_km, sites_from_codes
 MaskGenerator = Callable[[np.random.Generator, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 MASK_VARIABLE = "mask"
+
+# Grids whose site discs a RadarOutage keeps (see RadarOutage._site_discs).
+_DISC_CACHE_GRIDS = 4
 
 
 def hole_targets(hidden, valid):
@@ -95,10 +99,30 @@ class RadarOutage:
         self.n_sites = (int(low), int(high))
         self.fallback = fallback
         self.min_valid_fraction = float(min_valid_fraction)
+        self._disc_cache: dict[tuple, list[np.ndarray]] = {}
+
+    def _site_discs(self, lat: np.ndarray, lon: np.ndarray) -> list[np.ndarray]:
+        """Each site's disc, (H, W) bool, on this lat/lon grid; computed once per grid.
+
+        Evaluation mask sets draw dozens of masks on the same full grid; the great-circle
+        distances to all sites (18 x H x W haversines) dominated their cost, so the discs
+        are kept for the most recent grids, keyed by a hash of the coordinates.
+        """
+        lat64 = np.ascontiguousarray(lat, dtype=np.float64)
+        lon64 = np.ascontiguousarray(lon, dtype=np.float64)
+        key = (lat64.shape, hashlib.blake2b(lat64.tobytes() + lon64.tobytes(), digest_size=16).hexdigest())
+        discs = self._disc_cache.get(key)
+        if discs is None:
+            discs = [great_circle_km(lat64, lon64, s.lat, s.lon) <= self.radius_km for s in self.sites]
+            # Training crops change every call: keep only a few grids so memory stays bounded.
+            if len(self._disc_cache) >= _DISC_CACHE_GRIDS:
+                self._disc_cache.pop(next(iter(self._disc_cache)))
+            self._disc_cache[key] = discs
+        return discs
 
     def __call__(self, rng: np.random.Generator, valid: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
         _check_inputs(valid, lat, lon)
-        discs = [great_circle_km(lat, lon, s.lat, s.lon) <= self.radius_km for s in self.sites]
+        discs = self._site_discs(lat, lon)
         need = max(1, int(np.ceil(self.min_valid_fraction * valid.sum())))
         candidates = [d for d in discs if (d & valid).sum() >= need]
         n = int(rng.integers(self.n_sites[0], self.n_sites[1] + 1))

@@ -229,8 +229,28 @@ class RadarModule(L.LightningModule):
         return self.normalizer.decode(self.compose(self(batch), batch))
 
     def score_mask(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """0/1 `(B, T_out, 1, H, W)`: hole pixels (infill) or valid target pixels (nowcast)."""
-        return batch["hole"] if self.hparams.task == "infill" else batch["y_valid"]
+        """0/1 `(B, T_out, 1, H, W)`: the pixels every method of a comparison is scored on.
+
+        Infill: hole pixels. Nowcast: valid target pixels that are also observed in the
+        latest input frame with any data, the frame persistence and extrapolation start
+        from: every method answers those (the baselines' outside rule fills pixels advected
+        in from outside the tile with persistence, nowcast_infill/baselines/nowcast.py), so
+        networks and baselines are scored on exactly the same pixels.
+        Tiled evaluation (`eval_tile`) multiplies by the tile's `owned` mask, so a pixel
+        covered by two overlapping edge tiles is scored once.
+        """
+        if self.hparams.task == "infill":
+            mask = batch["hole"]
+        else:
+            observed = batch["x_mask"] > 0  # (B, T_in, 1, H, W)
+            has_data = observed.flatten(2).any(2)  # (B, T_in)
+            positions = torch.arange(has_data.shape[1], device=has_data.device)
+            latest = torch.where(has_data, positions, -1).amax(1).clamp(min=0)  # (B,)
+            start_frame = observed[torch.arange(observed.shape[0], device=observed.device), latest]  # (B, 1, H, W)
+            mask = batch["y_valid"] * start_frame[:, None].to(batch["y_valid"].dtype)
+        if "owned" in batch:
+            mask = mask * batch["owned"]
+        return mask
 
     # ------------------------------------------------------------- the loop
     def training_step(self, batch, batch_idx):
@@ -507,6 +527,16 @@ class BaselineModule(RadarModule):
 
     def forward(self, batch):
         return self.predict_mm_h(batch)
+
+    def _log_metrics(self, stage: str) -> None:
+        # Windows (nowcast) or pixels (temporal infill) the method answered with its documented
+        # fallback since the last report (see nowcast_infill/baselines); 0 for methods without one.
+        total = int(getattr(self.baseline, "fallbacks", 0))
+        fallbacks, self._fallbacks_reported = total - getattr(self, "_fallbacks_reported", 0), total
+        super()._log_metrics(stage)
+        if fallbacks:
+            log.warning(f"{stage}: {self._baseline_spec['name']} used its fallback {fallbacks} time(s).")
+        self.log(f"{stage}/fallbacks", float(fallbacks), sync_dist=True, reduce_fx="sum")
 
     def training_step(self, batch, batch_idx):
         raise RuntimeError("a BaselineModule is not trained; run `ni-eval model=<baseline>` (trainer.test).")

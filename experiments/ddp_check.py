@@ -48,6 +48,8 @@ import torch
 import torchmetrics
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
+
+from nowcast_infill.utils.distributed import leave_process_group
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
@@ -201,6 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.save({k: v.detach().cpu() for k, v in module.net.state_dict().items()}, args.out / "weights.pt")
         (args.out / "result.json").write_text(json.dumps(result, indent=2))
         print(f"ddp_check: done {json.dumps(result)}", flush=True)
+    leave_process_group()
     return result
 
 

@@ -124,6 +124,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     quiet_known_noise()
 
+    from nowcast_infill.utils.distributed import leave_process_group
     from nowcast_infill.utils.instantiate import (finish_loggers, instantiate_callbacks, instantiate_loggers,
                                                    without_logger_only_callbacks)
 
@@ -166,6 +167,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("test", True):
         _report_test_results(cfg, trainer, results, output_dir)
     finish_loggers(trainer.loggers)
+    leave_process_group()
     return results
 
 

@@ -81,10 +81,12 @@ def segment_ids(times: np.ndarray, time_step_s: int | float | None) -> np.ndarra
     (`time_step_s` 0/None, e.g. a one-frame store) everything is one segment.
     """
     times = np.asarray(times).astype("datetime64[ns]")
-    if times.size < 2 or not time_step_s:
+    if times.size < 2:
         return np.zeros(times.size, np.int64)
-    step = np.timedelta64(int(time_step_s), "s").astype("timedelta64[ns]")
-    breaks = np.diff(times) > step
+    diffs = np.diff(times)
+    # No `time_step_s` attribute (a store of another tool): its smallest step is the step.
+    step = np.timedelta64(int(time_step_s), "s").astype("timedelta64[ns]") if time_step_s else diffs.min()
+    breaks = diffs > step
     return np.concatenate([[0], np.cumsum(breaks)]).astype(np.int64)
 
 

@@ -36,7 +36,7 @@ from nowcast_infill.baselines import NothingToInfillFromError, baseline_task, ge
 from nowcast_infill.errors import BadValueError, MissingInputError, OutputExistsError, OutputPathError, UserError
 from nowcast_infill.io.store_lock import DEFAULT_LOCK_TIMEOUT_S, StoreLock
 from nowcast_infill.schema import (
-    CRS, MAX_RAIN_RATE_MM_H, MISSING_FRAME, PRECIP, PRECIP_UNITS, SCHEMA_VERSION, implausible_precip, validate_store,
+    CRS, MAX_RAIN_RATE_MM_H, MISSING_FRAME, PRECIP, PRECIP_UNITS, SCHEMA_VERSION, implausible_precip, segment_ids, validate_store,
 )
 
 log = logging.getLogger(__name__)
@@ -274,20 +274,25 @@ def _check_resumable(out: xr.Dataset, src: xr.Dataset, output_store: Path, input
 class _FrameCache:
     """Input frames by index, keeping only the current window in memory."""
 
-    def __init__(self, precip: xr.DataArray, missing: np.ndarray):
+    def __init__(self, precip: xr.DataArray, missing: np.ndarray, segment: np.ndarray | None = None):
         self.precip, self.missing, self.frames = precip, missing, {}
         self.shape = precip.shape[1:]
+        # Segment number per time step (schema.segment_ids): the store's neighbour across a
+        # segment boundary is hours or years away, not the next time step.
+        self.segment = np.zeros(precip.shape[0], np.int64) if segment is None else np.asarray(segment)
 
     def window(self, t: int, context: int) -> np.ndarray:
         wanted = range(t - context, t + context + 1)
         self.frames = {k: v for k, v in self.frames.items() if k in wanted}
         out = np.empty((len(wanted),) + self.shape, dtype=np.float32)
         for i, k in enumerate(wanted):
+            inside = 0 <= k < self.precip.shape[0] and self.segment[k] == self.segment[t]
+            if not inside:
+                # Beyond the archive's ends or its segment a neighbour is missing, like a gap: NaN, not 0.
+                out[i] = np.nan
+                continue
             if k not in self.frames:
-                inside = 0 <= k < self.precip.shape[0]
-                # Beyond the archive's ends a neighbour is missing, like a gap: NaN, not 0.
-                self.frames[k] = (self.precip[k].values.astype(np.float32, copy=False) if inside
-                                  else np.full(self.shape, np.nan, dtype=np.float32))
+                self.frames[k] = self.precip[k].values.astype(np.float32, copy=False)
             out[i] = self.frames[k]
         return out
 
@@ -317,7 +322,8 @@ class _FrameInfiller:
         self.fill_region = np.ones(self.shape, dtype=bool) if infill_outside_coverage else coverage
         group = zarr.open_group(str(output_store), mode="r+")
         self.precip_out, self.infilled_out, self.status_out = group[PRECIP], group[INFILLED], group[STATUS]
-        self.cache = _FrameCache(self.src[PRECIP], self.src[MISSING_FRAME].values)
+        self.cache = _FrameCache(self.src[PRECIP], self.src[MISSING_FRAME].values,
+                                 segment_ids(self.src["time"].values, self.src.attrs.get("time_step_s")))
         self.no_flag = np.zeros(self.shape, dtype=np.uint8)
 
     def pending(self) -> np.ndarray:
@@ -494,6 +500,12 @@ def write_nowcast(
         end = int(hits[0])
     if end + 1 < past:
         raise BadValueError(f"{input_store}: only {end + 1} frames up to {times[end]}, but past={past} are needed.")
+    segment = segment_ids(times, src.attrs.get("time_step_s"))
+    segment_start = int(np.argmax(segment == segment[end]))
+    if end + 1 - segment_start < past:
+        raise BadValueError(f"{input_store}: issue time {times[end]} has only {end + 1 - segment_start} frames since "
+                            f"its segment began at {times[segment_start]} (the store holds no time before it), but "
+                            f"past={past} are needed; pick a later issue_time or a smaller past.")
     x = src[PRECIP][end + 1 - past:end + 1].values.astype(np.float32)
     if hasattr(predictor, "bind"):
         predictor.bind(src, input_store)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from nowcast_infill.errors import UserError
+import base64
+import struct
 from pathlib import Path
+
+from nowcast_infill.errors import UserError
 
 import numpy as np
 
@@ -23,6 +26,10 @@ PRECIP_UNITS = "mm h-1"
 # Rain rates above this (mm/h) are not physical for 5-60 min radar products; readers of a
 # store treat them, negative rates and +-inf as no data (docs/schema.md § Plausible values).
 MAX_RAIN_RATE_MM_H = 500.0
+# xarray's `_FillValue` attribute of a float variable whose fill value is NaN (base64 of the
+# little-endian float64), as `Dataset.to_zarr` writes it: zarr writers here add it so a store
+# is the same whether written by them or by xarray.
+NAN_FILL_ATTR = base64.standard_b64encode(struct.pack("<d", float("nan"))).decode()
 
 
 class StoreSchemaError(UserError, ValueError):

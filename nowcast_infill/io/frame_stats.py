@@ -191,21 +191,25 @@ def _create_arrays(group, n_time: int, shape: tuple[int, int], thresholds, max_m
     specs = (
         (VALID_COUNT, (n_time,), np.int32, 0, ("time",), "pixels with a plausible rate"),
         (WET_COUNT, (n_time, k), np.int32, 0, ("time", WET_THRESHOLD), "valid pixels with rate >= wet_threshold"),
-        (LOG1P_MEAN, (n_time,), np.float64, 0.0, ("time",), "mean of log1p(rate / (mm/h)) over valid pixels"),
-        (LOG1P_M2, (n_time,), np.float64, 0.0, ("time",), "sum of squared deviations of log1p(rate) over valid pixels"),
+        (LOG1P_MEAN, (n_time,), np.float64, np.nan, ("time",), "mean of log1p(rate / (mm/h)) over valid pixels"),
+        (LOG1P_M2, (n_time,), np.float64, np.nan, ("time",), "sum of squared deviations of log1p(rate) over valid pixels"),
         (IMPLAUSIBLE_COUNT, (n_time,), np.int32, 0, ("time",), "pixels negative, infinite or above max_rain_rate_mm_h"),
         (DONE, (n_time,), bool, False, ("time",), "statistics of this frame computed"),
     )
     for name, shp, dtype, fill, dims, long_name in specs:
         chunks = (_TIME_CHUNK,) + shp[1:]
+        # Attributes as xarray writes them (a float's NaN `_FillValue`), so that xarray reads
+        # the arrays back as stored and a round trip through xarray gives the same store.
+        extra = {"_FillValue": schema.NAN_FILL_ATTR} if np.dtype(dtype).kind == "f" else {}
         group.create_array(name, shape=shp, dtype=dtype, chunks=chunks, fill_value=fill, dimension_names=dims,
-                           attributes={"long_name": long_name, **common})
+                           attributes={"long_name": long_name, **common, **extra})
     group.create_array(PIXEL_VALID_COUNT, shape=shape, dtype=np.int32, chunks=shape, fill_value=0,
                        dimension_names=("y", "x"), attributes={
                            "long_name": "frames with a plausible rate at this pixel (over frames with frame_stats_done)",
-                           **common})
+                           **common, "coordinates": "lat lon"})
     group.create_array(WET_THRESHOLD, data=np.asarray(thresholds, np.float32), dimension_names=(WET_THRESHOLD,),
-                       attributes={"units": schema.PRECIP_UNITS, "long_name": "wet-pixel thresholds"})
+                       fill_value=np.nan, attributes={"units": schema.PRECIP_UNITS, "long_name": "wet-pixel thresholds",
+                                                      "_FillValue": schema.NAN_FILL_ATTR})
 
 
 def _consolidate(path: Path) -> None:

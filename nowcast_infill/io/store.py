@@ -33,13 +33,11 @@ second writer waits `lock_timeout` seconds or fails naming the holder.
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import logging
 import os
 import shutil
-import struct
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections import deque
@@ -752,7 +750,7 @@ def precip_layout(shape: tuple[int, int], chunks: dict | None = None,
 
 # xarray's `_FillValue` attribute of a float variable whose fill value is NaN (base64 of
 # the little-endian float64), as `Dataset.to_zarr` writes it: readers mask NaN either way.
-_NAN_FILL_ATTR = base64.standard_b64encode(struct.pack("<d", float("nan"))).decode()
+_NAN_FILL_ATTR = schema.NAN_FILL_ATTR
 
 
 def _create_skeleton(path: Path, ref: Frame, chunks: dict | None, compression: dict | None, shards: dict | None) -> None:

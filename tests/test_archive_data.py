@@ -219,3 +219,49 @@ def test_wet_sampling_draws_wet_windows_more_often_and_logs_weights(tmp_path, ca
         RadarDataModule(sampling="wet", sampling_threshold_mm_h=2.0, **args).setup()
     with pytest.raises(ValueError, match="data.sampling='often'"):
         RadarDataModule(sampling="often", **args)
+
+
+def test_inference_never_reads_across_a_segment(three_events, tmp_path):
+    from nowcast_infill.errors import BadValueError
+    from nowcast_infill.inference.archive import _FrameCache, open_radar_store, write_nowcast
+
+    out, _, times = three_events
+    src = open_radar_store(out)
+    segment = schema.segment_ids(src["time"].values, src.attrs["time_step_s"])
+    cache = _FrameCache(src[schema.PRECIP], src[schema.MISSING_FRAME].values, segment)
+    window = cache.window(40, 1)  # first frame of the 2016 event: its predecessor is from 2015
+    assert np.isnan(window[0]).all() and np.isfinite(window[1]).any()
+    np.testing.assert_array_equal(window[2], src[schema.PRECIP][41].values)
+    persistence = lambda x, **_: np.repeat(x[-1:], 2, axis=0)  # noqa: E731
+    with pytest.raises(BadValueError, match="segment began at 2016-06-13T03:00"):
+        write_nowcast(persistence, out, tmp_path / "nc.zarr", past=3, n_leads=2, issue_time="2016-06-13T03:05")
+    made = write_nowcast(persistence, out, tmp_path / "nc.zarr", past=3, n_leads=2, issue_time="2016-06-13T03:10")
+    np.testing.assert_array_equal(made[schema.PRECIP][0].values, src[schema.PRECIP][42].values)
+
+
+def test_append_to_a_store_without_statistics_adds_them_for_the_new_frames(tmp_path):
+    from nowcast_infill.io.importers import Frame, make_grid
+    from nowcast_infill.io.store import SourceRecord, append_frames
+
+    path = write_test_store(tmp_path / "old.zarr", n_time=6)  # a schema 1 store: no statistics
+    ds = _open(path)
+    grid = make_grid(ds["x"].values, ds["y"].values, ds[schema.CRS].attrs["proj4"])
+    frames, records = [], {}
+    for k in range(2):
+        when = ds["time"].values[-1] + np.timedelta64(300 * (k + 1), "s")
+        precip = np.full(grid.shape, 2.0 * k, np.float32)
+        precip[:3] = np.nan
+        source = tmp_path / f"f{k}"
+        frames.append(Frame(time=when, precip=precip, grid=grid, product="test", accumulation_interval_s=0,
+                            conversion="none", source=source))
+        records[source] = SourceRecord(name=source.name, sha256=f"{k:064x}", time=str(when))
+    append_frames(path, frames, records, source_name="synthetic")
+    stored = frame_stats.load_frame_stats(path)
+    np.testing.assert_array_equal(stored.done, [False] * 6 + [True] * 2)
+    assert stored.valid_count[6:].tolist() == [37 * 48] * 2 and stored.wet_count[7].tolist() == [37 * 48, 37 * 48, 0]
+    assert _open(path).attrs["nowcast_infill_schema"] == schema.SCHEMA_VERSION
+    assert frame_stats.compute_frame_stats(path)["frames_read"] == 6
+    stored, fresh = frame_stats.load_frame_stats(path), frame_stats.stats_in_memory(path)
+    assert stored.complete
+    np.testing.assert_array_equal(stored.valid_count, fresh.valid_count)
+    np.testing.assert_array_equal(stored.pixel_valid_count, fresh.pixel_valid_count)

@@ -166,6 +166,9 @@ def _publish(staging: Path, path: Path) -> None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(Path(root) / name, target)
     for array in arrays:
+        # An array new in this commit (e.g. the frame statistics added to a schema 1 store)
+        # whose chunks all equal its fill value has no chunk file, so no directory yet.
+        (path / array.relative_to(staging)).mkdir(parents=True, exist_ok=True)
         os.replace(array / "zarr.json", path / array.relative_to(staging) / "zarr.json")
     if (staging / "zarr.json").exists():
         os.replace(staging / "zarr.json", path / "zarr.json")  # the switch for readers

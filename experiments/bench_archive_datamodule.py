@@ -22,7 +22,7 @@ rain in 3-hour episodes two in five (the other frames dry), NaN outside a union 
 150 km circles around 17 radar-like sites.
 
 `measure_datamodule(store_path) -> dict` is importable (experiments/bench_archive.py).
-Usage: python experiments/bench_archive_datamodule.py [--days 1 7] [--batches 12] [--keep DIR]
+Usage: python experiments/bench_archive_datamodule.py [--days 1 7] [--rounds 3] [--batches 12] [--keep DIR] [--scan-baseline]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -149,6 +150,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--days", type=int, nargs="+", default=[1, 7], help="store lengths in days (first = reference)")
     parser.add_argument("--batches", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds per store")
     parser.add_argument("--keep", type=Path, default=None, help="write the stores here and keep them")
     parser.add_argument("--scan-baseline", action="store_true")
     parser.add_argument("--measure", type=Path, default=None, help=argparse.SUPPRESS)
@@ -157,25 +159,55 @@ def main() -> None:
         print(json.dumps(measure_datamodule(args.measure, batches=args.batches, scan_baseline=args.scan_baseline)))
         return
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench_archive_dm-"))
-    rows = []
+    written, rounds = {}, []
     try:
         for days in args.days:
             store = root / f"synthetic_{days}d.zarr"
-            written = write_store(store, days * FRAMES_PER_DAY) if not store.exists() else {"frames": days * FRAMES_PER_DAY}
-            measured = _measure_in_fresh_process(store, args.batches, args.scan_baseline and days == args.days[0])
-            rows.append({"days": days, **written, **measured})
-            print(f"# {days} d: {json.dumps(rows[-1])}", flush=True)
+            if not store.exists():
+                written[days] = write_store(store, days * FRAMES_PER_DAY)
+                print(f"# wrote {days} d: {json.dumps(written[days])}", flush=True)
+        # Rounds interleave the stores (order rotated), each measured in a fresh process, so
+        # all see the same machine load; the table gives the median over rounds (min-max).
+        for r in range(args.rounds):
+            order = args.days[r % len(args.days):] + args.days[:r % len(args.days)]
+            for days in order:
+                store = root / f"synthetic_{days}d.zarr"
+                got = _measure_in_fresh_process(store, args.batches, args.scan_baseline and r == 0 and days == args.days[0])
+                rounds.append({"days": days, "round": r, **got})
+                print(f"# round {r} {days} d: {json.dumps(rounds[-1])}", flush=True)
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
+    keys = ("imports_s", "setup_s", "first_batch_s", "samples_per_s", "peak_rss_mib")
+    rows = []
+    for days in args.days:
+        mine = [m for m in rounds if m["days"] == days]
+        row = {"days": days, "frames": days * FRAMES_PER_DAY, "train_windows": mine[0]["train_windows"],
+               **written.get(days, {})}
+        for key in keys:
+            values = sorted(m[key] for m in mine)
+            row[key] = statistics.median(values)
+            row[key + "_range"] = (values[0], values[-1])
+        row.update({k: v for m in mine for k, v in m.items() if k == "scan_all_frames_s"})
+        rows.append(row)
     ref = rows[0]
-    print("\n| store | frames | write frames/s | bytes/frame | setup s | first batch s | samples/s | peak RSS MiB |")
+
+    def cell(r, key, fmt):
+        lo, hi = r[key + "_range"]
+        ratio = "" if r is ref else f" = {r[key] / ref[key]:.2f}x"
+        return f"{r[key]:{fmt}} ({lo:{fmt}}-{hi:{fmt}}){ratio}"
+
+    print(f"\n{args.rounds} rounds; median (min-max), ratio to the {ref['days']} d store")
+    print("\n| store | frames | train windows | setup s | first batch s | samples/s | peak RSS MiB | imports s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        ratio = "" if r is ref else (f" ({r['setup_s'] / ref['setup_s']:.2f}x)")
-        fb = "" if r is ref else (f" ({r['first_batch_s'] / ref['first_batch_s']:.2f}x)")
-        print(f"| {r['days']} d | {r['frames']} | {r.get('frames_per_s', '')} | {r.get('bytes_per_frame', '')} | "
-              f"{r['setup_s']:.2f}{ratio} | {r['first_batch_s']:.3f}{fb} | {r['samples_per_s']:.1f} | {r['peak_rss_mib']:.0f} |")
+        print(f"| {r['days']} d | {r['frames']} | {r['train_windows']} | {cell(r, 'setup_s', '.2f')} | "
+              f"{cell(r, 'first_batch_s', '.2f')} | {cell(r, 'samples_per_s', '.1f')} | {cell(r, 'peak_rss_mib', '.0f')} | "
+              f"{r['imports_s']:.2f} |")
+    if written:
+        print("\n| store | write frames/s (StoreWriter, 1 process, statistics included) | bytes/frame |\n|---|---|---|")
+        for days, w in written.items():
+            print(f"| {days} d | {w['frames_per_s']} | {w['bytes_per_frame']} |")
     if "scan_all_frames_s" in ref:
         per_frame = ref["scan_all_frames_s"] / ref["frames"]
         print(f"\nOne pass over every frame (the pre-statistics setup, per rank and start): {ref['scan_all_frames_s']:.1f} s "

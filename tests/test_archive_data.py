@@ -265,3 +265,24 @@ def test_append_to_a_store_without_statistics_adds_them_for_the_new_frames(tmp_p
     assert stored.complete
     np.testing.assert_array_equal(stored.valid_count, fresh.valid_count)
     np.testing.assert_array_equal(stored.pixel_valid_count, fresh.pixel_valid_count)
+
+
+def test_partial_statistics_of_separate_writers_are_merged_without_reading(tmp_path, monkeypatch):
+    whole = write_test_store(tmp_path / "whole.zarr", n_time=10, missing=[4])
+    split = write_test_store(tmp_path / "split.zarr", n_time=10, missing=[4])
+    frame_stats.compute_frame_stats(whole)
+    precip = zarr.open_array(str(split / schema.PRECIP), mode="r")
+    partials = []
+    for k, part in enumerate((np.arange(0, 6), np.arange(6, 10))):  # two "array tasks"
+        values, pixels = frame_stats.compute_stats_arrays(precip, part)
+        partials.append(frame_stats.save_partial_stats(tmp_path / f"part{k}.npz", part, values, pixels))
+    counter = _CountingGet(monkeypatch)
+    summary = frame_stats.compute_frame_stats(split, partials=partials)
+    assert summary["frames_read"] == 0 and counter.keys == []
+    a, b = frame_stats.load_frame_stats(whole), frame_stats.load_frame_stats(split)
+    for name in ("valid_count", "wet_count", "implausible_count", "done", "pixel_valid_count"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    np.testing.assert_allclose(a.log1p_m2, b.log1p_m2)
+    # A partial whose frames are done already is ignored: nothing counted twice.
+    assert frame_stats.compute_frame_stats(split, partials=partials)["frames_read"] == 0
+    np.testing.assert_array_equal(frame_stats.load_frame_stats(split).pixel_valid_count, a.pixel_valid_count)

@@ -328,12 +328,34 @@ def stats_in_memory(store_path: str | Path, *, max_mm_h: float = schema.MAX_RAIN
                             full[IMPLAUSIBLE_COUNT], full[DONE], pixels, np.asarray(WET_THRESHOLDS_MM_H), max_mm_h)
 
 
-def compute_frame_stats(store_path: str | Path, missing_only: bool = True, *, lock_timeout: float = float("inf")) -> dict:
+def save_partial_stats(path: str | Path, indices: np.ndarray, values: dict, pixel_valid: np.ndarray) -> Path:
+    """Save what `compute_stats_arrays` returned for frames `indices` as `path` (.npz), atomically.
+
+    For writers that each own part of a store (e.g. one Slurm array task per time range):
+    each saves the statistics of its frames, and the finalise step passes the files to
+    `compute_frame_stats(..., partials=[...])`, which then reads no frame they cover.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}.npz")
+    np.savez(tmp, indices=np.asarray(indices, np.int64), pixel_valid=np.asarray(pixel_valid, np.int64),
+             **{name: np.asarray(values[name]) for name in PER_FRAME})
+    os.replace(tmp, path)
+    return path
+
+
+def _load_partial(path: str | Path) -> tuple[np.ndarray, dict, np.ndarray]:
+    with np.load(path) as data:
+        return data["indices"], {name: data[name] for name in PER_FRAME}, data["pixel_valid"]
+
+
+def compute_frame_stats(store_path: str | Path, missing_only: bool = True, *, partials=(),
+                        lock_timeout: float = float("inf")) -> dict:
     """Compute and store the per-frame statistics of the store at `store_path`; returns a summary.
 
     missing_only: only frames whose `frame_stats_done` is False (all frames of a store
     without statistics); False recomputes every frame. Frames flagged `missing_frame` are
-    not read. `precip` is read in blocks of at most `READ_BLOCK_BYTES`. Runs under the
+    not read. partials: files of `save_partial_stats`; one whose frames all need
+    statistics is used instead of reading them (one that is not is ignored, with a log line). `precip` is read in blocks of at most `READ_BLOCK_BYTES`. Runs under the
     store's lock (waits `lock_timeout` s for another writer). The `frame_stats_done`
     flags are written last, so a killed run leaves its frames not done and the next run
     computes them again (`pixel_valid_count` may then count them twice: coverage, > 0,
@@ -362,10 +384,24 @@ def compute_frame_stats(store_path: str | Path, missing_only: bool = True, *, lo
             stats = _read_stats(group)
         todo = np.nonzero(~stats.done)[0] if missing_only else np.arange(n_time)
         missing_frame = np.asarray(group[schema.MISSING_FRAME][:], bool) if schema.MISSING_FRAME in group else np.zeros(n_time, bool)
-        read = todo[~missing_frame[todo]]
-        values, pixels = compute_stats_arrays(precip, read, max_mm_h=stats.max_mm_h, thresholds=tuple(stats.thresholds))
         full = {VALID_COUNT: stats.valid_count, WET_COUNT: stats.wet_count, LOG1P_MEAN: stats.log1p_mean,
                 LOG1P_M2: stats.log1p_m2, IMPLAUSIBLE_COUNT: stats.implausible_count, DONE: stats.done.copy()}
+        needed = np.zeros(n_time, bool)
+        needed[todo] = True
+        pixels_from_partials = np.zeros_like(stats.pixel_valid_count)
+        for partial in partials:
+            indices, part_values, part_pixels = _load_partial(partial)
+            if indices.size == 0 or not needed[indices].all():  # would count a frame twice
+                log.info("%s: ignored, its frames are not all in need of statistics", partial)
+                continue
+            for name in PER_FRAME:
+                full[name][indices] = part_values[name]
+            pixels_from_partials += part_pixels
+            needed[indices] = False
+        todo = np.nonzero(needed)[0]
+        read = todo[~missing_frame[todo]]
+        values, pixels = compute_stats_arrays(precip, read, max_mm_h=stats.max_mm_h, thresholds=tuple(stats.thresholds))
+        pixels = pixels + pixels_from_partials
         gaps = todo[missing_frame[todo]]
         for name, v in _empty_frame_stats(stats.thresholds.size).items():
             full[name][gaps] = v

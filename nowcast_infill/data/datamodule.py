@@ -20,6 +20,12 @@ Design notes (the why):
 - A store written by another tool may hold negative, +-inf or absurdly large rates: they
   are counted and reported once at setup and read as no data everywhere (statistics,
   valid fractions, coverage, every sample), so nothing is ever trained or scored on them.
+- `setup` reads no `precip` chunk: valid fractions, coverage, implausible counts, wet
+  fractions and the normaliser's log1p moments come from the store's per-frame statistics
+  (nowcast_infill/io/frame_stats.py), so start-up does not grow with the archive; a store
+  without them gets them computed once, by rank 0, while the other ranks wait.
+- Windows never cross a segment boundary (a gap longer than the store's `max_gap_s`,
+  docs/schema.md § Segments).
 """
 
 from __future__ import annotations

@@ -182,6 +182,8 @@ VALUE_RULES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "data.min_valid_fraction": (0, 1, False, False),
     "data.input_hole_prob": (0, 1, False, False),
     "data.crop_attempts": (1, None, True, False),
+    "data.sampling_floor": (0, 1, False, False),
+    "data.stats_wait_s": (0, None, False, False),
     "trainer.max_epochs": (-1, None, True, True),
     "trainer.max_steps": (-1, None, True, False),
     "trainer.accumulate_grad_batches": (1, None, True, False),

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from nowcast_infill.errors import UserError
+import base64
+import struct
 from pathlib import Path
+
+from nowcast_infill.errors import UserError
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+# Version 2 adds separate time segments (gaps longer than `max_gap_s` are not filled)
+# and the per-frame statistics `frame_*` (nowcast_infill/io/frame_stats.py). A version 1
+# store is still read: it is one segment, and its statistics are computed once when
+# first needed (docs/schema.md § Per-frame statistics).
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 PRECIP = "precip"
 MISSING_FRAME = "missing_frame"
 CRS = "crs"
@@ -18,6 +26,10 @@ PRECIP_UNITS = "mm h-1"
 # Rain rates above this (mm/h) are not physical for 5-60 min radar products; readers of a
 # store treat them, negative rates and +-inf as no data (docs/schema.md § Plausible values).
 MAX_RAIN_RATE_MM_H = 500.0
+# xarray's `_FillValue` attribute of a float variable whose fill value is NaN (base64 of the
+# little-endian float64), as `Dataset.to_zarr` writes it: zarr writers here add it so a store
+# is the same whether written by them or by xarray.
+NAN_FILL_ATTR = base64.standard_b64encode(struct.pack("<d", float("nan"))).decode()
 
 
 class StoreSchemaError(UserError, ValueError):
@@ -51,10 +63,10 @@ def validate_store(ds, path: str | Path = "<dataset>") -> None:
     units = ds[PRECIP].attrs.get("units")
     if units != PRECIP_UNITS:
         raise StoreSchemaError(f"{where}: '{PRECIP}.units' is {units!r}, expected {PRECIP_UNITS!r} (mm/h).")
-    if ds.attrs.get("nowcast_infill_schema") != SCHEMA_VERSION:
+    if ds.attrs.get("nowcast_infill_schema") not in READABLE_SCHEMA_VERSIONS:
         raise StoreSchemaError(
             f"{where}: attribute 'nowcast_infill_schema' is {ds.attrs.get('nowcast_infill_schema')!r}, "
-            f"expected {SCHEMA_VERSION}; rewrite the store with this version's `ni-convert`."
+            f"expected one of {READABLE_SCHEMA_VERSIONS}; rewrite the store with this version's `ni-convert`."
         )
     times = ds["time"].values
     if times.size > 1 and not np.all(np.diff(times) > np.timedelta64(0, "ns")):
@@ -65,3 +77,31 @@ def validate_store(ds, path: str | Path = "<dataset>") -> None:
         var = ds[AUX_PREFIX + name]
         if tuple(var.dims) != AUX_DIMS:
             raise StoreSchemaError(f"{where}: '{AUX_PREFIX}{name}' has dims {tuple(var.dims)}, expected {AUX_DIMS}.")
+
+
+def segment_ids(times: np.ndarray, time_step_s: int | float | None) -> np.ndarray:
+    """Segment number `(time,)` int64 of each time step: 0 for the first segment, +1 after each break.
+
+    A break is a step between two consecutive times longer than `time_step_s`: within a
+    segment the time axis is regular (short gaps are explicit missing frames), between
+    segments the time was not materialised (docs/schema.md § Segments). Without a step
+    (`time_step_s` 0/None, e.g. a one-frame store) everything is one segment.
+    """
+    times = np.asarray(times).astype("datetime64[ns]")
+    if times.size < 2:
+        return np.zeros(times.size, np.int64)
+    diffs = np.diff(times)
+    # No `time_step_s` attribute (a store of another tool): its smallest step is the step.
+    step = np.timedelta64(int(time_step_s), "s").astype("timedelta64[ns]") if time_step_s else diffs.min()
+    breaks = diffs > step
+    return np.concatenate([[0], np.cumsum(breaks)]).astype(np.int64)
+
+
+def same_segment_windows(segment: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
+    """Bool per window start: the `length` frames from it lie inside one segment (and the store)."""
+    starts = np.asarray(starts, np.int64)
+    last = starts + int(length) - 1
+    inside = (starts >= 0) & (last < segment.size)
+    ok = np.zeros(starts.shape, bool)
+    ok[inside] = segment[starts[inside]] == segment[last[inside]]
+    return ok

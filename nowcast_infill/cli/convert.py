@@ -45,11 +45,15 @@ def _check(cfg: DictConfig) -> dict:
         commit_every=config_int(cfg, "commit_every", minimum=1, meaning="frames per store update"),
         progress=config_bool(cfg, "progress"),
         lock_timeout=cfg.get("lock_timeout", 0),
+        max_gap_s=cfg.get("max_gap_s", 3600),
         **importer,
     )
     inputs = _inputs(cfg)
     writable_output_store(cfg.output, "output", inputs=[("inputs", p) for p in ([inputs] if isinstance(inputs, str) else inputs)])
     try:
+        from nowcast_infill.io.store import checked_max_gap
+
+        checked_max_gap(options["max_gap_s"])
         get_importer(cfg.source, **importer)
         precip_layout((1, 1), options["chunks"], options["shards"])
     except (ValueError, TypeError) as err:  # unknown source, option or layout key: the message names it

@@ -20,6 +20,12 @@ Design notes (the why):
 - A store written by another tool may hold negative, +-inf or absurdly large rates: they
   are counted and reported once at setup and read as no data everywhere (statistics,
   valid fractions, coverage, every sample), so nothing is ever trained or scored on them.
+- `setup` reads no `precip` chunk: valid fractions, coverage, implausible counts, wet
+  fractions and the normaliser's log1p moments come from the store's per-frame statistics
+  (nowcast_infill/io/frame_stats.py), so start-up does not grow with the archive; a store
+  without them gets them computed once, by rank 0, while the other ranks wait.
+- Windows never cross a segment boundary (a gap longer than the store's `max_gap_s`,
+  docs/schema.md § Segments).
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from nowcast_infill import schema
 from nowcast_infill.data.normalization import Normalizer
-from nowcast_infill.errors import MissingInputError
+from nowcast_infill.errors import BadValueError, MissingInputError
+from nowcast_infill.io import frame_stats
 from nowcast_infill.utils.instantiate import to_plain
 
 log = logging.getLogger(__name__)
@@ -48,7 +55,29 @@ SPLITS = ("train", "val", "test")
 TASKS = ("infill", "nowcast")
 DEFAULT_SPLIT = {"fractions": [0.7, 0.15, 0.15], "gap": 12}
 _SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
-_SCAN_BYTES = 64 * 2**20  # frames read per block while scanning the store
+# Aux fields are fitted on at most this many train frames (a seeded sample): bounded start-up.
+_AUX_FIT_FRAMES = 256
+SAMPLINGS = ("uniform", "wet")
+
+
+def _wait_for(ready: Callable[[], bool], *, what: str, timeout_s: float, poll_s: float = 0.5) -> None:
+    """Poll `ready()` until True; TimeoutError naming `what` after `timeout_s` seconds."""
+    import time
+
+    deadline = time.monotonic() + float(timeout_s)
+    while not ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s:g} s for the {what}; check rank 0's log, or raise data.stats_wait_s.")
+        time.sleep(poll_s)
+
+
+def window_sample_weights(wet_fraction: np.ndarray, starts: np.ndarray, target_offsets: np.ndarray,
+                          floor: float) -> np.ndarray:
+    """Importance weights `(n_windows,)` of training windows, mean 1: the mean wet fraction of the
+    target frames (`wet_fraction` `(T,)` per frame), at least `floor` so dry windows are still drawn."""
+    wet = wet_fraction[np.asarray(starts)[:, None] + np.asarray(target_offsets)[None, :]].mean(axis=1)
+    weights = np.maximum(wet, float(floor))
+    return weights / weights.mean()
 
 MaskGenerator = Callable[[np.random.Generator, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
@@ -380,12 +409,18 @@ class WindowSampler(DistributedSampler):
     """Shards a split over ``num_replicas`` ranks; yields ``epoch * len(dataset) + index``.
 
     shuffle=True (train): a permutation seeded by (seed, epoch), padded so every rank has
-    the same number of samples. shuffle=False (eval): ``index[rank::num_replicas]``, not
+    the same number of samples; with `weights` (one per sample, data.sampling=wet), as many
+    draws with replacement in proportion to them instead. shuffle=False (eval): ``index[rank::num_replicas]``, not
     padded, so each sample is scored exactly once over all ranks.
     """
 
-    def __init__(self, dataset: Dataset, *, shuffle: bool, seed: int, num_replicas: int = 1, rank: int = 0):
+    def __init__(self, dataset: Dataset, *, shuffle: bool, seed: int, num_replicas: int = 1, rank: int = 0,
+                 weights: np.ndarray | None = None):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        if weights is not None and (not shuffle or len(weights) != len(dataset)):
+            raise ValueError(f"WindowSampler: weights need shuffle=True and one weight per sample "
+                             f"({len(weights)} for {len(dataset)}).")
+        self.weights = None if weights is None else torch.as_tensor(np.asarray(weights, np.float64))
 
     def _indices(self) -> list[int]:
         n = len(self.dataset)
@@ -393,7 +428,11 @@ class WindowSampler(DistributedSampler):
             return list(range(self.rank, n, self.num_replicas))
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.epoch)
-        order = torch.randperm(n, generator=generator).tolist()
+        if self.weights is not None:
+            # Importance sampling: n draws with replacement, the same on every rank (same seed), then sharded.
+            order = torch.multinomial(self.weights, n, replacement=True, generator=generator).tolist()
+        else:
+            order = torch.randperm(n, generator=generator).tolist()
         total = math.ceil(n / self.num_replicas) * self.num_replicas
         order += (order * math.ceil(total / n))[: total - n]
         return order[self.rank:total:self.num_replicas]
@@ -442,6 +481,10 @@ class RadarDataModule(L.LightningDataModule):
         min_valid_fraction: float = 0.05,
         crop_attempts: int = 5,
         max_rain_rate_mm_h: float = schema.MAX_RAIN_RATE_MM_H,
+        sampling: str = "uniform",
+        sampling_threshold_mm_h: float = 0.1,
+        sampling_floor: float = 0.05,
+        stats_wait_s: float = 3600.0,
     ):
         super().__init__()
         # Checkpoints then carry crop size, aux names and split, so inference needs no run folder.
@@ -453,6 +496,8 @@ class RadarDataModule(L.LightningDataModule):
             eval_masks=eval_masks, mask_context=mask_context, input_hole_prob=input_hole_prob, aux=aux,
             normalization=normalization, stats_path=None if stats_path is None else str(stats_path),
             min_valid_fraction=min_valid_fraction, crop_attempts=crop_attempts, max_rain_rate_mm_h=max_rain_rate_mm_h,
+            sampling=sampling, sampling_threshold_mm_h=sampling_threshold_mm_h, sampling_floor=sampling_floor,
+            stats_wait_s=stats_wait_s,
         )
         self.save_hyperparameters(to_plain(init_args), logger=False)
         if task not in TASKS:
@@ -484,6 +529,17 @@ class RadarDataModule(L.LightningDataModule):
         if not self.max_rain_rate_mm_h > 0:
             raise ValueError(f"max_rain_rate_mm_h={max_rain_rate_mm_h} must be > 0 mm/h (default "
                              f"{schema.MAX_RAIN_RATE_MM_H:g}).")
+        if sampling not in SAMPLINGS:
+            raise BadValueError(f"data.sampling={sampling!r} is unknown; use one of {SAMPLINGS} (wet: windows drawn "
+                                "in proportion to their wet fraction).")
+        if not 0 < float(sampling_floor) <= 1:
+            raise BadValueError(f"data.sampling_floor={sampling_floor} must lie in (0, 1]: the weight of a dry window.")
+        self.sampling, self.sampling_floor = sampling, float(sampling_floor)
+        self.sampling_threshold_mm_h = float(sampling_threshold_mm_h)
+        self.stats_wait_s = float(stats_wait_s)
+        # Set by setup(): importance weight of each train window (None: uniform) and their summary.
+        self.train_weights: np.ndarray | None = None
+        self.sampling_report: dict[str, float] = {}
         self._normalizer = Normalizer(normalization)
         self._aux_names: list[str] | None = None
         self.datasets: dict[str, RadarWindowDataset] = {}
@@ -592,9 +648,15 @@ class RadarDataModule(L.LightningDataModule):
         blocks = plan_splits(times, self.split, self.store)
         store = _StoreHandle(self.store)
 
-        valid_fraction, coverage = self._scan(store, blocks, ds, height, width, times)
+        stats = self._frame_stats()
+        self._fit_or_load_normalizer(stats, store, blocks)
+        self._implausible_from_stats(stats, blocks, times)
+        valid_fraction, coverage = stats.valid_fraction, stats.coverage
+        segment = schema.segment_ids(times, ds.attrs.get("time_step_s"))
         length, in_off, tgt_off = frames_needed(self.task, self.past, self.future, self.context)
-        starts = {name: self._windows(name, blocks[name], length, tgt_off, missing, valid_fraction) for name in SPLITS}
+        starts = {name: self._windows(name, blocks[name], length, tgt_off, missing, valid_fraction, segment)
+                  for name in SPLITS}
+        self.train_weights = self._sample_weights(starts["train"], tgt_off, stats)
 
         regridder = None
         if self._aux_names:
@@ -624,34 +686,37 @@ class RadarDataModule(L.LightningDataModule):
         }
         self._set_up = True
 
-    def _scan(self, store: _StoreHandle, blocks, ds, height: int, width: int,
-              times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One pass over the split frames: per-frame valid fraction, coverage (valid in any
-        frame), implausible values (counted, reported, made NaN), and, unless statistics are
-        loaded, the normaliser fitted on train only."""
-        n_time = ds.sizes["time"]
-        valid_fraction = np.zeros(n_time)
-        coverage = np.zeros((height, width), bool)
-        frames_per_read = max(1, _SCAN_BYTES // (4 * height * width))
-        precip = store[schema.PRECIP]
-        implausible = {"count": 0, "first_index": None}
+    def _frame_stats(self) -> frame_stats.StoredFrameStats:
+        """The store's per-frame statistics (docs/schema.md § Per-frame statistics), reading no `precip` chunk
+        when they are stored.
 
-        def frames(start: int, stop: int) -> Iterator[np.ndarray]:
-            for t0 in range(start, stop, frames_per_read):
-                block = _writable(np.asarray(precip[t0:min(stop, t0 + frames_per_read)], np.float32))
-                bad = schema.implausible_precip(block, self.max_rain_rate_mm_h)
-                if bad.any():
-                    per_frame = bad.any(axis=(1, 2))
-                    first = t0 + int(np.argmax(per_frame))
-                    implausible["count"] += int(bad.sum())
-                    if implausible["first_index"] is None or first < implausible["first_index"]:
-                        implausible["first_index"] = first
-                    block[bad] = np.nan
-                ok = np.isfinite(block)
-                valid_fraction[t0:t0 + len(block)] = ok.mean(axis=(1, 2))
-                coverage[:] |= ok.any(axis=0)
-                yield block
+        Missing ones (a schema 1 store, or one written by another tool) are computed once and
+        written into the store by rank 0 while the other ranks wait for them and then load
+        them; a store that cannot be written, or a `max_rain_rate_mm_h` other than the one
+        the statistics were computed with, gets them computed in memory on every rank.
+        """
+        stored = frame_stats.load_frame_stats(self.store)
+        if stored is not None and stored.complete and stored.max_mm_h == self.max_rain_rate_mm_h:
+            return stored
+        if stored is not None and stored.max_mm_h != self.max_rain_rate_mm_h:
+            log.info("%s: stored frame statistics use max_rain_rate_mm_h=%g, data.max_rain_rate_mm_h=%g: computing "
+                     "them in memory (reads every frame)", self.store, stored.max_mm_h, self.max_rain_rate_mm_h)
+            return frame_stats.stats_in_memory(self.store, max_mm_h=self.max_rain_rate_mm_h)
+        if not frame_stats.store_is_writable(self.store):
+            log.warning("%s: no frame statistics stored and the store is read-only: computing them in memory on "
+                        "every start (reads every frame); run compute_frame_stats on a writable copy once.", self.store)
+            return frame_stats.stats_in_memory(self.store, max_mm_h=self.max_rain_rate_mm_h)
+        if self._world()[1] == 0:
+            summary = frame_stats.compute_frame_stats(self.store, missing_only=True)
+            log.info("frame statistics computed and stored once in %s (%d frames read)", self.store,
+                     summary["frames_read"])
+        else:
+            _wait_for(lambda: (lambda got: got is not None and got.complete)(frame_stats.load_frame_stats(self.store)),
+                      what=f"frame statistics of {self.store} (computed by rank 0)", timeout_s=self.stats_wait_s)
+        return frame_stats.load_frame_stats(self.store)
 
+    def _fit_or_load_normalizer(self, stats: frame_stats.StoredFrameStats, store: _StoreHandle, blocks) -> None:
+        """Load the statistics file, or fit on the train split from the stored log1p moments (no precip read)."""
         need_fit = not self._normalizer.fitted
         if need_fit and self.stats_path is not None and self.stats_path.exists():
             loaded = Normalizer.load(self.stats_path)
@@ -669,29 +734,49 @@ class RadarDataModule(L.LightningDataModule):
                 f"normalisation statistics ({self.stats_path or 'checkpoint'}) lack aux field(s) {missing_aux}; "
                 "delete the statistics file to refit on the train split."
             )
+        if not need_fit:
+            return
         train_start, train_stop = blocks["train"]
-        if need_fit:
-            if train_stop <= train_start:
-                raise ValueError(f"{self.store}: the train split is empty ({blocks}); widen split.fractions/dates.")
-            def aux_frames(name: str) -> Iterator[np.ndarray]:
-                arr = store[schema.AUX_PREFIX + name]
-                for t0 in range(train_start, train_stop, frames_per_read):
-                    yield np.asarray(arr[t0:min(train_stop, t0 + frames_per_read)], np.float32)
+        if train_stop <= train_start:
+            raise ValueError(f"{self.store}: the train split is empty ({blocks}); widen split.fractions/dates.")
+        # Aux fields: all train frames up to _AUX_FIT_FRAMES, else a seeded sample of that many (bounded cost).
+        aux_frames = np.arange(train_start, train_stop)
+        if aux_frames.size > _AUX_FIT_FRAMES:
+            aux_frames = np.sort(np.random.default_rng(self.seed).choice(aux_frames, _AUX_FIT_FRAMES, replace=False))
+        aux = {a: (np.asarray(store[schema.AUX_PREFIX + a][int(t)], np.float32) for t in aux_frames)
+               for a in self._aux_names}
+        self._normalizer.fit_moments(*stats.log1p_moments(np.arange(train_start, train_stop)), aux=aux)
+        log.info("normalisation fitted on train frames %d..%d (stored per-frame moments): %s", train_start,
+                 train_stop - 1, self._normalizer)
+        if self.stats_path is not None and self._world()[1] == 0:
+            self._normalizer.save(self.stats_path)
 
-            aux = {a: aux_frames(a) for a in self._aux_names}
-            self._normalizer.fit(frames(train_start, train_stop), aux=aux)
-            log.info("normalisation fitted on train frames %d..%d: %s", train_start, train_stop - 1, self._normalizer)
-            if self.stats_path is not None and self._world()[1] == 0:
-                self._normalizer.save(self.stats_path)
-            scanned = {"train"}
-        else:
-            scanned = set()
-        for name in SPLITS:
-            if name not in scanned:
-                for _ in frames(*blocks[name]):
-                    pass
-        self._report_implausible(implausible["count"], implausible["first_index"], times)
-        return valid_fraction, coverage
+    def _sample_weights(self, starts: np.ndarray, target_offsets: np.ndarray,
+                        stats: frame_stats.StoredFrameStats) -> np.ndarray | None:
+        """Importance weights of the train windows for data.sampling=wet (None for uniform); logs their spread."""
+        if self.sampling == "uniform":
+            return None
+        try:
+            wet = stats.wet_fraction(self.sampling_threshold_mm_h)
+        except ValueError as err:
+            raise BadValueError(f"data.sampling_threshold_mm_h: {err}") from None
+        weights = window_sample_weights(wet, starts, target_offsets, self.sampling_floor)
+        ess = float(weights.sum() ** 2 / (weights ** 2).sum())
+        self.sampling_report = {"windows": int(weights.size), "effective_sample_size": ess,
+                                "effective_fraction": ess / weights.size, "min_weight": float(weights.min()),
+                                "max_weight": float(weights.max())}
+        log.info("train windows sampled by wet fraction >= %g mm/h (floor %g): effective sample size %.1f of %d "
+                 "(%.0f%%), weights %.3g..%.3g (mean 1)", self.sampling_threshold_mm_h, self.sampling_floor, ess,
+                 weights.size, 100 * ess / weights.size, weights.min(), weights.max())
+        return weights
+
+    def _implausible_from_stats(self, stats: frame_stats.StoredFrameStats, blocks, times: np.ndarray) -> None:
+        in_splits = np.zeros(stats.done.size, bool)
+        for start, stop in blocks.values():
+            in_splits[start:stop] = True
+        counts = np.where(in_splits, stats.implausible_count, 0)
+        first = int(np.argmax(counts > 0)) if counts.any() else None
+        self._report_implausible(int(counts.sum()), first, times)
 
     def _report_implausible(self, count: int, first_index: int | None, times: np.ndarray) -> None:
         first_time = None if first_index is None else str(np.datetime_as_string(times[first_index], unit="s"))
@@ -705,21 +790,27 @@ class RadarDataModule(L.LightningDataModule):
                 self.store, count, schema.PRECIP, self.max_rain_rate_mm_h, first_time,
             )
 
-    def _windows(self, name, block, length, target_offsets, missing, valid_fraction) -> np.ndarray:
+    def _windows(self, name, block, length, target_offsets, missing, valid_fraction, segment) -> np.ndarray:
         start, stop = block
         candidates = np.arange(start, stop - length + 1)
+        # A window never straddles a segment boundary (time that the store does not hold).
+        inside = schema.same_segment_windows(segment, candidates, length)
+        straddling = int((~inside).sum())
+        candidates = candidates[inside]
         if candidates.size == 0:
+            across = f", and its {straddling} window(s) cross a segment boundary" if straddling else ""
             raise ValueError(
                 f"{self.store}: the {name} split (frames {start}..{stop - 1}, {stop - start} frames) is shorter than one "
-                f"window of {length} frames (task={self.task}); use a longer store, larger split.fractions for {name}, "
-                "a smaller split.gap, or fewer past/future/context frames."
+                f"window of {length} frames (task={self.task}){across}; use a longer store, larger split.fractions "
+                f"for {name}, a smaller split.gap, or fewer past/future/context frames."
             )
         targets = candidates[:, None] + target_offsets[None, :]
         missing_target = missing[targets].any(axis=1)
         low_valid = ~missing_target & (valid_fraction[targets].mean(axis=1) < self.min_valid_fraction)
         keep = ~missing_target & ~low_valid
         report = {"candidates": int(candidates.size), "kept": int(keep.sum()),
-                  "skipped_missing_target": int(missing_target.sum()), "skipped_low_valid": int(low_valid.sum())}
+                  "skipped_missing_target": int(missing_target.sum()), "skipped_low_valid": int(low_valid.sum()),
+                  "across_segments": straddling}
         self.window_report[name] = report
         level = logging.WARNING if report["kept"] < report["candidates"] else logging.INFO
         log.log(level, "%s split: %d of %d windows kept (%d with a missing target frame, %d with target valid "
@@ -757,7 +848,7 @@ class RadarDataModule(L.LightningDataModule):
         dataset = self.datasets[name]
         world, this_rank = self._world()
         sampler = WindowSampler(
-            dataset, shuffle=name == "train", seed=self.seed,
+            dataset, shuffle=name == "train", seed=self.seed, weights=self.train_weights if name == "train" else None,
             num_replicas=world if num_replicas is None else num_replicas, rank=this_rank if rank is None else rank,
         )
         return DataLoader(

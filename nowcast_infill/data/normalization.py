@@ -101,6 +101,13 @@ class Normalizer:
         moments = RunningMoments()
         for chunk in _as_chunks(values_mm_h):
             moments.update(np.log1p(np.maximum(_to_numpy(chunk).astype(np.float64), 0.0)))
+        return self.fit_moments(moments.count, moments.mean, moments.m2, aux=aux)
+
+    def fit_moments(self, count: int, mean: float, m2: float, aux: Mapping[str, Any] | None = None) -> "Normalizer":
+        """Fit from the moments of log1p(rate) over the valid training pixels: `count`, `mean` and
+        `m2` (sum of squared deviations), e.g. merged from a store's per-frame statistics
+        (nowcast_infill/io/frame_stats.py) without reading any frame. Same checks as `fit`."""
+        moments = RunningMoments(count, mean, m2)
         if moments.count == 0:
             raise ValueError(
                 "Normalizer.fit: the training data holds no valid (non-NaN) precipitation pixel; "

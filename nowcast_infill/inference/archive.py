@@ -36,7 +36,7 @@ from nowcast_infill.baselines import NothingToInfillFromError, baseline_task, ge
 from nowcast_infill.errors import BadValueError, MissingInputError, OutputExistsError, OutputPathError, UserError
 from nowcast_infill.io.store_lock import DEFAULT_LOCK_TIMEOUT_S, StoreLock
 from nowcast_infill.schema import (
-    CRS, MAX_RAIN_RATE_MM_H, MISSING_FRAME, PRECIP, PRECIP_UNITS, SCHEMA_VERSION, implausible_precip, validate_store,
+    CRS, MAX_RAIN_RATE_MM_H, MISSING_FRAME, PRECIP, PRECIP_UNITS, SCHEMA_VERSION, implausible_precip, segment_ids, validate_store,
 )
 
 log = logging.getLogger(__name__)
@@ -274,20 +274,25 @@ def _check_resumable(out: xr.Dataset, src: xr.Dataset, output_store: Path, input
 class _FrameCache:
     """Input frames by index, keeping only the current window in memory."""
 
-    def __init__(self, precip: xr.DataArray, missing: np.ndarray):
+    def __init__(self, precip: xr.DataArray, missing: np.ndarray, segment: np.ndarray | None = None):
         self.precip, self.missing, self.frames = precip, missing, {}
         self.shape = precip.shape[1:]
+        # Segment number per time step (schema.segment_ids): the store's neighbour across a
+        # segment boundary is hours or years away, not the next time step.
+        self.segment = np.zeros(precip.shape[0], np.int64) if segment is None else np.asarray(segment)
 
     def window(self, t: int, context: int) -> np.ndarray:
         wanted = range(t - context, t + context + 1)
         self.frames = {k: v for k, v in self.frames.items() if k in wanted}
         out = np.empty((len(wanted),) + self.shape, dtype=np.float32)
         for i, k in enumerate(wanted):
+            inside = 0 <= k < self.precip.shape[0] and self.segment[k] == self.segment[t]
+            if not inside:
+                # Beyond the archive's ends or its segment a neighbour is missing, like a gap: NaN, not 0.
+                out[i] = np.nan
+                continue
             if k not in self.frames:
-                inside = 0 <= k < self.precip.shape[0]
-                # Beyond the archive's ends a neighbour is missing, like a gap: NaN, not 0.
-                self.frames[k] = (self.precip[k].values.astype(np.float32, copy=False) if inside
-                                  else np.full(self.shape, np.nan, dtype=np.float32))
+                self.frames[k] = self.precip[k].values.astype(np.float32, copy=False)
             out[i] = self.frames[k]
         return out
 
@@ -317,7 +322,8 @@ class _FrameInfiller:
         self.fill_region = np.ones(self.shape, dtype=bool) if infill_outside_coverage else coverage
         group = zarr.open_group(str(output_store), mode="r+")
         self.precip_out, self.infilled_out, self.status_out = group[PRECIP], group[INFILLED], group[STATUS]
-        self.cache = _FrameCache(self.src[PRECIP], self.src[MISSING_FRAME].values)
+        self.cache = _FrameCache(self.src[PRECIP], self.src[MISSING_FRAME].values,
+                                 segment_ids(self.src["time"].values, self.src.attrs.get("time_step_s")))
         self.no_flag = np.zeros(self.shape, dtype=np.uint8)
 
     def pending(self) -> np.ndarray:
@@ -453,15 +459,21 @@ def infill_store(
 
 # ----------------------------------------------------------------------------- nowcast products
 
-def issue_indices(times: np.ndarray, past: int, store_name: str, issue_time=None, issue_times=None) -> list[int]:
+def issue_indices(times: np.ndarray, past: int, store_name: str, issue_time=None, issue_times=None,
+                  time_step_s=None) -> list[int]:
     """Store time indices to issue nowcasts at.
 
     `issue_times`: None (one issue: `issue_time`, default the last frame), "all" (every frame
     with `past` frames up to it), or `[start, end]` ISO times (every store frame in between,
-    both included; each needs `past` frames up to it).
+    both included; each needs `past` frames up to it). The `past` frames must lie in the issue
+    time's own segment (schema.segment_ids, from `time_step_s`): the store holds no time between
+    segments, so frames before a segment start are another event's.
     """
     times = np.asarray(times)
     first_possible = past - 1
+    segment = segment_ids(times, time_step_s)
+    segment_start = np.searchsorted(segment, segment)  # segment ids rise along time
+    frames_in_segment = np.arange(len(times)) - segment_start + 1
     if issue_times is None:
         if issue_time is None:
             end = len(times) - 1
@@ -473,6 +485,11 @@ def issue_indices(times: np.ndarray, past: int, store_name: str, issue_time=None
             end = int(hits[0])
         if end < first_possible:
             raise BadValueError(f"{store_name}: only {end + 1} frames up to {times[end]}, but past={past} are needed.")
+        if frames_in_segment[end] < past:
+            start = int(segment_start[end])
+            raise BadValueError(f"{store_name}: issue time {times[end]} has only {frames_in_segment[end]} frames since "
+                                f"its segment began at {times[start]} (the store holds no time before it), but "
+                                f"past={past} are needed; pick a later issue_time or a smaller past.")
         return [end]
     if issue_time is not None:
         raise BadValueError(f"issue_time={issue_time} and issue_times={issue_times} are both set; keep one "
@@ -492,6 +509,12 @@ def issue_indices(times: np.ndarray, past: int, store_name: str, issue_time=None
         if wanted.size and wanted[0] < first_possible:
             raise BadValueError(f"issue_times starts at {bounds[0]}, but a nowcast needs past={past} frames up to its "
                                 f"issue time: start at {_iso(times[first_possible])} or later.")
+    after_segment_start = wanted[frames_in_segment[wanted] < past]
+    if after_segment_start.size:
+        log.warning("%s: %d issue times in the range lie within past=%d frames after a segment start (first %s) "
+                    "and get no nowcast: their past frames would be another event's.",
+                    store_name, after_segment_start.size, past, _iso(times[after_segment_start[0]]))
+        wanted = wanted[frames_in_segment[wanted] >= past]
     if wanted.size == 0:
         raise BadValueError(f"issue_times={issue_times}: no frame of {store_name} ({times[0]} .. {times[-1]}) "
                             f"with past={past} frames before it lies in that range.")
@@ -534,7 +557,7 @@ def write_nowcast(
         raise OutputExistsError(f"{output_store}: exists; pass overwrite=true or choose another output.")
     src = open_radar_store(input_store)
     times = src["time"].values
-    issues = issue_indices(times, past, str(input_store), issue_time, issue_times)
+    issues = issue_indices(times, past, str(input_store), issue_time, issue_times, src.attrs.get("time_step_s"))
     step_s = src.attrs.get("time_step_s")
     if not step_s:
         raise ValueError(f"{input_store}: attribute 'time_step_s' is missing; it defines the lead times.")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from nowcast_infill.errors import MissingInputError
 from nowcast_infill.io.importers import ConversionError, Frame, get_importer, sha256_of
-from nowcast_infill.io.store import DEFAULT_SHARDS, AppendResult, SourceRecord, StoreWriter, _iso, precip_layout
+from nowcast_infill.io.store import DEFAULT_MAX_GAP_S, DEFAULT_SHARDS, AppendResult, SourceRecord, StoreWriter, _iso, precip_layout
 from nowcast_infill.io.store_lock import DEFAULT_LOCK_TIMEOUT_S, StoreLock
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ def convert(
     progress: bool = True,
     history: str | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+    max_gap_s: float | None = DEFAULT_MAX_GAP_S,
     **importer_options,
 ) -> dict:
     """Convert radar files to (or append them to) the Zarr store `output`.
@@ -94,6 +95,8 @@ def convert(
     lock_timeout: seconds to wait while another writer holds `output` (0: fail at once
     with a StoreLockedError naming it). The lock is held for the whole conversion, so
     conversions into one store run one after the other, never interleaved.
+    max_gap_s: gaps up to this many seconds become missing frames; a longer one starts a
+    new segment of the store (None: fill every gap).
     Returns a summary dict (counts, product, skipped files, missing times, seconds).
     Raises ConversionError naming the file and the fix.
     """
@@ -131,7 +134,8 @@ def convert(
                     rest = batch[len(done):]
                     results = itertools.chain(done, pool.map(_read_one, [source] * len(rest), [importer_options] * len(rest), rest))
                 with StoreWriter(output, source_name=source, chunks=chunks, shards=shards, compression=compression,
-                                 history=history, expected_frames=len(batch), lock_timeout=lock_timeout) as writer:
+                                 history=history, expected_frames=len(batch), lock_timeout=lock_timeout,
+                                 max_gap_s=max_gap_s) as writer:
                     for path, got, digest, error in results:
                         bar.update(1)
                         if error is not None:
@@ -150,6 +154,7 @@ def convert(
                     res = writer.commit()
                 totals.written_times += res.written_times
                 totals.missing_inserted += res.missing_inserted
+                totals.segment_breaks += res.segment_breaks
                 totals.already_present += res.already_present
                 totals.n_time_total = res.n_time_total or totals.n_time_total
         finally:
@@ -170,6 +175,7 @@ def convert(
         "n_already_present": len(totals.already_present),
         "n_time_total": totals.n_time_total,
         "missing_times": totals.missing_inserted,
+        "segment_starts": totals.segment_breaks,
         "skipped_files": skipped,
         "workers": n_workers,
         "seconds": round(seconds, 3),

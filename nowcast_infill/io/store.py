@@ -33,13 +33,11 @@ second writer waits `lock_timeout` seconds or fails naming the holder.
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import logging
 import os
 import shutil
-import struct
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections import deque
@@ -49,6 +47,8 @@ from pathlib import Path
 import numpy as np
 
 from nowcast_infill import schema
+from nowcast_infill.errors import BadValueError
+from nowcast_infill.io import frame_stats
 from nowcast_infill.io.importers import ConversionError, Frame
 from nowcast_infill.io.store_lock import DEFAULT_LOCK_TIMEOUT_S, StoreLock
 
@@ -65,6 +65,10 @@ DEFAULT_COMPRESSION = {"cname": "zstd", "clevel": 1}
 # Frames read but not yet written to staging (at least 2 are always allowed): the reader
 # goes on while the writer thread creates the staging store (~40 ms) or falls behind.
 MAX_QUEUED_BYTES = 64 << 20
+# Gaps up to this long (seconds of missing time steps) become explicit all-NaN frames
+# flagged `missing_frame`; a longer one starts a new segment (docs/schema.md § Segments):
+# two events years apart must not materialise every step between them.
+DEFAULT_MAX_GAP_S = 3600.0
 
 
 @dataclass
@@ -86,6 +90,7 @@ class AppendResult:
     store: Path
     written_times: list[str] = field(default_factory=list)
     missing_inserted: list[str] = field(default_factory=list)
+    segment_breaks: list[str] = field(default_factory=list)  # first time of each new segment
     already_present: list[str] = field(default_factory=list)
     n_time_total: int = 0
 
@@ -161,6 +166,9 @@ def _publish(staging: Path, path: Path) -> None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(Path(root) / name, target)
     for array in arrays:
+        # An array new in this commit (e.g. the frame statistics added to a schema 1 store)
+        # whose chunks all equal its fill value has no chunk file, so no directory yet.
+        (path / array.relative_to(staging)).mkdir(parents=True, exist_ok=True)
         os.replace(array / "zarr.json", path / array.relative_to(staging) / "zarr.json")
     if (staging / "zarr.json").exists():
         os.replace(staging / "zarr.json", path / "zarr.json")  # the switch for readers
@@ -249,10 +257,13 @@ def _time_step_s(frames: list[Frame], state: _StoreState | None) -> int:
     return int(frames[0].accumulation_interval_s)
 
 
-def _place_on_time_axis(fresh: list[Frame], state: _StoreState | None, path: Path) -> tuple[list, list, int]:
-    """Validate the time order of `fresh` (sorted) against the store; return (filled, missing, step_s).
+def _place_on_time_axis(fresh: list[Frame], state: _StoreState | None, path: Path,
+                        max_gap_s: float | None = DEFAULT_MAX_GAP_S) -> tuple[list, list, int, list]:
+    """Validate the time order of `fresh` (sorted) against the store; return (filled, missing, step_s, breaks).
 
     filled: the new time steps in order, each a Frame or a datetime64 of an inserted gap.
+    A gap of more than `max_gap_s` seconds of missing time steps is not filled: the next
+    frame starts a new segment (its time is listed in `breaks`); None fills every gap.
     """
     for a, b in zip(fresh, fresh[1:]):
         if a.time == b.time:
@@ -275,18 +286,22 @@ def _place_on_time_axis(fresh: list[Frame], state: _StoreState | None, path: Pat
                     f.source, f"time {_iso(f.time)} is off the regular {step_s} s time axis that starts {_iso(start)}; "
                     "a store holds one time step: convert it into its own output=."
                 )
-    filled, missing = [], []
+    filled, missing, breaks = [], [], []
     prev = state.times[-1] if state is not None and state.times.size else None
     for f in fresh:
         if prev is not None and step is not None:
-            t = prev + step
-            while t < f.time:
-                filled.append(t)
-                missing.append(t)
-                t = t + step
+            gap_s = (f.time - prev - step) / np.timedelta64(1, "s")
+            if max_gap_s is not None and gap_s > max_gap_s:
+                breaks.append(f.time)  # a segment boundary: the time between is not materialised
+            else:
+                t = prev + step
+                while t < f.time:
+                    filled.append(t)
+                    missing.append(t)
+                    t = t + step
         filled.append(f)
         prev = f.time
-    return filled, missing, step_s
+    return filled, missing, step_s, breaks
 
 
 class StoreWriter:
@@ -308,8 +323,10 @@ class StoreWriter:
 
     def __init__(self, path: str | Path, *, source_name: str, chunks: dict | None = None,
                  shards: dict | None = DEFAULT_SHARDS, compression: dict | None = None, history: str = "",
-                 expected_frames: int = 16, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S):
+                 expected_frames: int = 16, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+                 max_gap_s: float | None = DEFAULT_MAX_GAP_S):
         self.path = Path(path)
+        self.max_gap_s = checked_max_gap(max_gap_s)
         self.source_name = source_name
         self.chunks = chunks
         self.shards = shards
@@ -338,6 +355,10 @@ class StoreWriter:
         self._opened: Future | None = None  # staging created (by the writer thread)
         self._pending: deque[tuple[Future, int]] = deque()  # writer jobs not yet checked, bytes each holds
         self._pending_bytes = 0
+        # Per-frame statistics (nowcast_infill/io/frame_stats.py), computed by the writer
+        # thread as it writes each arrival: arrival index -> FrameStats (mask dropped).
+        self._stats: dict[int, frame_stats.FrameStats] = {}
+        self._pixel_valid: np.ndarray | None = None  # (H, W) frames valid per pixel, this commit
 
     def __enter__(self) -> "StoreWriter":
         return self
@@ -425,6 +446,12 @@ class StoreWriter:
             self._write_chunk(self._arrival_offset + index, precip)
         else:
             self._arrivals[self._arrival_offset + index] = precip
+        stats = frame_stats.frame_statistics(precip)
+        if self._pixel_valid is None:
+            self._pixel_valid = np.zeros(precip.shape, np.int64)
+        self._pixel_valid += stats.valid
+        stats.valid = None  # the mask is summed above; keep only the scalars per frame
+        self._stats[index] = stats
 
     def _copy_metadata(self) -> None:
         """Staging for an append: the store's metadata files only (no chunk is copied)."""
@@ -482,7 +509,7 @@ class StoreWriter:
             return result
         order = sorted(range(len(self._fresh)), key=lambda i: self._fresh[i].time)
         fresh = [self._fresh[i] for i in order]
-        filled, missing, step_s = _place_on_time_axis(fresh, self.state, self.path)
+        filled, missing, step_s, breaks = _place_on_time_axis(fresh, self.state, self.path, self.max_gap_s)
         position = {id(f): self.n_old + k for k, f in enumerate(filled) if isinstance(f, Frame)}
         final_index = [position[id(self._fresh[i])] for i in range(len(self._fresh))]  # per arrival
         n_new = self.n_old + len(filled)
@@ -493,10 +520,14 @@ class StoreWriter:
         else:
             self._rewrite_from_arrivals(zarr.open_array(self.staging / schema.PRECIP, mode="r+"), final_index, n_new)
         self._write_time_axis(filled, n_new)
+        gaps = [self.n_old + k for k, f in enumerate(filled) if not isinstance(f, Frame)]
+        frame_stats.write_commit_stats(self.staging, self.path, self.n_old, n_new,
+                                       {final_index[a]: s for a, s in self._stats.items()}, gaps, self._pixel_valid)
         self._finish_metadata([f for f in filled if isinstance(f, Frame)], missing, step_s)
         _mark_and_publish(self.staging, self.path)
         result.written_times = [_iso(f.time) for f in fresh]
         result.missing_inserted = [_iso(t) for t in missing]
+        result.segment_breaks = [_iso(t) for t in breaks]
         result.n_time_total = n_new
         return result
 
@@ -563,6 +594,8 @@ class StoreWriter:
         group = zarr.open_group(self.staging, mode="r+")
         attrs = dict(self.state.attrs) if self.state is not None else {}
         attrs.update(_new_attrs(attrs, frames, missing, self._records, self.source_name, self._skips, self.history, step_s))
+        if frames:
+            attrs["max_gap_s"] = self.max_gap_s  # gaps longer than this are segment boundaries (null: none)
         group.attrs.put(attrs)
         with warnings.catch_warnings():
             # zarr 3 flags consolidated metadata as not yet in the v3 spec; xarray reads it.
@@ -643,22 +676,39 @@ def append_frames(
     skipped_files: list[dict] | None = None,
     history: str = "",
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+    max_gap_s: float | None = DEFAULT_MAX_GAP_S,
 ) -> AppendResult:
     """Add `frames` (any order) to the store at `path`, creating it when absent; atomic.
 
     sources: SHA-256 record of each frame's file. A frame whose file is already listed
     with the same SHA-256 is skipped (resume); any other frame at or before the store's
     last time, or two frames at one time, is refused with a ConversionError naming the
-    file and the conflict. Gaps are filled with all-NaN frames flagged `missing_frame`.
+    file and the conflict. Gaps up to `max_gap_s` seconds are filled with all-NaN frames
+    flagged `missing_frame`; longer ones start a new segment (None: fill every gap).
     `lock_timeout`: seconds to wait for another writer of the store (see `StoreWriter`).
     """
     with StoreWriter(path, source_name=source_name, chunks=chunks, shards=shards, compression=compression,
-                     history=history, expected_frames=len(frames), lock_timeout=lock_timeout) as writer:
+                     history=history, expected_frames=len(frames), lock_timeout=lock_timeout,
+                     max_gap_s=max_gap_s) as writer:
         for f in frames:
             writer.add(f, sources[f.source])
         for entry in skipped_files or []:
             writer.skip(entry)
         return writer.commit()
+
+
+def checked_max_gap(max_gap_s) -> float | None:
+    """`max_gap_s` as seconds >= 0, or None (fill every gap); ValueError naming `max_gap` otherwise."""
+    if max_gap_s is None:
+        return None
+    try:
+        seconds = float(max_gap_s)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if isinstance(max_gap_s, bool) or not seconds >= 0:
+        raise BadValueError(f"max_gap_s={max_gap_s!r}: must be seconds >= 0 (gaps longer than it start a new segment) "
+                         "or null (fill every gap with missing frames).")
+    return seconds
 
 
 def _positive_sizes(option: str, given: dict, null_time: bool) -> dict:
@@ -703,7 +753,7 @@ def precip_layout(shape: tuple[int, int], chunks: dict | None = None,
 
 # xarray's `_FillValue` attribute of a float variable whose fill value is NaN (base64 of
 # the little-endian float64), as `Dataset.to_zarr` writes it: readers mask NaN either way.
-_NAN_FILL_ATTR = base64.standard_b64encode(struct.pack("<d", float("nan"))).decode()
+_NAN_FILL_ATTR = schema.NAN_FILL_ATTR
 
 
 def _create_skeleton(path: Path, ref: Frame, chunks: dict | None, compression: dict | None, shards: dict | None) -> None:

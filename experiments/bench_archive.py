@@ -88,12 +88,13 @@ class RainField:
     decay; a fine texture field gives the pixel-scale noise that sets compressibility.
     """
 
-    def __init__(self, shape=YW_SHAPE, wet_fraction: float = 0.15, seed: int = 0, margin: int = 1200):
+    def __init__(self, shape=YW_SHAPE, wet_fraction: float = 0.15, seed: int = 0, margin: int | None = None):
         from scipy import ndimage
 
         rng = np.random.default_rng(seed)
         self.shape = shape
-        self.margin = margin
+        # room to drift before the windows wrap around (about 2.5 days at the velocities below)
+        self.margin = margin = int(margin or max(shape))
         big = (shape[0] + margin, shape[1] + margin)
 
         def smooth(cell_px: int) -> np.ndarray:

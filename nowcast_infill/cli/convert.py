@@ -59,6 +59,8 @@ def _check(cfg: DictConfig) -> dict:
 
 
 def _inputs(cfg: DictConfig) -> str | list:
+    if cfg.get("inputs") is None:
+        raise BadValueError("inputs: required but not set; pass inputs=<glob, file or bundle> or a list of them.")
     return OmegaConf.to_container(cfg.inputs) if OmegaConf.is_list(cfg.inputs) else cfg.inputs
 
 
@@ -71,15 +73,15 @@ def _many_writers(cfg: DictConfig, step: str, history: str) -> dict:
 
     lock_timeout = cfg.get("lock_timeout", 0)
     if step == "write":
-        task = cfg.get("task")
+        task = cfg.get("task_id")
         if task is None:
             task = os.environ.get("SLURM_ARRAY_TASK_ID")
         if task is None:
-            raise BadValueError("task=null: step=write needs the task number (task=K, or run it as a Slurm array task).")
+            raise BadValueError("task_id=null: step=write needs the task number (task_id=K, or run it as a Slurm array task).")
         try:
             task = int(task)
         except ValueError:
-            raise BadValueError(f"task={task!r}: must be a task number 0, 1, ...") from None
+            raise BadValueError(f"task_id={task!r}: must be a task number 0, 1, ...") from None
         return region_writer.write_region(cfg.output, task, lock_timeout=lock_timeout)
     if step == "finalise":
         return region_writer.finalise_store(cfg.output, history=history, lock_timeout=lock_timeout)

@@ -91,7 +91,7 @@ def iter_items(files: list[Path], skip_bad: bool, skipped: list[dict]) -> Iterat
             if not skip_bad:
                 raise
             log.warning("skipping the rest of %s", err)
-            skipped.append({"name": err.path.name, "error": str(err)})
+            skipped.append({"name": source_name(err.path), "error": str(err)})
 
 
 def read_items(items: Iterator[WorkItem], source: str, options: dict, pool: ProcessPoolExecutor | None,
@@ -184,7 +184,7 @@ def convert(
                     if not skip_bad:
                         raise ConversionError(path, error.removeprefix(f"{path}: "))
                     log.warning("skipping %s", error)
-                    entry = {"name": path.name, "error": error}
+                    entry = {"name": source_name(path), "error": error}
                     skipped.append(entry)
                     writer.skip(entry)
                 else:

@@ -224,7 +224,7 @@ def write_region(output: str | Path, task: int, lock_timeout: float = DEFAULT_LO
     output = Path(output)
     plan = load_plan(output)
     if not 0 <= int(task) < len(plan["tasks"]):
-        raise UserError(f"task={task}: the plan of {output} has tasks 0 to {len(plan['tasks']) - 1}; fix task= (or --array).")
+        raise UserError(f"task_id={task}: the plan of {output} has tasks 0 to {len(plan['tasks']) - 1}; fix task_id= (or --array).")
     entry = plan["tasks"][int(task)]
     conv = conversion_dir(output)
     record_path = conv / f"task-{task}.json"
@@ -245,7 +245,7 @@ def write_region(output: str | Path, task: int, lock_timeout: float = DEFAULT_LO
                 if not plan["skip_bad"]:
                     raise ConversionError(path, error.removeprefix(f"{path}: "))
                 log.warning("skipping %s", error)
-                skipped.append({"name": path.name, "error": error})
+                skipped.append({"name": source_name(path), "error": error})
                 continue
             for f in got:
                 _check_consistent([f], state, output)
@@ -308,7 +308,7 @@ def finalise_store(output: str | Path, history: str = "", lock_timeout: float = 
             tasks = ",".join(str(k) for k, *_ in incomplete)
             raise IncompleteConversionError(
                 f"{output}: incomplete, {len(incomplete)} of {len(plan['tasks'])} task(s) have no record: {ranges}; rerun "
-                f"them (`ni-convert step=write output={output} task=K`, or sbatch --array={tasks} "
+                f"them (`ni-convert step=write output={output} task_id=K`, or sbatch --array={tasks} "
                 f"slurm/convert_array.sbatch {output}), then step=finalise again.", incomplete)
         frames = sorted((f for r in records for f in r["frames"]), key=lambda f: f["index"])
         n_time = int(plan["n_time"])

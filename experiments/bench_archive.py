@@ -227,6 +227,44 @@ def projection_table(per_process_fps: float, bytes_per_frame: float, input_bytes
     return "\n".join(rows)
 
 
+def profile_stages(bundle: Path, work: Path, n: int = 96) -> dict:
+    """Seconds per frame of each stage of one region writer, on the first `n` members of `bundle`.
+
+    stream: tar.gz decompression and member reads (bundles.work_items); decode: the RADOLAN
+    importer (header checks, wradlib, mm/h, range check); write: Blosc-Zstd-1 encoding and
+    the chunk file write (the same chunk writer the store uses).
+    """
+    import zarr
+
+    from nowcast_infill.io.bundles import work_items
+    from nowcast_infill.io.importers import get_importer
+    from nowcast_infill.io.store import _whole_frame_chunk_writer
+    from zarr.codecs import BloscCodec
+
+    importer = get_importer("radolan")
+    t = time.perf_counter()
+    items = []
+    for item in work_items([bundle]):
+        items.append(item)
+        if len(items) == n:
+            break
+    stream = time.perf_counter() - t
+    t = time.perf_counter()
+    frames = [importer.read_bytes(i.path, i.content)[0] for i in items]
+    decode = time.perf_counter() - t
+    target = work / "profile.zarr"
+    shutil.rmtree(target, ignore_errors=True)
+    array = zarr.create_array(target, shape=(n, *YW_SHAPE), chunks=(1, *YW_SHAPE), dtype=np.float32, fill_value=np.nan,
+                              compressors=[BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")], zarr_format=3)
+    write = _whole_frame_chunk_writer(array)
+    t = time.perf_counter()
+    for k, f in enumerate(frames):
+        write(k, f.precip)
+    written = time.perf_counter() - t
+    shutil.rmtree(target, ignore_errors=True)
+    return {"stream": stream / n, "decode": decode / n, "write": written / n}
+
+
 def _generate(args) -> list[Path]:
     out = Path(args.out)
     t = time.perf_counter()
@@ -268,6 +306,18 @@ def _convert(args) -> None:
           f"a shared file system of {args.fs_bandwidth_mb_s:g} MB/s, input {input_bytes / n / 1e3:.0f} kB and store "
           f"{results[0]['bytes_per_frame'] / 1e3:.0f} kB per frame, one core per task, plan + finalise not counted:\n")
     print(projection_table(per_process, results[0]["bytes_per_frame"], input_bytes / n, args.fs_bandwidth_mb_s))
+    _print_profile(bundles[0], work)
+
+
+def _print_profile(bundle: Path, work: Path) -> None:
+    stages = profile_stages(bundle, work)
+    total = sum(stages.values())
+    print("\nOne region writer, per frame (first 96 frames of the first bundle, stages run one after the other):\n")
+    print("| stage | ms per frame | share |")
+    print("|---|---|---|")
+    for name, what in (("stream", "tar.gz decompression + member read"), ("decode", "RADOLAN decode to mm/h (wradlib, checks)"),
+                       ("write", "Blosc-Zstd-1 encode + chunk file write")):
+        print(f"| {what} | {stages[name] * 1e3:.1f} | {stages[name] / total:.0%} |")
 
 
 def main(argv=None) -> None:
@@ -283,9 +333,19 @@ def main(argv=None) -> None:
     conv.add_argument("--slurm", action="store_true", help="also a 2-task array on the local Slurm cluster (sbatch on PATH)")
     conv.add_argument("--fs-bandwidth-mb-s", type=float, default=2000.0,
                       help="assumed aggregate bandwidth of the shared file system for the projection")
+    prof = sub.add_parser("profile", help="per-frame time of each stage of one region writer")
+    prof.add_argument("--days", type=float, default=1.0)
+    prof.add_argument("--work", default="/tmp/ni-bench-archive")
     args = parser.parse_args(argv)
     if args.command == "generate":
         _generate(args)
+    elif args.command == "profile":
+        archive = Path(args.work) / f"yw-{args.days:g}d"
+        bundles = sorted(archive.glob("YW-*.tar.gz"))
+        if not bundles:
+            args.out = archive
+            bundles = _generate(args)
+        _print_profile(bundles[0], Path(args.work))
     else:
         _convert(args)
 

@@ -240,6 +240,17 @@ def check_radolan_header(path: Path, blob: bytes, allow_nonstandard_grid: bool =
                          interval_s=interval_s, body_offset=body_offset, attrs=attrs)
 
 
+def time_from_dwd_name(name: str) -> datetime | None:
+    """The UTC time stamp of a DWD file name (raa01-yw2017.002_10000-1708160055-dwd---bin), None for another name."""
+    match = _DWD_NAME.match(name)
+    if match is None:
+        return None
+    try:
+        return datetime.strptime(match["stamp"], "%y%m%d%H%M")
+    except ValueError:
+        return None
+
+
 def _check_dwd_name(path: Path, product: str, when: datetime) -> None:
     """Refuse a header whose product or time differs from the DWD file name's (when it is one)."""
     match = _DWD_NAME.match(path.name)

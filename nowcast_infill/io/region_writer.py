@@ -160,12 +160,22 @@ def plan_store(inputs, output: str | Path, source: str, tasks: int = 1, time_ran
                                       "time_range= / time_step_s=.")
         stops = [t - step for t in starts[1:]] + [end]
         n_steps = int((end - start) // step) + 1
+        # Fewer inputs than tasks (a day in one bundle, a month in 30 on 64 tasks): the time
+        # range of each input is cut into several tasks, each reading the whole input and
+        # keeping its own steps (members outside are passed over by their DWD file name).
+        per_input = [len(share) for share in np.array_split(np.arange(max(int(tasks), n_tasks)), n_tasks)]
+        task_list = []
+        for run, a, b, parts in zip(runs, starts, stops, per_input):
+            n_run = int((b - a) // step) + 1
+            for piece in np.array_split(np.arange(n_run), min(parts, n_run)):
+                task_list.append({"task": len(task_list), "inputs": [str(files[i]) for i in run],
+                                  "first": _iso(a + int(piece[0]) * step), "last": _iso(a + int(piece[-1]) * step),
+                                  "select_by_time": parts > 1})
         _create_planned_store(output, ref, n_steps, start, step_s, source, chunks, shards, compression, history)
         plan = {
             "store": str(output), "source": source, "importer_options": importer_options, "skip_bad": bool(skip_bad),
             "time_step_s": step_s, "start": _iso(start), "end": _iso(end), "n_time": n_steps, "history": history,
-            "tasks": [{"task": k, "inputs": [str(files[i]) for i in run], "first": _iso(a), "last": _iso(b)}
-                      for k, (run, a, b) in enumerate(zip(runs, starts, stops))],
+            "tasks": task_list,
         }
         conv = conversion_dir(output)
         shutil.rmtree(conv, ignore_errors=True)  # records of an earlier plan that never became a store
@@ -240,6 +250,9 @@ def write_region(output: str | Path, task: int, lock_timeout: float = DEFAULT_LO
         skipped: list[dict] = []
         source, options = plan["source"], plan["importer_options"]
         items = iter_items([Path(p) for p in entry["inputs"]], plan["skip_bad"], skipped)
+        shared = entry.get("select_by_time", False)  # inputs shared with other tasks: keep this task's steps only
+        if shared:
+            items = (i for i in items if _may_be_in(i.path, first, last))
         for path, got, digest, error in read_items(items, source, options, pool=None, ahead=1):
             if error is not None:
                 if not plan["skip_bad"]:
@@ -248,6 +261,8 @@ def write_region(output: str | Path, task: int, lock_timeout: float = DEFAULT_LO
                 skipped.append({"name": source_name(path), "error": error})
                 continue
             for f in got:
+                if shared and not first <= f.time <= last:
+                    continue
                 _check_consistent([f], state, output)
                 if not first <= f.time <= last or (f.time - store_start) % step:
                     raise ConversionError(path, f"time {_iso(f.time)} is not a step of task {task}'s range {entry['first']} "
@@ -270,6 +285,14 @@ def write_region(output: str | Path, task: int, lock_timeout: float = DEFAULT_LO
                   "seconds": round(_time.perf_counter() - started, 3), "host": os.uname().nodename}
         _write_json_atomic(record_path, record)
     return record
+
+
+def _may_be_in(path: Path, first: np.datetime64, last: np.datetime64) -> bool:
+    """False when the DWD file name of `path` dates it outside [first, last]: no need to decode it."""
+    from nowcast_infill.io.radolan import time_from_dwd_name
+
+    when = time_from_dwd_name(path.name)
+    return when is None or first <= np.datetime64(when, "ns") <= last
 
 
 def _task_running(output: Path, task: int) -> bool:
@@ -371,7 +394,9 @@ def convert_parallel(inputs, output: str | Path, source: str, processes: int = 2
     history = options.pop("history", None)
     lock_timeout = options.get("lock_timeout", DEFAULT_LOCK_TIMEOUT_S)
     plan = plan_store(inputs, output, source, tasks=processes, history=history, **options)
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    # Spawned, not forked: a forked child of a process whose zarr event-loop thread runs
+    # (any that has read or written a store) waits forever on that thread's lock.
+    ctx = mp.get_context("spawn")
     workers = [ctx.Process(target=_run_task, args=(str(output), k), name=f"ni-convert-task-{k}")
                for k in range(len(plan["tasks"]))]
     for w in workers:

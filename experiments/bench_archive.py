@@ -193,7 +193,7 @@ def measure_local(bundles: list[Path], store: Path, processes: int) -> dict:
     seconds = time.perf_counter() - t
     summary = json.loads(out.stdout[out.stdout.index("{"):])
     return {"mode": f"{processes} local region writers (step=all tasks={processes})", "frames": summary["n_frames_written"],
-            "seconds": seconds, "task_seconds": summary["task_seconds"],
+            "seconds": seconds, "task_seconds": summary["task_seconds"], "task_cpu_seconds": summary["task_cpu_seconds"],
             "bytes_per_frame": _store_bytes(store) / max(1, summary["n_time_total"])}
 
 
@@ -211,7 +211,8 @@ def measure_slurm(bundles: list[Path], store: Path, tasks: int = 2) -> dict:
     seconds = time.perf_counter() - t
     summary = json.loads(out.stdout[out.stdout.index("{"):])
     return {"mode": f"{tasks} Slurm array tasks (local cluster)", "frames": summary["n_frames_written"], "seconds": seconds,
-            "task_seconds": summary["task_seconds"], "bytes_per_frame": _store_bytes(store) / max(1, summary["n_time_total"])}
+            "task_seconds": summary["task_seconds"], "task_cpu_seconds": summary["task_cpu_seconds"],
+            "bytes_per_frame": _store_bytes(store) / max(1, summary["n_time_total"])}
 
 
 def projection_table(per_process_fps: float, bytes_per_frame: float, input_bytes_per_frame: float,
@@ -293,18 +294,20 @@ def _convert(args) -> None:
     print(f"\nConversion of a synthetic YW archive: {args.days:g} day(s), {n} frames of 1100 x 900 in "
           f"{len(bundles)} daily .tar.gz bundle(s) ({input_bytes / n / 1e3:.0f} kB per frame); "
           f"{platform.node()}, {os.cpu_count()} CPUs, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n")
-    print("| mode | frames | seconds | frames/s | per-task seconds | store bytes per frame |")
+    print("| mode | frames | seconds | frames/s | per-task seconds (wall / CPU) | store bytes per frame |")
     print("|---|---|---|---|---|---|")
     for r in results:
-        tasks = ", ".join(f"{s:.1f}" for s in r.get("task_seconds", [])) or "-"
+        tasks = ", ".join(f"{w:.1f} / {c:.1f}" for w, c in zip(r.get("task_seconds", []), r.get("task_cpu_seconds", []))) or "-"
         print(f"| {r['mode']} | {r['frames']} | {r['seconds']:.1f} | {r['frames'] / r['seconds']:.1f} | {tasks} | "
               f"{r['bytes_per_frame'] / 1e3:.0f} kB |")
     # The per-process rate: one region writer alone (its own task time, no plan / finalise).
-    one_task = results[1]["task_seconds"] if len(results) > 1 and args.processes[0] == 1 else None
+    # CPU seconds, not wall: on a shared machine the wall time counts other users' load.
+    one_task = results[1]["task_cpu_seconds"] if len(results) > 1 and args.processes[0] == 1 else None
     per_process = n / one_task[0] if one_task else n / results[0]["seconds"]
     print(f"\nProjection for a decade of YW ({DECADE_FRAMES:,} frames) from {per_process:.1f} frames/s per process, "
           f"a shared file system of {args.fs_bandwidth_mb_s:g} MB/s, input {input_bytes / n / 1e3:.0f} kB and store "
-          f"{results[0]['bytes_per_frame'] / 1e3:.0f} kB per frame, one core per task, plan + finalise not counted:\n")
+          f"{results[0]['bytes_per_frame'] / 1e3:.0f} kB per frame, one core per task (its CPU time), plan + finalise "
+          "not counted:\n")
     print(projection_table(per_process, results[0]["bytes_per_frame"], input_bytes / n, args.fs_bandwidth_mb_s))
     _print_profile(bundles[0], work)
 

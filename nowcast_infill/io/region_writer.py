@@ -230,7 +230,7 @@ def write_region(output: str | Path, task: int, lock_timeout: float = DEFAULT_LO
     """
     import zarr
 
-    started = _time.perf_counter()
+    started, cpu_started = _time.perf_counter(), _time.process_time()
     output = Path(output)
     plan = load_plan(output)
     if not 0 <= int(task) < len(plan["tasks"]):
@@ -282,7 +282,8 @@ def write_region(output: str | Path, task: int, lock_timeout: float = DEFAULT_LO
                                   "radar_sites": list(f.radar_sites)}
         record = {"task": int(task), "first": entry["first"], "last": entry["last"],
                   "frames": [written[i] for i in sorted(written)], "skipped_files": skipped,
-                  "seconds": round(_time.perf_counter() - started, 3), "host": os.uname().nodename}
+                  "seconds": round(_time.perf_counter() - started, 3),
+                  "cpu_seconds": round(_time.process_time() - cpu_started, 3), "host": os.uname().nodename}
         _write_json_atomic(record_path, record)
     return record
 
@@ -362,7 +363,7 @@ def finalise_store(output: str | Path, history: str = "", lock_timeout: float = 
         shutil.rmtree(conv)
     return {"output": str(output), "n_time_total": n_time, "n_frames_written": len(frames),
             "missing_times": [_iso(t) for t in times[missing]], "skipped_files": skipped, "frame_stats": stats,
-            "task_seconds": [r["seconds"] for r in records], "seconds": round(_time.perf_counter() - started, 3)}
+            "task_seconds": [r["seconds"] for r in records], "task_cpu_seconds": [r.get("cpu_seconds") for r in records], "seconds": round(_time.perf_counter() - started, 3)}
 
 
 def _compute_frame_stats(output: Path) -> bool:

@@ -39,6 +39,7 @@ def _logs(tmp_path: Path) -> str:
     return "\n".join(p.read_text(errors="replace") for p in sorted(tmp_path.glob("*.out")))
 
 
+@pytest.mark.slow
 def test_array_conversion_equals_one_process_and_a_killed_task_is_rerun_alone(slurm_cluster, tmp_path):  # noqa: F811
     # 12 steps in 3 bundles, step 9 missing: task 1 (steps 6-11) holds a gap
     bundles = write_synthetic_archive(tmp_path / "a", n_frames=12, shape=TINY, frames_per_bundle=4, skip_steps=[9])

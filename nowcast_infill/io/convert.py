@@ -127,7 +127,8 @@ def convert(
 ) -> dict:
     """Convert radar files to (or append them to) the Zarr store `output`.
 
-    inputs: glob, path or list of them. source: importer name (see `get_importer`);
+    inputs: glob, path or list of them; tar bundles (.tar, .tar.gz, .tar.bz2, nested) are read
+    member by member as a stream (nowcast_infill/io/bundles.py). source: importer name (see `get_importer`);
     `importer_options` go to it (e.g. pysteps_importer="knmi_hdf5", zr_a=200).
     skip_bad: skip unreadable files (listed in the store's `skipped_files` and logged)
     instead of failing. workers: reader processes (default min(4, CPUs - 1, files));

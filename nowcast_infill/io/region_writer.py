@@ -48,7 +48,7 @@ from nowcast_infill.errors import UserError
 from nowcast_infill.io.convert import expand_inputs, iter_items, read_item, read_items, source_name
 from nowcast_infill.io.importers import ConversionError, Frame, get_importer
 from nowcast_infill.io.store import (DEFAULT_SHARDS, SourceRecord, _check_consistent, _create_skeleton, _encode_times, _iso,
-                                     _new_attrs, _read_state, _storage_unit, _whole_frame_chunk_writer, precip_layout)
+                                     _new_attrs, _read_state, _whole_frame_chunk_writer, precip_layout)
 from nowcast_infill.io.store_lock import DEFAULT_LOCK_TIMEOUT_S, StoreLock
 
 log = logging.getLogger(__name__)

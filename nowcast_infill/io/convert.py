@@ -158,16 +158,14 @@ def convert(
     # Held from before the store is first read until the last commit: another writer's
     # frames can neither interleave with ours nor be published over by stale metadata.
     with StoreLock(output_as_given, timeout=lock_timeout, command=history):
-        pool = None
+        pool, done = None, []
         items = iter_items(files, skip_bad, skipped)
         if n_workers > 1:
             # The first item is read here, before the fork: the workers inherit the reader's
             # libraries (wradlib / pysteps, imported on first use: 1-2 s) and its grid cache
             # instead of each loading them again, for every conversion.
             first = next(items, None)
-            if first is not None:
-                read_item(source, importer_options, first)
-                items = itertools.chain([first], items)
+            done = [read_item(source, importer_options, first)] if first is not None else []
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
             pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx)
         has_bundles = any(is_bundle(p) for p in files)
@@ -175,7 +173,8 @@ def convert(
         per_commit = max(1, int(commit_every))
         writer = None
         try:
-            for path, got, digest, error in read_items(items, source, importer_options, pool, ahead=2 * n_workers):
+            results = itertools.chain(done, read_items(items, source, importer_options, pool, ahead=2 * n_workers))
+            for path, got, digest, error in results:
                 bar.update(1)
                 if writer is None:
                     writer = StoreWriter(output, source_name=source, chunks=chunks, shards=shards, compression=compression,

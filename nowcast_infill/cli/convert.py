@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 from omegaconf import DictConfig, OmegaConf
@@ -62,16 +63,61 @@ def _check(cfg: DictConfig) -> dict:
 
 
 def _inputs(cfg: DictConfig) -> str | list:
+    if cfg.get("inputs") is None:
+        raise BadValueError("inputs: required but not set; pass inputs=<glob, file or bundle> or a list of them.")
     return OmegaConf.to_container(cfg.inputs) if OmegaConf.is_list(cfg.inputs) else cfg.inputs
+
+
+_STEPS = ("plan", "write", "finalise", "all")
+
+
+def _many_writers(cfg: DictConfig, step: str, history: str) -> dict:
+    """`step=plan|write|finalise|all`: conversion by many writers (nowcast_infill/io/region_writer.py)."""
+    from nowcast_infill.io import region_writer
+
+    lock_timeout = cfg.get("lock_timeout", 0)
+    if step == "write":
+        task = cfg.get("task_id")
+        if task is None:
+            task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        if task is None:
+            raise BadValueError("task_id=null: step=write needs the task number (task_id=K, or run it as a Slurm array task).")
+        try:
+            task = int(task)
+        except ValueError:
+            raise BadValueError(f"task_id={task!r}: must be a task number 0, 1, ...") from None
+        return region_writer.write_region(cfg.output, task, lock_timeout=lock_timeout)
+    if step == "finalise":
+        return region_writer.finalise_store(cfg.output, history=history, lock_timeout=lock_timeout)
+    options = _check(cfg)
+    for key in ("workers", "commit_every", "progress"):
+        options.pop(key)
+    tasks = config_int(cfg, "tasks", minimum=1, meaning="writers the inputs are split between")
+    time_range = OmegaConf.to_container(cfg.time_range) if cfg.get("time_range") is not None else None
+    if time_range is not None and len(time_range) != 2:
+        raise BadValueError(f"time_range={time_range!r}: must be [first, last], e.g. ['2017-08-16T00:05', '2017-08-17T00:00'].")
+    time_step_s = config_int(cfg, "time_step_s", minimum=1, none_ok=True, meaning="seconds between frames")
+    if step == "plan":
+        return region_writer.plan_store(_inputs(cfg), cfg.output, tasks=tasks, time_range=time_range,
+                                        time_step_s=time_step_s, history=history, **options)
+    return region_writer.convert_parallel(_inputs(cfg), cfg.output, processes=tasks, time_range=time_range,
+                                          time_step_s=time_step_s, history=history, **options)
 
 
 @hydra_command("convert")
 def _app(cfg: DictConfig) -> None:
     from nowcast_infill.io.convert import convert
 
-    options = _check(cfg)
+    history = "ni-convert " + " ".join(sys.argv[1:])
+    step = cfg.get("step")
+    if step is not None and step not in _STEPS:
+        raise BadValueError(f"step={step!r}: must be null (one process) or one of {', '.join(_STEPS)}.")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    summary = convert(inputs=_inputs(cfg), output=cfg.output, history="ni-convert " + " ".join(sys.argv[1:]), **options)
+    if step is not None:
+        print(json.dumps(_many_writers(cfg, step, history), indent=2))
+        return
+    options = _check(cfg)
+    summary = convert(inputs=_inputs(cfg), output=cfg.output, history=history, **options)
     print(json.dumps(summary, indent=2))
 
 

@@ -8,10 +8,13 @@ import logging
 import multiprocessing as mp
 import os
 import time as _time
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 from nowcast_infill.errors import MissingInputError
+from nowcast_infill.io.bundles import MEMBER_SEPARATOR, WorkItem, is_bundle, work_items
 from nowcast_infill.io.importers import ConversionError, Frame, get_importer, sha256_of
 from nowcast_infill.io.store import DEFAULT_MAX_GAP_S, DEFAULT_SHARDS, AppendResult, SourceRecord, StoreWriter, _iso, precip_layout
 from nowcast_infill.io.store_lock import DEFAULT_LOCK_TIMEOUT_S, StoreLock
@@ -52,19 +55,59 @@ def expand_inputs(inputs: str | Path | list) -> list[Path]:
 _WORKER_IMPORTER = {}
 
 
-def _read_one(source: str, options: dict, path: Path) -> tuple[Path, list[Frame] | None, str | None, str | None]:
-    """(path, frames, sha256, error text) for one file; runs in a worker process."""
+def _importer(source: str, options: dict):
     key = (source, repr(sorted(options.items())))
     if key not in _WORKER_IMPORTER:
         _WORKER_IMPORTER[key] = get_importer(source, **options)
+    return _WORKER_IMPORTER[key]
+
+
+def read_item(source: str, options: dict, item: WorkItem) -> tuple[Path, list[Frame] | None, str | None, str | None]:
+    """(name, frames, provenance, error text) for one file or bundle member; runs in a worker process."""
+    path = item.path
+    importer = _importer(source, options)
     try:
-        frames = _WORKER_IMPORTER[key].read(path)
-        digest = sha256_of(path)
+        if item.content is None:
+            frames = importer.read(path)
+            digest = sha256_of(path)
+        else:
+            if not hasattr(importer, "read_bytes"):
+                raise ConversionError(path, f"source={source} reads files only, not members of a tar bundle; "
+                                      "extract the bundle and pass its files as inputs=.")
+            frames, digest = importer.read_bytes(path, item.content), item.provenance
     except ConversionError as err:
         return path, None, None, str(err)
     except Exception as err:  # an importer bug or odd file must still name the file
         return path, None, None, f"{path}: unexpected {type(err).__name__}: {err}; check the file or pass skip_bad=true."
     return path, frames, digest, None
+
+
+def iter_items(files: list[Path], skip_bad: bool, skipped: list[dict]) -> Iterator[WorkItem]:
+    """`work_items(files)`; with `skip_bad`, a damaged bundle is recorded in `skipped` and the next file read."""
+    for path in files:
+        try:
+            yield from work_items([path])
+        except ConversionError as err:
+            if not skip_bad:
+                raise
+            log.warning("skipping the rest of %s", err)
+            skipped.append({"name": source_name(err.path), "error": str(err)})
+
+
+def read_items(items: Iterator[WorkItem], source: str, options: dict, pool: ProcessPoolExecutor | None,
+               ahead: int) -> Iterator[tuple]:
+    """`read_item` of each item, in order; with a pool at most `ahead` items are read ahead (bounded memory)."""
+    if pool is None:
+        for item in items:
+            yield read_item(source, options, item)
+        return
+    queued: deque = deque()
+    for item in items:
+        queued.append(pool.submit(read_item, source, options, item))
+        if len(queued) >= ahead:
+            yield queued.popleft().result()
+    while queued:
+        yield queued.popleft().result()
 
 
 def convert(
@@ -85,7 +128,8 @@ def convert(
 ) -> dict:
     """Convert radar files to (or append them to) the Zarr store `output`.
 
-    inputs: glob, path or list of them. source: importer name (see `get_importer`);
+    inputs: glob, path or list of them; tar bundles (.tar, .tar.gz, .tar.bz2, nested) are read
+    member by member as a stream (nowcast_infill/io/bundles.py). source: importer name (see `get_importer`);
     `importer_options` go to it (e.g. pysteps_importer="knmi_hdf5", zr_a=200).
     skip_bad: skip unreadable files (listed in the store's `skipped_files` and logged)
     instead of failing. workers: reader processes (default min(4, CPUs - 1, files));
@@ -106,7 +150,9 @@ def convert(
     files = expand_inputs(inputs)
     output_as_given, output = str(output), Path(output)
     # One core is left to the thread that compresses and writes the frames (store.StoreWriter).
-    n_workers = max(1, min(int(workers or min(4, (os.cpu_count() or 1) - 1)), len(files)))
+    # A bundle holds many items, so its length does not bound the reader processes.
+    n_items = len(files) if not any(is_bundle(p) for p in files) else max(len(files), 64)
+    n_workers = max(1, min(int(workers or min(4, (os.cpu_count() or 1) - 1)), n_items))
     history = history or f"nowcast_infill.io.convert(source={source!r}, inputs={inputs!r}, output={str(output)!r})"
     skipped: list[dict] = []
     totals = AppendResult(store=output)
@@ -115,49 +161,52 @@ def convert(
     # Held from before the store is first read until the last commit: another writer's
     # frames can neither interleave with ours nor be published over by stale metadata.
     with StoreLock(output_as_given, timeout=lock_timeout, command=history):
-        pool, first = None, []
+        pool, done = None, []
+        items = iter_items(files, skip_bad, skipped)
         if n_workers > 1:
-            # The first file is read here, before the fork: the workers inherit the reader's
+            # The first item is read here, before the fork: the workers inherit the reader's
             # libraries (wradlib / pysteps, imported on first use: 1-2 s) and its grid cache
             # instead of each loading them again, for every conversion.
-            first = [_read_one(source, importer_options, files[0])]
+            first = next(items, None)
+            done = [read_item(source, importer_options, first)] if first is not None else []
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
             pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx)
-        bar = _progress(len(files), enabled=progress)
+        has_bundles = any(is_bundle(p) for p in files)
+        bar = _progress(None if has_bundles else len(files), enabled=progress)
+        per_commit = max(1, int(commit_every))
+        writer = None
         try:
-            for batch_start in range(0, len(files), max(1, int(commit_every))):
-                batch = files[batch_start : batch_start + max(1, int(commit_every))]
-                if pool is None:
-                    results = (_read_one(source, importer_options, p) for p in batch)
+            results = itertools.chain(done, read_items(items, source, importer_options, pool, ahead=2 * n_workers))
+            for path, got, digest, error in results:
+                bar.update(1)
+                if writer is None:
+                    writer = StoreWriter(output, source_name=source, chunks=chunks, shards=shards, compression=compression,
+                                         history=history, expected_frames=per_commit, lock_timeout=lock_timeout,
+                                         max_gap_s=max_gap_s)
+                    n_in_commit = 0
+                if error is not None:
+                    if not skip_bad:
+                        raise ConversionError(path, error.removeprefix(f"{path}: "))
+                    log.warning("skipping %s", error)
+                    entry = {"name": source_name(path), "error": error}
+                    skipped.append(entry)
+                    writer.skip(entry)
                 else:
-                    done = first if batch_start == 0 else []
-                    rest = batch[len(done):]
-                    results = itertools.chain(done, pool.map(_read_one, [source] * len(rest), [importer_options] * len(rest), rest))
-                with StoreWriter(output, source_name=source, chunks=chunks, shards=shards, compression=compression,
-                                 history=history, expected_frames=len(batch), lock_timeout=lock_timeout,
-                                 max_gap_s=max_gap_s) as writer:
-                    for path, got, digest, error in results:
-                        bar.update(1)
-                        if error is not None:
-                            if not skip_bad:
-                                raise ConversionError(path, error.removeprefix(f"{path}: "))
-                            log.warning("skipping %s", error)
-                            entry = {"name": path.name, "error": error}
-                            skipped.append(entry)
-                            writer.skip(entry)
-                            continue
-                        for f in got:
-                            writer.add(f, SourceRecord(name=path.name, sha256=digest, time=_iso(f.time)))
-                        product = product or (got[0].product if got else None)
+                    for f in got:
+                        writer.add(f, SourceRecord(name=source_name(path), sha256=digest, time=_iso(f.time)))
+                    product = product or (got[0].product if got else None)
+                n_in_commit += 1
+                if n_in_commit >= per_commit:
                     # A batch of bad files only is recorded in an existing store; with no store
                     # yet there is nothing to record it in (the summary reports it).
-                    res = writer.commit()
-                totals.written_times += res.written_times
-                totals.missing_inserted += res.missing_inserted
-                totals.segment_breaks += res.segment_breaks
-                totals.already_present += res.already_present
-                totals.n_time_total = res.n_time_total or totals.n_time_total
+                    _add_totals(totals, writer.commit())
+                    writer = None
+            if writer is not None:
+                _add_totals(totals, writer.commit())
+                writer = None
         finally:
+            if writer is not None:
+                writer.abort()
             bar.close()
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
@@ -183,7 +232,21 @@ def convert(
     }
 
 
-def _progress(total: int, enabled: bool):
+def source_name(path: Path) -> str:
+    """The `source_files` name of a file (its name) or of a bundle member (`bundle-name!member`)."""
+    outer, separator, member = str(path).partition(MEMBER_SEPARATOR)
+    return Path(outer).name + separator + member
+
+
+def _add_totals(totals: AppendResult, res: AppendResult) -> None:
+    totals.written_times += res.written_times
+    totals.missing_inserted += res.missing_inserted
+    totals.segment_breaks += res.segment_breaks
+    totals.already_present += res.already_present
+    totals.n_time_total = res.n_time_total or totals.n_time_total
+
+
+def _progress(total: int | None, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="file", desc="ni-convert", disable=not enabled, leave=False)

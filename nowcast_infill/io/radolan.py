@@ -240,6 +240,17 @@ def check_radolan_header(path: Path, blob: bytes, allow_nonstandard_grid: bool =
                          interval_s=interval_s, body_offset=body_offset, attrs=attrs)
 
 
+def time_from_dwd_name(name: str) -> datetime | None:
+    """The UTC time stamp of a DWD file name (raa01-yw2017.002_10000-1708160055-dwd---bin), None for another name."""
+    match = _DWD_NAME.match(name)
+    if match is None:
+        return None
+    try:
+        return datetime.strptime(match["stamp"], "%y%m%d%H%M")
+    except ValueError:
+        return None
+
+
 def _check_dwd_name(path: Path, product: str, when: datetime) -> None:
     """Refuse a header whose product or time differs from the DWD file name's (when it is one)."""
     match = _DWD_NAME.match(path.name)
@@ -292,13 +303,22 @@ class RadolanImporter:
     def read_header(self, path: str | Path) -> RadolanHeader:
         """The checked header of `path`, without decoding the pixels."""
         path = Path(path)
-        return check_radolan_header(path, _decompressed_bytes(path), self.allow_nonstandard_grid)
+        return check_radolan_header(path, _decompressed_bytes(path, _file_bytes(path)), self.allow_nonstandard_grid)
 
     def read(self, path: str | Path) -> list[Frame]:
         path = Path(path)
+        return self.read_bytes(path, _file_bytes(path))
+
+    def read_bytes(self, path: str | Path, raw: bytes) -> list[Frame]:
+        """The frames of the file content `raw` (as stored: plain, .gz or .bz2 by `path`'s suffix).
+
+        `path` names the content in messages and provenance; it need not exist (a member of
+        a tar bundle is named `bundle!member`, nowcast_infill/io/bundles.py).
+        """
+        path = Path(path)
         # One read of the file, decompressed in a single C call: wradlib's own gzip
         # stream reads it in small pieces and a separate header read opens it twice.
-        blob = _decompressed_bytes(path)
+        blob = _decompressed_bytes(path, raw)
         header = check_radolan_header(path, blob, self.allow_nonstandard_grid)
         values = _decode_pixels(path, blob, header)
         product = header.product
@@ -357,12 +377,15 @@ def _decode_pixels(path: Path, blob: bytes, header: RadolanHeader) -> np.ndarray
     return values
 
 
-def _decompressed_bytes(path: Path) -> bytes:
-    """The bytes of a plain, .gz or .bz2 RADOLAN file (chosen by suffix, as wradlib does)."""
+def _file_bytes(path: Path) -> bytes:
     try:
-        blob = path.read_bytes()
+        return path.read_bytes()
     except OSError as err:
         raise ConversionError(path, f"cannot read the file ({type(err).__name__}: {err}); check the path and its permissions.") from err
+
+
+def _decompressed_bytes(path: Path, blob: bytes) -> bytes:
+    """The content of the plain, .gz or .bz2 RADOLAN file `blob` named `path` (compression chosen by suffix, as wradlib does)."""
     if not blob:
         raise ConversionError(path, f"file is empty (0 bytes); {_FIX}.")
     try:
@@ -415,6 +438,10 @@ class RadolanAsciiImporter:
         self.rate_range_mm_h = value_range(rate_range_mm_h, "importer.rate_range_mm_h")
 
     def read(self, path: str | Path) -> list[Frame]:
+        return self.read_bytes(path, None)
+
+    def read_bytes(self, path: str | Path, raw: bytes | None) -> list[Frame]:
+        """The frames of the file content `raw` (as stored: plain or .gz), named `path`; None: read `path`."""
         path = Path(path)
         match = _ASCII_NAME.search(path.name.removesuffix(".gz"))
         if not match:
@@ -436,7 +463,7 @@ class RadolanAsciiImporter:
         except ValueError as err:
             raise ConversionError(path, f"invalid time stamp in the file name ({err}); use YYYYMMDD-HHMM.") from err
 
-        header, values = _read_esri_ascii(path)
+        header, values = _read_esri_ascii(path, raw)
         nodata = header["nodata_value"]
         ncols, nrows, cell_m = int(header["ncols"]), int(header["nrows"]), header["cellsize"]
         missing = values == nodata
@@ -465,15 +492,21 @@ class RadolanAsciiImporter:
         ]
 
 
-def _read_esri_ascii(path: Path) -> tuple[dict[str, float], np.ndarray]:
-    """Header dict (lower-case keys) and (nrows, ncols) float64 values as written (north first)."""
+def _read_esri_ascii(path: Path, raw: bytes | None = None) -> tuple[dict[str, float], np.ndarray]:
+    """Header dict (lower-case keys) and (nrows, ncols) float64 values as written (north first).
+
+    raw: the file's bytes as stored (plain or .gz by `path`'s suffix); None: read `path`.
+    """
     import gzip
 
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", encoding="ascii") as fh:
-            lines = fh.read().splitlines()
-    except (OSError, UnicodeDecodeError, EOFError) as err:
+        if raw is None:
+            opener = gzip.open if path.suffix == ".gz" else open
+            with opener(path, "rt", encoding="ascii") as fh:
+                lines = fh.read().splitlines()
+        else:
+            lines = (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode("ascii").splitlines()
+    except (OSError, UnicodeDecodeError, EOFError, zlib.error) as err:
         raise ConversionError(path, f"not a readable text file ({type(err).__name__}: {err}); re-download it.") from err
     if not lines:
         raise ConversionError(path, "file is empty; re-download it or pass skip_bad=true.")

@@ -43,7 +43,7 @@ def _logs(tmp_path: Path) -> str:
 def test_array_conversion_equals_one_process_and_a_killed_task_is_rerun_alone(slurm_cluster, tmp_path):  # noqa: F811
     # 12 steps in 3 bundles, step 9 missing: task 1 (steps 6-11) holds a gap
     bundles = write_synthetic_archive(tmp_path / "a", n_frames=12, shape=TINY, frames_per_bundle=4, skip_steps=[9])
-    one = convert(bundles, tmp_path / "one.zarr", source="radolan", workers=1, progress=False, **TINY_OPTIONS)
+    one = convert(bundles, tmp_path / "one.zarr", source="radolan", workers=1, progress=False, max_gap_s=None, **TINY_OPTIONS)
     store = tmp_path / "array.zarr"
     plan = plan_store(bundles, store, "radolan", tasks=2, **TINY_OPTIONS)
     assert [len(t["inputs"]) for t in plan["tasks"]] == [2, 1]

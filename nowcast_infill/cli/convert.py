@@ -90,7 +90,8 @@ def _many_writers(cfg: DictConfig, step: str, history: str) -> dict:
     if step == "finalise":
         return region_writer.finalise_store(cfg.output, history=history, lock_timeout=lock_timeout)
     options = _check(cfg)
-    for key in ("workers", "commit_every", "progress"):
+    # A pre-sized store covers its whole time range as one segment: max_gap_s is for appends.
+    for key in ("workers", "commit_every", "progress", "max_gap_s"):
         options.pop(key)
     tasks = config_int(cfg, "tasks", minimum=1, meaning="writers the inputs are split between")
     time_range = OmegaConf.to_container(cfg.time_range) if cfg.get("time_range") is not None else None

@@ -357,6 +357,9 @@ def finalise_store(output: str | Path, history: str = "", lock_timeout: float = 
             attrs.update(_new_attrs(old, shown, times[missing], sources, plan["source"], skipped,
                                     history or f"nowcast_infill.io.region_writer.finalise_store({str(output)!r})",
                                     int(plan["time_step_s"])))
+            # A pre-sized store materialises every step of its range: one segment, every gap
+            # an explicit missing frame, as an append with max_gap_s=null makes it.
+            attrs["max_gap_s"] = None
         group.attrs.put(attrs)
         stats = _compute_frame_stats(output)
         _consolidate(output)

@@ -261,6 +261,8 @@ class RadarWindowDataset(Dataset):
         self.mask_generator, self.eval_masks = mask_generator, eval_masks
         self.mask_context, self.input_hole_prob = bool(mask_context), float(input_hole_prob)
         self.min_valid_fraction, self.crop_attempts = float(min_valid_fraction), int(crop_attempts)
+        # model.prior (nowcast_infill/data/priors.py), attached by the LightningModule's setup
+        self.prior = None
 
     def __len__(self) -> int:
         return len(self.starts) * (1 if self.tiles is None else len(self.tiles))
@@ -354,7 +356,18 @@ class RadarWindowDataset(Dataset):
             sample["aux"] = torch.from_numpy(np.where(aux_valid, aux, 0.0).astype(np.float32))
             sample["aux_mask"] = torch.from_numpy(aux_valid.astype(np.float32))
         sample["time"] = torch.from_numpy(self.times_ns[start + self.target_offsets].astype(np.int64))
+        if self.prior is not None:
+            self._add_prior(sample, start, (y0, x0, h, w), np.where(x_mask, inputs, np.nan))
         return sample
+
+    def _add_prior(self, sample: dict, start: int, box: tuple[int, int, int, int], seen_mm_h: np.ndarray) -> None:
+        """``prior`` (T_out, 1, h, w) normalised (0 where none) and ``prior_valid`` 0/1 from `self.prior`."""
+        hole = sample["hole"][0, 0].numpy() > 0 if "hole" in sample else None
+        prior_mm_h = np.asarray(self.prior(self, start, box, seen_mm_h, hole), np.float32)
+        prior_valid = np.isfinite(prior_mm_h)
+        encoded = np.where(prior_valid, self.normalizer.encode(np.nan_to_num(prior_mm_h, nan=0.0)), 0.0)
+        sample["prior"] = torch.from_numpy(encoded[:, None].astype(np.float32))
+        sample["prior_valid"] = torch.from_numpy(prior_valid[:, None].astype(np.float32))
 
 
 class WindowSampler(DistributedSampler):
@@ -491,6 +504,13 @@ class RadarDataModule(L.LightningDataModule):
             self._aux_names = self._resolve_aux(self._open_dataset())
         return list(self._aux_names)
 
+    def attach_prior(self, prior) -> None:
+        """Give every split's samples ``prior``/``prior_valid`` from `prior` (a
+        `nowcast_infill.data.priors.WindowPrior`, or None to stop); called by the module's setup."""
+        self._prior = prior
+        for dataset in self.datasets.values():
+            dataset.prior = prior
+
     @property
     def normalizer(self) -> Normalizer:
         return self._normalizer
@@ -603,6 +623,7 @@ class RadarDataModule(L.LightningDataModule):
             **{name: RadarWindowDataset(store, name, starts[name], tiles=tiles, eval_masks=self.eval_masks, **common)
                for name in ("val", "test")},
         }
+        self.attach_prior(getattr(self, "_prior", None))
         self._set_up = True
 
     def _scan(self, store: _StoreHandle, blocks, ds, height: int, width: int,

@@ -114,9 +114,14 @@ def test_plain_network_is_unchanged_without_prior():
     assert module.net.prior_frames == 0 and module.net.input_channels == 3
 
 
-def test_prior_training_and_test_through_the_trainer(store, tmp_path):
-    dm = nowcast_datamodule(store, crop_size=16)
-    module = make_module(prior="persistence")
+@pytest.mark.parametrize("task,prior,variant", [("nowcast", "persistence", "baseline"), ("infill", "temporal", "lstm")])
+def test_prior_training_and_test_through_the_trainer(store, tmp_path, task, prior, variant):
+    if task == "nowcast":
+        dm, module = nowcast_datamodule(store, crop_size=16), make_module(prior=prior, variant=variant)
+    else:
+        dm = RadarDataModule(store, task="infill", context=1, crop_size=16, batch_size=2, split=SPLIT,
+                             masks={"name": "freeform", "fraction": [0.2, 0.4]}, eval_masks={"n": 2}, aux=None)
+        module = make_module("infill", in_frames=3, out_frames=1, prior=prior, variant=variant)
     trainer = L.Trainer(max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=dm)

@@ -270,10 +270,12 @@ class RadarWindowDataset(Dataset):
     def rng(self, epoch: int, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, _SPLIT_IDS[self.split], epoch, index])
 
-    def _read_precip(self, start: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
-        """Window ``(L, h, w)`` float32 mm/h, NaN = no data (implausible values included)."""
+    def _read_precip(self, start: int, y0: int, x0: int, h: int, w: int, frames: Sequence[int] | None = None) -> np.ndarray:
+        """Window ``(L, h, w)`` float32 mm/h, NaN = no data (implausible values included);
+        only the window's `frames` (offsets from `start`) when given."""
         arr = self.store[schema.PRECIP]
-        block = _writable(np.asarray(arr[start:start + self.window_length, y0:y0 + h, x0:x0 + w], dtype=np.float32))
+        times = slice(start, start + self.window_length) if frames is None else [start + int(f) for f in frames]
+        block = _writable(np.asarray(arr[times, y0:y0 + h, x0:x0 + w], dtype=np.float32))
         block[schema.implausible_precip(block, self.max_rain_rate_mm_h)] = np.nan
         return block
 

@@ -4,7 +4,7 @@ epochs and runs.
 Layout: ``<root>/<store key>/<method key>/w<start>.npz``, one file per window, holding
 ``velocity`` ``(2, H, W)`` float32 pixels per time step (pysteps' order: x then y) and
 ``last_index`` (the input frame the extrapolation advects). ``store key`` is a hash of the
-store's absolute path and a content id (times, grid shape, attrs), so a rewritten store at the
+store's absolute path and a content id (its time axis and grid shape), so a rewritten store at the
 same path gets new entries; ``method key`` names the motion method and hashes its options.
 
 Concurrency (DataLoader workers, DDP ranks): an entry is written to a temporary file in the

@@ -369,18 +369,20 @@ def evaluate_method(dataset: str, method: str, base: Sequence[str], run_dir: Pat
 
 def run_methods(dataset: str, runs_dir: Path, overrides: Callable[[Path], list[str]], budget: Budget,
                 seeds: Sequence[int], variants: Sequence[str], classical: Sequence[str],
-                split: Mapping | None = None) -> list[RunResult]:
+                split: Mapping | None = None, train_extra: Sequence[str] = ()) -> list[RunResult]:
     """Train and score every network variant x seed, then score each classical method once.
 
     Run folders go under `runs_dir` (`<variant>_seed<seed>`, its `_eval` twin, `<method>_eval`);
-    `overrides(run_dir)` gives the train/eval overrides of a run writing to `run_dir`.
+    `overrides(run_dir)` gives the train/eval overrides of a run writing to `run_dir`;
+    `train_extra` are further overrides of the network trainings only (e.g. `model.prior=...`;
+    the evaluation reads them back from the checkpoint).
     """
     results: list[RunResult] = []
     for seed in seeds:
         for variant in variants:
             run_dir = runs_dir / f"{variant}_seed{seed}"
             log(f"{dataset}: train {variant} seed {seed}")
-            ckpt, train_s = train_network(dataset, variant, seed, overrides(run_dir), budget, run_dir, split)
+            ckpt, train_s = train_network(dataset, variant, seed, overrides(run_dir), budget, run_dir, split, train_extra)
             eval_dir = run_dir.with_name(run_dir.name + "_eval")
             result = evaluate_method(dataset, variant, overrides(eval_dir), eval_dir, split, ckpt_path=ckpt, seed=seed)
             result.train_s = train_s

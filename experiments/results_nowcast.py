@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -80,7 +81,7 @@ def prepare_store(dataset: str, work: Path, quick: bool) -> Path:
 
 
 def run(dataset: str, store: Path, budget: Budget, seeds: list[int], variants: list[str], classical: list[str],
-        work: Path, quick: bool = False) -> list[RunResult]:
+        work: Path, quick: bool = False, train_overrides: list[str] | None = None) -> list[RunResult]:
     """Train and score every variant x seed, then score the classical nowcasts once."""
     split = frame_split(store, **KNMI_SPLIT_FRAMES) if dataset == "knmi" else None
     data_cfg = "knmi" if dataset == "knmi" else "synthetic"
@@ -90,13 +91,16 @@ def run(dataset: str, store: Path, budget: Budget, seeds: list[int], variants: l
         extra += ["data.split.fractions=[0.5,0.25,0.25]", "data.split.gap=2"]
     task = ["task=nowcast", f"task.past={PAST}", f"task.future={FUTURE}"]
     stats = work / f"{store.stem}.nowcast.normalization.json"
-    return run_methods(dataset, work / "runs" / f"nowcast_{dataset}",
+    # one run folder per set of training overrides (characters Hydra would parse in a path -> _)
+    suffix = re.sub(r"[^A-Za-z0-9.]+", "_", "_".join(train_overrides or []))
+    runs = work / "runs" / (f"nowcast_{dataset}" + (f"_{suffix}" if suffix else ""))
+    return run_methods(dataset, runs,
                        lambda run_dir: common_overrides(run_dir, store, stats, data_cfg, task) + extra,
-                       budget, seeds, variants, classical, split)
+                       budget, seeds, variants, classical, split, train_extra=train_overrides or [])
 
 
 def write_report(results: list[RunResult], dataset: str, budget: Budget, seeds: list[int], out: Path, total_s: float,
-                 prov: dict, quick: bool = False, crop_note: str = "") -> Path:
+                 prov: dict, quick: bool = False, crop_note: str = "", train_overrides: list[str] | None = None) -> Path:
     figures = out / "figures"
     groups = group_by_method(results, dataset)
     lines = [
@@ -112,6 +116,7 @@ def write_report(results: list[RunResult], dataset: str, budget: Budget, seeds: 
         "windows.",
         "",
         provenance_block(prov, {dataset: budget}, seeds, total_s),
+        *([f"Network training overrides: `{' '.join(train_overrides)}`.", ""] if train_overrides else []),
         f"## {dataset}",
         "",
         DATASET_NOTES[dataset] + (f" Grid: {crop_note}." if crop_note else ""),
@@ -149,6 +154,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--dataset", default="knmi", choices=["knmi", "synthetic"])
     parser.add_argument("--crop", type=int, default=128, help="training crop in pixels (KNMI: 1 km)")
     add_budget_arguments(parser, CLASSICAL, "nowcast.md", "tiny check: 2 steps on a small synthetic store (numbers meaningless)")
+    parser.add_argument("--train-override", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="Hydra overrides of the network trainings, e.g. model.prior=extrapolation "
+                             "task.loss.balanced=true model.detection_limit_mm_h=0.1 (stated in the report)")
     args = parser.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
     prov = provenance(None if argv is None else [__file__, *argv])
@@ -158,10 +166,11 @@ def main(argv: list[str] | None = None) -> Path:
     budget = Budget(steps=2 if args.quick else args.steps, batch_size=args.batch_size,
                     crop_size=32 if args.quick else (args.crop if dataset == "knmi" else 64),
                     encoder_channels=tuple(args.channels))
-    results = run(dataset, store, budget, args.seeds, args.variants, args.classical, args.work, args.quick)
+    results = run(dataset, store, budget, args.seeds, args.variants, args.classical, args.work, args.quick,
+                  args.train_override)
     save_results(results, args.out / "nowcast_runs.json")
     path = write_report(results, dataset, budget, args.seeds, args.out, time.perf_counter() - start, prov, args.quick,
-                        store_crop_note(store))
+                        store_crop_note(store), args.train_override)
     log(f"wrote {path}")
     return path
 

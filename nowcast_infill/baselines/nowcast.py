@@ -145,6 +145,23 @@ def _advect(field: np.ndarray, velocity: np.ndarray, n_leads: int) -> np.ndarray
     return np.asarray(out, dtype=np.float64)
 
 
+def extrapolation_motion(x_mm_h: np.ndarray, threshold: float = 0.1, zerovalue_db: float = -15.0,
+                         lk_options: dict | None = None) -> tuple[np.ndarray, int]:
+    """The motion step of `extrapolation`: ((2, H, W) pixels per step, index of the frame to advect).
+
+    x_mm_h: (T_in >= 2, H, W) mm/h with NaN. Shared with the network prior
+    (nowcast_infill/data/priors.py), which caches its result per window.
+    """
+    x = _check_input(x_mm_h, "extrapolation", 2)
+    velocity = _motion(_to_db(x, threshold, zerovalue_db), dict(lk_options or {}))
+    return velocity, _last_valid_index(x, "extrapolation")
+
+
+def advect(field_mm_h: np.ndarray, velocity: np.ndarray, n_leads: int) -> np.ndarray:
+    """(H, W) mm/h advected by (2, H, W) for 1..n_leads steps -> (n_leads, H, W) float32, NaN from outside."""
+    return _advect(np.asarray(field_mm_h, dtype=np.float64), velocity, n_leads).astype(np.float32)
+
+
 def make_extrapolation(n_leads: int, threshold: float = 0.1, zerovalue_db: float = -15.0,
                        lk_options: dict | None = None, fill_outside: bool = True) -> Callable:
     """Lagrangian persistence: LK motion on dBR, rain rate advected semi-Lagrangian (pysteps).
@@ -156,9 +173,8 @@ def make_extrapolation(n_leads: int, threshold: float = 0.1, zerovalue_db: float
 
     def extrapolation(x: np.ndarray) -> np.ndarray:
         """(T_in >= 2, H, W) mm/h -> (n_leads, H, W) mm/h, NaN where advected from no-data."""
-        velocity = _motion(_to_db(x, threshold, zerovalue_db), lk_options)
-        last = x[_last_valid_index(x, "extrapolation")].astype(np.float64)
-        return _advect(last, velocity, n_leads)
+        velocity, last_index = extrapolation_motion(x, threshold, zerovalue_db, lk_options)
+        return _advect(x[last_index].astype(np.float64), velocity, n_leads)
 
     return _with_fallback("extrapolation", extrapolation, n_leads, fill_outside, 2)
 

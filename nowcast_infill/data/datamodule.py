@@ -305,6 +305,8 @@ class RadarWindowDataset(Dataset):
         self.mask_generator, self.eval_masks = mask_generator, eval_masks
         self.mask_context, self.input_hole_prob = bool(mask_context), float(input_hole_prob)
         self.min_valid_fraction, self.crop_attempts = float(min_valid_fraction), int(crop_attempts)
+        # model.prior (nowcast_infill/data/priors.py), attached by the LightningModule's setup
+        self.prior = None
 
     def __len__(self) -> int:
         return len(self.starts) * (1 if self.tiles is None else len(self.tiles))
@@ -312,10 +314,12 @@ class RadarWindowDataset(Dataset):
     def rng(self, epoch: int, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, _SPLIT_IDS[self.split], epoch, index])
 
-    def _read_precip(self, start: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
-        """Window ``(L, h, w)`` float32 mm/h, NaN = no data (implausible values included)."""
+    def _read_precip(self, start: int, y0: int, x0: int, h: int, w: int, frames: Sequence[int] | None = None) -> np.ndarray:
+        """Window ``(L, h, w)`` float32 mm/h, NaN = no data (implausible values included);
+        only the window's `frames` (offsets from `start`) when given."""
         arr = self.store[schema.PRECIP]
-        block = _writable(np.asarray(arr[start:start + self.window_length, y0:y0 + h, x0:x0 + w], dtype=np.float32))
+        times = slice(start, start + self.window_length) if frames is None else [start + int(f) for f in frames]
+        block = _writable(np.asarray(arr[times, y0:y0 + h, x0:x0 + w], dtype=np.float32))
         block[schema.implausible_precip(block, self.max_rain_rate_mm_h)] = np.nan
         return block
 
@@ -402,7 +406,18 @@ class RadarWindowDataset(Dataset):
             owned = self.tile_owners[rows, cols] == tile_index
             sample["owned"] = torch.from_numpy(owned[None, None].astype(np.float32))
         sample["time"] = torch.from_numpy(self.times_ns[start + self.target_offsets].astype(np.int64))
+        if self.prior is not None:
+            self._add_prior(sample, start, (y0, x0, h, w), np.where(x_mask, inputs, np.nan))
         return sample
+
+    def _add_prior(self, sample: dict, start: int, box: tuple[int, int, int, int], seen_mm_h: np.ndarray) -> None:
+        """``prior`` (T_out, 1, h, w) normalised (0 where none) and ``prior_valid`` 0/1 from `self.prior`."""
+        hole = sample["hole"][0, 0].numpy() > 0 if "hole" in sample else None
+        prior_mm_h = np.asarray(self.prior(self, start, box, seen_mm_h, hole), np.float32)
+        prior_valid = np.isfinite(prior_mm_h)
+        encoded = np.where(prior_valid, self.normalizer.encode(np.nan_to_num(prior_mm_h, nan=0.0)), 0.0)
+        sample["prior"] = torch.from_numpy(encoded[:, None].astype(np.float32))
+        sample["prior_valid"] = torch.from_numpy(prior_valid[:, None].astype(np.float32))
 
 
 class WindowSampler(DistributedSampler):
@@ -566,6 +581,13 @@ class RadarDataModule(L.LightningDataModule):
             self._aux_names = self._resolve_aux(self._open_dataset())
         return list(self._aux_names)
 
+    def attach_prior(self, prior) -> None:
+        """Give every split's samples ``prior``/``prior_valid`` from `prior` (a
+        `nowcast_infill.data.priors.WindowPrior`, or None to stop); called by the module's setup."""
+        self._prior = prior
+        for dataset in self.datasets.values():
+            dataset.prior = prior
+
     @property
     def normalizer(self) -> Normalizer:
         return self._normalizer
@@ -684,6 +706,7 @@ class RadarDataModule(L.LightningDataModule):
             **{name: RadarWindowDataset(store, name, starts[name], tiles=tiles, eval_masks=self.eval_masks, **common)
                for name in ("val", "test")},
         }
+        self.attach_prior(getattr(self, "_prior", None))
         self._set_up = True
 
     def _frame_stats(self) -> frame_stats.StoredFrameStats:

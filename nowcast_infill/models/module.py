@@ -65,6 +65,14 @@ class RadarModule(L.LightningModule):
         n_log_images: how many validation/test windows are drawn as figures and sent to the
             logger: the wettest of those with a mostly valid target.
         name: variant label (`baseline`, `lstm`, ...) used in tables and run names.
+        prior: a classical method the network starts from and corrects
+            (nowcast_infill/data/priors.py): nowcast `extrapolation` | `persistence`,
+            infill `laplace` | `temporal`; null = the plain network (the seed tables).
+        prior_cache_dir: folder of the motion-field sidecar store (`extrapolation`); null =
+            `$NOWCAST_INFILL_MOTION_CACHE` or `~/.cache/nowcast_infill/motion`.
+        detection_limit_mm_h: answers below this rate are set to 0 mm/h (a radar's
+            detection limit; removes the drizzle a smooth output puts into dry areas);
+            null = keep every value.
     """
 
     def __init__(
@@ -80,8 +88,16 @@ class RadarModule(L.LightningModule):
         metrics: Mapping | None = None,
         n_log_images: int = 2,
         name: str = "radar",
+        prior: str | None = None,
+        prior_cache_dir: str | None = None,
+        detection_limit_mm_h: float | None = None,
     ) -> None:
         super().__init__()
+        from nowcast_infill.data.priors import check_prior
+
+        prior = check_prior(prior, task)
+        if detection_limit_mm_h is not None and not float(detection_limit_mm_h) >= 0:
+            raise ValueError(f"model.detection_limit_mm_h={detection_limit_mm_h!r}; it must be >= 0 mm/h or null.")
         if task not in TASKS:
             raise ValueError(f"model.task={task!r} is not one of {TASKS}; set task=infill or task=nowcast.")
         if task == "infill" and (in_frames % 2 != 1 or out_frames != 1):
@@ -102,6 +118,9 @@ class RadarModule(L.LightningModule):
                 "metrics": to_plain(metrics),
                 "n_log_images": int(n_log_images),
                 "name": str(name),
+                "prior": prior,
+                "prior_cache_dir": None if prior_cache_dir is None else str(prior_cache_dir),
+                "detection_limit_mm_h": None if detection_limit_mm_h is None else float(detection_limit_mm_h),
             }
         )
         self.configure_models()
@@ -126,6 +145,7 @@ class RadarModule(L.LightningModule):
             out_frames=self.hparams.out_frames,
             aux_channels=self.hparams.aux_channels,
             task=self.hparams.task,
+            **({"prior_frames": self.hparams.out_frames} if self.hparams.get("prior") else {}),
         )
 
     def configure_losses(self) -> None:
@@ -185,6 +205,8 @@ class RadarModule(L.LightningModule):
                 f"model.aux_channels={self.hparams.aux_channels} but the DataModule yields {len(aux_names)} "
                 f"auxiliary fields {aux_names}; set model.aux_channels={len(aux_names)} or change the data's aux list."
             )
+        if hasattr(datamodule, "attach_prior"):
+            datamodule.attach_prior(self.window_prior())
         normalizer = getattr(datamodule, "normalizer", None)
         if normalizer is None:
             return
@@ -192,6 +214,17 @@ class RadarModule(L.LightningModule):
             self.net.set_output_floor(float(normalizer.floor))
         if hasattr(self.criterion, "set_decoder"):
             self.criterion.set_decoder(normalizer.decode)
+
+    def window_prior(self):
+        """The `WindowPrior` of `hparams.prior` (None without one), for the DataModule's samples."""
+        from nowcast_infill.data.priors import WindowPrior
+
+        if not self.hparams.get("prior"):
+            return None
+        if getattr(self, "_window_prior", None) is None:
+            self._window_prior = WindowPrior(self.hparams.prior, self.hparams.task, self.hparams.out_frames,
+                                             cache_root=self.hparams.get("prior_cache_dir"))
+        return self._window_prior
 
     def setup(self, stage: str) -> None:
         self._sync_with_datamodule()
@@ -210,6 +243,14 @@ class RadarModule(L.LightningModule):
     # -------------------------------------------------------------- forward
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Raw network output `(B, T_out, 1, H, W)`, normalised units (>= floor)."""
+        if self.hparams.get("prior"):
+            if "prior" not in batch:
+                raise ValueError(
+                    f"model.prior={self.hparams.prior} but the batch has no 'prior'; run through a Trainer with the "
+                    "RadarDataModule (the module's setup attaches the prior to it)."
+                )
+            return self.net(batch["x"], batch["x_mask"], batch.get("aux"), batch.get("aux_mask"),
+                            prior=batch["prior"], prior_mask=batch["prior_valid"])
         return self.net(batch["x"], batch["x_mask"], batch.get("aux"), batch.get("aux_mask"))
 
     def compose(self, raw: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -226,7 +267,15 @@ class RadarModule(L.LightningModule):
 
     def predict_mm_h(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Final answer decoded to mm/h, `(B, T_out, 1, H, W)`."""
-        return self.normalizer.decode(self.compose(self(batch), batch))
+        return self.decode_answer(self.compose(self(batch), batch))
+
+    def decode_answer(self, answer: torch.Tensor) -> torch.Tensor:
+        """Normalised answer -> mm/h, 0 below `detection_limit_mm_h` when that is set."""
+        pred_mm_h = self.normalizer.decode(answer)
+        limit = self.hparams.get("detection_limit_mm_h")
+        if limit:
+            pred_mm_h = torch.where(pred_mm_h < limit, torch.zeros_like(pred_mm_h), pred_mm_h)
+        return pred_mm_h
 
     def score_mask(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """0/1 `(B, T_out, 1, H, W)`: the pixels every method of a comparison is scored on.
@@ -271,7 +320,7 @@ class RadarModule(L.LightningModule):
         raw = self(batch)
         total, _ = self.criterion(raw, batch)
         self.log("val/loss", total, prog_bar=True, batch_size=batch["x"].shape[0], sync_dist=True)
-        pred_mm_h = self.normalizer.decode(self.compose(raw, batch))
+        pred_mm_h = self.decode_answer(self.compose(raw, batch))
         self._update_metrics("val", pred_mm_h, batch)
         self._keep_for_figures("val", pred_mm_h, batch)
 

@@ -60,13 +60,22 @@ class PConvUNet(nn.Module):
             ``max(8, c // 4)`` for each encoder width ``c``.
         naive_partial_conv: build the same network from :class:`NaivePartialConv2d`
             (full mask convolutions); for tests and benchmarks only.
+        prior_frames: ``P`` frames of a classical prior (``model.prior``, one per output
+            frame; 0 = none, the plain network). They are extra input channels (stacked:
+            ``P`` more channels; lstm: the same ``P`` channels beside every input frame) and
+            the output becomes a residual on them: ``floor + relu(prior + raw - floor)``
+            in normalised units, with the prior taken as the floor (0 mm/h) where its mask is
+            0. With the head's weights and bias zeroed the output is the prior exactly, and
+            ``relu`` (not softplus) lets the network say exactly "no rain".
 
-    ``forward(x, x_mask, aux=None, aux_mask=None)``:
+    ``forward(x, x_mask, aux=None, aux_mask=None, prior=None, prior_mask=None)``:
         x: ``(B, T_in, 1, H, W)`` normalised radar; values where ``x_mask`` is 0 are ignored
             (they may even be NaN). ``H`` and ``W`` must be divisible by ``2**depth``.
         x_mask: ``(B, T_in, 1, H, W)`` 1 = observed and valid.
         aux: ``(B, T_in, A, h, w)`` z-scored auxiliary fields, any ``(h, w)`` (resized to
             ``(H, W)`` when different); aux_mask: same shape, default all valid.
+        prior: ``(B, P, 1, H, W)`` normalised prior (needed iff ``prior_frames > 0``);
+            prior_mask: same shape, 1 where the prior has a value.
         returns: ``(B, T_out, 1, H, W)`` normalised units, ``>= output_floor``
             (``output_floor + softplus(raw)``: exact bound, and a gradient everywhere, unlike
             a clamp whose gradient dies below the floor).
@@ -88,6 +97,7 @@ class PConvUNet(nn.Module):
         decoder_kernel_size: int = 3,
         aux_encoder_channels: Sequence[int] | None = None,
         naive_partial_conv: bool = False,
+        prior_frames: int = 0,
     ) -> None:
         super().__init__()
         if in_frames < 1 or out_frames < 1:
@@ -108,7 +118,10 @@ class PConvUNet(nn.Module):
             raise ValueError(
                 f"PConvUNet: kernel_sizes {kernels} must have one entry per encoder_channels {tuple(encoder_channels)}."
             )
+        if prior_frames not in (0, out_frames):
+            raise ValueError(f"PConvUNet: prior_frames={prior_frames}; it must be 0 or out_frames={out_frames}.")
         self.in_frames, self.out_frames, self.aux_channels = in_frames, out_frames, aux_channels
+        self.prior_frames = int(prior_frames)
         self.lstm, self.attention, self.task, self.batch_norm = lstm, attention, task, batch_norm
         self.anchor = in_frames // 2 if task == "infill" else in_frames - 1
         widths = (*encoder_channels, *(encoder_channels[-1],) * extra_pool_layers)
@@ -119,7 +132,9 @@ class PConvUNet(nn.Module):
 
         stacked_aux = 0 if attention else aux_channels
         # Raw input channels: per frame (lstm) or all frames stacked, each channel its own mask.
-        self.input_channels = (1 + stacked_aux) * (1 if lstm else in_frames)
+        # lstm: the prior's channels beside every frame; stacked: once, after the frames.
+        per_frame = 1 + stacked_aux + (self.prior_frames if lstm else 0)
+        self.input_channels = per_frame * (1 if lstm else in_frames) + (0 if lstm else self.prior_frames)
         levels = (self.input_channels, *widths)
 
         self.encoder = nn.ModuleList(
@@ -219,8 +234,11 @@ class PConvUNet(nn.Module):
         x_mask: torch.Tensor,
         aux: torch.Tensor | None = None,
         aux_mask: torch.Tensor | None = None,
+        prior: torch.Tensor | None = None,
+        prior_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         self._check_inputs(x, x_mask, aux, aux_mask)
+        self._check_prior(x, prior, prior_mask)
         b, t_in, _, h, w = x.shape
         x, x_mask = self._masked(x, x_mask)
         frames, frame_masks = x, x_mask  # (B, T_in, C_frame, H, W)
@@ -234,12 +252,37 @@ class PConvUNet(nn.Module):
                 aux_grid, aux_grid_mask = resize_to_grid(aux.flatten(0, 1), aux_mask.flatten(0, 1), (h, w))
                 frames = torch.cat([x, aux_grid.unflatten(0, (b, t_in))], dim=2)
                 frame_masks = torch.cat([x_mask, aux_grid_mask.unflatten(0, (b, t_in))], dim=2)
+        if prior is not None:
+            prior, prior_mask = self._masked(prior.to(x.dtype), prior_mask)
         if self.lstm:
+            if prior is not None:
+                per_step = (b, t_in, self.prior_frames, h, w)
+                frames = torch.cat([frames, prior[:, None, :, 0].expand(per_step)], dim=2)
+                frame_masks = torch.cat([frame_masks, prior_mask[:, None, :, 0].expand(per_step)], dim=2)
             raw = self._forward_lstm(frames, frame_masks, aux_levels)
         else:
-            raw = self._forward_stacked(frames.flatten(1, 2), frame_masks.flatten(1, 2), aux_levels)
-        out = self.output_floor + F.softplus(raw.float())
-        return out.reshape(b, self.out_frames, 1, h, w)
+            inp, inp_mask = frames.flatten(1, 2), frame_masks.flatten(1, 2)
+            if prior is not None:
+                inp, inp_mask = torch.cat([inp, prior.flatten(1, 2)], 1), torch.cat([inp_mask, prior_mask.flatten(1, 2)], 1)
+            raw = self._forward_stacked(inp, inp_mask, aux_levels)
+        raw = raw.float().reshape(b, self.out_frames, 1, h, w)
+        if prior is None:
+            return self.output_floor + F.softplus(raw)
+        base = torch.where(prior_mask > 0, prior.float(), self.output_floor.expand_as(raw))
+        return self.output_floor + F.relu(base + raw - self.output_floor)
+
+    def _check_prior(self, x, prior, prior_mask) -> None:
+        if self.prior_frames and prior is None:
+            raise ValueError(
+                f"PConvUNet: built with prior_frames={self.prior_frames} (model.prior) but no prior was given; "
+                "the DataModule adds it when the module's prior is attached (RadarModule.setup)."
+            )
+        if not self.prior_frames and prior is not None:
+            raise ValueError("PConvUNet: got a prior but the network was built with prior_frames=0 (model.prior: null).")
+        if prior is not None:
+            want = (x.shape[0], self.prior_frames, 1, *x.shape[-2:])
+            if tuple(prior.shape) != want or prior_mask is None or prior_mask.shape != prior.shape:
+                raise ValueError(f"PConvUNet: prior {tuple(prior.shape)} and prior_mask must both have shape {want}.")
 
     def _attend(self, level: int, feat, mask, aux_levels):
         if aux_levels is None:

@@ -1,0 +1,135 @@
+"""Classical priors the networks start from (`model.prior`): a forecast or fill per window.
+
+The network receives the prior as extra input channels and predicts a correction to it
+(`PConvUNet(prior_frames=...)`, residual in normalised units), so at initialisation it is as
+good as the classical method and learns what that method gets wrong.
+
+* nowcast `extrapolation`: the `extrapolation` baseline (nowcast_infill/baselines/nowcast.py,
+  pysteps dense Lucas-Kanade on dBR, semi-Lagrangian advection of the last frame), one frame
+  per lead time. The motion is estimated once per window on the *whole* grid and kept in a
+  `MotionCache`; a crop is advected from a box widened by the largest displacement, so the
+  crop's prior equals the full-grid extrapolation cut to the crop.
+* nowcast `persistence`: the last frame with data, repeated per lead time.
+* infill `laplace`: the `laplace` baseline on the visible pixels of the target frame.
+* infill `temporal`: `temporal_linear_fill`, linear in time between the neighbouring frames.
+
+Every prior is `(T_out, h, w)` float32 mm/h with NaN where it has no value (advected in from
+outside the domain, no neighbour observed); the network gets it as 0 there with a 0 mask, and
+its residual is added to 0 mm/h there.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from nowcast_infill.config_schema import ConfigSchemaError
+
+PRIORS = {"nowcast": ("extrapolation", "persistence"), "infill": ("laplace", "temporal")}
+
+
+def check_prior(prior: str | None, task: str) -> str | None:
+    """Validate `model.prior` for `task`; None/'null'/'none' mean no prior."""
+    if prior in (None, "null", "none"):
+        return None
+    if prior not in PRIORS.get(task, ()):
+        raise ConfigSchemaError(
+            f"model.prior: {prior!r} is not a {task} prior; use one of {', '.join(PRIORS.get(task, ()))} or null."
+        )
+    return prior
+
+
+def temporal_linear_fill(x_mm_h: np.ndarray, fill_mask: np.ndarray) -> np.ndarray:
+    """Linear-in-time infill of the centre frame from its two neighbours.
+
+    x_mm_h: (T_in >= 3, H, W) mm/h, NaN = missing/hidden; the centre frame (T_in // 2) is the
+    target. fill_mask: (H, W) bool. Each fill pixel gets the mean of frames c-1 and c+1 (the
+    linear interpolant at the midpoint) where both are observed, the one observed value where
+    only one is, NaN where neither. Returns (1, H, W) float32 mm/h; other pixels are the
+    centre frame as given.
+    """
+    x = np.asarray(x_mm_h, dtype=np.float32)
+    c = x.shape[0] // 2
+    if c < 1:
+        raise ValueError(f"temporal prior needs frames before and after the target (task.context >= 1), got T_in={x.shape[0]}.")
+    before, after = x[c - 1], x[c + 1]
+    with np.errstate(invalid="ignore"):
+        both = np.where(np.isfinite(before) & np.isfinite(after), 0.5 * (before + after), np.nan)
+    neighbour = np.where(np.isfinite(both), both, np.where(np.isfinite(before), before, after))
+    out = x[c].copy()
+    fill = np.asarray(fill_mask, bool)
+    out[fill] = neighbour[fill]
+    return out[None]
+
+
+def _content_id(dataset) -> dict:
+    return {
+        "times": str(int(np.asarray(dataset.times_ns, np.int64).sum())) + f":{len(dataset.times_ns)}",
+        "first": int(dataset.times_ns[0]),
+        "grid": [int(dataset.height), int(dataset.width)],
+    }
+
+
+class WindowPrior:
+    """The prior of a dataset sample: `prior(dataset, start, box, inputs_mm_h, fill_mask)`.
+
+    Args:
+        method: a name of `PRIORS[task]`.
+        task: `nowcast` or `infill`.
+        n_leads: `T_out` (nowcast).
+        cache_root: folder of the motion sidecar store (default `default_cache_root()`).
+        threshold, zerovalue_db, lk_options: the extrapolation baseline's options.
+    """
+
+    def __init__(self, method: str, task: str, n_leads: int, cache_root=None, threshold: float = 0.1,
+                 zerovalue_db: float = -15.0, lk_options: dict | None = None):
+        self.method = check_prior(method, task)
+        self.task, self.n_leads = task, int(n_leads)
+        self.cache_root = cache_root
+        self.motion_options = {"threshold": float(threshold), "zerovalue_db": float(zerovalue_db),
+                               "lk_options": dict(lk_options or {})}
+        self._caches: dict[str, object] = {}
+
+    def motion_cache(self, dataset):
+        """The `MotionCache` of `dataset`'s store (one per store and options)."""
+        from nowcast_infill.data.motion_cache import MotionCache, default_cache_root, method_key, store_key
+
+        store = store_key(dataset.store.path, _content_id(dataset))
+        offsets = [int(o) for o in dataset.input_offsets]
+        method = method_key("lk", {**self.motion_options, "input_offsets": offsets})
+        key = f"{store}/{method}"
+        if key not in self._caches:
+            self._caches[key] = MotionCache(self.cache_root or default_cache_root(), store, method)
+        return self._caches[key]
+
+    def __call__(self, dataset, start: int, box: tuple[int, int, int, int], inputs_mm_h: np.ndarray,
+                 fill_mask: np.ndarray | None = None) -> np.ndarray:
+        """(T_out, h, w) float32 mm/h with NaN; `inputs_mm_h` (T_in, h, w) is what the network sees
+        (NaN where hidden), `box` = (y0, x0, h, w) of the crop, `fill_mask` (h, w) the holes (infill)."""
+        from nowcast_infill.baselines import get_baseline
+
+        if self.method == "persistence":
+            return get_baseline("persistence", n_leads=self.n_leads)(inputs_mm_h)
+        if self.method == "laplace":
+            return get_baseline("laplace")(inputs_mm_h, fill_mask=fill_mask)
+        if self.method == "temporal":
+            return temporal_linear_fill(inputs_mm_h, fill_mask)
+        return self._extrapolate(dataset, int(start), box)
+
+    def _extrapolate(self, dataset, start: int, box: tuple[int, int, int, int]) -> np.ndarray:
+        from nowcast_infill.baselines.nowcast import advect, extrapolation_motion
+
+        def compute():
+            full = dataset._read_precip(start, 0, 0, dataset.height, dataset.width, frames=dataset.input_offsets)
+            return extrapolation_motion(full, **self.motion_options)
+
+        velocity, last_index = self.motion_cache(dataset).get(start, compute)
+        y0, x0, h, w = box
+        # Semi-Lagrangian advection looks back at most n_leads x |v| pixels: widen the box by that.
+        margin = int(math.ceil(float(np.abs(velocity).max(initial=0.0)) * self.n_leads)) + 2
+        ya, xa = max(0, y0 - margin), max(0, x0 - margin)
+        yb, xb = min(dataset.height, y0 + h + margin), min(dataset.width, x0 + w + margin)
+        frame = dataset._read_precip(start, ya, xa, yb - ya, xb - xa, frames=[dataset.input_offsets[last_index]])[0]
+        out = advect(frame, velocity[:, ya:yb, xa:xb], self.n_leads)
+        return out[:, y0 - ya:y0 - ya + h, x0 - xa:x0 - xa + w]

@@ -98,13 +98,20 @@ def _with_fallback(name: str, forecast: Callable, n_leads: int, fill_outside: bo
             log.warning("%s: %s: %s; Eulerian persistence for this window (counted in fallbacks).",
                         name, type(err).__name__, err)
             return np.repeat(last[None], n_leads, axis=0)
-        if fill_outside:
-            out = np.where(np.isfinite(out), out, last[None])
-        return out
+        return fill_from_outside(out, last) if fill_outside else out
 
     method.fallbacks = 0
     method.__name__ = name
     return method
+
+
+def fill_from_outside(forecast_mm_h: np.ndarray, last_mm_h: np.ndarray) -> np.ndarray:
+    """The outside rule (module docstring): a forecast pixel pySTEPS left NaN, rain advected in
+    from outside, takes the last observation there (NaN where that is missing too).
+
+    forecast_mm_h: (n_leads, H, W); last_mm_h: (H, W), the latest frame with data.
+    """
+    return np.where(np.isfinite(forecast_mm_h), forecast_mm_h, last_mm_h[None]).astype(np.float32)
 
 
 def _check_leads(n_leads: int) -> None:

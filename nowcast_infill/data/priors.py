@@ -118,7 +118,7 @@ class WindowPrior:
         return self._extrapolate(dataset, int(start), box)
 
     def _extrapolate(self, dataset, start: int, box: tuple[int, int, int, int]) -> np.ndarray:
-        from nowcast_infill.baselines.nowcast import advect, extrapolation_motion
+        from nowcast_infill.baselines.nowcast import advect, extrapolation_motion, fill_from_outside
 
         def compute():
             full = dataset._read_precip(start, 0, 0, dataset.height, dataset.width, frames=dataset.input_offsets)
@@ -132,4 +132,6 @@ class WindowPrior:
         yb, xb = min(dataset.height, y0 + h + margin), min(dataset.width, x0 + w + margin)
         frame = dataset._read_precip(start, ya, xa, yb - ya, xb - xa, frames=[dataset.input_offsets[last_index]])[0]
         out = advect(frame, velocity[:, ya:yb, xa:xb], self.n_leads)
-        return out[:, y0 - ya:y0 - ya + h, x0 - xa:x0 - xa + w]
+        crop = (slice(y0 - ya, y0 - ya + h), slice(x0 - xa, x0 - xa + w))
+        # the extrapolation baseline's own outside rule, so the prior is exactly its forecast
+        return fill_from_outside(out[:, crop[0], crop[1]], frame[crop])

@@ -682,14 +682,9 @@ def fmt_ms(seconds: float) -> str:
 def machine_line() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from nowcast_infill.utils.results import cpu_model
+
+    cpu = cpu_model()
     gpu = torch.cuda.get_device_name(0) + f" x {torch.cuda.device_count()}" if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}, Python {platform.python_version()}"
 

@@ -53,14 +53,9 @@ def machine_description() -> str:
     """CPU model, cores visible to this process, OS, Python and torch versions."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from nowcast_infill.utils.results import cpu_model
+
+    cpu = cpu_model()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (f"{cpu}, {cores} CPU cores visible (shared with other jobs), {platform.system()} {platform.release()}, "
             f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads)")

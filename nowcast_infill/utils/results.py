@@ -56,6 +56,19 @@ def git_commit(folder: str | Path | None = None) -> str | None:
     return sha + ("-dirty" if dirty else "") if sha else None
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (else the platform's), for benchmark provenance."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def override_key(override: str) -> str:
     """'+trainer.limit_val_batches=2' -> 'trainer.limit_val_batches'."""
     return override.split("=", 1)[0].lstrip("+~")

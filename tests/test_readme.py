@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -28,6 +29,11 @@ from slurm_cluster import slurm_cluster  # noqa: F401  (pytest fixture, requeste
 README = REPO_ROOT / "README.md"
 VENV_BIN = ".venv/bin/"
 RUN_PLACEHOLDER = "<run>"
+# ni-compare takes folders, not Hydra overrides; the README's sweep folders are placeholders
+# that the run test fills with the multirun the README's own sweep line made.
+NOT_HYDRA = {"ni-compare"}
+SWEEP_PLACEHOLDERS = ("<id>", "<other id>")
+ARRAY_PLACEHOLDER = "<array job id>"
 
 TINY_TRAIN = ["trainer.max_epochs=1", "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1",
               "+trainer.limit_test_batches=1", "data.batch_size=2", "data.num_workers=0", "data.crop_size=32",
@@ -80,7 +86,8 @@ def first_sweep_values(overrides: list[str]) -> list[str]:
             for o in parsed]
 
 
-@pytest.mark.parametrize("argv", [c for c in readme_commands() if ni_verb(c)], ids=lambda c: " ".join(c)[:80])
+@pytest.mark.parametrize("argv", [c for c in readme_commands() if ni_verb(c) and ni_verb(c) not in NOT_HYDRA],
+                         ids=lambda c: " ".join(c)[:80])
 def test_readme_ni_commands_compose(argv, tmp_path):
     from nowcast_infill.config_schema import validate_config
     from test_configs import compose_config
@@ -146,8 +153,20 @@ def _to_run(argv: list[str], folder: Path, slurm_env: dict | None, cuda: bool) -
         return ["bash", fitted[0], "--test-only", f"--cpus-per-task={cpus}", *fitted[1:]]
     if uses_real_data(argv) and not SHARED_DATA.is_dir():
         return f"real radar data folder {SHARED_DATA} is absent"
+    if any(ARRAY_PLACEHOLDER in a for a in argv):
+        return "needs a Slurm array's job id (the array line above runs with --test-only)"
+    if any(p in a for a in argv for p in SWEEP_PLACEHOLDERS):
+        if "wandb_report.py" in " ".join(argv):
+            return "the README's runs here log with logger=csv (tests/test_results.py runs it on offline W&B runs)"
+        sweeps = sorted((folder / "outputs" / "infill" / "multiruns").glob("*"), key=lambda p: p.stat().st_mtime)
+        if not sweeps:
+            return "no multirun was made before it"
+        ids = {"<id>": sweeps[-1].name, "<other id>": sweeps[-2].name if len(sweeps) > 1 else sweeps[-1].name}
+        argv = [argv[0], *[functools.reduce(lambda a, kv: a.replace(*kv), ids.items(), a) for a in argv[1:]]]
     if is_script(argv):
         return [str(REPO_ROOT / argv[0]), str(REPO_ROOT / argv[1]), *argv[2:]]
+    if verb in NOT_HYDRA:
+        return [str(REPO_ROOT / VENV_BIN / verb), *argv[1:]]
     assert verb, argv
     args = [a.replace("/path/to/radolan/yw/*", f"{SHARED_DATA}/radolan/yw/*") for a in argv[1:]]
     if "--multirun" in args and "hydra/launcher=slurm" in args:

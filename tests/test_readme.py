@@ -32,8 +32,8 @@ RUN_PLACEHOLDER = "<run>"
 # ni-compare takes folders, not Hydra overrides; the README's sweep folders are placeholders
 # that the run test fills with the multirun the README's own sweep line made.
 NOT_HYDRA = {"ni-compare"}
-SWEEP_PLACEHOLDERS = ("<id>", "<other id>")
-ARRAY_PLACEHOLDER = "<array job id>"
+SWEEP_PLACEHOLDERS = ("<id>", "<other_id>")
+ARRAY_PLACEHOLDER = "<array_job_id>"
 
 TINY_TRAIN = ["trainer.max_epochs=1", "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1",
               "+trainer.limit_test_batches=1", "data.batch_size=2", "data.num_workers=0", "data.crop_size=32",
@@ -161,7 +161,7 @@ def _to_run(argv: list[str], folder: Path, slurm_env: dict | None, cuda: bool) -
         sweeps = sorted((folder / "outputs" / "infill" / "multiruns").glob("*"), key=lambda p: p.stat().st_mtime)
         if not sweeps:
             return "no multirun was made before it"
-        ids = {"<id>": sweeps[-1].name, "<other id>": sweeps[-2].name if len(sweeps) > 1 else sweeps[-1].name}
+        ids = {"<id>": sweeps[-1].name, "<other_id>": sweeps[-2].name if len(sweeps) > 1 else sweeps[-1].name}
         argv = [argv[0], *[functools.reduce(lambda a, kv: a.replace(*kv), ids.items(), a) for a in argv[1:]]]
     if is_script(argv):
         return [str(REPO_ROOT / argv[0]), str(REPO_ROOT / argv[1]), *argv[2:]]

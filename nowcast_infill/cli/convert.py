@@ -33,7 +33,7 @@ def _check(cfg: DictConfig) -> dict:
     Returns the keyword arguments of `convert` other than inputs/output/history.
     """
     from nowcast_infill.io.importers import get_importer
-    from nowcast_infill.io.store import precip_layout
+    from nowcast_infill.io.store import DEFAULT_MAX_GAP_S, checked_max_gap, precip_layout
 
     importer = importer_options(cfg)
     options = dict(
@@ -46,14 +46,12 @@ def _check(cfg: DictConfig) -> dict:
         commit_every=config_int(cfg, "commit_every", minimum=1, meaning="frames per store update"),
         progress=config_bool(cfg, "progress"),
         lock_timeout=cfg.get("lock_timeout", 0),
-        max_gap_s=cfg.get("max_gap_s", 3600),
+        max_gap_s=cfg.get("max_gap_s", DEFAULT_MAX_GAP_S),
         **importer,
     )
     inputs = _inputs(cfg)
     writable_output_store(cfg.output, "output", inputs=[("inputs", p) for p in ([inputs] if isinstance(inputs, str) else inputs)])
     try:
-        from nowcast_infill.io.store import checked_max_gap
-
         checked_max_gap(options["max_gap_s"])
         get_importer(cfg.source, **importer)
         precip_layout((1, 1), options["chunks"], options["shards"])

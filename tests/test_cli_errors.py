@@ -60,7 +60,7 @@ CASES = [
     ("convert", ["inputs=nothing/*", "output=c.zarr"], ["nothing/*", "check the path or glob"]),
     ("convert", ["inputs=x", "output=plain"], ["output=plain", "does not exist yet"]),
     ("convert", ["inputs=x", "output=afile/c.zarr"], ["output=afile/c.zarr", "choose another output="]),
-    ("convert", ["source=nope", "inputs=x", "output=c.zarr"], ["'nope'", "set e.g. source=radolan"]),
+    ("convert", ["source=nope", "inputs=x", "output=c.zarr"], ["'nope'", "valid names: pysteps, radolan"]),
     ("convert", ["source=radolan_ascii", "inputs=linked/*.asc", "output=c.zarr", "progress=false", "workers=1"],
      ["linked/RY_20221018-0005.asc", "has all six keys"]),
     ("synth", ["output=t.zarr", "n_times=abc"], ["n_times='abc'", "set n_times="]),

@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,8 +44,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from nowcast_infill import schema
 from nowcast_infill.data.normalization import Normalizer
-from nowcast_infill.errors import BadValueError, MissingInputError
+from nowcast_infill.errors import BadValueError
 from nowcast_infill.io import frame_stats
+from nowcast_infill.io.store import open_store
 from nowcast_infill.utils.instantiate import to_plain
 
 log = logging.getLogger(__name__)
@@ -602,23 +602,7 @@ class RadarDataModule(L.LightningDataModule):
 
     # -- opening ----------------------------------------------------------------------------
     def _open_dataset(self):
-        import xarray as xr
-
-        path = Path(self.store)
-        if not path.exists():
-            raise MissingInputError(
-                f"radar store {path} does not exist; create it with `ni-convert ... output={path}` "
-                "(real data) or `ni-synth` (synthetic data), or fix data.store."
-            )
-        try:
-            with warnings.catch_warnings():
-                # Stores without consolidated metadata (allowed by the schema) open fine, just slower.
-                warnings.filterwarnings("ignore", message=".*consolidated metadata.*", category=RuntimeWarning)
-                ds = xr.open_zarr(path)
-        except Exception as err:  # zarr raises several types for a non-store directory
-            raise schema.StoreSchemaError(f"{path}: cannot be opened as a Zarr store ({err}); re-create it with ni-convert.") from err
-        schema.validate_store(ds, path)
-        return ds
+        return open_store(self.store)
 
     def _resolve_aux(self, ds) -> list[str]:
         available = schema.aux_names(ds)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from nowcast_infill.data.radar_sites import great_circle_km, sites_from_codes
+from nowcast_infill.io.files import open_by_suffix
 
 MaskGenerator = Callable[[np.random.Generator, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
@@ -349,14 +350,10 @@ class FreeForm:
 
 
 def _open_dataset(path: Path):
-    import xarray as xr
-
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found.")
-    if path.is_dir() or path.suffix == ".zarr":
-        # reads stores with or without consolidated metadata, without xarray's fallback warning
-        return xr.open_zarr(path, consolidated=False)
-    return xr.open_dataset(path)
+    # reads stores with or without consolidated metadata, without xarray's fallback warning
+    return open_by_suffix(path, consolidated=False)
 
 
 def read_mask_file(path: str | Path, variable: str = MASK_VARIABLE) -> np.ndarray:

@@ -18,7 +18,6 @@ store replaces chunk files atomically, so a killed run never leaves a torn chunk
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -34,9 +33,11 @@ import xarray as xr
 from nowcast_infill import __version__
 from nowcast_infill.baselines import NothingToInfillFromError, baseline_task, get_baseline
 from nowcast_infill.errors import BadValueError, MissingInputError, OutputExistsError, OutputPathError, UserError
+from nowcast_infill.io.files import open_by_suffix
+from nowcast_infill.io.store import open_store
 from nowcast_infill.io.store_lock import DEFAULT_LOCK_TIMEOUT_S, StoreLock
 from nowcast_infill.schema import (
-    CRS, MAX_RAIN_RATE_MM_H, MISSING_FRAME, PRECIP, PRECIP_UNITS, SCHEMA_VERSION, implausible_precip, segment_ids, validate_store,
+    CRS, MAX_RAIN_RATE_MM_H, MISSING_FRAME, PRECIP, PRECIP_UNITS, SCHEMA_VERSION, implausible_precip, segment_ids,
 )
 
 log = logging.getLogger(__name__)
@@ -88,22 +89,8 @@ def _quiet_consolidated():
 
 
 def open_radar_store(path: str | Path) -> xr.Dataset:
-    """Open a schema store lazily and validate it (docs/schema.md)."""
-    path = Path(path)
-    if not path.exists():
-        raise MissingInputError(f"{path}: input store not found; create it with `ni-convert` or `ni-synth`.")
-    ds = xr.open_zarr(path, chunks=None)
-    validate_store(ds, path)
-    return ds
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """Open a schema store lazily (numpy-backed, no dask) and validate it (docs/schema.md)."""
+    return open_store(path, chunks=None)
 
 
 # ----------------------------------------------------------------------------- coverage
@@ -139,7 +126,7 @@ def load_coverage(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     if path.suffix == ".npy":
         mask = np.load(path)
     else:
-        opened = xr.open_zarr(path) if path.suffix == ".zarr" or path.is_dir() else xr.open_dataset(path)
+        opened = open_by_suffix(path)
         if COVERAGE not in opened:
             raise BadValueError(f"{path}: no variable '{COVERAGE}'; store the mask as '{COVERAGE}(y, x)' (bool).")
         mask = opened[COVERAGE].values

@@ -240,7 +240,7 @@ def load_checkpoint_predictor(
         stats_path: normalisation statistics JSON overriding the checkpoint's normaliser.
         aux: auxiliary field names in channel order, when not recoverable from the training run.
     """
-    from nowcast_infill.inference.archive import file_sha256
+    from nowcast_infill.io.files import file_sha256
     from nowcast_infill.models.module import RadarModule
 
     shown, path = path, Path(path)  # messages name the file as the user wrote it

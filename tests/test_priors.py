@@ -19,7 +19,7 @@ from nowcast_infill.models.module import RadarModule
 NET = {"_target_": "nowcast_infill.models.components.unet.PConvUNet", "_partial_": True, "encoder_channels": [8, 16]}
 OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
 SPLIT = {"fractions": [0.7, 0.15, 0.15], "gap": 2}
-VARIANTS = {"baseline": {}, "lstm": {"lstm": True}, "attention": {"attention": True},
+VARIANTS = {"pconv": {}, "lstm": {"lstm": True}, "attention": {"attention": True},
             "lstm_attention": {"lstm": True, "attention": True}}
 
 
@@ -35,7 +35,7 @@ def nowcast_datamodule(store, crop_size=None, aux=None):
                            split=SPLIT, aux=aux, min_valid_fraction=0.0)
 
 
-def make_module(task="nowcast", in_frames=3, out_frames=2, variant="baseline", aux_channels=0, **kw):
+def make_module(task="nowcast", in_frames=3, out_frames=2, variant="pconv", aux_channels=0, **kw):
     loss = {"name": "infill", "preset": "valid_hole"} if task == "infill" else {"name": "nowcast", "kind": "mse"}
     return RadarModule(net={**NET, **VARIANTS[variant]}, task=task, in_frames=in_frames, out_frames=out_frames,
                        aux_channels=aux_channels, loss=loss, optimizer=OPTIMIZER, scheduler=None, **kw)
@@ -114,7 +114,7 @@ def test_plain_network_is_unchanged_without_prior():
     assert module.net.prior_frames == 0 and module.net.input_channels == 3
 
 
-@pytest.mark.parametrize("task,prior,variant", [("nowcast", "persistence", "baseline"), ("infill", "temporal", "lstm")])
+@pytest.mark.parametrize("task,prior,variant", [("nowcast", "persistence", "pconv"), ("infill", "temporal", "lstm")])
 def test_prior_training_and_test_through_the_trainer(store, tmp_path, task, prior, variant):
     if task == "nowcast":
         dm, module = nowcast_datamodule(store, crop_size=16), make_module(prior=prior, variant=variant)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from nowcast_infill.baselines import get_baseline
+from nowcast_infill import registry
 from nowcast_infill.config_schema import ConfigSchemaError
 from nowcast_infill.data.datamodule import RadarDataModule
 from nowcast_infill.data.normalization import Normalizer
@@ -52,7 +52,7 @@ def test_extrapolation_prior_equals_the_extrapolation_baseline(store, tmp_path):
             sample = dataset[index]
             start = int(dataset.starts[index])
             full = dataset._read_precip(start, 0, 0, dataset.height, dataset.width)[dataset.input_offsets]
-            expected = get_baseline("extrapolation", n_leads=2)(full)  # (2, H, W) mm/h
+            expected = registry.get_method("classical", "extrapolation", n_leads=2)(full)  # (2, H, W) mm/h
             # locate the crop: the prior's box is the sample's box, found from its input frame
             h, w = sample["x"].shape[-2:]
             boxes = [(y, x) for y in range(dataset.height - h + 1) for x in range(dataset.width - w + 1)
@@ -153,7 +153,7 @@ def test_infill_priors_feed_the_network(tmp_path, store):
         hole = sample["hole"][0, 0] > 0
         seen = dm.normalizer.decode(sample["x"][:, 0].numpy())
         seen[sample["x_mask"][:, 0].numpy() == 0] = np.nan
-        expected = (get_baseline("laplace")(seen, fill_mask=hole.numpy()) if method == "laplace"
+        expected = (registry.get_method("classical", "laplace")(seen, fill_mask=hole.numpy()) if method == "laplace"
                     else temporal_linear_fill(seen, hole.numpy()))[0]
         valid = sample["prior_valid"][0, 0].numpy() > 0
         np.testing.assert_allclose(dm.normalizer.decode(sample["prior"][0, 0].numpy())[valid], expected[valid], atol=1e-4)

@@ -24,6 +24,7 @@ import math
 
 import numpy as np
 
+from nowcast_infill import registry
 from nowcast_infill.config_schema import ConfigSchemaError
 
 PRIORS = {"nowcast": ("extrapolation", "persistence"), "infill": ("laplace", "temporal")}
@@ -107,12 +108,10 @@ class WindowPrior:
                  fill_mask: np.ndarray | None = None) -> np.ndarray:
         """(T_out, h, w) float32 mm/h with NaN; `inputs_mm_h` (T_in, h, w) is what the network sees
         (NaN where hidden), `box` = (y0, x0, h, w) of the crop, `fill_mask` (h, w) the holes (infill)."""
-        from nowcast_infill.baselines import get_baseline
-
         if self.method == "persistence":
-            return get_baseline("persistence", n_leads=self.n_leads)(inputs_mm_h)
+            return registry.get_method("classical", "persistence", n_leads=self.n_leads)(inputs_mm_h)
         if self.method == "laplace":
-            return get_baseline("laplace")(inputs_mm_h, fill_mask=fill_mask)
+            return registry.get_method("classical", "laplace")(inputs_mm_h, fill_mask=fill_mask)
         if self.method == "temporal":
             return temporal_linear_fill(inputs_mm_h, fill_mask)
         return self._extrapolate(dataset, int(start), box)

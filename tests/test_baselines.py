@@ -150,3 +150,25 @@ def test_sprog_falls_back_on_a_missing_frame_in_its_window():
     out = sprog(past)  # the AR(2) fit needs 3 frames with data: persistence, counted
     assert sprog.fallbacks == 1
     assert np.array_equal(out, registry.get_method("classical", "persistence", n_leads=2)(past), equal_nan=True)
+
+
+def test_temporal_linear_fallback_is_a_choice_shared_with_the_prior():
+    """One mean-of-neighbours implementation: the classical method fills a pixel whose neighbour
+    is missing spatially (Laplace), the network's `temporal` prior (spatial=None) with the other
+    neighbour, NaN where neither has it; both give the mean where both neighbours are observed."""
+    from nowcast_infill.data.priors import temporal_linear_fill
+
+    x = np.stack([np.full((6, 6), 1.0), np.full((6, 6), 4.0), np.full((6, 6), 3.0)]).astype(np.float32)
+    hole = np.zeros((6, 6), bool)
+    hole[1:5, 1:5] = True
+    x[1][hole] = np.nan
+    x[0, 2, 2] = np.nan  # only the later neighbour (3 mm/h) there
+    x[0, 3, 3] = x[2, 3, 3] = np.nan  # no neighbour
+    prior = registry.get_method("classical", "temporal_linear", spatial=None)(x, fill_mask=hole)[0]
+    assert prior[1, 1] == 2.0 and prior[2, 2] == 3.0 and np.isnan(prior[3, 3])
+    assert np.array_equal(prior, temporal_linear_fill(x, hole)[0], equal_nan=True)
+    method = registry.get_method("classical", "temporal_linear")
+    spatial = method(x, fill_mask=hole)[0]
+    assert spatial[1, 1] == 2.0 and np.isfinite(spatial[[2, 3], [2, 3]]).all() and method.fallbacks == 2
+    # Laplace from the 4 mm/h ring and the 2 mm/h temporal fill around: between the two, not 3
+    assert 2.0 <= spatial[2, 2] < 3.0

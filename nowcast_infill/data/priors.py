@@ -25,6 +25,7 @@ import math
 import numpy as np
 
 from nowcast_infill import registry
+from nowcast_infill.baselines.temporal import make_temporal_linear
 from nowcast_infill.config_schema import ConfigSchemaError
 
 PRIORS = {"nowcast": ("extrapolation", "persistence"), "infill": ("laplace", "temporal")}
@@ -42,7 +43,8 @@ def check_prior(prior: str | None, task: str) -> str | None:
 
 
 def temporal_linear_fill(x_mm_h: np.ndarray, fill_mask: np.ndarray) -> np.ndarray:
-    """Linear-in-time infill of the centre frame from its two neighbours.
+    """Linear-in-time infill of the centre frame from its two neighbours: the `temporal_linear`
+    classical method without its spatial fallback (nowcast_infill/baselines/temporal.py).
 
     x_mm_h: (T_in >= 3, H, W) mm/h, NaN = missing/hidden; the centre frame (T_in // 2) is the
     target. fill_mask: (H, W) bool. Each fill pixel gets the mean of frames c-1 and c+1 (the
@@ -50,18 +52,7 @@ def temporal_linear_fill(x_mm_h: np.ndarray, fill_mask: np.ndarray) -> np.ndarra
     only one is, NaN where neither. Returns (1, H, W) float32 mm/h; other pixels are the
     centre frame as given.
     """
-    x = np.asarray(x_mm_h, dtype=np.float32)
-    c = x.shape[0] // 2
-    if c < 1:
-        raise ValueError(f"temporal prior needs frames before and after the target (task.context >= 1), got T_in={x.shape[0]}.")
-    before, after = x[c - 1], x[c + 1]
-    with np.errstate(invalid="ignore"):
-        both = np.where(np.isfinite(before) & np.isfinite(after), 0.5 * (before + after), np.nan)
-    neighbour = np.where(np.isfinite(both), both, np.where(np.isfinite(before), before, after))
-    out = x[c].copy()
-    fill = np.asarray(fill_mask, bool)
-    out[fill] = neighbour[fill]
-    return out[None]
+    return make_temporal_linear(spatial=None)(x_mm_h, fill_mask=fill_mask)
 
 
 def _content_id(dataset) -> dict:

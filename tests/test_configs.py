@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from pathlib import Path
@@ -16,7 +17,7 @@ from nowcast_infill import registry
 from nowcast_infill.baselines import baseline_task
 from nowcast_infill.cli.errors import user_error_message
 from nowcast_infill.config_schema import ConfigSchemaError, validate_config
-from nowcast_infill.study import METRIC_DEFAULTS, VARIANT_NET_SWITCHES, VARIANTS
+from nowcast_infill.study import FSS_SCALES_PX, METRIC_DEFAULTS, METRIC_THRESHOLDS_MM_H, VARIANT_NET_SWITCHES, VARIANTS
 from nowcast_infill.utils.config import devices_per_node, num_nodes, register_resolvers, run_id
 from nowcast_infill.utils.lr import global_batch_size, scaled_learning_rate, warmup_cosine_schedule
 
@@ -83,11 +84,29 @@ def test_every_variant_has_a_model_config_and_an_experiment_per_task(variant, tm
     assert {key: cfg.model.net[key] for key in VARIANT_NET_SWITCHES[variant]} == VARIANT_NET_SWITCHES[variant]
 
 
-def test_variant_lists_in_configs_come_from_the_study(tmp_path):
-    demo = compose_config("demo", [f"paths.output_dir={tmp_path}"])
-    assert list(demo.variants) == list(VARIANTS)
-    cfg, _ = compose_with_choices("train", ["hparams_search=models_seeds", *tiny_overrides(tmp_path)])
-    assert cfg.hydra.sweeper.params.model == ",".join(VARIANTS)
+def test_variant_lists_in_configs_come_from_the_study(tmp_path, monkeypatch):
+    """ni-demo's variants and the models_seeds sweep follow nowcast_infill.study.VARIANTS: a
+    variant added there is trained and swept without another edit."""
+    for variants in (VARIANTS, ("pconv", "lstm")):
+        monkeypatch.setattr("nowcast_infill.utils.config.VARIANTS", variants)
+        demo = compose_config("demo", [f"paths.output_dir={tmp_path}"])
+        assert list(demo.variants) == list(variants)
+        cfg, _ = compose_with_choices("train", ["hparams_search=models_seeds", *tiny_overrides(tmp_path)])
+        assert cfg.hydra.sweeper.params.model == ",".join(variants)
+
+
+def test_metric_thresholds_are_defined_once(tmp_path, monkeypatch):
+    """Every model config and RadarMetrics' defaults take the study's thresholds and FSS scales."""
+    from nowcast_infill.metrics.radar_metrics import RadarMetrics
+
+    defaults = inspect.signature(RadarMetrics).parameters
+    assert (defaults["thresholds"].default, defaults["fss_scales"].default) == (METRIC_THRESHOLDS_MM_H, FSS_SCALES_PX)
+    monkeypatch.setattr("nowcast_infill.utils.config.METRIC_DEFAULTS", {"thresholds": [2.0], "fss_scales": [3]})
+    for model in ("pconv", "laplace"):
+        cfg = compose_config("eval", [f"model={model}", *tiny_overrides(tmp_path)])
+        assert OmegaConf.to_container(cfg.model.metrics, resolve=True) == {"thresholds": [2.0], "fss_scales": [3]}
+    cfg = compose_config("eval", ["model=nearest", "model.metrics.thresholds=[0.5]", *tiny_overrides(tmp_path)])
+    assert list(cfg.model.metrics.thresholds) == [0.5]
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -123,6 +123,12 @@ def test_every_model_config_has_a_kind_and_the_contract_target(model, tmp_path):
         assert "net" not in cfg.model and cfg.model.name == model
 
 
+def test_a_model_config_without_its_kind_is_refused_naming_the_bases(tmp_path):
+    cfg = compose_config("eval", ["model=nearest", "~model.kind", *tiny_overrides(tmp_path)])
+    with pytest.raises(ConfigSchemaError, match=r"^model\.kind: None; .*_network\.yaml or _classical\.yaml"):
+        validate_config(cfg, "eval")
+
+
 def test_a_new_network_config_inherits_no_unet_keys(tmp_path):
     """conf/model/_network.yaml carries what every network shares; U-Net switches stay in pconv.yaml."""
     extra = tmp_path / "extra_conf"

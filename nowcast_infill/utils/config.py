@@ -146,12 +146,15 @@ def checkpoint_model(ckpt_path, default: str) -> str:
 
 def variants(form: str = "list") -> list[str] | str:
     """`${ni.variants:}`: the study's network variants (`nowcast_infill.study.VARIANTS`) as a list;
-    `${ni.variants:csv}`: as "pconv,lstm,..." for a sweeper's `params` (a comma-separated choice)."""
+    `${ni.variants:csv}`: as "pconv,lstm,..." for a sweeper's `params` (a comma-separated choice);
+    `${ni.variants:choices}`: as "pconv|lstm|..." for help texts."""
+    separators = {"csv": ",", "choices": "|"}
     if form == "list":
         return list(VARIANTS)
-    if form == "csv":
-        return ",".join(VARIANTS)
-    raise ValueError(f"${{ni.variants:{form}}}: unknown form {form!r}; use ${{ni.variants:}} (a list) or ${{ni.variants:csv}}.")
+    if form in separators:
+        return separators[form].join(VARIANTS)
+    raise ValueError(f"${{ni.variants:{form}}}: unknown form {form!r}; use ${{ni.variants:}} (a list), "
+                     "${ni.variants:csv} or ${ni.variants:choices}.")
 
 
 def metric_defaults(key: str) -> list:

@@ -37,10 +37,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from nowcast_infill.metrics import RadarMetrics, format_threshold, scores  # noqa: E402
+from nowcast_infill.study import FSS_SCALES_PX, METRIC_THRESHOLDS_MM_H  # noqa: E402
 
 SHARED = Path(os.environ.get("NI_SHARED_DATA", REPO.parent / "shared" / "data"))
-THRESHOLDS = (0.1, 1.0, 5.0, 10.0)
-SCALES = (1, 5, 11)
+# the study's defaults, as every model config scores
+THRESHOLDS = METRIC_THRESHOLDS_MM_H
+SCALES = FSS_SCALES_PX
 
 
 def yw_persistence_frames(n_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:

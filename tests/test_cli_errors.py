@@ -66,7 +66,7 @@ CASES = [
     ("synth", ["output=t.zarr", "n_times=abc"], ["n_times='abc'", "set n_times="]),
     ("synth", ["output=old.zarr"], ["output=old.zarr", "pass overwrite=true"]),
     ("synth", ["output=afile/t.zarr"], ["output=afile/t.zarr", "choose another output="]),
-    ("demo", ["variants=[nosuch]"], ["'nosuch'", "choose from attention, baseline"]),
+    ("demo", ["variants=[nosuch]"], ["'nosuch'", "choose from attention,", "pconv"]),
     ("demo", ["paths.output_dir=afile/demo"], ["paths.output_dir=afile/demo", "choose a writable folder"]),
     ("demo", ["synthetic.n_times=abc"], ["synthetic.n_times='abc'", "set synthetic.n_times="]),
 ]

@@ -31,7 +31,8 @@ import numpy as np
 import xarray as xr
 
 from nowcast_infill import __version__
-from nowcast_infill.baselines import NothingToInfillFromError, baseline_task, get_baseline
+from nowcast_infill import registry
+from nowcast_infill.baselines import NothingToInfillFromError, baseline_task
 from nowcast_infill.errors import BadValueError, MissingInputError, OutputExistsError, OutputPathError, UserError
 from nowcast_infill.io.files import open_by_suffix
 from nowcast_infill.io.store import open_store
@@ -144,7 +145,7 @@ def baseline_infill_predictor(name: str, **options) -> InfillPredictor:
     if baseline_task(name) != "infill":
         raise BadValueError(f"model={name!r} is a nowcast baseline; ni-infill needs one of nearest, linear, "
                             "biharmonic, laplace.")
-    baseline = get_baseline(name, **options)
+    baseline = registry.get_method("classical", name, **options)
 
     def predictor(x_mm_h: np.ndarray, valid_coverage: np.ndarray) -> np.ndarray:
         centre = x_mm_h[x_mm_h.shape[0] // 2]
@@ -175,7 +176,7 @@ def load_predictor(model: str, task: str, **options) -> tuple[Callable, dict]:
     if kind != task:
         raise BadValueError(f"model={model!r} is a {kind} baseline, but ni-{task} needs a {task} baseline; choose "
                             "model=nearest|linear|biharmonic|laplace (infill), model=persistence|extrapolation|sprog (nowcast).")
-    predictor = baseline_infill_predictor(model, **options) if task == "infill" else get_baseline(model, **options)
+    predictor = baseline_infill_predictor(model, **options) if task == "infill" else registry.get_method("classical", model, **options)
     info = {"model": model, "sha256": "", "config": json.dumps({"baseline": model, **options}, sort_keys=True, default=str)}
     return predictor, info
 

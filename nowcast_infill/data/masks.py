@@ -8,8 +8,9 @@ A generator is called as `gen(rng, valid, lat, lon) -> hidden`:
 Hidden pixels that are no-data in the truth are never targets: callers score
 `hole_targets(hidden, valid)`.
 
-Configs are plain dicts `{"name": ..., **options}` (conf/masks/*.yaml) passed to
-`build_mask_generator`; `get_mask_generator(name, **options)` is the same by keywords.
+Generators are registered in the shared registry (kind "mask"): build one with
+`nowcast_infill.registry.get_method("mask", name, **options)`. Configs are plain dicts
+`{"name": ..., **options}` (conf/masks/*.yaml) passed to `build_mask_generator`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from nowcast_infill import registry
 from nowcast_infill.data.radar_sites import great_circle_km, sites_from_codes
+from nowcast_infill.errors import BadValueError
 
 MaskGenerator = Callable[[np.random.Generator, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
@@ -433,29 +436,11 @@ class Mixture:
         return self.components[rng.choice(len(self.components), p=self.weights)](rng, valid, lat, lon)
 
 
-# ---------------------------------------------------------------- registry
+# ---------------------------------------------------------------- registry (kind "mask")
 
-_GENERATORS: dict[str, Callable[..., MaskGenerator]] = {
-    "radar_outage": RadarOutage,
-    "nodata_pattern": NodataPattern,
-    "freeform": FreeForm,
-    "file": FileMasks,
-    "mixture": Mixture,
-}
-
-
-def mask_generator_names() -> list[str]:
-    return sorted(_GENERATORS)
-
-
-def get_mask_generator(name: str, **options) -> MaskGenerator:
-    """The mask generator registered as `name`, built with `options`."""
-    if name not in _GENERATORS:
-        raise ValueError(f"unknown mask generator {name!r}; valid names are {', '.join(mask_generator_names())}.")
-    try:
-        return _GENERATORS[name](**options)
-    except TypeError as err:
-        raise TypeError(f"mask generator {name!r}: {err}") from err
+for _name, _generator in (("radar_outage", RadarOutage), ("nodata_pattern", NodataPattern), ("freeform", FreeForm),
+                          ("file", FileMasks), ("mixture", Mixture)):
+    registry.register("mask", _name, _generator)
 
 
 def _plain(node: Any) -> Any:
@@ -475,12 +460,14 @@ def _plain(node: Any) -> Any:
 
 
 def build_mask_generator(spec: Mapping[str, Any]) -> MaskGenerator:
-    """Generator from a plain spec `{"name": ..., **options}` (a Hydra `masks` node works too)."""
+    """Generator from a plain spec `{"name": ..., **options}` (a Hydra `masks` node works too),
+    built by `registry.get_method("mask", name, **options)`."""
     spec = _plain(spec)
     if not isinstance(spec, Mapping) or "name" not in spec:
-        raise ValueError(f"mask spec {spec!r} needs a 'name' key; valid names are {', '.join(mask_generator_names())}.")
+        raise BadValueError(f"mask spec {spec!r} needs a 'name' key; valid names are "
+                            f"{', '.join(registry.method_names('mask'))}.")
     options = {k: v for k, v in spec.items() if k != "name"}
-    return get_mask_generator(spec["name"], **options)
+    return registry.get_method("mask", spec["name"], **options)
 
 
 # ---------------------------------------------------------------- fixed evaluation sets

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +33,16 @@ from torch.utils.data import DataLoader
 from nowcast_infill import schema
 from nowcast_infill.data.dataset import MaskGenerator, MultiStoreDataset, RadarWindowDataset
 from nowcast_infill.data.masks import build_mask_generator, make_eval_mask_set, save_mask_set
-from nowcast_infill.data.normalization import Normalizer, RunningMoments
+from nowcast_infill.data.normalization import Normalizer
 from nowcast_infill.data.sampler import SAMPLINGS, WindowSampler, sampling_summary, window_sample_weights
 from nowcast_infill.data.splits import DEFAULT_SPLIT, SPLITS, TEST_ONLY, is_test_only, window_offsets
-from nowcast_infill.data.store_windows import StoreWindows, open_store, resolve_aux
+from nowcast_infill.data.store_windows import (StoreWindows, check_stores_agree, combined_reports, fit_normalizer,
+                                                open_store, resolve_aux)
 from nowcast_infill.data.tiling import eval_tiles
 from nowcast_infill.errors import BadValueError, UserError
 from nowcast_infill.utils.instantiate import to_plain
 
 log = logging.getLogger(__name__)
-
-# Aux fields are fitted on at most this many train frames per store (a seeded sample): bounded start-up.
-AUX_FIT_FRAMES = 256
-
 
 class SplitUnavailableError(UserError, ValueError):
     """A loader was asked for a split the configuration does not have (train/val with split=test_only)."""
@@ -274,9 +270,9 @@ class RadarDataModule(L.LightningDataModule):
             target_offsets=self.target_offsets, crop_size=self.crop_size, min_valid_fraction=self.min_valid_fraction,
             max_rain_rate_mm_h=self.max_rain_rate_mm_h, rank=rank, stats_wait_s=self.stats_wait_s)
             for path in self.stores]
-        self._check_stores_agree()
+        check_stores_agree(self.plans, crop_size=self.crop_size, eval_tile=self.eval_tile)
         self._aux_names = list(self.plans[0].aux_names)
-        self._report_windows()
+        self.window_report, self.implausible_report = combined_reports(self.plans)
         self._prepare_normalizers(rank)
         self.train_weights = None if self.test_only else self._sample_weights()
 
@@ -296,27 +292,6 @@ class RadarDataModule(L.LightningDataModule):
         self.datasets = {name: self._split_dataset(name, generator) for name in splits}
         self.attach_prior(self._prior)
         self._set_up = True
-
-    def _check_stores_agree(self) -> None:
-        """Several stores must give same-shaped batches and the same aux fields."""
-        shapes = {plan.path: plan.shape for plan in self.plans}
-        if len(set(shapes.values())) > 1 and (self.crop_size is None or self.eval_tile is None):
-            raise BadValueError(f"data.stores have different grids {shapes}: set data.crop_size and data.eval_tile "
-                                "so that every batch has one shape.")
-        for plan in self.plans[1:]:
-            if plan.aux_names != self.plans[0].aux_names:
-                raise BadValueError(f"data.aux: {plan.path} has aux fields {plan.aux_names}, {self.store} has "
-                                    f"{self.plans[0].aux_names}; list the fields every store holds in data.aux.")
-
-    def _report_windows(self) -> None:
-        """window_report and implausible_report over all stores (a store's own when there is one)."""
-        self.window_report = {name: {key: sum(plan.window_report[name][key] for plan in self.plans)
-                                     for key in self.plans[0].window_report[name]}
-                              for name in self.plans[0].window_report}
-        reports = [plan.implausible_report for plan in self.plans]
-        firsts = [r["first_time"] for r in reports if r["first_time"] is not None]
-        self.implausible_report = {**reports[0], "count": sum(r["count"] for r in reports),
-                                   "first_time": firsts[0] if firsts else None}
 
     def _split_dataset(self, name: str, generator: MaskGenerator | None) -> RadarWindowDataset | MultiStoreDataset:
         parts = []
@@ -344,7 +319,7 @@ class RadarDataModule(L.LightningDataModule):
                 log.info("data.normalize_per_store: each store's normaliser is fitted on its own train frames every "
                          "run; data.stats_path=%s is not used", self.stats_path)
             for plan, normalizer in zip(self.plans, self._normalizers):
-                self._fit([plan], normalizer)
+                fit_normalizer(normalizer, [plan], aux_names=self._aux_names, seed=self.seed)
         else:
             self._fit_or_load(rank)
         for normalizer in dict.fromkeys(self._normalizers):
@@ -377,30 +352,10 @@ class RadarDataModule(L.LightningDataModule):
         if self.test_only:
             log.warning("data.split=%s: the normalisation is fitted on the test frames (a network must bring its "
                         "own, e.g. the checkpoint's via use_normalizer)", TEST_ONLY)
-        self._fit(self.plans, self._normalizer)
+        fit_normalizer(self._normalizer, self.plans, aux_names=self._aux_names, seed=self.seed)
         self._normalizer.fitted_on = fitted_on
         if self.stats_path is not None and rank == 0:
             self._normalizer.save(self.stats_path)
-
-    def _fit(self, plans: Sequence[StoreWindows], normalizer: Normalizer) -> None:
-        """Fit `normalizer` on the fit frames of `plans` from their stored log1p moments (no precip read);
-        aux fields on up to AUX_FIT_FRAMES of them per store (a seeded sample: bounded cost)."""
-        moments = [plan.stats.log1p_moments(plan.fit_frames()) for plan in plans]
-        if len(moments) > 1:
-            merged = RunningMoments()
-            for count, mean, m2 in moments:
-                merged.merge(count, mean, m2)
-            moments = [(merged.count, merged.mean, merged.m2)]
-        aux = {a: chain.from_iterable(self._aux_fit_values(plan, a) for plan in plans) for a in self._aux_names}
-        normalizer.fit_moments(*moments[0], aux=aux)
-        log.info("normalisation fitted on %s (stored per-frame moments): %s",
-                 ", ".join(f"{p.path} frames {p.fit_frames()[0]}..{p.fit_frames()[-1]}" for p in plans), normalizer)
-
-    def _aux_fit_values(self, plan: StoreWindows, name: str):
-        frames = plan.fit_frames()
-        if frames.size > AUX_FIT_FRAMES:
-            frames = np.sort(np.random.default_rng(self.seed).choice(frames, AUX_FIT_FRAMES, replace=False))
-        return (np.asarray(plan.handle[schema.AUX_PREFIX + name][int(t)], np.float32) for t in frames)
 
     def _sample_weights(self) -> np.ndarray | None:
         """Importance weights of the train windows for data.sampling=wet (None for uniform); logs their spread."""

@@ -16,6 +16,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,16 @@ import numpy as np
 
 from nowcast_infill import schema
 from nowcast_infill.data.dataset import StoreHandle
+from nowcast_infill.data.normalization import Normalizer, RunningMoments
 from nowcast_infill.data.regrid import AuxRegridder
 from nowcast_infill.data.splits import SPLITS, is_test_only, plan_splits, select_windows
 from nowcast_infill.errors import BadValueError, MissingInputError
 from nowcast_infill.io import frame_stats
 
 log = logging.getLogger(__name__)
+
+# Aux fields are fitted on at most this many train frames per store (a seeded sample): bounded start-up.
+AUX_FIT_FRAMES = 256
 
 
 def wait_for(ready: Callable[[], bool], *, what: str, timeout_s: float, poll_s: float = 0.5) -> None:
@@ -208,3 +213,50 @@ class StoreWindows:
             record["first"] = [first, str(np.datetime_as_string(self.times[first], unit="s"))]
             record["last"] = [last, str(np.datetime_as_string(self.times[last], unit="s"))]
         return record
+
+
+def check_stores_agree(plans: Sequence[StoreWindows], *, crop_size: int | None, eval_tile: int | None) -> None:
+    """Several stores must give same-shaped batches (crops and tiles when grids differ) and the same aux fields."""
+    shapes = {plan.path: plan.shape for plan in plans}
+    if len(set(shapes.values())) > 1 and (crop_size is None or eval_tile is None):
+        raise BadValueError(f"data.stores have different grids {shapes}: set data.crop_size and data.eval_tile "
+                            "so that every batch has one shape.")
+    for plan in plans[1:]:
+        if plan.aux_names != plans[0].aux_names:
+            raise BadValueError(f"data.aux: {plan.path} has aux fields {plan.aux_names}, {plans[0].path} has "
+                                f"{plans[0].aux_names}; list the fields every store holds in data.aux.")
+
+
+def combined_reports(plans: Sequence[StoreWindows]) -> tuple[dict[str, dict[str, int]], dict[str, Any]]:
+    """(window report per split, implausible-value report) summed over the stores (one store: its own)."""
+    windows = {name: {key: sum(plan.window_report[name][key] for plan in plans) for key in report}
+               for name, report in plans[0].window_report.items()}
+    reports = [plan.implausible_report for plan in plans]
+    firsts = [r["first_time"] for r in reports if r["first_time"] is not None]
+    implausible = {**reports[0], "count": sum(r["count"] for r in reports), "first_time": firsts[0] if firsts else None}
+    return windows, implausible
+
+
+def fit_normalizer(normalizer: Normalizer, plans: Sequence[StoreWindows], *, aux_names: Sequence[str],
+                   seed: int) -> Normalizer:
+    """Fit `normalizer` on the fit frames of `plans` from their stored log1p moments (no precip read),
+    merged over the stores; aux fields on up to AUX_FIT_FRAMES of those frames per store (a
+    sample seeded by `seed`: bounded cost)."""
+    moments = [plan.stats.log1p_moments(plan.fit_frames()) for plan in plans]
+    if len(moments) > 1:
+        merged = RunningMoments()
+        for count, mean, m2 in moments:
+            merged.merge(count, mean, m2)
+        moments = [(merged.count, merged.mean, merged.m2)]
+
+    def aux_values(plan: StoreWindows, name: str):
+        frames = plan.fit_frames()
+        if frames.size > AUX_FIT_FRAMES:
+            frames = np.sort(np.random.default_rng(seed).choice(frames, AUX_FIT_FRAMES, replace=False))
+        return (np.asarray(plan.handle[schema.AUX_PREFIX + name][int(t)], np.float32) for t in frames)
+
+    aux = {a: chain.from_iterable(aux_values(plan, a) for plan in plans) for a in aux_names}
+    normalizer.fit_moments(*moments[0], aux=aux)
+    log.info("normalisation fitted on %s (stored per-frame moments): %s",
+             ", ".join(f"{p.path} frames {p.fit_frames()[0]}..{p.fit_frames()[-1]}" for p in plans), normalizer)
+    return normalizer

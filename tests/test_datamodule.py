@@ -13,10 +13,10 @@ from torch.utils.data import DistributedSampler
 from factories import LINEAR_AUX, linear_aux_truth, make_test_dataset, write_dataset, write_test_store
 from nowcast_infill import schema
 from nowcast_infill.data.datamodule import RadarDataModule
-from nowcast_infill.data.sampler import WindowSampler
-from nowcast_infill.data.splits import plan_splits
 from nowcast_infill.data.masks import load_mask_set
 from nowcast_infill.data.normalization import Normalizer
+from nowcast_infill.data.sampler import WindowSampler
+from nowcast_infill.data.splits import plan_splits
 from nowcast_infill.errors import UserError
 
 SPLIT = {"fractions": [0.6, 0.2, 0.2], "gap": 3}

@@ -33,8 +33,8 @@ def stores(tmp_path_factory):
 
 
 def make_dm(stores, **kwargs) -> RadarDataModule:
-    args = dict(stores=[str(s) for s in stores], task="nowcast", past=2, future=2, crop_size=16, eval_tile=16,
-                split=SPLIT, batch_size=4, seed=3, min_valid_fraction=0.0)
+    args = {"stores": [str(s) for s in stores], "task": "nowcast", "past": 2, "future": 2, "crop_size": 16,
+            "eval_tile": 16, "split": SPLIT, "batch_size": 4, "seed": 3, "min_valid_fraction": 0.0}
     args.update(kwargs)
     dm = RadarDataModule(**args)
     dm.setup()
@@ -77,7 +77,7 @@ def test_per_store_normalizers_give_each_store_its_own_samples(stores):
     for normalizer, single in zip(dm.normalizers, singles):
         assert normalizer.state_dict() == single.normalizer.state_dict()
     with pytest.raises(UserError, match="normalizers"):
-        dm.normalizer
+        _ = dm.normalizer
     # The first store's samples are exactly those of the store alone.
     part = dm.datasets["val"].parts[0]
     for index in range(len(part)):

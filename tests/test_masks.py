@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from nowcast_infill import registry
 from nowcast_infill.data.masks import (
     build_mask_generator,
     hole_targets,
@@ -15,7 +16,6 @@ from nowcast_infill.data.masks import (
     read_mask_file,
     save_mask_set,
 )
-from nowcast_infill import registry
 from nowcast_infill.data.radar_sites import DWD_RADAR_SITES, great_circle_km, sites_from_codes
 from nowcast_infill.data.synthetic import generate_synthetic
 from nowcast_infill.errors import UserError

@@ -31,13 +31,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from nowcast_infill import schema
-from nowcast_infill.data.dataset import MaskGenerator, MultiStoreDataset, RadarWindowDataset
-from nowcast_infill.data.masks import build_mask_generator, make_eval_mask_set, save_mask_set
+from nowcast_infill.data.dataset import MultiStoreDataset, RadarWindowDataset
+from nowcast_infill.data.masks import MaskGenerator, build_mask_generator, make_eval_mask_set, save_mask_set
 from nowcast_infill.data.normalization import Normalizer
 from nowcast_infill.data.sampler import SAMPLINGS, WindowSampler, sampling_summary, window_sample_weights
 from nowcast_infill.data.splits import DEFAULT_SPLIT, SPLITS, TEST_ONLY, is_test_only, window_offsets
 from nowcast_infill.data.store_windows import (StoreWindows, check_stores_agree, combined_reports, fit_normalizer,
-                                                open_store, resolve_aux)
+                                               open_store, resolve_aux)
 from nowcast_infill.data.tiling import eval_tiles
 from nowcast_infill.errors import BadValueError, UserError
 from nowcast_infill.utils.instantiate import to_plain

@@ -18,7 +18,7 @@ Design notes (the why):
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +26,11 @@ import torch
 from torch.utils.data import Dataset
 
 from nowcast_infill import schema
-from nowcast_infill.data.masks import hole_targets
+from nowcast_infill.data.masks import MaskGenerator, hole_targets
 from nowcast_infill.data.normalization import Normalizer
 from nowcast_infill.data.regrid import AuxRegridder
 from nowcast_infill.data.splits import SPLITS
 from nowcast_infill.data.tiling import Tile, tile_owners
-
-MaskGenerator = Callable[[np.random.Generator, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 class StoreHandle:

@@ -54,7 +54,7 @@ class RunningMoments:
         batch_mean = float(values.mean())
         self.merge(n, batch_mean, float(((values - batch_mean) ** 2).sum()))
 
-    def merge(self, count: int, mean: float, m2: float) -> "RunningMoments":
+    def merge(self, count: int, mean: float, m2: float) -> RunningMoments:
         """Add the moments (`count`, `mean`, `m2` = sum of squared deviations) of another sample."""
         if count == 0:
             return self
@@ -103,7 +103,7 @@ class Normalizer:
         self.fitted_on: Any = None
 
     # -- fitting ---------------------------------------------------------------------
-    def fit(self, values_mm_h, aux: Mapping[str, Any] | None = None) -> "Normalizer":
+    def fit(self, values_mm_h, aux: Mapping[str, Any] | None = None) -> Normalizer:
         """Fit on training data: an array of mm/h or an iterable of arrays (streamed).
 
         ``aux`` maps an auxiliary name to its values (array or iterable of arrays).
@@ -114,7 +114,7 @@ class Normalizer:
             moments.update(np.log1p(np.maximum(_to_numpy(chunk).astype(np.float64), 0.0)))
         return self.fit_moments(moments.count, moments.mean, moments.m2, aux=aux)
 
-    def fit_moments(self, count: int, mean: float, m2: float, aux: Mapping[str, Any] | None = None) -> "Normalizer":
+    def fit_moments(self, count: int, mean: float, m2: float, aux: Mapping[str, Any] | None = None) -> Normalizer:
         """Fit from the moments of log1p(rate) over the valid training pixels: `count`, `mean` and
         `m2` (sum of squared deviations), e.g. merged from a store's per-frame statistics
         (nowcast_infill/io/frame_stats.py) without reading any frame. Same checks as `fit`."""
@@ -134,7 +134,7 @@ class Normalizer:
             self.fit_aux(name, values)
         return self
 
-    def fit_aux(self, name: str, values) -> "Normalizer":
+    def fit_aux(self, name: str, values) -> Normalizer:
         """Fit the z-score of auxiliary field ``name`` (array or iterable of arrays, NaN ignored)."""
         moments = RunningMoments()
         for chunk in _as_chunks(values):
@@ -237,7 +237,7 @@ class Normalizer:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Normalizer":
+    def load(cls, path: str | Path) -> Normalizer:
         path = Path(path)
         try:
             state = json.loads(path.read_text())

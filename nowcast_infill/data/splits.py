@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -72,7 +73,7 @@ def plan_splits(times: np.ndarray, split: Mapping | str | None, store: str = "<s
     usable = n - 2 * gap
     if usable <= 0:
         raise BadValueError(f"{store}: {n} frames cannot hold two gaps of {gap} frames; lower split.gap.")
-    sizes = [int(math.floor(f * usable)) for f in fractions]
+    sizes = [math.floor(f * usable) for f in fractions]
     blocks, start = {}, 0
     for name, size in zip(SPLITS, sizes):
         blocks[name] = (start, start + size)
@@ -89,7 +90,7 @@ def _blocks_by_dates(times: np.ndarray, dates: Mapping, store: str) -> dict[str,
         first, last = (np.datetime64(str(v).replace("Z", ""), "ns") for v in bounds)
         blocks[name] = (int(np.searchsorted(times, first, side="left")), int(np.searchsorted(times, last, side="right")))
     ordered = sorted(blocks.items(), key=lambda kv: kv[1][0])
-    for (a, (_, a_stop)), (b, (b_start, _)) in zip(ordered, ordered[1:]):
+    for (a, (_, a_stop)), (b, (b_start, _)) in pairwise(ordered):
         if b_start < a_stop:
             raise BadValueError(f"split.dates: '{a}' and '{b}' overlap in {store}; make the date ranges disjoint.")
     return blocks

@@ -148,7 +148,7 @@ class StoreWindows:
     @classmethod
     def prepare(cls, path: str, *, split, aux, task_name: str, length: int, target_offsets: np.ndarray,
                 crop_size: int | None, min_valid_fraction: float, max_rain_rate_mm_h: float, rank: int,
-                stats_wait_s: float) -> "StoreWindows":
+                stats_wait_s: float) -> StoreWindows:
         """Open, validate and plan the store at `path`: splits, windows, statistics, aux regridding.
 
         With `split=test_only` only the test split gets windows (train and val are empty).

@@ -12,8 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -149,7 +148,7 @@ def predict_tiled(
     for i in range(0, len(windows), batch_size):
         chunk = windows[i:i + batch_size]
 
-        def cut(t):
+        def cut(t, chunk=chunk):
             return None if t is None else torch.stack([t[..., r:r + tile_h, c:c + tile_w] for r, c in chunk])
 
         pred = fn(cut(x), cut(x_mask), cut(aux), cut(aux_mask))

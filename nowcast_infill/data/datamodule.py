@@ -296,6 +296,7 @@ class RadarDataModule(L.LightningDataModule):
     def _split_dataset(self, name: str, generator: MaskGenerator | None) -> RadarWindowDataset | MultiStoreDataset:
         parts = []
         for index, (plan, normalizer) in enumerate(zip(self.plans, self._normalizers)):
+            shape: dict[str, Any]
             if name == "train":
                 shape = {"crop_size": self.crop_size} if self.crop_size is not None else {"tiles": [(0, 0, *plan.shape)]}
             else:
@@ -319,11 +320,11 @@ class RadarDataModule(L.LightningDataModule):
                 log.info("data.normalize_per_store: each store's normaliser is fitted on its own train frames every "
                          "run; data.stats_path=%s is not used", self.stats_path)
             for plan, normalizer in zip(self.plans, self._normalizers):
-                fit_normalizer(normalizer, [plan], aux_names=self._aux_names, seed=self.seed)
+                fit_normalizer(normalizer, [plan], aux_names=self.aux_names, seed=self.seed)
         else:
             self._fit_or_load(rank)
         for normalizer in dict.fromkeys(self._normalizers):
-            missing_aux = [a for a in self._aux_names if a not in normalizer.aux]
+            missing_aux = [a for a in self.aux_names if a not in normalizer.aux]
             if missing_aux:
                 raise BadValueError(f"the given normaliser (use_normalizer) lacks aux field(s) {missing_aux}; use "
                                     "the data.aux the model was trained with.")
@@ -339,7 +340,7 @@ class RadarDataModule(L.LightningDataModule):
                     f"{self.stats_path}: statistics are for normalization={loaded.kind!r}, "
                     f"config asks {self.normalization!r}; delete the file to refit or fix data.normalization."
                 )
-            missing_aux = [a for a in self._aux_names if a not in loaded.aux]
+            missing_aux = [a for a in self.aux_names if a not in loaded.aux]
             if loaded.fitted_on == fitted_on and not missing_aux:
                 self._normalizer.load_state_dict(loaded.state_dict())
                 self._normalizer.fitted_on = fitted_on
@@ -352,7 +353,7 @@ class RadarDataModule(L.LightningDataModule):
         if self.test_only:
             log.warning("data.split=%s: the normalisation is fitted on the test frames (a network must bring its "
                         "own, e.g. the checkpoint's via use_normalizer)", TEST_ONLY)
-        fit_normalizer(self._normalizer, self.plans, aux_names=self._aux_names, seed=self.seed)
+        fit_normalizer(self._normalizer, self.plans, aux_names=self.aux_names, seed=self.seed)
         self._normalizer.fitted_on = fitted_on
         if self.stats_path is not None and rank == 0:
             self._normalizer.save(self.stats_path)

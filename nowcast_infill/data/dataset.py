@@ -113,7 +113,7 @@ class RadarWindowDataset(Dataset):
         self.stream = None if stream is None else int(stream)
         self.crop_size = crop_size
         self.tiles = list(tiles) if tiles is not None else None
-        self.tile_owners = None if self.tiles is None else tile_owners(*lat.shape, self.tiles)
+        self.tile_owners = None if self.tiles is None else tile_owners(self.height, self.width, self.tiles)
         if (crop_size is None) == (self.tiles is None):
             raise ValueError("RadarWindowDataset: give exactly one of crop_size (random crops) and tiles (fixed tiles).")
         self.aux_names, self.regridder = list(aux_names), regridder

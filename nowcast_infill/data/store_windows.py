@@ -112,7 +112,10 @@ def load_frame_stats(store: str, max_rain_rate_mm_h: float, *, rank: int, wait_s
             return got is not None and got.complete
 
         wait_for(complete, what=f"frame statistics of {store} (computed by rank 0)", timeout_s=wait_s)
-    return frame_stats.load_frame_stats(store)
+    loaded = frame_stats.load_frame_stats(store)
+    if loaded is None:
+        raise RuntimeError(f"{store}: frame statistics missing right after they were computed and stored.")
+    return loaded
 
 
 @dataclass

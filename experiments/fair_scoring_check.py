@@ -103,13 +103,13 @@ def main() -> None:
         return
 
     from nowcast_infill import registry
-    from nowcast_infill.data.datamodule import _tile_owners, _tiles
+    from nowcast_infill.data.tiling import eval_tiles, tile_owners
 
     seq = read_frames(args.folder, args.start, args.past + args.leads)
     past, future = seq[:args.past], seq[args.past:]
     height, width = seq.shape[1:]
-    tiles = _tiles(height, width, args.tile)
-    owners = _tile_owners(height, width, tiles)
+    tiles = eval_tiles(height, width, args.tile)
+    owners = tile_owners(height, width, tiles)
     covered = sum(h * w for _, _, h, w in tiles)
     print(f"KNMI {args.start}, {args.past} past + {args.leads} leads, {height} x {width}, {len(tiles)} tiles of "
           f"{args.tile} px: {covered} tile pixels for {height * width} distinct ones "

@@ -10,7 +10,7 @@ import torch
 
 from nowcast_infill import registry
 from nowcast_infill.data import masks as masks_module
-from nowcast_infill.data.datamodule import _tile_owners, _tiles
+from nowcast_infill.data.tiling import eval_tiles, tile_owners
 from nowcast_infill.metrics.radar_metrics import RadarMetrics
 
 
@@ -84,8 +84,8 @@ def test_a_translating_field_is_forecast_without_fallback():
 # ------------------------------------------------------------------ each pixel once
 @pytest.mark.parametrize("height,width,tile", [(48, 48, 20), (50, 37, 16), (32, 32, 32)])
 def test_tile_owners_cover_every_pixel_exactly_once(height, width, tile):
-    tiles = _tiles(height, width, tile)
-    owners = _tile_owners(height, width, tiles)
+    tiles = eval_tiles(height, width, tile)
+    owners = tile_owners(height, width, tiles)
     counted = np.zeros((height, width), int)
     for index, (y0, x0, h, w) in enumerate(tiles):
         counted[y0:y0 + h, x0:x0 + w] += owners[y0:y0 + h, x0:x0 + w] == index
@@ -103,8 +103,8 @@ def test_pixel_scores_over_owned_tiles_equal_scores_over_the_whole_grid():
         if not tiled:
             metric.update(pred, truth, mask)
         else:
-            tiles = _tiles(50, 45, 16)
-            owners = torch.from_numpy(_tile_owners(50, 45, tiles))
+            tiles = eval_tiles(50, 45, 16)
+            owners = torch.from_numpy(tile_owners(50, 45, tiles))
             for index, (y0, x0, h, w) in enumerate(tiles):
                 owned = (owners[y0:y0 + h, x0:x0 + w] == index).float()
                 window = (..., slice(y0, y0 + h), slice(x0, x0 + w))

@@ -23,7 +23,7 @@ from nowcast_infill.inference.archive import (
     STATUS_COMPLETE, STATUS_INFILLED, STATUS_PENDING, NoValidFrameError, derive_coverage, infill_store,
     load_predictor, open_radar_store, write_nowcast,
 )
-from nowcast_infill.inference.tiling import predict_tiled
+from nowcast_infill.data.tiling import predict_tiled
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -51,7 +51,7 @@ def test_extrapolation_prior_equals_the_extrapolation_baseline(store, tmp_path):
         for index in range(min(2, len(dataset.starts))):
             sample = dataset[index]
             start = int(dataset.starts[index])
-            full = dataset._read_precip(start, 0, 0, dataset.height, dataset.width)[dataset.input_offsets]
+            full = dataset.read_precip(start, 0, 0, dataset.height, dataset.width)[dataset.input_offsets]
             expected = registry.get_method("classical", "extrapolation", n_leads=2)(full)  # (2, H, W) mm/h
             # locate the crop: the prior's box is the sample's box, found from its input frame
             h, w = sample["x"].shape[-2:]

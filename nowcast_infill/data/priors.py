@@ -111,7 +111,7 @@ class WindowPrior:
         from nowcast_infill.baselines.nowcast import advect, extrapolation_motion, fill_from_outside
 
         def compute():
-            full = dataset._read_precip(start, 0, 0, dataset.height, dataset.width, frames=dataset.input_offsets)
+            full = dataset.read_precip(start, 0, 0, dataset.height, dataset.width, frames=dataset.input_offsets)
             return extrapolation_motion(full, **self.motion_options)
 
         velocity, last_index = self.motion_cache(dataset).get(start, compute)
@@ -120,7 +120,7 @@ class WindowPrior:
         margin = int(math.ceil(float(np.abs(velocity).max(initial=0.0)) * self.n_leads)) + 2
         ya, xa = max(0, y0 - margin), max(0, x0 - margin)
         yb, xb = min(dataset.height, y0 + h + margin), min(dataset.width, x0 + w + margin)
-        frame = dataset._read_precip(start, ya, xa, yb - ya, xb - xa, frames=[dataset.input_offsets[last_index]])[0]
+        frame = dataset.read_precip(start, ya, xa, yb - ya, xb - xa, frames=[dataset.input_offsets[last_index]])[0]
         out = advect(frame, velocity[:, ya:yb, xa:xb], self.n_leads)
         crop = (slice(y0 - ya, y0 - ya + h), slice(x0 - xa, x0 - xa + w))
         # the extrapolation baseline's own outside rule, so the prior is exactly its forecast

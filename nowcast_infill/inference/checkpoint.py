@@ -139,7 +139,7 @@ class CheckpointPredictor:
                 f"(trained with aux={self.aux_names}), which the store lacks; add them (ni-convert/ni-synth with aux) "
                 "or use a checkpoint trained without aux."
             )
-        from nowcast_infill.data.datamodule import AuxRegridder
+        from nowcast_infill.data.regrid import AuxRegridder
 
         regridder = AuxRegridder(ds["y"].values, ds["x"].values, ds["y_aux"].values, ds["x_aux"].values)
         arrays = {n: ds[AUX_PREFIX + n] for n in self.aux_names}
@@ -173,7 +173,7 @@ class CheckpointPredictor:
 
         `needed (H, W)` bool limits the work to the tiles holding a needed pixel (NaN elsewhere).
         """
-        from nowcast_infill.inference.tiling import predict_tiled
+        from nowcast_infill.data.tiling import predict_tiled
 
         x_mm_h = np.asarray(x_mm_h, dtype=np.float32)
         if x_mm_h.ndim != 3 or x_mm_h.shape[0] != self.in_frames:

@@ -478,6 +478,7 @@ def convert_parallel(inputs, output: str | Path, source: str, processes: int = 2
     history = options.pop("history", None)
     lock_timeout = options.get("lock_timeout", DEFAULT_LOCK_TIMEOUT_S)
     plan = plan_store(inputs, output, source, tasks=processes, history=history, **options)
+    plan_seconds = _time.perf_counter() - started
     # Spawned, not forked: a forked child of a process whose zarr event-loop thread runs
     # (any that has read or written a store) waits forever on that thread's lock.
     ctx = mp.get_context("spawn")
@@ -489,6 +490,7 @@ def convert_parallel(inputs, output: str | Path, source: str, processes: int = 2
         w.join()
     summary = finalise_store(output, history=history or "", lock_timeout=lock_timeout)
     summary["processes"] = len(workers)
+    summary["plan_seconds"], summary["finalise_seconds"] = round(plan_seconds, 3), summary["seconds"]
     summary["seconds"] = round(_time.perf_counter() - started, 3)
     summary["frames_per_s"] = round(summary["n_frames_written"] / summary["seconds"], 2)
     return summary

@@ -196,7 +196,7 @@ def measure_local(bundles: list[Path], store: Path, processes: int) -> dict:
     t = time.perf_counter()
     out = subprocess.run([*_ni_convert(), "step=all", f"tasks={processes}", f"inputs=[{','.join(map(str, bundles))}]",
                           f"output={store}", "progress=false"], check=True, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=store.parent)  # Hydra logs there
     seconds = time.perf_counter() - t
     summary = json.loads(out.stdout[out.stdout.index("{"):])
     return {"mode": f"{processes} local region writers (step=all tasks={processes})", "frames": summary["n_frames_written"],
@@ -300,7 +300,7 @@ def _generate(args) -> list[Path]:
 
 
 def _convert(args) -> None:
-    work = Path(args.work)
+    work = Path(args.work).absolute()
     archive = work / f"yw-{args.days:g}d"
     bundles = sorted(archive.glob("YW-*.tar.gz"))
     if not bundles:

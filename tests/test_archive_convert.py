@@ -16,7 +16,7 @@ import xarray as xr
 
 from data_factories_io import rain_field, write_radolan_ascii
 from nowcast_infill.errors import UserError
-from nowcast_infill.io import frame_stats
+from nowcast_infill.io import frame_stats, region_writer
 from nowcast_infill.io.convert import convert
 from nowcast_infill.io.importers import ConversionError
 from nowcast_infill.io.region_writer import (IncompleteConversionError, conversion_dir, convert_parallel, finalise_store,
@@ -189,14 +189,19 @@ def test_a_frame_outside_its_task_range_is_refused_naming_the_member(tmp_path):
     assert err.value.incomplete == [(0, "2017-08-16T00:05:00", "2017-08-16T00:15:00", "not finished (killed, failed or never run)")]
 
 
-def test_one_bundle_is_split_between_several_tasks_by_time(tmp_path):
-    # a day in one bundle on 3 tasks: each reads the bundle and keeps its own steps
+def test_one_bundle_is_split_between_several_tasks_by_time(tmp_path, monkeypatch):
+    # a day in one bundle on 3 tasks: each streams the bundle and decodes only its own steps' members
     bundles = write_synthetic_archive(tmp_path / "a", n_frames=9, shape=TINY, skip_steps=[3])
     plan = plan_store(bundles, tmp_path / "three.zarr", "radolan", tasks=3, **TINY_OPTIONS)
     assert [(t["first"][11:16], t["last"][11:16], t["select_by_time"]) for t in plan["tasks"]] == [
         ("00:05", "00:15", True), ("00:20", "00:30", True), ("00:35", "00:45", True)]
+    decoded = []
+    read_items = region_writer.read_items
+    monkeypatch.setattr(region_writer, "read_items",
+                        lambda items, *a, **k: read_items((decoded.append(i.path) or i for i in items), *a, **k))
     for k in range(3):
         write_region(tmp_path / "three.zarr", k)
+    assert len(decoded) == 8  # each member once (by its DWD name), not each task every member
     assert finalise_store(tmp_path / "three.zarr")["missing_times"] == ["2017-08-16T00:20:00"]
     convert(bundles, tmp_path / "one.zarr", source="radolan", workers=1, progress=False, max_gap_s=None, **TINY_OPTIONS)
     assert_same_store(tmp_path / "one.zarr", tmp_path / "three.zarr")

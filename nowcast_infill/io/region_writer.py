@@ -9,20 +9,24 @@ array, N local processes, a shell loop) fills the store.
   the last input, unless `time_range` is given), creates the whole store at once, sized
   for the time range: coordinates, `time`, `missing_frame` all True, `precip` with no
   chunk written; and writes the plan `NAME.zarr.conversion/plan.json` beside it: each
-  task's inputs and the time range it owns (the ranges tile the time axis).
+  task's inputs and the time range it owns (the ranges tile the time axis). With
+  split="time" the time range is cut into equal runs and the plan holds no file list:
+  each task finds its inputs by the date stamps in their names (io/dated_inputs.py).
 * `write_region` (task k): reads its inputs in order and writes each frame as its own
   `precip` chunk (one time step per stored file is required, so two tasks never write the
   same file: no store lock is taken; a per-task lock `task-k.lock` keeps a rerun from
   overlapping a still-running copy of the same task). Every chunk file is written
-  atomically (written aside, then renamed); at the end the task's record
-  `task-k.json` (frames written with their provenance, files skipped) is written
-  atomically. A killed task leaves no record, and rerunning it rewrites its chunks.
+  atomically (written aside, then renamed); at the end the per-frame statistics of its
+  frames (`task-k.stats.npz`), then the task's record `task-k.json` (frames written with
+  their provenance, files skipped) are written atomically. A killed task leaves no
+  record, and rerunning it rewrites its chunks.
 * `finalise_store` (exclusive store lock): a task without a record makes it fail with
   `IncompleteConversionError` naming each unfinished task's time range; otherwise every
   step of a finished range without a frame is a gap (`missing_frame`, its chunk deleted
   if a killed run left one), provenance is merged into `source_files` in time order,
-  per-frame statistics are computed (nowcast_infill.io.frame_stats), and
-  the metadata is consolidated. The plan folder is then removed.
+  the tasks' per-frame statistics are merged (nowcast_infill.io.frame_stats; `precip` is
+  read only for the frames of a task without them), and the metadata is consolidated.
+  The plan folder is then removed.
 
 Until finalised, the store reads as all missing (`missing_frame` True everywhere) and
 carries the attribute `conversion_incomplete`.

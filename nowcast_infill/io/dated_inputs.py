@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,7 @@ def date_inputs(files: list[Path], option: str = "inputs") -> list[DatedInput]:
                             "between tasks instead (split=inputs).")
         stamped.append((when, path))
     stamped.sort(key=lambda pair: pair[0])
-    for (a, pa), (b, pb) in zip(stamped, stamped[1:]):
+    for (a, pa), (b, pb) in pairwise(stamped):
         if a == b:
             raise UserError(f"{pa} and {pb}: the same date stamp in their names, so split=time cannot tell which holds "
                             f"which times; keep one of them in {option}=, or use split=inputs.")

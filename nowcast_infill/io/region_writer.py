@@ -49,13 +49,14 @@ import numpy as np
 from nowcast_infill import schema
 from nowcast_infill.errors import UserError
 from nowcast_infill.io.bundles import MEMBER_SEPARATOR
-from nowcast_infill.io.convert import expand_inputs, iter_items, read_item, read_items, source_name
+from nowcast_infill.io.conversion_plan import SPLITS, split_by_inputs, split_by_time
+from nowcast_infill.io.convert import expand_inputs, iter_items, read_items, source_name
 from nowcast_infill.io.dated_inputs import date_inputs, inputs_for_range, outside_span_error
 from nowcast_infill.io.frame_stats import PartialStats, compute_frame_stats
 from nowcast_infill.io.importers import ConversionError, Frame, get_importer
+from nowcast_infill.io.radolan import time_from_dwd_name
 from nowcast_infill.io.store import (DEFAULT_SHARDS, SourceRecord, _check_consistent, _create_skeleton, _encode_times, _iso,
                                      _new_attrs, _read_state, _whole_frame_chunk_writer, precip_layout)
-from nowcast_infill.io.radolan import time_from_dwd_name
 from nowcast_infill.io.store_lock import DEFAULT_LOCK_TIMEOUT_S, StoreLock
 
 log = logging.getLogger(__name__)
@@ -94,40 +95,6 @@ def load_plan(output: str | Path) -> dict:
                         f"output={output} tasks=N` first (or the store was finalised already).") from None
 
 
-def _first_frame(files: list[Path], source: str, options: dict) -> Frame:
-    """The first frame of the first readable item of `files` (plain files or bundles)."""
-    for item in iter_items(files, skip_bad=False, skipped=[]):
-        path, frames, _digest, error = read_item(source, options, item)
-        if error is not None:
-            raise ConversionError(path, error.removeprefix(f"{path}: "))
-        if frames:
-            return frames[0]
-    raise ConversionError(files[0], "holds no frame; check inputs=.")
-
-
-def _last_time(path: Path, source: str, options: dict) -> np.datetime64:
-    """The latest frame time of the input `path` (a bundle is streamed to its last member)."""
-    last = None
-    for item in iter_items([path], skip_bad=False, skipped=[]):
-        last = item
-    if last is None:
-        raise ConversionError(path, "holds no frame; check inputs=.")
-    got, _, error = read_item(source, options, last)[1:]
-    if error is not None:
-        raise ConversionError(last.path, error.removeprefix(f"{last.path}: "))
-    return max(f.time for f in got)
-
-
-def _parse_time(text, option: str) -> np.datetime64:
-    try:
-        return np.datetime64(str(text).rstrip("Z"), "ns")
-    except ValueError as err:
-        raise UserError(f"{option}={text!r}: not a time; write it like 2017-08-16T00:05 (UTC).") from err
-
-
-SPLITS = ("inputs", "time")
-
-
 def plan_store(inputs, output: str | Path, source: str, tasks: int = 1, time_range=None, time_step_s: int | None = None,
                skip_bad: bool = False, chunks: dict | None = None, shards: dict | None = DEFAULT_SHARDS,
                compression: dict | None = None, history: str | None = None,
@@ -156,7 +123,7 @@ def plan_store(inputs, output: str | Path, source: str, tasks: int = 1, time_ran
         if output.exists():
             raise UserError(f"{output}: exists already; step=plan creates a new store: choose another output= or delete it "
                             f"(to finish a planned store run step=write for its tasks, then step=finalise).")
-        split_tasks = _split_by_time if split == "time" else _split_by_inputs
+        split_tasks = split_by_time if split == "time" else split_by_inputs
         ref, start, end, step_s, task_list = split_tasks(files, int(tasks), time_range, time_step_s, source, importer_options)
         n_steps = int((end - start) // np.timedelta64(step_s, "s")) + 1
         _create_planned_store(output, ref, n_steps, start, step_s, source, chunks, shards, compression, history)
@@ -172,69 +139,6 @@ def plan_store(inputs, output: str | Path, source: str, tasks: int = 1, time_ran
         _write_json_atomic(conv / PLAN, plan)
         os.replace(output.with_name(output.name + ".planning"), output)  # the store appears whole, plan beside it
     return plan
-
-
-def _time_axis(ref: Frame, time_range, time_step_s, last_time) -> tuple[np.datetime64, np.datetime64, int]:
-    """(first, last, step seconds) of the store: `time_range` or the inputs' first / `last_time()` frame."""
-    step_s = int(time_step_s or ref.accumulation_interval_s)
-    if step_s <= 0:
-        raise UserError(f"{ref.source}: product {ref.product} is instantaneous (no accumulation interval); "
-                        "pass time_step_s=<seconds between frames>.")
-    start = _parse_time(time_range[0], "time_range[0]") if time_range else ref.time
-    end = _parse_time(time_range[1], "time_range[1]") if time_range else last_time()
-    if end < start or (end - start) % np.timedelta64(step_s, "s"):
-        raise UserError(f"time_range=[{_iso(start)}, {_iso(end)}]: the end must be a whole number of {step_s} s "
-                        "steps after the start; fix time_range=.")
-    return start, end, step_s
-
-
-def _split_by_inputs(files, tasks, time_range, time_step_s, source, options):
-    """split=inputs: contiguous runs of `files`, each input's range cut further when tasks outnumber inputs."""
-    n_tasks = max(1, min(tasks, len(files)))
-    runs = [list(r) for r in np.array_split(np.arange(len(files)), n_tasks)]
-    firsts = [_first_frame([files[run[0]]], source, options) for run in runs]
-    ref = firsts[0]
-    start, end, step_s = _time_axis(ref, time_range, time_step_s, lambda: _last_time(files[-1], source, options))
-    step = np.timedelta64(step_s, "s")
-    starts = [start] + [f.time for f in firsts[1:]]
-    for k, (f, t) in enumerate(zip(firsts, starts)):
-        if (f.time - start) % step or not (start <= f.time <= end) or (k and t <= starts[k - 1]):
-            raise ConversionError(f.source, f"first frame {_iso(f.time)} of task {k} is not on the {step_s} s axis "
-                                  f"{_iso(start)} to {_iso(end)} after task {k - 1}'s; sort inputs= by time, or fix "
-                                  "time_range= / time_step_s=.")
-    stops = [t - step for t in starts[1:]] + [end]
-    # Fewer inputs than tasks (a day in one bundle, a month in 30 on 64 tasks): the time
-    # range of each input is cut into several tasks, each reading the whole input and
-    # keeping its own steps (members outside are passed over by their DWD file name).
-    per_input = [len(share) for share in np.array_split(np.arange(max(tasks, n_tasks)), n_tasks)]
-    task_list = []
-    for run, a, b, parts in zip(runs, starts, stops, per_input):
-        n_run = int((b - a) // step) + 1
-        for piece in np.array_split(np.arange(n_run), min(parts, n_run)):
-            task_list.append({"task": len(task_list), "inputs": [str(files[i]) for i in run],
-                              "first": _iso(a + int(piece[0]) * step), "last": _iso(a + int(piece[-1]) * step),
-                              "select_by_time": parts > 1})
-    return ref, start, end, step_s, task_list
-
-
-def _split_by_time(files, tasks, time_range, time_step_s, source, options):
-    """split=time: `tasks` equal runs of the range's steps; each task finds its inputs by name when it runs."""
-    first, last = (_parse_time(t, f"time_range[{k}]") for k, t in enumerate(time_range))
-    dated = inputs_for_range(date_inputs(files), first, last)
-    if not dated:
-        raise UserError(f"time_range=[{_iso(first)}, {_iso(last)}]: no input's name dates it within the range "
-                        f"({len(files)} input(s) matched); check inputs= and time_range=.")
-    ref = _first_frame([dated[0].path], source, options)  # grid, product and step of the store
-    start, end, step_s = _time_axis(ref, time_range, time_step_s, None)
-    step = np.timedelta64(step_s, "s")
-    if (ref.time - start) % step:
-        raise ConversionError(ref.source, f"time {_iso(ref.time)} is not on the {step_s} s axis from {_iso(start)}; "
-                              "fix time_range= / time_step_s=.")
-    n_steps = int((end - start) // step) + 1
-    task_list = [{"task": k, "inputs": None, "find_inputs": True, "select_by_time": True,
-                  "first": _iso(start + int(piece[0]) * step), "last": _iso(start + int(piece[-1]) * step)}
-                 for k, piece in enumerate(np.array_split(np.arange(n_steps), min(max(1, tasks), n_steps)))]
-    return ref, start, end, step_s, task_list
 
 
 def _create_planned_store(output: Path, ref: Frame, n_steps: int, start: np.datetime64, step_s: int, source: str,

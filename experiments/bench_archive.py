@@ -307,23 +307,25 @@ def _convert(args) -> None:
         args.out = archive
         bundles = _generate(args)
     input_bytes = sum(b.stat().st_size for b in bundles)
-    results = [] if args.no_single else [measure_single(bundles, work / "single.zarr")]
-    for processes in args.processes:
-        results.append(measure_local(bundles, work / f"local{processes}.zarr", processes))
-    if args.slurm:
-        results.append(measure_slurm(bundles, work / "slurm.zarr"))
-    n = results[0]["frames"]
-    print(f"\nConversion of a synthetic YW archive: {args.days:g} day(s), {n} frames of 1100 x 900 in "
-          f"{len(bundles)} daily .tar.gz bundle(s) ({input_bytes / n / 1e3:.0f} kB per frame); "
-          f"{platform.node()}, {os.cpu_count()} CPUs, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n")
+    print(f"\nConversion of a synthetic YW archive: {args.days:g} day(s) of 1100 x 900 in {len(bundles)} daily .tar.gz "
+          f"bundle(s) ({input_bytes / 1e6:.0f} MB); {platform.node()}, {os.cpu_count()} CPUs, "
+          f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n")
     print("| mode | frames | seconds | frames/s | per-task seconds (wall / CPU) | plan / finalise s | store bytes per frame "
           "| load average start -> end |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in results:
+    print("|---|---|---|---|---|---|---|---|", flush=True)
+    runs = [] if args.no_single else [lambda: measure_single(bundles, work / "single.zarr")]
+    runs += [lambda p=processes: measure_local(bundles, work / f"local{p}.zarr", p) for processes in args.processes]
+    if args.slurm:
+        runs.append(lambda: measure_slurm(bundles, work / "slurm.zarr"))
+    results = []
+    for run in runs:  # each row as soon as it is measured: a run cut short keeps what it has
+        r = run()
+        results.append(r)
         tasks = ", ".join(f"{w:.1f} / {c:.1f}" for w, c in zip(r.get("task_seconds", []), r.get("task_cpu_seconds", []))) or "-"
         ends = f"{r['plan_seconds']:.1f} / {r['finalise_seconds']:.1f}" if "plan_seconds" in r else "-"
         print(f"| {r['mode']} | {r['frames']} | {r['seconds']:.1f} | {r['frames'] / r['seconds']:.1f} | {tasks} | {ends} | "
-              f"{r['bytes_per_frame'] / 1e3:.0f} kB | {r['load'][0]:.1f} -> {r['load'][1]:.1f} |")
+              f"{r['bytes_per_frame'] / 1e3:.0f} kB | {r['load'][0]:.1f} -> {r['load'][1]:.1f} |", flush=True)
+    n = results[0]["frames"]
     by_tasks = {int(r["mode"].split()[0]): r for r in results if "local region writers" in r["mode"]}
     if 1 in by_tasks and 2 in by_tasks:
         one, two = by_tasks[1], by_tasks[2]

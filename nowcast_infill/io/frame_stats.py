@@ -20,6 +20,8 @@ are sums over frames. A reader derives fractions from the counts.
 
 Writers: `StoreWriter` (nowcast_infill/io/store.py) computes them for each frame as it
 writes it (`frame_statistics`) and writes them with the time axis (`write_commit_stats`);
+region writers (io/region_writer.py) keep the statistics of their frames (`PartialStats`)
+and their finalise merges those files (`compute_frame_stats(store, partials=[...])`);
 `compute_frame_stats(store)` fills in what is missing in an existing store (a store of
 schema version 1, or one written by another tool), reading `precip` in bounded blocks.
 """

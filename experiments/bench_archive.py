@@ -173,27 +173,36 @@ def _ni_convert() -> list[str]:
     return [sys.executable, "-m", "nowcast_infill.cli.convert"]
 
 
+def _load() -> float:
+    """The 1-minute load average: the machine is shared, so each number is recorded beside it."""
+    return os.getloadavg()[0]
+
+
 def measure_single(bundles: list[Path], store: Path) -> dict:
     from nowcast_infill.io.convert import convert
 
     shutil.rmtree(store, ignore_errors=True)
+    load = _load()
     t = time.perf_counter()
     summary = convert([str(b) for b in bundles], store, source="radolan", workers=1, progress=False)
     seconds = time.perf_counter() - t
     return {"mode": "1 process (convert, workers=1)", "frames": summary["n_frames_written"], "seconds": seconds,
-            "bytes_per_frame": _store_bytes(store) / max(1, summary["n_time_total"])}
+            "bytes_per_frame": _store_bytes(store) / max(1, summary["n_time_total"]), "load": (load, _load())}
 
 
 def measure_local(bundles: list[Path], store: Path, processes: int) -> dict:
     shutil.rmtree(store, ignore_errors=True)
+    load = _load()
     t = time.perf_counter()
     out = subprocess.run([*_ni_convert(), "step=all", f"tasks={processes}", f"inputs=[{','.join(map(str, bundles))}]",
                           f"output={store}", "progress=false"], check=True, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=store.parent)  # Hydra logs there
     seconds = time.perf_counter() - t
     summary = json.loads(out.stdout[out.stdout.index("{"):])
     return {"mode": f"{processes} local region writers (step=all tasks={processes})", "frames": summary["n_frames_written"],
             "seconds": seconds, "task_seconds": summary["task_seconds"], "task_cpu_seconds": summary["task_cpu_seconds"],
+            "plan_seconds": summary["plan_seconds"], "finalise_seconds": summary["finalise_seconds"],
+            "frame_stats": summary["frame_stats"], "load": (load, _load()),
             "bytes_per_frame": _store_bytes(store) / max(1, summary["n_time_total"])}
 
 
@@ -201,6 +210,7 @@ def measure_slurm(bundles: list[Path], store: Path, tasks: int = 2) -> dict:
     """plan here, `tasks` array tasks through slurm/convert_array.sbatch (waited for), finalise here."""
     shutil.rmtree(store, ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    load = _load()
     t = time.perf_counter()
     subprocess.run([*_ni_convert(), "step=plan", f"tasks={tasks}", f"inputs=[{','.join(map(str, bundles))}]",
                     f"output={store}", "progress=false"], check=True, capture_output=True, env=env)
@@ -212,7 +222,7 @@ def measure_slurm(bundles: list[Path], store: Path, tasks: int = 2) -> dict:
     summary = json.loads(out.stdout[out.stdout.index("{"):])
     return {"mode": f"{tasks} Slurm array tasks (local cluster)", "frames": summary["n_frames_written"], "seconds": seconds,
             "task_seconds": summary["task_seconds"], "task_cpu_seconds": summary["task_cpu_seconds"],
-            "bytes_per_frame": _store_bytes(store) / max(1, summary["n_time_total"])}
+            "load": (load, _load()), "bytes_per_frame": _store_bytes(store) / max(1, summary["n_time_total"])}
 
 
 def projection_table(per_process_fps: float, bytes_per_frame: float, input_bytes_per_frame: float,
@@ -232,14 +242,18 @@ def profile_stages(bundle: Path, work: Path, n: int = 96) -> dict:
     """Seconds per frame of each stage of one region writer, on the first `n` members of `bundle`.
 
     stream: tar.gz decompression and member reads (bundles.work_items); decode: the RADOLAN
-    importer (header checks, wradlib, mm/h, range check); write: Blosc-Zstd-1 encoding and
-    the chunk file write (the same chunk writer the store uses).
+    importer (header checks, wradlib, mm/h, range check); stats: the per-frame statistics
+    each task keeps for finalise (frame_stats.frame_statistics); write: Blosc-Zstd-1
+    encoding and the chunk file write (the same chunk writer the store uses). readback:
+    reading a written frame back (chunk read + decompression), which is what a finalise
+    that computes the statistics from the store pays per frame on top of `stats`.
     """
     import zarr
 
     from nowcast_infill.io.bundles import work_items
-    from nowcast_infill.registry import get_method
+    from nowcast_infill.io.frame_stats import frame_statistics
     from nowcast_infill.io.store import whole_frame_chunk_writer
+    from nowcast_infill.registry import get_method
     from zarr.codecs import BloscCodec
 
     importer = get_method("source", "radolan")
@@ -262,8 +276,16 @@ def profile_stages(bundle: Path, work: Path, n: int = 96) -> dict:
     for k, f in enumerate(frames):
         write(k, f.precip)
     written = time.perf_counter() - t
+    t = time.perf_counter()
+    for f in frames:
+        frame_statistics(f.precip)
+    stats = time.perf_counter() - t
+    t = time.perf_counter()
+    for k in range(n):
+        np.asarray(array[k])
+    readback = time.perf_counter() - t
     shutil.rmtree(target, ignore_errors=True)
-    return {"stream": stream / n, "decode": decode / n, "write": written / n}
+    return {"stream": stream / n, "decode": decode / n, "stats": stats / n, "write": written / n, "readback": readback / n}
 
 
 def _generate(args) -> list[Path]:
@@ -278,31 +300,43 @@ def _generate(args) -> list[Path]:
 
 
 def _convert(args) -> None:
-    work = Path(args.work)
+    work = Path(args.work).absolute()
     archive = work / f"yw-{args.days:g}d"
     bundles = sorted(archive.glob("YW-*.tar.gz"))
     if not bundles:
         args.out = archive
         bundles = _generate(args)
     input_bytes = sum(b.stat().st_size for b in bundles)
-    results = [measure_single(bundles, work / "single.zarr")]
-    for processes in args.processes:
-        results.append(measure_local(bundles, work / f"local{processes}.zarr", processes))
+    print(f"\nConversion of a synthetic YW archive: {args.days:g} day(s) of 1100 x 900 in {len(bundles)} daily .tar.gz "
+          f"bundle(s) ({input_bytes / 1e6:.0f} MB); {platform.node()}, {os.cpu_count()} CPUs, "
+          f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n")
+    print("| mode | frames | seconds | frames/s | per-task seconds (wall / CPU) | plan / finalise s | store bytes per frame "
+          "| load average start -> end |")
+    print("|---|---|---|---|---|---|---|---|", flush=True)
+    runs = [] if args.no_single else [lambda: measure_single(bundles, work / "single.zarr")]
+    runs += [lambda p=processes: measure_local(bundles, work / f"local{p}.zarr", p) for processes in args.processes]
     if args.slurm:
-        results.append(measure_slurm(bundles, work / "slurm.zarr"))
-    n = results[0]["frames"]
-    print(f"\nConversion of a synthetic YW archive: {args.days:g} day(s), {n} frames of 1100 x 900 in "
-          f"{len(bundles)} daily .tar.gz bundle(s) ({input_bytes / n / 1e3:.0f} kB per frame); "
-          f"{platform.node()}, {os.cpu_count()} CPUs, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n")
-    print("| mode | frames | seconds | frames/s | per-task seconds (wall / CPU) | store bytes per frame |")
-    print("|---|---|---|---|---|---|")
-    for r in results:
+        runs.append(lambda: measure_slurm(bundles, work / "slurm.zarr"))
+    results = []
+    for run in runs:  # each row as soon as it is measured: a run cut short keeps what it has
+        r = run()
+        results.append(r)
         tasks = ", ".join(f"{w:.1f} / {c:.1f}" for w, c in zip(r.get("task_seconds", []), r.get("task_cpu_seconds", []))) or "-"
-        print(f"| {r['mode']} | {r['frames']} | {r['seconds']:.1f} | {r['frames'] / r['seconds']:.1f} | {tasks} | "
-              f"{r['bytes_per_frame'] / 1e3:.0f} kB |")
+        ends = f"{r['plan_seconds']:.1f} / {r['finalise_seconds']:.1f}" if "plan_seconds" in r else "-"
+        print(f"| {r['mode']} | {r['frames']} | {r['seconds']:.1f} | {r['frames'] / r['seconds']:.1f} | {tasks} | {ends} | "
+              f"{r['bytes_per_frame'] / 1e3:.0f} kB | {r['load'][0]:.1f} -> {r['load'][1]:.1f} |", flush=True)
+    n = results[0]["frames"]
+    by_tasks = {int(r["mode"].split()[0]): r for r in results if "local region writers" in r["mode"]}
+    if 1 in by_tasks and 2 in by_tasks:
+        one, two = by_tasks[1], by_tasks[2]
+        print(f"\n2 region writers / 1, same run, one after the other: frames/s ratio "
+              f"{(two['frames'] / two['seconds']) / (one['frames'] / one['seconds']):.2f} (wall), "
+              f"CPU s per frame ratio {sum(two['task_cpu_seconds']) / sum(one['task_cpu_seconds']):.2f}; finalise merged "
+              f"{two['frame_stats']['frames_from_tasks']} frames' statistics from the tasks, read "
+              f"{two['frame_stats']['frames_read']} from the store.")
     # The per-process rate: one region writer alone (its own task time, no plan / finalise).
     # CPU seconds, not wall: on a shared machine the wall time counts other users' load.
-    one_task = results[1]["task_cpu_seconds"] if len(results) > 1 and args.processes[0] == 1 else None
+    one_task = by_tasks[1]["task_cpu_seconds"] if 1 in by_tasks else None
     per_process = n / one_task[0] if one_task else n / results[0]["seconds"]
     print(f"\nProjection for a decade of YW ({DECADE_FRAMES:,} frames) from {per_process:.1f} frames/s per process, "
           f"a shared file system of {args.fs_bandwidth_mb_s:g} MB/s, input {input_bytes / n / 1e3:.0f} kB and store "
@@ -313,14 +347,20 @@ def _convert(args) -> None:
 
 
 def _print_profile(bundle: Path, work: Path) -> None:
+    load = _load()
     stages = profile_stages(bundle, work)
-    total = sum(stages.values())
-    print("\nOne region writer, per frame (first 96 frames of the first bundle, stages run one after the other):\n")
-    print("| stage | ms per frame | share |")
+    task_stages = ("stream", "decode", "stats", "write")
+    total = sum(stages[name] for name in task_stages)
+    print(f"\nOne region writer, per frame (first 96 frames of the first bundle, stages run one after the other; "
+          f"load {load:.1f} -> {_load():.1f}):\n")
+    print("| stage | ms per frame | share of a task |")
     print("|---|---|---|")
     for name, what in (("stream", "tar.gz decompression + member read"), ("decode", "RADOLAN decode to mm/h (wradlib, checks)"),
+                       ("stats", "per-frame statistics (kept for finalise)"),
                        ("write", "Blosc-Zstd-1 encode + chunk file write")):
         print(f"| {what} | {stages[name] * 1e3:.1f} | {stages[name] / total:.0%} |")
+    print(f"| (not in a task) chunk read back + decompression, as a finalise reading the store would | "
+          f"{stages['readback'] * 1e3:.1f} | - |")
 
 
 def main(argv=None) -> None:
@@ -333,6 +373,7 @@ def main(argv=None) -> None:
     conv.add_argument("--days", type=float, default=1.0)
     conv.add_argument("--work", default="/tmp/ni-bench-archive", help="folder for the archive (generated once) and stores")
     conv.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="local region-writer counts to measure")
+    conv.add_argument("--no-single", action="store_true", help="skip the one-process `convert` (workers=1) row")
     conv.add_argument("--slurm", action="store_true", help="also a 2-task array on the local Slurm cluster (sbatch on PATH)")
     conv.add_argument("--fs-bandwidth-mb-s", type=float, default=2000.0,
                       help="assumed aggregate bandwidth of the shared file system for the projection")

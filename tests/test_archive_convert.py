@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,8 @@ import pytest
 import xarray as xr
 
 from data_factories_io import rain_field, write_radolan_ascii
+from nowcast_infill.errors import UserError
+from nowcast_infill.io import frame_stats, region_writer
 from nowcast_infill.io.convert import convert
 from nowcast_infill.io.importers import ConversionError
 from nowcast_infill.io.region_writer import (IncompleteConversionError, conversion_dir, convert_parallel, finalise_store,
@@ -186,14 +189,105 @@ def test_a_frame_outside_its_task_range_is_refused_naming_the_member(tmp_path):
     assert err.value.incomplete == [(0, "2017-08-16T00:05:00", "2017-08-16T00:15:00", "not finished (killed, failed or never run)")]
 
 
-def test_one_bundle_is_split_between_several_tasks_by_time(tmp_path):
-    # a day in one bundle on 3 tasks: each reads the bundle and keeps its own steps
+def test_one_bundle_is_split_between_several_tasks_by_time(tmp_path, monkeypatch):
+    # a day in one bundle on 3 tasks: each streams the bundle and decodes only its own steps' members
     bundles = write_synthetic_archive(tmp_path / "a", n_frames=9, shape=TINY, skip_steps=[3])
     plan = plan_store(bundles, tmp_path / "three.zarr", "radolan", tasks=3, **TINY_OPTIONS)
     assert [(t["first"][11:16], t["last"][11:16], t["select_by_time"]) for t in plan["tasks"]] == [
         ("00:05", "00:15", True), ("00:20", "00:30", True), ("00:35", "00:45", True)]
+    decoded = []
+    read_items = region_writer.read_items
+    monkeypatch.setattr(region_writer, "read_items",
+                        lambda items, *a, **k: read_items((decoded.append(i.path) or i for i in items), *a, **k))
     for k in range(3):
         write_region(tmp_path / "three.zarr", k)
+    assert len(decoded) == 8  # each member once (by its DWD name), not each task every member
     assert finalise_store(tmp_path / "three.zarr")["missing_times"] == ["2017-08-16T00:20:00"]
     convert(bundles, tmp_path / "one.zarr", source="radolan", workers=1, progress=False, max_gap_s=None, **TINY_OPTIONS)
     assert_same_store(tmp_path / "one.zarr", tmp_path / "three.zarr")
+
+
+def test_finalise_merges_the_tasks_statistics_and_reads_precip_only_where_they_are_missing(tmp_path, monkeypatch, caplog):
+    from test_archive_data import _CountingGet  # counts precip chunk reads through zarr's local store
+
+    bundles = write_synthetic_archive(tmp_path / "a", n_frames=10, shape=TINY, frames_per_bundle=4, skip_steps=[4])
+    one = tmp_path / "one.zarr"
+    convert(bundles, one, source="radolan", workers=1, progress=False, max_gap_s=None, **TINY_OPTIONS)
+    stores = {}
+    for name in ("merged", "partly_read"):
+        stores[name] = tmp_path / f"{name}.zarr"
+        plan_store(bundles, stores[name], "radolan", tasks=2, **TINY_OPTIONS)
+        for k in range(2):
+            write_region(stores[name], k)
+    counter = _CountingGet(monkeypatch)
+    done = finalise_store(stores["merged"])
+    assert counter.keys == []  # every frame's statistics came from its task
+    assert done["frame_stats"] == {"frames_from_tasks": 9, "frames_read": 0, "tasks_without_statistics": []}
+    assert_same_store(one, stores["merged"])  # the statistics arrays included, as the one-process writer stores them
+    a, b = frame_stats.load_frame_stats(one), frame_stats.load_frame_stats(stores["merged"])
+    for field in ("valid_count", "wet_count", "log1p_mean", "log1p_m2", "implausible_count", "done", "pixel_valid_count"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+
+    # a task whose statistics file is gone: only its frames are read, and finalise says so
+    (conversion_dir(stores["partly_read"]) / "task-1.stats.npz").unlink()
+    counter.keys.clear()  # assert_same_store read chunks
+    with caplog.at_level("WARNING"):
+        done = finalise_store(stores["partly_read"])
+    assert done["frame_stats"] == {"frames_from_tasks": 7, "frames_read": 2, "tasks_without_statistics": [1]}
+    assert len(counter.keys) == 2 and "2 frame(s) had no task statistics (task(s) 1)" in caplog.text
+    assert_same_store(one, stores["partly_read"])
+
+
+def test_split_by_time_tasks_find_their_inputs_by_name_and_a_missing_bundle_is_a_gap(tmp_path):
+    # 12 steps in 3 bundles (00:05-00:20, 00:25-00:40, 00:45-01:00); the middle one is missing from the archive
+    bundles = write_synthetic_archive(tmp_path / "a", n_frames=12, shape=TINY, frames_per_bundle=4)
+    bundles[1].unlink()
+    one = tmp_path / "one.zarr"
+    convert([bundles[0], bundles[2]], one, source="radolan", workers=1, progress=False, max_gap_s=None, **TINY_OPTIONS)
+    out = tmp_path / "five.zarr"
+    pattern = str(tmp_path / "a" / "YW-*.tar.gz")
+    _ni_convert("step=plan", "split=time", "tasks=5", f"inputs={pattern}", f"output={out}",
+                "time_range=['2017-08-16T00:05','2017-08-16T01:00']", "importer.allow_nonstandard_grid=true")
+    plan = json.loads((conversion_dir(out) / "plan.json").read_text())
+    assert plan["inputs"] == [pattern] and all(t["inputs"] is None for t in plan["tasks"])  # no file list in the plan
+    assert [(t["first"][11:16], t["last"][11:16]) for t in plan["tasks"]] == [
+        ("00:05", "00:15"), ("00:20", "00:30"), ("00:35", "00:40"), ("00:45", "00:50"), ("00:55", "01:00")]
+    records = [write_region(out, k) for k in range(5)]
+    assert [[Path(p).name for p in r["inputs"]] for r in records] == [
+        ["YW-201708160005.tar.gz"], ["YW-201708160005.tar.gz"], ["YW-201708160005.tar.gz"],
+        ["YW-201708160005.tar.gz", "YW-201708160045.tar.gz"], ["YW-201708160045.tar.gz"]]
+    done = finalise_store(out)
+    assert done["missing_times"] == [f"2017-08-16T00:{m}:00" for m in (25, 30, 35, 40)]
+    assert_same_store(one, out)
+
+
+def test_split_by_time_refuses_undated_inputs_and_a_frame_outside_its_inputs_span(tmp_path):
+    bundles = write_synthetic_archive(tmp_path / "a", n_frames=8, shape=TINY, frames_per_bundle=4)
+    time_range = ["2017-08-16T00:05", "2017-08-16T00:40"]
+    undated = bundles[1].rename(tmp_path / "a" / "YW-latest.tar.gz")
+    with pytest.raises(UserError, match=r"YW-latest.tar.gz: no date stamp in the name"):
+        plan_store(tmp_path / "a" / "*.tar.gz", tmp_path / "s.zarr", "radolan", split="time", time_range=time_range,
+                   **TINY_OPTIONS)
+    with pytest.raises(UserError, match=r"split=time: needs time_range"):
+        plan_store(bundles[0], tmp_path / "s.zarr", "radolan", split="time", **TINY_OPTIONS)
+    # named as if it started at 00:15: the first bundle's 00:20 frame lies past its span
+    undated.rename(tmp_path / "a" / "YW-201708160015.tar.gz")
+    out = tmp_path / "s.zarr"
+    plan_store(tmp_path / "a" / "*.tar.gz", out, "radolan", split="time", time_range=time_range, **TINY_OPTIONS)
+    with pytest.raises(ConversionError, match=r"YW-201708160005.tar.gz!raa01-yw2017.002_10000-1708160020-dwd---bin: "
+                                              r"time 2017-08-16T00:20:00 lies outside 2017-08-16T00:05:00 to "
+                                              r"2017-08-16T00:15:00.*plan again with split=inputs"):
+        write_region(out, 0)
+
+
+@pytest.mark.parametrize("name, stamp", [
+    ("raa01-yw2017.002_10000-1708160055-dwd---bin", "2017-08-16T00:55"),
+    ("/archive/YW2017.002_201708.tar", "2017-08-01T00:00"),
+    ("YW2017.002_20170816.tar.gz", "2017-08-16T00:00"),
+    ("month.tar!YW-201708160005.tar.gz", "2017-08-16T00:05"),
+    ("YW-latest.tar.gz", None),
+])
+def test_name_time_reads_dwd_names_and_bundle_stamps(name, stamp):
+    from nowcast_infill.io.dated_inputs import name_time
+
+    assert name_time(name) == (np.datetime64(stamp, "ns") if stamp else None)

@@ -65,3 +65,31 @@ def test_array_conversion_equals_one_process_and_a_killed_task_is_rerun_alone(sl
     assert_same_store(tmp_path / "one.zarr", store)
     with xr.open_zarr(store) as ds:
         assert ds["missing_frame"].values.tolist() == [i == 9 for i in range(12)]
+
+
+@pytest.mark.slow
+def test_bash_route_plans_a_time_split_runs_the_array_and_finalises_after_it(slurm_cluster, tmp_path):  # noqa: F811
+    # 8 steps in 2 bundles; time_range one step wider at the end: an explicit gap
+    write_synthetic_archive(tmp_path / "a", n_frames=8, shape=TINY, frames_per_bundle=4)
+    pattern = str(tmp_path / "a" / "YW-*.tar.gz")
+    store = tmp_path / "time.zarr"
+    env = dict(slurm_cluster, NI_CONVERT=f"{sys.executable} -m nowcast_infill.cli.convert", PYTHONPATH=str(REPO))
+    # from tmp_path: the jobs' logs land there (the script's --output is relative to the submit directory)
+    proc = subprocess.run(["bash", str(REPO / "slurm" / "convert_array.sbatch"), str(store), "split=time", "tasks=3",
+                           f"inputs={pattern}", "time_range=['2017-08-16T00:05','2017-08-16T00:45']",
+                           "importer.allow_nonstandard_grid=true"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    finalise_job = proc.stdout.split("finalise job ")[1].split()[0]
+    subprocess.run(["sbatch", "--wait", "--dependency", f"afterany:{finalise_job}", "--output=/dev/null", "--wrap", "true",
+                    *ONE_CPU_NO_GPU], env=slurm_cluster, cwd=tmp_path, timeout=300)
+    assert not (tmp_path / "time.zarr.conversion").exists(), _logs(tmp_path)[-4000:]  # finalised
+    assert '"frames_from_tasks": 8' in _logs(tmp_path) and '"frames_read": 0' in _logs(tmp_path)
+    one = convert(sorted((tmp_path / "a").glob("*.tar.gz")), tmp_path / "one.zarr", source="radolan", workers=1,
+                  progress=False, max_gap_s=None, **TINY_OPTIONS)
+    assert one["n_frames_written"] == 8
+    with xr.open_zarr(store) as ds:
+        assert ds["missing_frame"].values.tolist() == [False] * 8 + [True]
+        xr.testing.assert_identical(ds.isel(time=slice(0, 8)).drop_attrs()[["precip", "frame_valid_count", "frame_wet_count"]],
+                                    xr.open_zarr(tmp_path / "one.zarr").drop_attrs()[["precip", "frame_valid_count",
+                                                                                      "frame_wet_count"]])

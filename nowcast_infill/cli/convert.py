@@ -96,6 +96,7 @@ def _many_writers(cfg: DictConfig, step: str, history: str) -> dict:
     if time_range is not None and len(time_range) != 2:
         raise BadValueError(f"time_range={time_range!r}: must be [first, last], e.g. ['2017-08-16T00:05', '2017-08-17T00:00'].")
     time_step_s = config_int(cfg, "time_step_s", minimum=1, none_ok=True, meaning="seconds between frames")
+    options["split"] = cfg.get("split") or "inputs"
     if step == "plan":
         return region_writer.plan_store(_inputs(cfg), cfg.output, tasks=tasks, time_range=time_range,
                                         time_step_s=time_step_s, history=history, **options)

@@ -20,6 +20,8 @@ are sums over frames. A reader derives fractions from the counts.
 
 Writers: `StoreWriter` (nowcast_infill/io/store.py) computes them for each frame as it
 writes it (`frame_statistics`) and writes them with the time axis (`write_commit_stats`);
+region writers (io/region_writer.py) keep the statistics of their frames (`PartialStats`)
+and their finalise merges those files (`compute_frame_stats(store, partials=[...])`);
 `compute_frame_stats(store)` fills in what is missing in an existing store (a store of
 schema version 1, or one written by another tool), reading `precip` in bounded blocks.
 """
@@ -343,6 +345,44 @@ def save_partial_stats(path: str | Path, indices: np.ndarray, values: dict, pixe
     return path
 
 
+class PartialStats:
+    """Statistics of the frames one writer writes, kept as it writes them, saved with `save_partial_stats`.
+
+    For a writer that owns part of a store (a region writer's task): `add(index, frame)` for
+    each frame it writes, `save(path)` at the end. Memory: a few numbers per frame plus one
+    `(H, W)` int64 count.
+    """
+
+    def __init__(self):
+        self._by_index: dict[int, FrameStats] = {}
+        self._pixel_valid: np.ndarray | None = None  # (H, W) frames in which each pixel is valid
+
+    def __len__(self) -> int:
+        return len(self._by_index)
+
+    def add(self, index: int, frame_mm_h: np.ndarray) -> None:
+        """Statistics of `frame_mm_h` (`(H, W)` mm/h, as stored) for time index `index`."""
+        stats = frame_statistics(frame_mm_h)
+        if self._pixel_valid is None:
+            self._pixel_valid = np.zeros(stats.valid.shape, np.int64)
+        self._pixel_valid += stats.valid
+        stats.valid = None  # summed above; keep only the scalars per frame
+        self._by_index[int(index)] = stats
+
+    def save(self, path: str | Path) -> Path:
+        """Write them as `path` (.npz, atomically), for `compute_frame_stats(..., partials=[path])`."""
+        indices = np.array(sorted(self._by_index), np.int64)
+        rows = [self._by_index[int(i)] for i in indices]
+        k = len(WET_THRESHOLDS_MM_H)
+        values = {VALID_COUNT: np.array([s.valid_count for s in rows], np.int64),
+                  WET_COUNT: np.array([s.wet_count for s in rows], np.int64).reshape(len(rows), k),
+                  LOG1P_MEAN: np.array([s.log1p_mean for s in rows], np.float64),
+                  LOG1P_M2: np.array([s.log1p_m2 for s in rows], np.float64),
+                  IMPLAUSIBLE_COUNT: np.array([s.implausible_count for s in rows], np.int64),
+                  DONE: np.ones(len(rows), bool)}
+        return save_partial_stats(path, indices, values, self._pixel_valid)
+
+
 def _load_partial(path: str | Path) -> tuple[np.ndarray, dict, np.ndarray]:
     with np.load(path) as data:
         return data["indices"], {name: data[name] for name in PER_FRAME}, data["pixel_valid"]
@@ -389,6 +429,7 @@ def compute_frame_stats(store_path: str | Path, missing_only: bool = True, *, pa
         needed = np.zeros(n_time, bool)
         needed[todo] = True
         pixels_from_partials = np.zeros_like(stats.pixel_valid_count)
+        from_partials = 0
         for partial in partials:
             indices, part_values, part_pixels = _load_partial(partial)
             if indices.size == 0 or not needed[indices].all():  # would count a frame twice
@@ -398,6 +439,7 @@ def compute_frame_stats(store_path: str | Path, missing_only: bool = True, *, pa
                 full[name][indices] = part_values[name]
             pixels_from_partials += part_pixels
             needed[indices] = False
+            from_partials += int(indices.size)
         todo = np.nonzero(needed)[0]
         read = todo[~missing_frame[todo]]
         values, pixels = compute_stats_arrays(precip, read, max_mm_h=stats.max_mm_h, thresholds=tuple(stats.thresholds))
@@ -415,9 +457,10 @@ def compute_frame_stats(store_path: str | Path, missing_only: bool = True, *, pa
         group[DONE][...] = full[DONE]
         if created:
             _consolidate(path)
-    summary = {"store": str(store_path), "frames_read": int(read.size), "missing_frames": int(gaps.size),
-               "created_arrays": created}
-    log.info("frame statistics of %s: %d frame(s) read, %d missing frame(s)", store_path, read.size, gaps.size)
+    summary = {"store": str(store_path), "frames_read": int(read.size), "frames_from_partials": from_partials,
+               "missing_frames": int(gaps.size), "created_arrays": created}
+    log.info("frame statistics of %s: %d frame(s) read, %d from partial statistics, %d missing frame(s)", store_path,
+             read.size, from_partials, gaps.size)
     return summary
 
 

@@ -9,20 +9,24 @@ array, N local processes, a shell loop) fills the store.
   the last input, unless `time_range` is given), creates the whole store at once, sized
   for the time range: coordinates, `time`, `missing_frame` all True, `precip` with no
   chunk written; and writes the plan `NAME.zarr.conversion/plan.json` beside it: each
-  task's inputs and the time range it owns (the ranges tile the time axis).
+  task's inputs and the time range it owns (the ranges tile the time axis). With
+  split="time" the time range is cut into equal runs and the plan holds no file list:
+  each task finds its inputs by the date stamps in their names (io/dated_inputs.py).
 * `write_region` (task k): reads its inputs in order and writes each frame as its own
   `precip` chunk (one time step per stored file is required, so two tasks never write the
   same file: no store lock is taken; a per-task lock `task-k.lock` keeps a rerun from
   overlapping a still-running copy of the same task). Every chunk file is written
-  atomically (written aside, then renamed); at the end the task's record
-  `task-k.json` (frames written with their provenance, files skipped) is written
-  atomically. A killed task leaves no record, and rerunning it rewrites its chunks.
+  atomically (written aside, then renamed); at the end the per-frame statistics of its
+  frames (`task-k.stats.npz`), then the task's record `task-k.json` (frames written with
+  their provenance, files skipped) are written atomically. A killed task leaves no
+  record, and rerunning it rewrites its chunks.
 * `finalise_store` (exclusive store lock): a task without a record makes it fail with
   `IncompleteConversionError` naming each unfinished task's time range; otherwise every
   step of a finished range without a frame is a gap (`missing_frame`, its chunk deleted
   if a killed run left one), provenance is merged into `source_files` in time order,
-  per-frame statistics are computed (nowcast_infill.io.frame_stats), and
-  the metadata is consolidated. The plan folder is then removed.
+  the tasks' per-frame statistics are merged (nowcast_infill.io.frame_stats; `precip` is
+  read only for the frames of a task without them), and the metadata is consolidated.
+  The plan folder is then removed.
 
 Until finalised, the store reads as all missing (`missing_frame` True everywhere) and
 carries the attribute `conversion_incomplete`.
@@ -44,9 +48,13 @@ import numpy as np
 
 from nowcast_infill import schema
 from nowcast_infill.errors import UserError
-from nowcast_infill.io.frame_stats import compute_frame_stats
-from nowcast_infill.io.convert import expand_inputs, iter_items, read_item, read_items, source_name
+from nowcast_infill.io.bundles import MEMBER_SEPARATOR
+from nowcast_infill.io.conversion_plan import SPLITS, split_by_inputs, split_by_time
+from nowcast_infill.io.convert import expand_inputs, iter_items, read_items, source_name
+from nowcast_infill.io.dated_inputs import date_inputs, inputs_for_range, outside_span_error
+from nowcast_infill.io.frame_stats import PartialStats, compute_frame_stats
 from nowcast_infill.io.importers import ConversionError, Frame
+from nowcast_infill.io.radolan import time_from_dwd_name
 from nowcast_infill.io.store import DEFAULT_SHARDS, SourceRecord, precip_layout
 from nowcast_infill.io.store import check_consistent as _check_consistent, create_skeleton as _create_skeleton
 from nowcast_infill.io.store import encode_times as _encode_times, iso_time as _iso, new_store_attrs as _new_attrs
@@ -90,94 +98,42 @@ def load_plan(output: str | Path) -> dict:
                         f"output={output} tasks=N` first (or the store was finalised already).") from None
 
 
-def _first_frame(files: list[Path], source: str, options: dict) -> Frame:
-    """The first frame of the first readable item of `files` (plain files or bundles)."""
-    for item in iter_items(files, skip_bad=False, skipped=[]):
-        path, frames, _digest, error = read_item(source, options, item)
-        if error is not None:
-            raise ConversionError(path, error.removeprefix(f"{path}: "))
-        if frames:
-            return frames[0]
-    raise ConversionError(files[0], "holds no frame; check inputs=.")
-
-
-def _last_time(path: Path, source: str, options: dict) -> np.datetime64:
-    """The latest frame time of the input `path` (a bundle is streamed to its last member)."""
-    last = None
-    for item in iter_items([path], skip_bad=False, skipped=[]):
-        last = item
-    if last is None:
-        raise ConversionError(path, "holds no frame; check inputs=.")
-    got, _, error = read_item(source, options, last)[1:]
-    if error is not None:
-        raise ConversionError(last.path, error.removeprefix(f"{last.path}: "))
-    return max(f.time for f in got)
-
-
-def _parse_time(text, option: str) -> np.datetime64:
-    try:
-        return np.datetime64(str(text).rstrip("Z"), "ns")
-    except ValueError as err:
-        raise UserError(f"{option}={text!r}: not a time; write it like 2017-08-16T00:05 (UTC).") from err
-
-
 def plan_store(inputs, output: str | Path, source: str, tasks: int = 1, time_range=None, time_step_s: int | None = None,
                skip_bad: bool = False, chunks: dict | None = None, shards: dict | None = DEFAULT_SHARDS,
                compression: dict | None = None, history: str | None = None,
-               lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S, **importer_options) -> dict:
-    """Create the store `output` sized for its whole time range and split `inputs` into `tasks` (see the module doc).
+               lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S, split: str = "inputs", **importer_options) -> dict:
+    """Create the store `output` sized for its whole time range and split it into `tasks` (see the module doc).
 
-    inputs (sorted by time, as DWD names sort) are cut into `tasks` contiguous runs of files
-    or bundles; task k owns the time steps from its first frame to the step before task
-    k+1's. time_range: [first, last] time of the store (UTC); null: the first and last
-    frame of the inputs. time_step_s: the store's step; null: the product's interval.
-    Returns the plan (also written to NAME.zarr.conversion/plan.json).
+    split="inputs": inputs (sorted by time, as DWD names sort) are cut into `tasks`
+    contiguous runs of files or bundles; task k owns the time steps from its first frame to
+    the step before task k+1's. split="time" (needs `time_range`): the steps of the range
+    are cut into `tasks` equal runs, and each task finds its own inputs when it runs, by the
+    date stamps in the names `inputs` matches (nowcast_infill/io/dated_inputs.py); the plan
+    keeps `inputs` as written, not a file list. time_range: [first, last] time of the store
+    (UTC); null: the first and last frame of the inputs. time_step_s: the store's step;
+    null: the product's interval. Returns the plan (also written to NAME.zarr.conversion/plan.json).
     """
+    if split not in SPLITS:
+        raise UserError(f"split={split!r}: must be one of {', '.join(SPLITS)}.")
+    if split == "time" and not time_range:
+        raise UserError("split=time: needs time_range=[first, last] (the range the tasks share out); pass it, or "
+                        "split=inputs to split the input list.")
     get_method("source", source, **importer_options)
     files = expand_inputs(inputs)
     output = Path(output)
     history = history or f"nowcast_infill.io.region_writer.plan_store(source={source!r}, inputs={inputs!r}, output={str(output)!r})"
-    n_tasks = max(1, min(int(tasks), len(files)))
-    runs = [list(r) for r in np.array_split(np.arange(len(files)), n_tasks)]
     with StoreLock(output, timeout=lock_timeout, command=history):
         if output.exists():
             raise UserError(f"{output}: exists already; step=plan creates a new store: choose another output= or delete it "
                             f"(to finish a planned store run step=write for its tasks, then step=finalise).")
-        firsts = [_first_frame([files[run[0]]], source, importer_options) for run in runs]
-        ref = firsts[0]
-        step_s = int(time_step_s or ref.accumulation_interval_s)
-        if step_s <= 0:
-            raise UserError(f"{ref.source}: product {ref.product} is instantaneous (no accumulation interval); "
-                            "pass time_step_s=<seconds between frames>.")
-        step = np.timedelta64(step_s, "s")
-        start = _parse_time(time_range[0], "time_range[0]") if time_range else ref.time
-        end = _parse_time(time_range[1], "time_range[1]") if time_range else _last_time(files[-1], source, importer_options)
-        if end < start or (end - start) % step:
-            raise UserError(f"time_range=[{_iso(start)}, {_iso(end)}]: the end must be a whole number of {step_s} s "
-                            "steps after the start; fix time_range=.")
-        starts = [start] + [f.time for f in firsts[1:]]
-        for k, (f, t) in enumerate(zip(firsts, starts)):
-            if (f.time - start) % step or not (start <= f.time <= end) or (k and t <= starts[k - 1]):
-                raise ConversionError(f.source, f"first frame {_iso(f.time)} of task {k} is not on the {step_s} s axis "
-                                      f"{_iso(start)} to {_iso(end)} after task {k - 1}'s; sort inputs= by time, or fix "
-                                      "time_range= / time_step_s=.")
-        stops = [t - step for t in starts[1:]] + [end]
-        n_steps = int((end - start) // step) + 1
-        # Fewer inputs than tasks (a day in one bundle, a month in 30 on 64 tasks): the time
-        # range of each input is cut into several tasks, each reading the whole input and
-        # keeping its own steps (members outside are passed over by their DWD file name).
-        per_input = [len(share) for share in np.array_split(np.arange(max(int(tasks), n_tasks)), n_tasks)]
-        task_list = []
-        for run, a, b, parts in zip(runs, starts, stops, per_input):
-            n_run = int((b - a) // step) + 1
-            for piece in np.array_split(np.arange(n_run), min(parts, n_run)):
-                task_list.append({"task": len(task_list), "inputs": [str(files[i]) for i in run],
-                                  "first": _iso(a + int(piece[0]) * step), "last": _iso(a + int(piece[-1]) * step),
-                                  "select_by_time": parts > 1})
+        split_tasks = split_by_time if split == "time" else split_by_inputs
+        ref, start, end, step_s, task_list = split_tasks(files, int(tasks), time_range, time_step_s, source, importer_options)
+        n_steps = int((end - start) // np.timedelta64(step_s, "s")) + 1
         _create_planned_store(output, ref, n_steps, start, step_s, source, chunks, shards, compression, history)
         plan = {
             "store": str(output), "source": source, "importer_options": importer_options, "skip_bad": bool(skip_bad),
             "time_step_s": step_s, "start": _iso(start), "end": _iso(end), "n_time": n_steps, "history": history,
+            "split": split, "inputs": [str(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)],
             "tasks": task_list,
         }
         conv = conversion_dir(output)
@@ -241,8 +197,10 @@ def write_region(output: str | Path, task: int, lock_timeout: float = DEFAULT_LO
     entry = plan["tasks"][int(task)]
     conv = conversion_dir(output)
     record_path = conv / f"task-{task}.json"
+    stats_path = conv / f"task-{task}.stats.npz"
     with StoreLock(conv / f"task-{task}", timeout=lock_timeout):
         record_path.unlink(missing_ok=True)  # a rerun: the range is unfinished until this run's record is written
+        stats_path.unlink(missing_ok=True)
         state = _read_state(output)
         precip = zarr.open_array(output / schema.PRECIP, mode="r+")
         write_chunk = _whole_frame_chunk_writer(precip)
@@ -252,10 +210,17 @@ def write_region(output: str | Path, task: int, lock_timeout: float = DEFAULT_LO
         written: dict[int, dict] = {}
         skipped: list[dict] = []
         source, options = plan["source"], plan["importer_options"]
-        items = iter_items([Path(p) for p in entry["inputs"]], plan["skip_bad"], skipped)
+        spans = {}  # split=time: input -> the times its name gives it (checked against every frame found in it)
+        if entry.get("find_inputs"):
+            spans = {str(d.path): d for d in inputs_for_range(date_inputs(expand_inputs(plan["inputs"])), first, last)}
+            inputs = [d.path for d in spans.values()]
+        else:
+            inputs = [Path(p) for p in entry["inputs"]]
+        items = iter_items(inputs, plan["skip_bad"], skipped)
         shared = entry.get("select_by_time", False)  # inputs shared with other tasks: keep this task's steps only
         if shared:
-            items = (i for i in items if _may_be_in(i.path, first, last))
+            items = (i for i in items if _may_be_in(i.path, first, last, spans))
+        stats = PartialStats()  # the per-frame statistics of what this task writes, merged by finalise
         for path, got, digest, error in read_items(items, source, options, pool=None, ahead=1):
             if error is not None:
                 if not plan["skip_bad"]:
@@ -264,6 +229,7 @@ def write_region(output: str | Path, task: int, lock_timeout: float = DEFAULT_LO
                 skipped.append({"name": source_name(path), "error": error})
                 continue
             for f in got:
+                _check_span(path, f.time, spans)
                 if shared and not first <= f.time <= last:
                     continue
                 _check_consistent([f], state, output)
@@ -279,24 +245,40 @@ def write_region(output: str | Path, task: int, lock_timeout: float = DEFAULT_LO
                     write_chunk(index, f.precip)
                 else:
                     precip[index] = f.precip
+                stats.add(index, f.precip)
                 written[index] = {"index": index, "time": _iso(f.time), "name": source_name(path), "sha256": digest,
                                   "product": f.product, "accumulation_interval_s": int(f.accumulation_interval_s),
                                   "conversion": f.conversion, "zr": list(f.zr) if f.zr else None,
                                   "radar_sites": list(f.radar_sites)}
-        record = {"task": int(task), "first": entry["first"], "last": entry["last"],
+        if len(stats):
+            stats.save(stats_path)  # before the record: a task with a record has its statistics beside it
+        record = {"task": int(task), "first": entry["first"], "last": entry["last"], "inputs": [str(p) for p in inputs],
                   "frames": [written[i] for i in sorted(written)], "skipped_files": skipped,
+                  "frame_stats": stats_path.name if len(stats) else None,
                   "seconds": round(_time.perf_counter() - started, 3),
                   "cpu_seconds": round(_time.process_time() - cpu_started, 3), "host": os.uname().nodename}
         _write_json_atomic(record_path, record)
     return record
 
 
-def _may_be_in(path: Path, first: np.datetime64, last: np.datetime64) -> bool:
-    """False when the DWD file name of `path` dates it outside [first, last]: no need to decode it."""
-    from nowcast_infill.io.radolan import time_from_dwd_name
+def _may_be_in(path: Path, first: np.datetime64, last: np.datetime64, spans: dict) -> bool:
+    """False when the DWD file name of `path` (a file or `bundle!member`) dates it outside [first, last]: no need
+    to decode it. With `spans` (split=time), a named time outside its input's span is refused first."""
+    when = time_from_dwd_name(Path(str(path).rsplit(MEMBER_SEPARATOR, 1)[-1]).name)
+    if when is None:
+        return True
+    when = np.datetime64(when, "ns")
+    _check_span(path, when, spans)
+    return first <= when <= last
 
-    when = time_from_dwd_name(path.name)
-    return when is None or first <= np.datetime64(when, "ns") <= last
+
+def _check_span(path: Path, when: np.datetime64, spans: dict) -> None:
+    """split=time: ConversionError when a frame at `when` in `path` lies outside the span of the input holding it."""
+    if spans:
+        owner = spans[str(path).split(MEMBER_SEPARATOR, 1)[0]]
+        problem = outside_span_error(when, owner)
+        if problem is not None:
+            raise ConversionError(path, problem)
 
 
 def _task_running(output: Path, task: int) -> bool:
@@ -364,7 +346,7 @@ def finalise_store(output: str | Path, history: str = "", lock_timeout: float = 
             # an explicit missing frame, as an append with max_gap_s=null makes it.
             attrs["max_gap_s"] = None
         group.attrs.put(attrs)
-        stats = _compute_frame_stats(output)
+        stats = _merge_frame_stats(output, records)
         _consolidate(output)
         shutil.rmtree(conv)
     return {"output": str(output), "n_time_total": n_time, "n_frames_written": len(frames),
@@ -372,11 +354,24 @@ def finalise_store(output: str | Path, history: str = "", lock_timeout: float = 
             "task_seconds": [r["seconds"] for r in records], "task_cpu_seconds": [r.get("cpu_seconds") for r in records], "seconds": round(_time.perf_counter() - started, 3)}
 
 
-def _compute_frame_stats(output: Path) -> bool:
-    """Per-frame statistics (valid / wet fractions, ...) that the DataModule's setup reads
-    instead of the frames (nowcast_infill.io.frame_stats); True once they are in the store."""
-    compute_frame_stats(output)
-    return True
+def _merge_frame_stats(output: Path, records: list[dict]) -> dict:
+    """Per-frame statistics (valid / wet fractions, ...) that the DataModule's setup reads instead of the frames
+    (nowcast_infill.io.frame_stats), merged from the tasks' partial statistics; only the frames of a task
+    without them (a record of an older version, a file deleted) are read from `precip`, and the log says so."""
+    conv = conversion_dir(output)
+    partials, lacking = [], []
+    for r in records:
+        name = r.get("frame_stats")
+        if name and (conv / name).exists():
+            partials.append(conv / name)
+        elif r["frames"]:
+            lacking.append(r["task"])
+    summary = compute_frame_stats(output, partials=partials)
+    if summary["frames_read"]:
+        log.warning("%s: %d frame(s) had no task statistics (task(s) %s); read them from precip to compute them",
+                    output, summary["frames_read"], ",".join(map(str, lacking)) or "-")
+    return {"frames_from_tasks": summary["frames_from_partials"], "frames_read": summary["frames_read"],
+            "tasks_without_statistics": lacking}
 
 
 def _run_task(output: str, task: int) -> None:
@@ -394,6 +389,7 @@ def convert_parallel(inputs, output: str | Path, source: str, processes: int = 2
     history = options.pop("history", None)
     lock_timeout = options.get("lock_timeout", DEFAULT_LOCK_TIMEOUT_S)
     plan = plan_store(inputs, output, source, tasks=processes, history=history, **options)
+    plan_seconds = _time.perf_counter() - started
     # Spawned, not forked: a forked child of a process whose zarr event-loop thread runs
     # (any that has read or written a store) waits forever on that thread's lock.
     ctx = mp.get_context("spawn")
@@ -405,6 +401,7 @@ def convert_parallel(inputs, output: str | Path, source: str, processes: int = 2
         w.join()
     summary = finalise_store(output, history=history or "", lock_timeout=lock_timeout)
     summary["processes"] = len(workers)
+    summary["plan_seconds"], summary["finalise_seconds"] = round(plan_seconds, 3), summary["seconds"]
     summary["seconds"] = round(_time.perf_counter() - started, 3)
     summary["frames_per_s"] = round(summary["n_frames_written"] / summary["seconds"], 2)
     return summary

@@ -17,7 +17,7 @@ from nowcast_infill.errors import UserError
 from nowcast_infill.io.convert import iter_items, read_item
 from nowcast_infill.io.dated_inputs import date_inputs, inputs_for_range
 from nowcast_infill.io.importers import ConversionError, Frame
-from nowcast_infill.io.store import _iso
+from nowcast_infill.io.store import iso_time
 
 
 def first_frame(files: list[Path], source: str, options: dict) -> Frame:
@@ -63,7 +63,7 @@ def time_axis(ref: Frame, time_range, time_step_s, last_time) -> tuple[np.dateti
     start = parse_time(time_range[0], "time_range[0]") if time_range else ref.time
     end = parse_time(time_range[1], "time_range[1]") if time_range else last_time()
     if end < start or (end - start) % np.timedelta64(step_s, "s"):
-        raise UserError(f"time_range=[{_iso(start)}, {_iso(end)}]: the end must be a whole number of {step_s} s "
+        raise UserError(f"time_range=[{iso_time(start)}, {iso_time(end)}]: the end must be a whole number of {step_s} s "
                         "steps after the start; fix time_range=.")
     return start, end, step_s
 
@@ -79,8 +79,8 @@ def split_by_inputs(files, tasks, time_range, time_step_s, source, options):
     starts = [start] + [f.time for f in firsts[1:]]
     for k, (f, t) in enumerate(zip(firsts, starts)):
         if (f.time - start) % step or not (start <= f.time <= end) or (k and t <= starts[k - 1]):
-            raise ConversionError(f.source, f"first frame {_iso(f.time)} of task {k} is not on the {step_s} s axis "
-                                  f"{_iso(start)} to {_iso(end)} after task {k - 1}'s; sort inputs= by time, or fix "
+            raise ConversionError(f.source, f"first frame {iso_time(f.time)} of task {k} is not on the {step_s} s axis "
+                                  f"{iso_time(start)} to {iso_time(end)} after task {k - 1}'s; sort inputs= by time, or fix "
                                   "time_range= / time_step_s=.")
     stops = [t - step for t in starts[1:]] + [end]
     # Fewer inputs than tasks (a day in one bundle, a month in 30 on 64 tasks): the time
@@ -92,7 +92,7 @@ def split_by_inputs(files, tasks, time_range, time_step_s, source, options):
         n_run = int((b - a) // step) + 1
         for piece in np.array_split(np.arange(n_run), min(parts, n_run)):
             task_list.append({"task": len(task_list), "inputs": [str(files[i]) for i in run],
-                              "first": _iso(a + int(piece[0]) * step), "last": _iso(a + int(piece[-1]) * step),
+                              "first": iso_time(a + int(piece[0]) * step), "last": iso_time(a + int(piece[-1]) * step),
                               "select_by_time": parts > 1})
     return ref, start, end, step_s, task_list
 
@@ -102,16 +102,16 @@ def split_by_time(files, tasks, time_range, time_step_s, source, options):
     first, last = (parse_time(t, f"time_range[{k}]") for k, t in enumerate(time_range))
     dated = inputs_for_range(date_inputs(files), first, last)
     if not dated:
-        raise UserError(f"time_range=[{_iso(first)}, {_iso(last)}]: no input's name dates it within the range "
+        raise UserError(f"time_range=[{iso_time(first)}, {iso_time(last)}]: no input's name dates it within the range "
                         f"({len(files)} input(s) matched); check inputs= and time_range=.")
     ref = first_frame([dated[0].path], source, options)  # grid, product and step of the store
     start, end, step_s = time_axis(ref, time_range, time_step_s, None)
     step = np.timedelta64(step_s, "s")
     if (ref.time - start) % step:
-        raise ConversionError(ref.source, f"time {_iso(ref.time)} is not on the {step_s} s axis from {_iso(start)}; "
+        raise ConversionError(ref.source, f"time {iso_time(ref.time)} is not on the {step_s} s axis from {iso_time(start)}; "
                               "fix time_range= / time_step_s=.")
     n_steps = int((end - start) // step) + 1
     task_list = [{"task": k, "inputs": None, "find_inputs": True, "select_by_time": True,
-                  "first": _iso(start + int(piece[0]) * step), "last": _iso(start + int(piece[-1]) * step)}
+                  "first": iso_time(start + int(piece[0]) * step), "last": iso_time(start + int(piece[-1]) * step)}
                  for k, piece in enumerate(np.array_split(np.arange(n_steps), min(max(1, tasks), n_steps)))]
     return ref, start, end, step_s, task_list

@@ -55,10 +55,8 @@ from nowcast_infill.io.dated_inputs import date_inputs, inputs_for_range, outsid
 from nowcast_infill.io.frame_stats import PartialStats, compute_frame_stats
 from nowcast_infill.io.importers import ConversionError, Frame
 from nowcast_infill.io.radolan import time_from_dwd_name
-from nowcast_infill.io.store import DEFAULT_SHARDS, SourceRecord, precip_layout
-from nowcast_infill.io.store import check_consistent as _check_consistent, create_skeleton as _create_skeleton
-from nowcast_infill.io.store import encode_times as _encode_times, iso_time as _iso, new_store_attrs as _new_attrs
-from nowcast_infill.io.store import read_state as _read_state, whole_frame_chunk_writer as _whole_frame_chunk_writer
+from nowcast_infill.io.store import (DEFAULT_SHARDS, SourceRecord, check_consistent, create_skeleton, encode_times,
+                                     iso_time, new_store_attrs, precip_layout, read_state, whole_frame_chunk_writer)
 from nowcast_infill.io.store_lock import DEFAULT_LOCK_TIMEOUT_S, StoreLock
 from nowcast_infill.registry import get_method
 
@@ -132,7 +130,7 @@ def plan_store(inputs, output: str | Path, source: str, tasks: int = 1, time_ran
         _create_planned_store(output, ref, n_steps, start, step_s, source, chunks, shards, compression, history)
         plan = {
             "store": str(output), "source": source, "importer_options": importer_options, "skip_bad": bool(skip_bad),
-            "time_step_s": step_s, "start": _iso(start), "end": _iso(end), "n_time": n_steps, "history": history,
+            "time_step_s": step_s, "start": iso_time(start), "end": iso_time(end), "n_time": n_steps, "history": history,
             "split": split, "inputs": [str(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)],
             "tasks": task_list,
         }
@@ -155,16 +153,16 @@ def _create_planned_store(output: Path, ref: Frame, n_steps: int, start: np.date
         raise UserError(f"chunks.time={precip_chunks[0]} / shards.time: a store written by many writers holds one time "
                         "step per stored file (so writers never share a file); use chunks.time=1 and shards=null "
                         "(or shards.time=1), or convert in one process.")
-    _create_skeleton(building, ref, chunks, compression, shards)
+    create_skeleton(building, ref, chunks, compression, shards)
     group = zarr.open_group(building, mode="r+")
     group[schema.PRECIP].resize((n_steps, *ref.grid.shape))
     times = start + np.arange(n_steps) * np.timedelta64(step_s, "s")
     time_arr = group["time"]
     time_arr.resize((n_steps,))
-    time_arr[:] = _encode_times(times, time_arr.attrs["units"], time_arr.attrs["calendar"], np.dtype(time_arr.dtype))
+    time_arr[:] = encode_times(times, time_arr.attrs["units"], time_arr.attrs["calendar"], np.dtype(time_arr.dtype))
     group[schema.MISSING_FRAME].resize((n_steps,))
     group[schema.MISSING_FRAME][:] = True  # nothing is there until finalise says so
-    attrs = _new_attrs({}, [ref], [], {ref.source: SourceRecord("", "", "")}, source, [], history, step_s)
+    attrs = new_store_attrs({}, [ref], [], {ref.source: SourceRecord("", "", "")}, source, [], history, step_s)
     attrs.update(source_files=[], **{INCOMPLETE_ATTR: "planned for many writers and not finalised: every frame reads as "
                                      "missing until `ni-convert step=finalise` succeeds"})
     group.attrs.put(attrs)
@@ -201,9 +199,9 @@ def write_region(output: str | Path, task: int, lock_timeout: float = DEFAULT_LO
     with StoreLock(conv / f"task-{task}", timeout=lock_timeout):
         record_path.unlink(missing_ok=True)  # a rerun: the range is unfinished until this run's record is written
         stats_path.unlink(missing_ok=True)
-        state = _read_state(output)
+        state = read_state(output)
         precip = zarr.open_array(output / schema.PRECIP, mode="r+")
-        write_chunk = _whole_frame_chunk_writer(precip)
+        write_chunk = whole_frame_chunk_writer(precip)
         store_start = state.times[0]
         step = np.timedelta64(int(plan["time_step_s"]), "s")
         first, last = np.datetime64(entry["first"], "ns"), np.datetime64(entry["last"], "ns")
@@ -232,21 +230,21 @@ def write_region(output: str | Path, task: int, lock_timeout: float = DEFAULT_LO
                 _check_span(path, f.time, spans)
                 if shared and not first <= f.time <= last:
                     continue
-                _check_consistent([f], state, output)
+                check_consistent([f], state, output)
                 if not first <= f.time <= last or (f.time - store_start) % step:
-                    raise ConversionError(path, f"time {_iso(f.time)} is not a step of task {task}'s range {entry['first']} "
+                    raise ConversionError(path, f"time {iso_time(f.time)} is not a step of task {task}'s range {entry['first']} "
                                           f"to {entry['last']} ({plan['time_step_s']} s); sort inputs= by time or widen "
                                           "time_range=, and plan again.")
                 index = int((f.time - store_start) // step)
                 if index in written:
-                    raise ConversionError(path, f"duplicate time {_iso(f.time)}: {written[index]['name']} has the same time; "
+                    raise ConversionError(path, f"duplicate time {iso_time(f.time)}: {written[index]['name']} has the same time; "
                                           "drop one of them.")
                 if write_chunk is not None:
                     write_chunk(index, f.precip)
                 else:
                     precip[index] = f.precip
                 stats.add(index, f.precip)
-                written[index] = {"index": index, "time": _iso(f.time), "name": source_name(path), "sha256": digest,
+                written[index] = {"index": index, "time": iso_time(f.time), "name": source_name(path), "sha256": digest,
                                   "product": f.product, "accumulation_interval_s": int(f.accumulation_interval_s),
                                   "conversion": f.conversion, "zr": list(f.zr) if f.zr else None,
                                   "radar_sites": list(f.radar_sites)}
@@ -339,7 +337,7 @@ def finalise_store(output: str | Path, history: str = "", lock_timeout: float = 
         attrs = dict(group.attrs)
         attrs.pop(INCOMPLETE_ATTR, None)
         if shown:
-            attrs.update(_new_attrs(old, shown, times[missing], sources, plan["source"], skipped,
+            attrs.update(new_store_attrs(old, shown, times[missing], sources, plan["source"], skipped,
                                     history or f"nowcast_infill.io.region_writer.finalise_store({str(output)!r})",
                                     int(plan["time_step_s"])))
             # A pre-sized store materialises every step of its range: one segment, every gap
@@ -350,7 +348,7 @@ def finalise_store(output: str | Path, history: str = "", lock_timeout: float = 
         _consolidate(output)
         shutil.rmtree(conv)
     return {"output": str(output), "n_time_total": n_time, "n_frames_written": len(frames),
-            "missing_times": [_iso(t) for t in times[missing]], "skipped_files": skipped, "frame_stats": stats,
+            "missing_times": [iso_time(t) for t in times[missing]], "skipped_files": skipped, "frame_stats": stats,
             "task_seconds": [r["seconds"] for r in records], "task_cpu_seconds": [r.get("cpu_seconds") for r in records], "seconds": round(_time.perf_counter() - started, 3)}
 
 

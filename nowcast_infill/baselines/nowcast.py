@@ -27,7 +27,7 @@ import contextlib
 import io
 import logging
 import os
-from typing import Callable
+from typing import Callable, Protocol, cast
 
 import numpy as np
 
@@ -35,6 +35,13 @@ import numpy as np
 os.environ.setdefault("PYSTEPS_CONFIG_SILENT", "1")
 
 log = logging.getLogger(__name__)
+
+
+class CountsFallbacks(Protocol):
+    """A baseline callable's `fallbacks` counter (module docstring: the fallback rule); a
+    function attribute, which mypy only sees through this protocol."""
+
+    fallbacks: int
 
 
 def _check_input(x_mm_h: np.ndarray, name: str, min_frames: int) -> np.ndarray:
@@ -88,19 +95,20 @@ def _with_fallback(name: str, forecast: Callable, n_leads: int, fill_outside: bo
         has_data = np.isfinite(x).any(axis=(1, 2))
         if not has_data.any():
             # Nothing observed (a tile outside the radar range): no forecast anywhere, nothing scored.
-            method.fallbacks += 1
+            counted.fallbacks += 1
             return np.full((n_leads,) + x.shape[1:], np.nan, dtype=np.float32)
         last = x[int(np.nonzero(has_data)[0][-1])]
         try:
             out = np.asarray(forecast(x), dtype=np.float32)
         except _FORECAST_FAILURES as err:
-            method.fallbacks += 1
+            counted.fallbacks += 1
             log.warning("%s: %s: %s; Eulerian persistence for this window (counted in fallbacks).",
                         name, type(err).__name__, err)
             return np.repeat(last[None], n_leads, axis=0)
         return fill_from_outside(out, last) if fill_outside else out
 
-    method.fallbacks = 0
+    counted = cast(CountsFallbacks, method)
+    counted.fallbacks = 0
     method.__name__ = name
     return method
 

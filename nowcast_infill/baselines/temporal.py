@@ -32,12 +32,12 @@ the neighbours, two fallbacks.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Callable, cast
 
 import numpy as np
 
 from nowcast_infill.baselines.infill import _finish, _prepare, infill_nearest, make_inpaint, make_linear
-from nowcast_infill.baselines.nowcast import _FORECAST_FAILURES, _motion, _to_db
+from nowcast_infill.baselines.nowcast import _FORECAST_FAILURES, CountsFallbacks, _motion, _to_db
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def _make_temporal(name: str, estimate: Callable, spatial: str | None) -> Callab
         if missing.any():
             rest = np.zeros_like(fill)
             rest[fill] = missing
-            infill.fallbacks += int(missing.sum())
+            counted.fallbacks += int(missing.sum())
             if spatial_fill is not None and (known | (fill & ~rest)).any():
                 # The spatial method also leans on the temporally filled pixels next to the gap.
                 with_temporal = x.copy()
@@ -90,7 +90,8 @@ def _make_temporal(name: str, estimate: Callable, spatial: str | None) -> Callab
                 values[missing] = np.where(np.isfinite(x[c - 1][rest]), x[c - 1][rest], x[c + 1][rest])
         return _finish(centre, fill, values)
 
-    infill.fallbacks = 0
+    counted = cast(CountsFallbacks, infill)
+    counted.fallbacks = 0
     infill.__name__ = f"infill_{name}"
     return infill
 

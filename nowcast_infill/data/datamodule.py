@@ -282,6 +282,7 @@ class RadarDataModule(L.LightningDataModule):
         if self.task == "nowcast" and self.input_hole_prob > 0 and generator is None:
             raise BadValueError(f"input_hole_prob={self.input_hole_prob} needs data.masks to draw the input holes.")
         if self.task == "infill":
+            assert generator is not None  # task=infill without masks raised above
             n, seed = int(self.eval_mask_spec["n"]), int(self.eval_mask_spec["seed"])
             # Drawn on each store's coverage (pixels valid in any frame); each sample then keeps
             # only the hidden pixels valid in its own target frame.
@@ -384,6 +385,7 @@ class RadarDataModule(L.LightningDataModule):
         if self.eval_masks is None:
             raise RuntimeError("no evaluation masks: call setup() first (task=infill only).")
         spec = self.masks if isinstance(self.masks, Mapping) else self._mask_generator()
+        assert spec is not None  # eval masks exist only for task=infill, whose setup() requires masks
         seed = int(self.eval_mask_spec["seed"])
         paths = [save_mask_set(Path(directory) / ("eval_masks.npz" if k == 0 else f"eval_masks.store{k}.npz"),
                                masks, spec, seed) for k, masks in enumerate(self.eval_mask_sets)]

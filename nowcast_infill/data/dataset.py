@@ -18,8 +18,9 @@ Design notes (the why):
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ from nowcast_infill.data.regrid import AuxRegridder
 from nowcast_infill.data.splits import SPLITS
 from nowcast_infill.data.tiling import Tile, tile_owners
 
+if TYPE_CHECKING:
+    import zarr
+
 
 class StoreHandle:
     """The Zarr arrays of a store, opened lazily once per process (re-opened after fork).
@@ -42,7 +46,7 @@ class StoreHandle:
     def __init__(self, path: str | Path):
         self.path = str(path)
         self._pid: int | None = None
-        self._group = None
+        self._group: zarr.Group | None = None
         self._arrays: dict = {}
 
     def group(self):
@@ -121,7 +125,7 @@ class RadarWindowDataset(Dataset):
         self.mask_context, self.input_hole_prob = bool(mask_context), float(input_hole_prob)
         self.min_valid_fraction, self.crop_attempts = float(min_valid_fraction), int(crop_attempts)
         # model.prior (nowcast_infill/data/priors.py), attached by the LightningModule's setup
-        self.prior = None
+        self.prior: Callable[..., np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.starts) * (1 if self.tiles is None else len(self.tiles))
@@ -141,7 +145,8 @@ class RadarWindowDataset(Dataset):
 
     def _choose_crop(self, rng: np.random.Generator, start: int) -> tuple[tuple[int, int, int, int], np.ndarray]:
         size = self.crop_size
-        best = None
+        assert size is not None  # random crops: tiles is None, so __init__ required crop_size
+        best: tuple[float, tuple[int, int, int, int], np.ndarray] | None = None
         for _ in range(max(1, self.crop_attempts)):
             y0 = int(rng.integers(0, self.height - size + 1))
             x0 = int(rng.integers(0, self.width - size + 1))
@@ -151,6 +156,7 @@ class RadarWindowDataset(Dataset):
                 best = (frac, (y0, x0, size, size), block)
             if frac >= self.min_valid_fraction:
                 break
+        assert best is not None  # the first attempt is always kept (max(1, crop_attempts) >= 1)
         return best[1], best[2]
 
     def _draw_hidden(self, rng: np.random.Generator, valid: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
@@ -205,9 +211,14 @@ class RadarWindowDataset(Dataset):
         if self.aux_names:
             frames = slice(start + int(self.input_offsets[0]), start + int(self.input_offsets[-1]) + 1)
             fields = []
+            assert self.regridder is not None  # StorePlan builds one whenever the store has aux fields
             for name in self.aux_names:
                 arr = self.store[schema.AUX_PREFIX + name]
-                regridded = self.regridder.regrid(lambda r, c_, a=arr: a[frames, r, c_], rows, cols)
+
+                def read_aux(r: slice, c_: slice, a: Any = arr) -> np.ndarray:
+                    return a[frames, r, c_]
+
+                regridded = self.regridder.regrid(read_aux, rows, cols)
                 fields.append(norm.encode_aux(name, regridded))
             aux = np.stack(fields, axis=1)  # (T_in, A, H, W)
             aux_valid = np.isfinite(aux)
@@ -215,6 +226,7 @@ class RadarWindowDataset(Dataset):
             sample["aux_mask"] = torch.from_numpy(aux_valid.astype(np.float32))
         if self.tiles is not None:
             # (1, 1, h, w) 0/1: the pixels this tile scores (RadarModule.score_mask); see data/tiling.py tile_owners.
+            assert self.tile_owners is not None  # set in __init__ whenever tiles is given
             owned = self.tile_owners[rows, cols] == tile_index
             sample["owned"] = torch.from_numpy(owned[None, None].astype(np.float32))
         sample["time"] = torch.from_numpy(self.times_ns[start + self.target_offsets].astype(np.int64))
@@ -225,6 +237,7 @@ class RadarWindowDataset(Dataset):
     def _add_prior(self, sample: dict, start: int, box: tuple[int, int, int, int], seen_mm_h: np.ndarray) -> None:
         """``prior`` (T_out, 1, h, w) normalised (0 where none) and ``prior_valid`` 0/1 from `self.prior`."""
         hole = sample["hole"][0, 0].numpy() > 0 if "hole" in sample else None
+        assert self.prior is not None  # called only when a prior is attached
         prior_mm_h = np.asarray(self.prior(self, start, box, seen_mm_h, hole), np.float32)
         prior_valid = np.isfinite(prior_mm_h)
         encoded = np.where(prior_valid, self.normalizer.encode(np.nan_to_num(prior_mm_h, nan=0.0)), 0.0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -110,7 +110,8 @@ class MaskSet(NamedTuple):
     seed: int
 
 
-def save_mask_set(path: str | Path, masks: np.ndarray, spec: Mapping[str, Any], seed: int) -> Path:
+def save_mask_set(path: str | Path, masks: np.ndarray, spec: Mapping[str, Any] | Callable[..., np.ndarray],
+                  seed: int) -> Path:
     """Write masks (n, H, W) bool with the spec (JSON) and seed; format from the suffix.
 
     `.npz`, `.nc` (NetCDF4 via h5netcdf) or `.zarr` (Zarr v3); the variable is `mask`
@@ -127,7 +128,9 @@ def save_mask_set(path: str | Path, masks: np.ndarray, spec: Mapping[str, Any], 
     tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
     if path.suffix == ".npz":
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **{MASK_VARIABLE: masks, "spec": np.array(spec_json), "seed": np.array(int(seed))})
+            arrays = {MASK_VARIABLE: masks, "spec": np.array(spec_json), "seed": np.array(int(seed))}
+            # numpy's stub types **kwds beside allow_pickle: bool, so mypy checks a **dict against both.
+            np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
     elif path.suffix in (".nc", ".zarr"):
         ds = xr.Dataset(
             {MASK_VARIABLE: (("sample", "y", "x"), masks.astype(np.int8), {"long_name": "hidden pixel (1) mask"})},

@@ -234,6 +234,7 @@ class NodataPattern:
                 f"{valid.shape} crop; the sample has no hole targets.",
                 stacklevel=2,
             )
+        assert best is not None  # the first draw is always kept (gap < inf); `best & valid` above needs it too
         return best
 
 
@@ -343,12 +344,12 @@ class Mixture:
         if not components:
             raise ValueError("mixture: components is empty; give a list of mask specs {name: ..., ...}.")
         self.components = [build_mask_generator(spec) for spec in components]
-        weights = np.ones(len(self.components)) if weights is None else np.asarray(weights, dtype=np.float64)
-        if weights.shape != (len(self.components),) or np.any(weights < 0) or weights.sum() <= 0:
+        given = np.ones(len(self.components)) if weights is None else np.asarray(weights, dtype=np.float64)
+        if given.shape != (len(self.components),) or np.any(given < 0) or given.sum() <= 0:
             raise ValueError(
-                f"mixture: weights {list(weights)} must be {len(self.components)} non-negative numbers with a positive sum."
+                f"mixture: weights {list(given)} must be {len(self.components)} non-negative numbers with a positive sum."
             )
-        self.weights = weights / weights.sum()
+        self.weights = given / given.sum()
 
     def __call__(self, rng: np.random.Generator, valid: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
         return self.components[rng.choice(len(self.components), p=self.weights)](rng, valid, lat, lon)

@@ -158,10 +158,12 @@ class Normalizer:
     def floor(self) -> float:
         """Encoded value of 0 mm/h: the lower bound model outputs are clamped to."""
         self._check_fitted()
+        assert self.mean is not None and self.std is not None  # fitted: fit() and load() set both
         return 0.0 if self.kind == "log1p_scaled" else -self.mean / self.std
 
     def _shift_scale(self) -> tuple[float, float]:
         self._check_fitted()
+        assert self.mean is not None and self.std is not None  # fitted: fit() and load() set both
         return (0.0, self.std) if self.kind == "log1p_scaled" else (self.mean, self.std)
 
     def encode(self, mm_h):

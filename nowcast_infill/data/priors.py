@@ -21,6 +21,7 @@ its residual is added to 0 mm/h there.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -42,15 +43,15 @@ def check_prior(prior: str | None, task: str) -> str | None:
     return prior
 
 
-def temporal_linear_fill(x_mm_h: np.ndarray, fill_mask: np.ndarray) -> np.ndarray:
+def temporal_linear_fill(x_mm_h: np.ndarray, fill_mask: np.ndarray | None) -> np.ndarray:
     """Linear-in-time infill of the centre frame from its two neighbours: the `temporal_linear`
     classical method without its spatial fallback (nowcast_infill/baselines/temporal.py).
 
     x_mm_h: (T_in >= 3, H, W) mm/h, NaN = missing/hidden; the centre frame (T_in // 2) is the
-    target. fill_mask: (H, W) bool. Each fill pixel gets the mean of frames c-1 and c+1 (the
-    linear interpolant at the midpoint) where both are observed, the one observed value where
-    only one is, NaN where neither. Returns (1, H, W) float32 mm/h; other pixels are the
-    centre frame as given.
+    target. fill_mask: (H, W) bool (None: the centre frame's NaN pixels). Each fill pixel gets
+    the mean of frames c-1 and c+1 (the linear interpolant at the midpoint) where both are
+    observed, the one observed value where only one is, NaN where neither. Returns (1, H, W)
+    float32 mm/h; other pixels are the centre frame as given.
     """
     return make_temporal_linear(spatial=None)(x_mm_h, fill_mask=fill_mask)
 
@@ -79,7 +80,7 @@ class WindowPrior:
         self.method = check_prior(method, task)
         self.task, self.n_leads = task, int(n_leads)
         self.cache_root = cache_root
-        self.motion_options = {"threshold": float(threshold), "zerovalue_db": float(zerovalue_db),
+        self.motion_options: dict[str, Any] = {"threshold": float(threshold), "zerovalue_db": float(zerovalue_db),
                                "lk_options": dict(lk_options or {})}
         self._caches: dict[str, object] = {}
 

@@ -10,7 +10,8 @@ so every random draw of a sample is seeded by (seed, split, epoch, index).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
+from typing import cast
 
 import numpy as np
 import torch
@@ -40,13 +41,17 @@ class WindowSampler(DistributedSampler):
     def __init__(self, dataset: Dataset, *, shuffle: bool, seed: int, num_replicas: int = 1, rank: int = 0,
                  weights: np.ndarray | None = None):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
-        if weights is not None and (not shuffle or len(weights) != len(dataset)):
+        if weights is not None and (not shuffle or len(weights) != self._dataset_length()):
             raise ValueError(f"WindowSampler: weights need shuffle=True and one weight per sample "
-                             f"({len(weights)} for {len(dataset)}).")
+                             f"({len(weights)} for {self._dataset_length()}).")
         self.weights = None if weights is None else torch.as_tensor(np.asarray(weights, np.float64))
 
+    def _dataset_length(self) -> int:
+        """len(self.dataset): our datasets are map-style with a length (torch types them as a bare Dataset)."""
+        return len(cast(Sized, self.dataset))
+
     def _indices(self) -> list[int]:
-        n = len(self.dataset)
+        n = self._dataset_length()
         if not self.shuffle:
             return list(range(self.rank, n, self.num_replicas))
         generator = torch.Generator()
@@ -61,7 +66,7 @@ class WindowSampler(DistributedSampler):
         return order[self.rank:total:self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
-        offset = self.epoch * len(self.dataset) if self.shuffle else 0
+        offset = self.epoch * self._dataset_length() if self.shuffle else 0
         return iter([offset + i for i in self._indices()])
 
     def __len__(self) -> int:

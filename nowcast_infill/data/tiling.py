@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import overload
 
 import numpy as np
 import torch
@@ -67,6 +68,14 @@ def _ramp(size: int, overlap: int, dtype, device) -> torch.Tensor:
     if overlap <= 0:
         return torch.ones(size, dtype=dtype, device=device)
     return torch.clamp(torch.minimum((i + 0.5) / overlap, (size - i - 0.5) / overlap), max=1.0)
+
+
+@overload
+def _pad(t: torch.Tensor, pad_h: int, pad_w: int) -> torch.Tensor: ...
+
+
+@overload
+def _pad(t: None, pad_h: int, pad_w: int) -> None: ...
 
 
 def _pad(t: torch.Tensor | None, pad_h: int, pad_w: int) -> torch.Tensor | None:
@@ -142,7 +151,7 @@ def predict_tiled(
             raise ValueError("needed has no True pixel: there is nothing to predict.")
     acc_dtype = torch.float64 if x.device.type != "mps" else torch.float32
     weight = (_ramp(tile_h, overlap, acc_dtype, x.device)[:, None] * _ramp(tile_w, overlap, acc_dtype, x.device)[None, :])
-    total = None
+    total: torch.Tensor | None = None
     weight_sum = torch.zeros(full_h, full_w, dtype=acc_dtype, device=x.device)
     out_dtype = None
     for i in range(0, len(windows), batch_size):
@@ -162,6 +171,7 @@ def predict_tiled(
         for (r, c), p in zip(chunk, pred):
             total[..., r:r + tile_h, c:c + tile_w] += p.to(acc_dtype) * weight
             weight_sum[r:r + tile_h, c:c + tile_w] += weight
+    assert total is not None  # windows is never empty (checked above when `needed` filters it)
     out = total / weight_sum
     if needed is not None:
         out = out.masked_fill(~needed, float("nan"))

@@ -84,6 +84,7 @@ def _stream(fileobj, shown: str, inner: str, digest: str) -> Iterator[WorkItem]:
                 current = f"{shown}{MEMBER_SEPARATOR}{member.name}"
                 inner_name = f"{inner}{MEMBER_SEPARATOR}{member.name}" if inner else member.name
                 stream = tar.extractfile(member)
+                assert stream is not None  # regular-file members (checked above) always have a stream
                 if is_bundle(member.name):
                     yield from _stream(stream, current, inner_name, digest)
                 else:

@@ -17,7 +17,7 @@ from nowcast_infill.errors import MissingInputError
 from nowcast_infill.registry import get_method
 from nowcast_infill.io.bundles import MEMBER_SEPARATOR, WorkItem, is_bundle, work_items
 from nowcast_infill.io.files import file_sha256
-from nowcast_infill.io.importers import ConversionError, Frame
+from nowcast_infill.io.importers import ConversionError, Frame, Importer
 from nowcast_infill.io.store import DEFAULT_MAX_GAP_S, DEFAULT_SHARDS, AppendResult, SourceRecord, StoreWriter, iso_time, precip_layout
 from nowcast_infill.io.store_lock import DEFAULT_LOCK_TIMEOUT_S, StoreLock
 
@@ -54,7 +54,7 @@ def expand_inputs(inputs: str | Path | list) -> list[Path]:
     return list(unique.values())
 
 
-_WORKER_IMPORTER = {}
+_WORKER_IMPORTER: dict[tuple[str, str], Importer] = {}
 
 
 def _importer(source: str, options: dict):
@@ -71,7 +71,7 @@ def read_item(source: str, options: dict, item: WorkItem) -> tuple[Path, list[Fr
     try:
         if item.content is None:
             frames = importer.read(path)
-            digest = file_sha256(path)
+            digest: str | None = file_sha256(path)
         else:
             if not hasattr(importer, "read_bytes"):
                 raise ConversionError(path, f"source={source} reads files only, not members of a tar bundle; "

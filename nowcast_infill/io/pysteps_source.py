@@ -295,6 +295,7 @@ class PystepsImporter:
 
     def _time(self, path: Path, meta: dict) -> np.datetime64:
         from_meta = time_from_metadata(path, meta)
+        from_name: np.datetime64 | None
         if self.name_time is not None:
             from_name = self.name_time(path)
         elif from_meta is None:
@@ -305,7 +306,9 @@ class PystepsImporter:
         if from_meta is not None and from_name is not None and from_meta != from_name:
             raise ConversionError(path, f"the importer's metadata says {from_meta} but the file name says {from_name}; "
                                         "rename the file or fix importer.fn_pattern.")
-        return from_meta if from_meta is not None else from_name
+        found = from_meta if from_meta is not None else from_name
+        assert found is not None  # no metadata time: from_name was read from the file name (or raised)
+        return found
 
     def _explain_failure(self, path: Path, err: Exception) -> str:
         """One line: what pysteps complained about and, for a keyword problem, how to pass it."""

@@ -50,7 +50,8 @@ def precip_layout(shape: tuple[int, int], chunks: dict | None = None,
     """
     want = {**DEFAULT_CHUNKS, **_positive_sizes("chunks", dict(chunks or {}), null_time=False)}
     sizes = {"time": int(want["time"]), "y": int(shape[0]), "x": int(shape[1])}
-    inner = tuple(max(1, min(int(want[d] or sizes[d]), sizes[d])) for d in schema.PRECIP_DIMS)
+    chunk_t, chunk_y, chunk_x = (max(1, min(int(want[d] or sizes[d]), sizes[d])) for d in schema.PRECIP_DIMS)
+    inner = (chunk_t, chunk_y, chunk_x)
     if shards is None:
         return inner, None
     given = _positive_sizes("shards", dict(shards), null_time=True)
@@ -60,7 +61,8 @@ def precip_layout(shape: tuple[int, int], chunks: dict | None = None,
         if size is None:
             size = chunk if dim == "time" else sizes[dim]
         outer.append(-(-int(size) // chunk) * chunk)
-    return inner, tuple(outer)
+    shard_t, shard_y, shard_x = outer
+    return inner, (shard_t, shard_y, shard_x)
 
 
 def create_skeleton(path: Path, ref: Frame, chunks: dict | None, compression: dict | None, shards: dict | None) -> None:

@@ -22,7 +22,9 @@ DEFAULT_MAX_GAP_S = 3600.0
 
 def iso_time(t: np.datetime64) -> str:
     """`t` as ISO 8601 to the second, e.g. '2017-08-16T00:05:00' (how stores and messages name a time)."""
-    return str(np.datetime_as_string(np.datetime64(t, "s"), unit="s"))
+    # numpy's stubs lack the datetime64(datetime64, unit) overload that numpy accepts at runtime.
+    seconds: np.datetime64 = np.datetime64(t, "s")  # type: ignore[call-overload]
+    return str(np.datetime_as_string(seconds, unit="s"))
 
 
 def _time_step_s(frames: list[Frame], old_times: np.ndarray, old_step_s: int) -> int:

@@ -9,9 +9,11 @@ import os
 import shutil
 import warnings
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -23,6 +25,9 @@ from nowcast_infill.io.store.layout import DEFAULT_SHARDS, create_skeleton, stor
 from nowcast_infill.io.store.metadata import SourceRecord, check_consistent, new_store_attrs, package_versions, read_state
 from nowcast_infill.io.store.time_axis import DEFAULT_MAX_GAP_S, checked_max_gap, encode_times, iso_time, place_on_time_axis
 from nowcast_infill.io.store_lock import DEFAULT_LOCK_TIMEOUT_S, StoreLock
+
+if TYPE_CHECKING:
+    import zarr
 
 # Frames read but not yet written to staging (at least 2 are always allowed): the reader
 # goes on while the writer thread creates the staging store (~40 ms) or falls behind.
@@ -42,6 +47,12 @@ class AppendResult:
     segment_breaks: list[str] = field(default_factory=list)  # first time of each new segment
     already_present: list[str] = field(default_factory=list)
     n_time_total: int = 0
+
+
+def _without_precip(frame: Frame) -> Frame:
+    """`frame`'s metadata only: `precip` dropped (None), so the frames kept until the commit hold no pixels."""
+    # Frame.precip is typed ndarray (io/importers.py), which has no metadata-only Frame.
+    return replace(frame, precip=None)  # type: ignore[arg-type]
 
 
 class StoreWriter:
@@ -87,11 +98,12 @@ class StoreWriter:
         self._records: dict[Path, SourceRecord] = {}
         self._skips: list[dict] = []
         self._capacity = max(1, int(expected_frames))
-        self._arrivals = None  # zarr array the frames are written to in arrival order
+        self._arrivals: zarr.Array | None = None  # zarr array the frames are written to in arrival order
         self._arrival_offset = 0  # index of the first arrival in `_arrivals`
         self._in_place = False  # arrivals written straight into staging `precip`
         self._writer: ThreadPoolExecutor | None = None  # the one thread that writes staging
-        self._write_chunk = None  # writes one arrival as one chunk, when `_arrivals` allows it
+        # writes one arrival as one chunk, when `_arrivals` allows it
+        self._write_chunk: Callable[[int, np.ndarray], None] | None = None
         self._opened: Future | None = None  # staging created (by the writer thread)
         self._pending: deque[tuple[Future, int]] = deque()  # writer jobs not yet checked, bytes each holds
         self._pending_bytes = 0
@@ -122,13 +134,13 @@ class StoreWriter:
             # Staging is created by the writer thread too, while the caller reads the
             # next files; every staging job runs there, in the order submitted.
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ni-store-writer")
-            self._opened = self._writer.submit(self._open_staging, replace(frame, precip=None))
+            self._opened = self._writer.submit(self._open_staging, _without_precip(frame))
         index = len(self._fresh)
         if index >= self._capacity:
             self._capacity *= 2
             self._pending.append((self._writer.submit(self._resize_arrivals, self._capacity), 0))
         self._records[frame.source] = record
-        self._fresh.append(replace(frame, precip=None))
+        self._fresh.append(_without_precip(frame))
         # Bound the frames held in memory; enough of them to read on while staging is created.
         while len(self._pending) >= 2 and self._pending_bytes + frame.precip.nbytes > MAX_QUEUED_BYTES:
             self._check_oldest()
@@ -151,6 +163,7 @@ class StoreWriter:
 
     def _open_staging(self, ref: Frame) -> None:
         import zarr
+        from zarr.core.metadata import ArrayV3Metadata
 
         if self.staging.exists():
             shutil.rmtree(self.staging)
@@ -159,6 +172,7 @@ class StoreWriter:
         else:
             self._copy_metadata()
         precip = zarr.open_array(self.staging / schema.PRECIP, mode="r+")
+        assert isinstance(precip.metadata, ArrayV3Metadata)  # stores are Zarr v3 (create_skeleton, zarr.json)
         key_encoding = precip.metadata.chunk_key_encoding
         # One file (chunk or shard) per time step under `c/<t>/`: arrivals can go straight
         # into `precip` and be put in time order by renaming directories.
@@ -178,19 +192,23 @@ class StoreWriter:
         package_versions()  # cached for the commit's history line, here off the reading path
 
     def _resize_arrivals(self, capacity: int) -> None:
+        assert self._arrivals is not None  # set by _open_staging, the writer thread's first job
         self._arrivals.resize((self._arrival_offset + capacity, *self._arrivals.shape[1:]))
 
     def _write_arrival(self, index: int, precip: np.ndarray) -> None:
+        assert self._opened is not None  # submitted by add() before any write job
         self._opened.result()  # a failed staging creation raises its own error here
         if self._write_chunk is not None:
             self._write_chunk(self._arrival_offset + index, precip)
         else:
+            assert self._arrivals is not None  # staging opened (result() above)
             self._arrivals[self._arrival_offset + index] = precip
         stats = frame_stats.frame_statistics(precip)
         if self._pixel_valid is None:
             self._pixel_valid = np.zeros(precip.shape, np.int64)
         self._pixel_valid += stats.valid
-        stats.valid = None  # the mask is summed above; keep only the scalars per frame
+        # FrameStats.valid is typed ndarray (io/frame_stats.py); None here only drops the mask.
+        stats.valid = None  # type: ignore[assignment]  # the mask is summed above; keep only the scalars per frame
         self._stats[index] = stats
 
     def _copy_metadata(self) -> None:
@@ -256,6 +274,7 @@ class StoreWriter:
         final_index = [position[id(self._fresh[i])] for i in range(len(self._fresh))]  # per arrival
         n_new = self.n_old + len(filled)
         if self._in_place:
+            assert self._arrivals is not None  # in place: the arrivals are staging's precip
             self._reindex_in_place(final_index)
             if self._arrivals.shape[0] != n_new:  # sized for the frames expected, gaps not counted
                 self._arrivals.resize((n_new, *self._arrivals.shape[1:]))
@@ -305,9 +324,11 @@ class StoreWriter:
             stop = min(start + tc, n_new)
             block = np.full((stop - start, *precip.shape[1:]), np.nan, dtype=precip.dtype)
             if start < self.n_old:
+                assert old is not None  # opened above whenever the store has frames (n_old > 0)
                 block[: self.n_old - start] = old[start:self.n_old]
             for t in range(max(start, self.n_old), stop):
                 if t in arrival_at:
+                    assert self._arrivals is not None  # frames were added, so staging was opened
                     block[t - start] = self._arrivals[arrival_at[t]]
             precip[start:stop] = block
         shutil.rmtree(self.staging / _ARRIVALS)
@@ -323,8 +344,10 @@ class StoreWriter:
             missing = np.concatenate([self.state.missing, new_missing])
         time_arr = zarr.open_array(self.staging / "time", mode="r+")
         time_arr.resize((n_new,))
-        time_arr[:] = encode_times(times, time_arr.attrs["units"], time_arr.attrs.get("calendar", "proleptic_gregorian"),
-                                    np.dtype(time_arr.dtype))
+        # CF attributes written by create_skeleton: strings (Zarr types attrs as any JSON value).
+        units = cast(str, time_arr.attrs["units"])
+        calendar = cast(str, time_arr.attrs.get("calendar", "proleptic_gregorian"))
+        time_arr[:] = encode_times(times, units, calendar, np.dtype(time_arr.dtype))
         missing_arr = zarr.open_array(self.staging / schema.MISSING_FRAME, mode="r+")
         missing_arr.resize((n_new,))
         if self.state is not None or missing.any():  # a new store without gaps: all fill value (False) already

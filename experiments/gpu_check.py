@@ -347,7 +347,7 @@ def build_infill_predictor(args):
     """A CheckpointPredictor (the ni-infill network path) around an untrained 7-level baseline."""
     from nowcast_infill.data.normalization import Normalizer
     from nowcast_infill.inference.checkpoint import CheckpointPredictor
-    from nowcast_infill.models.module import RadarModule
+    from nowcast_infill.training.module import RadarModule
 
     t_in, t_out = TASKS["infill"]
     module = RadarModule(

@@ -13,7 +13,7 @@ from hydra.errors import ConfigCompositionException
 
 from nowcast_infill.config_schema import ConfigSchemaError, validate_config
 from nowcast_infill.utils.config import devices_per_node, num_nodes, register_resolvers, run_id
-from nowcast_infill.utils.lr import global_batch_size, scaled_learning_rate, warmup_cosine_schedule
+from nowcast_infill.training.lr import global_batch_size, scaled_learning_rate, warmup_cosine_schedule
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -127,7 +127,7 @@ def test_warmup_cosine_schedule_shape():
 
 
 def test_warmup_length_precedence():
-    from nowcast_infill.utils.lr import warmup_steps_for
+    from nowcast_infill.training.lr import warmup_steps_for
 
     # steps win, then samples (ceil(samples / global batch)), then the fraction of all steps
     assert warmup_steps_for(100, warmup_steps=7, warmup_samples=64, warmup_fraction=0.5, global_batch=8) == 7

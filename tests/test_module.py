@@ -1,4 +1,4 @@
-"""RadarModule / BaselineModule behaviour that the end-to-end tests do not pin down."""
+"""RadarModule / ClassicalModule behaviour that the end-to-end tests do not pin down."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 from nowcast_infill.data.datamodule import RadarDataModule
 from nowcast_infill.data.normalization import Normalizer
 from nowcast_infill.data.synthetic import write_synthetic_store
-from nowcast_infill.models.module import BaselineModule, RadarModule
+from nowcast_infill.evaluation.classical import ClassicalModule
+from nowcast_infill.training.module import RadarModule
 
 NET = {"_target_": "nowcast_infill.models.components.unet.PConvUNet", "_partial_": True, "encoder_channels": [8, 16, 16]}
 OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "lr_scaling": "linear", "reference_global_batch": 8}
@@ -84,8 +85,8 @@ def test_bad_task_and_frames_are_refused():
         make_module(in_frames=4)
 
 
-def test_baseline_module_fills_only_holes_and_checks_task(normalizer):
-    module = BaselineModule("nearest", task="infill", in_frames=3, out_frames=1)
+def test_classical_module_fills_only_holes_and_checks_task(normalizer):
+    module = ClassicalModule("nearest", task="infill", in_frames=3, out_frames=1)
     module.attach_normalizer(normalizer)
     batch = random_batch()
     pred = module.predict_mm_h(batch)
@@ -94,8 +95,8 @@ def test_baseline_module_fills_only_holes_and_checks_task(normalizer):
     assert bool(torch.isfinite(pred[batch["hole"] > 0]).all())
     assert list(module.parameters()) == []
     with pytest.raises(ValueError, match="set task=nowcast"):
-        BaselineModule("persistence", task="infill", in_frames=3, out_frames=1)
-    nowcast = BaselineModule("persistence", task="nowcast", in_frames=2, out_frames=3)  # n_leads from out_frames
+        ClassicalModule("persistence", task="infill", in_frames=3, out_frames=1)
+    nowcast = ClassicalModule("persistence", task="nowcast", in_frames=2, out_frames=3)  # n_leads from out_frames
     nowcast.attach_normalizer(normalizer)
     assert nowcast.predict_mm_h(random_batch("nowcast", t_in=2, t_out=3)).shape == (2, 3, 1, 16, 16)
 
@@ -129,11 +130,11 @@ def test_warmup_in_samples_and_training_clock(store, tmp_path):
     accumulation = 4: 8 samples = 2 steps); TrainingClock logs samples seen = steps x 4."""
     from lightning.pytorch.loggers import CSVLogger
 
-    from nowcast_infill.utils.training_clock import TrainingClock
+    from nowcast_infill.training.clock import TrainingClock
 
     dm = RadarDataModule(store, task="infill", context=1, crop_size=32, batch_size=2, masks=MASKS,
                          eval_masks={"n": 2}, split={"fractions": [0.7, 0.15, 0.15], "gap": 2}, aux=None)
-    scheduler = {"_target_": "nowcast_infill.utils.lr.warmup_cosine_schedule", "_partial_": True,
+    scheduler = {"_target_": "nowcast_infill.training.lr.warmup_cosine_schedule", "_partial_": True,
                  "warmup_samples": 8, "warmup_fraction": 0.75, "min_lr_ratio": 1.0, "interval": "step"}
     module = make_module(scheduler=scheduler)
     seen_lrs = []

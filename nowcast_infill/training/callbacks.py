@@ -6,6 +6,9 @@
 - `progress_bar(...)`: the tqdm bar on a terminal, `LineProgress` (one plain line every
   `every_seconds`) when stdout is not a terminal (Slurm logs, CI, pipes), where `\\r` bars
   pile up as one endless line.
+- `FigureCallback(output_dir, n_figures, stage)`: sample panels of the windows worth looking
+  at, drawn with `nowcast_infill.viz` at the end of a validation or test epoch, sent to the
+  loggers that take images and (with `output_dir`) saved as `<output_dir>/figures/*.png`.
 """
 
 from __future__ import annotations
@@ -13,13 +16,22 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks.progress import ProgressBar
 
+from nowcast_infill import viz
+
 STABLE_BEST_NAME = "best.ckpt"
+# Sample panels are drawn from windows whose target is at least this fraction valid, the
+# wettest first (fraction of valid pixels with at least FIGURE_WET_MM_H).
+FIGURE_MIN_VALID_FRACTION = 0.5
+FIGURE_WET_MM_H = 1.0
 
 
 class BestCheckpoint(ModelCheckpoint):
@@ -121,3 +133,97 @@ def progress_bar(refresh_rate: int = 10, every_seconds: float = 30.0, stream=Non
     if getattr(stream, "isatty", lambda: False)():
         return TQDMProgressBar(refresh_rate=refresh_rate)
     return LineProgress(every_seconds=every_seconds)
+
+
+class FigureCallback(Callback):
+    """Draw the sample panels of one stage (`val` or `test`) of an evaluated LightningModule.
+
+    Works with any module of the evaluation path (`RadarModule`, `ClassicalModule`): it reads
+    the step output `{"pred_mm_h": (B, T_out, 1, H, W)}`, the module's `task` and `normalizer`.
+    Among the windows whose target is mostly valid (on a real radar grid the first tiles are
+    often outside the radar range, all no-data) it keeps the wettest `n_figures` over the epoch,
+    and at the epoch's end draws them (`viz.sample_figure`), logs them to the loggers that take
+    images (W&B, TensorBoard) under `<stage>/<task>_sample<k>` and, with `output_dir`, saves
+    them as `<output_dir>/figures/<task>_sample<k>.png` (rank 0 only).
+
+    Args:
+        output_dir: run folder to save into; None = log only.
+        n_figures: windows drawn; None = the module's `hparams.n_log_images` (default 2).
+        stage: `test` or `val` (validation epochs during fitting; not the sanity check).
+    """
+
+    def __init__(self, output_dir: str | Path | None = None, n_figures: int | None = None, stage: str = "test") -> None:
+        if stage not in ("val", "test"):
+            raise ValueError(f"FigureCallback(stage={stage!r}): choose 'val' or 'test'.")
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.n_figures = n_figures
+        self.stage = stage
+        self.saved: list[Path] = []  # PNGs written at the last end of the stage
+        # (score, one window's CPU tensors), best first
+        self._pool: list[tuple[float, dict[str, torch.Tensor]]] = []
+
+    def _wanted(self, pl_module: L.LightningModule) -> int:
+        if self.n_figures is not None:
+            return int(self.n_figures)
+        return int(getattr(pl_module, "hparams", {}).get("n_log_images", 2))
+
+    @staticmethod
+    def window_scores(pl_module: Any, pred_mm_h: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """`(B,)`: the fraction of valid target pixels with >= FIGURE_WET_MM_H for windows whose
+        target is at least FIGURE_MIN_VALID_FRACTION valid and that have scored pixels; other
+        windows score their valid fraction - 2, below every such window."""
+        valid = batch["y_valid"] > 0
+        n_valid = valid.flatten(1).sum(1)
+        valid_fraction = n_valid / valid[0].numel()
+        wet = (pl_module.normalizer.decode(batch["y"]) >= FIGURE_WET_MM_H) & valid
+        wet_fraction = wet.flatten(1).sum(1) / n_valid.clamp(min=1)
+        has_scored = (pl_module.task.score_mask(batch) > 0).flatten(1).any(1)
+        eligible = (valid_fraction >= FIGURE_MIN_VALID_FRACTION) & has_scored
+        return torch.where(eligible, wet_fraction.double(), valid_fraction.double() - 2.0)
+
+    def _keep(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Mapping[str, torch.Tensor]) -> None:
+        need = self._wanted(pl_module)
+        if need <= 0 or trainer.global_rank != 0 or trainer.sanity_checking or not isinstance(outputs, Mapping):
+            return
+        pred_mm_h = outputs["pred_mm_h"]
+        for i, score in enumerate(self.window_scores(pl_module, pred_mm_h, batch).tolist()):
+            if len(self._pool) >= need and score <= self._pool[-1][0]:
+                continue
+            kept = {k: v[i : i + 1].detach().cpu() for k, v in batch.items() if isinstance(v, torch.Tensor) and v.ndim == 5}
+            kept["pred_mm_h"] = pred_mm_h[i : i + 1].detach().cpu()
+            self._pool.append((score, kept))
+            self._pool.sort(key=lambda item: -item[0])  # stable: among equals the earlier window stays first
+            del self._pool[need:]
+
+    def _draw(self, trainer: L.Trainer, pl_module: Any) -> None:
+        import matplotlib.pyplot as plt
+
+        pool, self._pool = self._pool, []
+        self.saved = []
+        if trainer.global_rank != 0:
+            return
+        task = pl_module.task
+        for index, (_, window) in enumerate(pool):
+            name = f"{task.name}_sample{index}"
+            fig = viz.sample_figure(task.name, getattr(task, "target_index", 0), window, pl_module.normalizer.decode)
+            for logger in trainer.loggers:
+                viz.log_figure(logger, f"{self.stage}/{name}", fig, step=trainer.global_step)
+            if self.output_dir is not None:
+                self.saved.append(viz.save_figure(fig, self.output_dir / "figures" / f"{name}.png"))
+            plt.close(fig)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.stage == "val":
+            self._keep(trainer, pl_module, outputs, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.stage == "test":
+            self._keep(trainer, pl_module, outputs, batch)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self.stage == "val" and not trainer.sanity_checking:
+            self._draw(trainer, pl_module)
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        if self.stage == "test":
+            self._draw(trainer, pl_module)

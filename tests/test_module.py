@@ -69,6 +69,16 @@ def test_nowcast_answer_is_the_network_output(normalizer):
     assert not module.score_mask(batch)[..., 5:, :].any() and module.score_mask(batch)[..., :5, :].any()
 
 
+def test_networks_satisfy_the_contract():
+    from nowcast_infill.models.network import RadarNetwork
+
+    net = make_module().net
+    assert isinstance(net, RadarNetwork) and net.size_multiple == 2**3  # three encoder layers
+    with pytest.raises(TypeError, match="network contract.*missing: .*size_multiple"):
+        RadarModule(net={"_target_": "torch.nn.Identity", "_partial_": True}, task="infill", in_frames=3, out_frames=1,
+                    loss={"name": "infill"}, optimizer=OPTIMIZER)
+
+
 def test_hparams_rebuild_the_same_network():
     module = make_module()
     rebuilt = RadarModule(**module.hparams)
@@ -87,6 +97,7 @@ def test_bad_task_and_frames_are_refused():
 
 def test_classical_module_fills_only_holes_and_checks_task(normalizer):
     module = ClassicalModule("nearest", task="infill", in_frames=3, out_frames=1)
+    assert not isinstance(module, RadarModule)  # beside the trainable module, not under it
     module.attach_normalizer(normalizer)
     batch = random_batch()
     pred = module.predict_mm_h(batch)
@@ -117,6 +128,16 @@ def test_linear_lr_scaling_with_accumulation_and_aux_check(store, tmp_path):
     trainer.fit(module, datamodule=dm)
     # global batch 2 x 1 device x 1 node x 2 accumulation = 4, tuned at 8: half the lr
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.5e-3)
+
+    # the checkpoint carries its task, normaliser and aux names in plain types ...
+    path = tmp_path / "one_step.ckpt"
+    trainer.save_checkpoint(path)
+    payload = torch.load(path, weights_only=True)["nowcast_infill"]
+    assert payload == {"format": 2, "task": {"name": "infill", "in_frames": 3, "out_frames": 1},
+                       "normalizer": dm.normalizer.state_dict(), "aux_names": [], "model_name": "radar"}
+    # ... and a module loaded from it decodes with that normaliser, no DataModule needed
+    loaded = RadarModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    assert loaded.normalizer.state_dict() == dm.normalizer.state_dict() and loaded.aux_names == []
 
     dm_aux = RadarDataModule(store, task="infill", context=1, crop_size=32, batch_size=2, masks=MASKS,
                              eval_masks={"n": 2}, split={"fractions": [0.7, 0.15, 0.15], "gap": 2}, aux="all")

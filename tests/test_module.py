@@ -182,3 +182,12 @@ def test_warmup_in_samples_and_training_clock(store, tmp_path):
     assert all(float(r["clock/global_batch"]) == 4.0 for r in rows)
     times = [float(r["clock/train_s"]) for r in rows]
     assert 0 < times[0] < times[1]
+
+
+def test_checkpoint_payload_of_old_and_foreign_formats():
+    from nowcast_infill.checkpoint_io import CheckpointError
+    from nowcast_infill.training.module import checkpoint_payload
+
+    assert checkpoint_payload({"state_dict": {}}) is None  # the old layout: readers fall back to it
+    with pytest.raises(CheckpointError, match=r"^models/x.ckpt: its 'nowcast_infill' entry has format 3 .*retrain"):
+        checkpoint_payload({"nowcast_infill": {"format": 3}}, "models/x.ckpt")

@@ -25,6 +25,7 @@ import hydra
 import lightning as L
 import torch
 
+from nowcast_infill.checkpoint_io import CheckpointError
 from nowcast_infill.data.datamodule import RadarDataModule
 from nowcast_infill.data.normalization import Normalizer
 from nowcast_infill.data.priors import WindowPrior, check_prior
@@ -39,15 +40,17 @@ CHECKPOINT_KEY = "nowcast_infill"
 CHECKPOINT_FORMAT = 2
 
 
-def checkpoint_payload(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
+def checkpoint_payload(checkpoint: Mapping[str, Any], where: str = "checkpoint") -> dict[str, Any] | None:
     """The `checkpoint["nowcast_infill"]` payload of a format-2 checkpoint, None for an older
-    checkpoint without one (readers then fall back to the old layout)."""
+    checkpoint without one (readers then fall back to the old layout). `where` names the file
+    in the `CheckpointError` raised for a payload of another format."""
     payload = checkpoint.get(CHECKPOINT_KEY)
     if payload is None:
         return None
-    if not isinstance(payload, Mapping) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint[{CHECKPOINT_KEY!r}] has format {getattr(payload, 'get', lambda _: None)('format')!r}; "
-                         f"this version reads format {CHECKPOINT_FORMAT}.")
+    found = payload.get("format") if isinstance(payload, Mapping) else type(payload).__name__
+    if found != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{where}: its {CHECKPOINT_KEY!r} entry has format {found!r} but this version reads "
+                              f"format {CHECKPOINT_FORMAT}; use the nowcast_infill version that wrote it, or retrain.")
     return dict(payload)
 
 

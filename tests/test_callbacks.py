@@ -5,13 +5,12 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pytest
 import torch
+from test_module import make_module, normalizer  # noqa: F401, F811  (pytest fixture)
 
 from nowcast_infill.evaluation.classical import ClassicalModule
 from nowcast_infill.training.callbacks import FigureCallback
-from test_module import make_module, normalizer  # noqa: F401  (pytest fixture)
 
 
 def fake_trainer(rank: int = 0) -> SimpleNamespace:

@@ -3,21 +3,23 @@ reported by the evaluation path (ClassicalModule under trainer.test) without pac
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import lightning as L
 import pytest
 import torch
+from test_module import MASKS, store  # noqa: F401  (pytest fixture)
 
 from nowcast_infill import registry
 from nowcast_infill.data.datamodule import RadarDataModule
 from nowcast_infill.evaluation.classical import ClassicalModule
 from nowcast_infill.metrics.pieces import ScorePiece
-from test_module import MASKS, store  # noqa: F401  (pytest fixture)
 
 
 class WetPixelShare(ScorePiece):
     """wet_share: the fraction of scored pixels where the answer has >= 0.1 mm/h."""
 
-    states = {"wet_pixels": (), "all_pixels": ()}
+    states: ClassVar[dict[str, tuple[str, ...]]] = {"wet_pixels": (), "all_pixels": ()}
 
     def accumulate(self, frames, sums):
         sums["wet_pixels"] += ((frames.pred >= 0.1) & frames.scored).flatten(1).sum(1).to(torch.float64)

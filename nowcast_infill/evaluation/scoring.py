@@ -10,7 +10,7 @@ compare across normalisers and between networks and classical methods.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -51,6 +51,10 @@ class EvaluationMixin:
         self._scored: dict[str, int] = {}
         self._unscored: dict[str, int] = {}
 
+    def metric(self, stage: str) -> RadarMetrics:
+        """The `RadarMetrics` of `stage` (`val` or `test`)."""
+        return cast(RadarMetrics, self.stage_metrics[stage])
+
     # --------------------------------------------------------------- normaliser
     def attach_normalizer(self, normalizer: Normalizer) -> None:
         """Use `normalizer` when no DataModule supplies one (inference, scripts, a loaded checkpoint)."""
@@ -89,12 +93,12 @@ class EvaluationMixin:
             mask = mask * (~unscored).to(mask.dtype)
             scored_pred = torch.nan_to_num(pred_mm_h, nan=0.0)
         self._scored[stage] = self._scored.get(stage, 0) + int((mask > 0).sum())
-        self.stage_metrics[stage].update(scored_pred, target_mm_h, mask)
+        self.metric(stage).update(scored_pred, target_mm_h, mask)
         return {"pred_mm_h": pred_mm_h}
 
     def log_stage_metrics(self, stage: str) -> None:
         """Log `{stage}/<score>` for every score and `{stage}/unscored_pixels`; reset the stage."""
-        metric = self.stage_metrics[stage]
+        metric = self.metric(stage)
         values = metric.compute()
         for name, value in values.items():
             # RadarMetrics already reduced its sum/count states over ranks, so `value` is the same

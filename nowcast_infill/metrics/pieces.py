@@ -15,12 +15,12 @@ computed once per chunk.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import torch
 
 from nowcast_infill.metrics.scores import MIN_PATTERN_STD_MM_H, format_threshold
-from nowcast_infill.metrics.window_sums import (box_sums_of_padded, ratio_or_nan, row_dots, weighted_row_sums,
-                                                window_sum_dtype)
+from nowcast_infill.metrics.window_sums import box_sums_of_padded, ratio_or_nan, row_dots, weighted_row_sums, window_sum_dtype
 
 F64 = torch.float64
 # Integer-valued float32 arithmetic is exact while every value stays below 2**24.
@@ -96,8 +96,8 @@ class ScorePiece:
     position: where the piece's scores come in the result (lower first; ties by name).
     """
 
-    states: Mapping[str, tuple[str, ...]] = {}
-    position: float = 100.0
+    states: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    position: ClassVar[float] = 100.0
 
     def accumulate(self, frames: ScoredFrames, sums: dict[str, torch.Tensor]) -> None:
         """Add the chunk's per-frame sums into `sums[name]` (float64 `(N, *dims)` views)."""
@@ -121,7 +121,7 @@ def threshold_tag(threshold: float) -> str:
 class ContinuousScores(ScorePiece):
     """rmse, mae, bias (mean pred - truth) over scored pixels, mm/h; total `scored_pixels`."""
 
-    states = {"n_pixels": (), "sum_error": (), "sum_abs_error": (), "sum_sq_error": ()}
+    states: ClassVar[Mapping[str, tuple[str, ...]]] = {"n_pixels": (), "sum_error": (), "sum_abs_error": (), "sum_sq_error": ()}
     position = 10
 
     def accumulate(self, frames, sums):
@@ -143,7 +143,7 @@ class ContinuousScores(ScorePiece):
 class FieldMeanScores(ScorePiece):
     """ame (mean |field-mean difference|) and temporal_corr (of the frames' field means)."""
 
-    states = {"n_frames": (), "sum_abs_mean_diff": (), "sum_mean_t": (), "sum_mean_p": (), "sum_mean_t2": (),
+    states: ClassVar[Mapping[str, tuple[str, ...]]] = {"n_frames": (), "sum_abs_mean_diff": (), "sum_mean_t": (), "sum_mean_p": (), "sum_mean_t2": (),
               "sum_mean_p2": (), "sum_mean_tp": ()}
     position = 20
 
@@ -178,7 +178,7 @@ class PatternCorrelation(ScorePiece):
     """spatial_corr: mean per-frame pattern correlation; total `spatial_corr_skipped_frames`
     (frames with < 2 scored pixels or a flat field in either input)."""
 
-    states = {"sum_pattern_corr": (), "n_pattern_frames": (), "n_pattern_skipped": ()}
+    states: ClassVar[Mapping[str, tuple[str, ...]]] = {"sum_pattern_corr": (), "n_pattern_frames": (), "n_pattern_skipped": ()}
     position = 30
 
     def accumulate(self, frames, sums):
@@ -206,7 +206,7 @@ class PatternCorrelation(ScorePiece):
 class CategoricalScores(ScorePiece):
     """pod, far, csi, fbias per threshold (event: value >= threshold)."""
 
-    states = {"hits": ("K",), "misses": ("K",), "false_alarms": ("K",)}
+    states: ClassVar[Mapping[str, tuple[str, ...]]] = {"hits": ("K",), "misses": ("K",), "false_alarms": ("K",)}
     position = 40
 
     def accumulate(self, frames, sums):
@@ -239,7 +239,7 @@ class FractionsSkillScore(ScorePiece):
     MB: cache-resident, and below the size at which each allocation is fresh memory from the OS.
     """
 
-    states = {"fss_num": ("K", "S"), "fss_den": ("K", "S")}
+    states: ClassVar[Mapping[str, tuple[str, ...]]] = {"fss_num": ("K", "S"), "fss_den": ("K", "S")}
     position = 50
 
     def accumulate(self, frames, sums):

@@ -14,6 +14,7 @@ Tensors follow docs/schema.md § Samples, batched to `(B, T, C, H, W)`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import ClassVar
 
 import torch
 
@@ -27,7 +28,7 @@ class Task:
     in_frames: int
     out_frames: int
     # the config keys `in_frames`/`out_frames` must equal, as text for error messages
-    frame_rules: Mapping[str, str] = {}
+    frame_rules: ClassVar[Mapping[str, str]] = {}
 
     def check_frames(self, in_frames: int, out_frames: int, where: str = "task") -> None:
         """Raise `BadValueError` naming `<where>.in_frames`/`out_frames` when they differ from this task's."""
@@ -66,7 +67,7 @@ class InfillTask(Task):
     """
 
     name = "infill"
-    frame_rules = {"in_frames": "2*context+1", "out_frames": "1"}
+    frame_rules: ClassVar[Mapping[str, str]] = {"in_frames": "2*context+1", "out_frames": "1"}
 
     def __init__(self, context: int = 1) -> None:
         if int(context) != context or context < 0:
@@ -102,7 +103,7 @@ class NowcastTask(Task):
     """
 
     name = "nowcast"
-    frame_rules = {"in_frames": "past", "out_frames": "future"}
+    frame_rules: ClassVar[Mapping[str, str]] = {"in_frames": "past", "out_frames": "future"}
 
     def __init__(self, past: int = 4, future: int = 6) -> None:
         for key, value in (("past", past), ("future", future)):
@@ -150,4 +151,4 @@ def task_from_frames(name: str, in_frames: int, out_frames: int, where: str = "m
     return task
 
 
-__all__ = ["InfillTask", "NowcastTask", "TASKS", "Task", "get_task", "task_from_frames"]
+__all__ = ["TASKS", "InfillTask", "NowcastTask", "Task", "get_task", "task_from_frames"]

@@ -89,6 +89,11 @@ def save_figure(fig, path: str | Path) -> Path:
     return path
 
 
+def close_figure(fig) -> None:
+    """Free `fig` (pyplot keeps every open figure alive otherwise)."""
+    plt.close(fig)
+
+
 def log_figure(logger, key: str, fig, step: int = 0) -> None:
     """Send `fig` to a Lightning logger that can take images (W&B, TensorBoard); others skip it."""
     name = type(logger).__name__

@@ -196,8 +196,6 @@ class FigureCallback(Callback):
             del self._pool[need:]
 
     def _draw(self, trainer: L.Trainer, pl_module: Any) -> None:
-        import matplotlib.pyplot as plt
-
         pool, self._pool = self._pool, []
         self.saved = []
         if trainer.global_rank != 0:
@@ -210,7 +208,7 @@ class FigureCallback(Callback):
                 viz.log_figure(logger, f"{self.stage}/{name}", fig, step=trainer.global_step)
             if self.output_dir is not None:
                 self.saved.append(viz.save_figure(fig, self.output_dir / "figures" / f"{name}.png"))
-            plt.close(fig)
+            viz.close_figure(fig)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if self.stage == "val":

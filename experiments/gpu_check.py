@@ -347,7 +347,7 @@ def build_infill_predictor(args):
     """A CheckpointPredictor (the ni-infill network path) around an untrained 7-level pconv."""
     from nowcast_infill.data.normalization import Normalizer
     from nowcast_infill.inference.checkpoint import CheckpointPredictor
-    from nowcast_infill.models.module import RadarModule
+    from nowcast_infill.training.module import RadarModule
 
     t_in, t_out = TASKS["infill"]
     module = RadarModule(
@@ -360,9 +360,8 @@ def build_infill_predictor(args):
     rng = np.random.default_rng(0)
     normalizer = Normalizer().fit(rng.exponential(1.0, size=(4, 64, 64)).astype(np.float32))
     module.attach_normalizer(normalizer)
-    depth = int(getattr(module.net, "depth", len(args.channels)))
     return CheckpointPredictor(module, normalizer, tile=args.infill_tile, overlap=args.infill_tile // 4,
-                               multiple=2 ** depth, batch_size=args.infill_batch, aux_names=[], device=args.device,
+                               multiple=module.net.size_multiple, batch_size=args.infill_batch, aux_names=[], device=args.device,
                                path=Path("untrained-7-level-pconv.ckpt"))
 
 

@@ -489,68 +489,38 @@ def keep_small(path: Path) -> Path:
 
 def bar_chart(groups: Mapping[str, list[RunResult]], metric: str, label: str, title: str, path: Path) -> Path:
     """Bars of the mean of `metric` per method, error bars = std over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from nowcast_infill import viz
 
     names = list(groups)
     stats = [mean_std(r.metrics.get(metric, float("nan")) for r in groups[m]) for m in names]
     colours = ["tab:blue" if groups[m][0].kind == "network" else "tab:grey" for m in names]
-    fig, ax = plt.subplots(figsize=(6.4, 3.4), constrained_layout=True)
-    ax.bar(names, [s[0] for s in stats], yerr=[0 if math.isnan(s[1]) else s[1] for s in stats], color=colours, capsize=3)
-    ax.set_ylabel(label)
-    ax.set_title(title, fontsize=10)
-    ax.tick_params(axis="x", rotation=30)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return keep_small(path)
+    return keep_small(viz.bar_chart(names, [s[0] for s in stats], [s[1] for s in stats], colours, label, title, path))
 
 
 def lead_time_plot(groups: Mapping[str, list[RunResult]], panels: Sequence[tuple[str, str]], n_leads: int,
                    step_min: float, title: str, path: Path) -> Path:
     """One panel per (metric, label): mean over seeds of `{metric}/lead{k}` against lead time
     in minutes, shaded ± std, networks solid and baselines dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from nowcast_infill import viz
 
     leads = np.arange(1, n_leads + 1)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), constrained_layout=True, squeeze=False)
-    for ax, (metric, label) in zip(axes[0], panels):
+    drawn = []
+    for metric, label in panels:
+        series = []
         for method, runs in groups.items():
             stats = [mean_std(r.metrics.get(f"{metric}/lead{k}", float("nan")) for r in runs) for k in leads]
             mean = np.array([s[0] for s in stats])
             std = np.array([0.0 if math.isnan(s[1]) else s[1] for s in stats])
-            style = "-" if runs[0].kind == "network" else "--"
-            ax.plot(leads * step_min, mean, style, marker="o", ms=3, label=method)
-            if runs[0].kind == "network":
-                ax.fill_between(leads * step_min, mean - std, mean + std, alpha=0.15)
-        ax.set_xlabel("lead time (min)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return keep_small(path)
+            series.append((method, leads * step_min, mean, std, runs[0].kind == "network"))
+        drawn.append((label, series))
+    return keep_small(viz.lead_time_plot(drawn, title, path))
 
 
 def copy_figure(source: str | Path, path: Path, max_width_px: int = 1000) -> Path:
     """Copy a PNG written by ni-eval into the report folder, downscaled if needed to stay small."""
-    import matplotlib
+    from nowcast_infill import viz
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    image = plt.imread(str(source))
-    step = max(1, math.ceil(image.shape[1] / max_width_px))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    plt.imsave(path, image[::step, ::step])
-    return keep_small(path)
+    return keep_small(viz.downscaled_copy(source, path, max_width_px))
 
 
 def log(message: str) -> None:

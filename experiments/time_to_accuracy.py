@@ -154,7 +154,7 @@ def train_overrides(setting: Setting, seed: int, args, store: Path, stats: Path,
         "+trainer.num_sanity_val_steps=0", "trainer.log_every_n_steps=1000",
         "callbacks.early_stopping=null", "callbacks.model_checkpoint.monitor=null", "callbacks.progress_bar=null",
         "+trainer.enable_progress_bar=false", "callbacks.lr_monitor=null",
-        "+callbacks.training_clock._target_=nowcast_infill.utils.training_clock.TrainingClock",
+        "+callbacks.training_clock._target_=nowcast_infill.training.clock.TrainingClock",
         f"seed={seed}", "test=true",
     ]
 

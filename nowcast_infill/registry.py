@@ -88,8 +88,9 @@ def get_target(kind: str, name: str) -> Callable[..., Any]:
     return target
 
 
-def get_method(kind: str, name: str, **options: Any) -> Any:
-    """Build `name` of `kind` with its `options`.
+def get_method(kind: str, name: str, /, **options: Any) -> Any:
+    """Build `name` of `kind` with its `options` (`kind`/`name` are positional-only, so a method
+    may itself take an option called `kind` or `name`, as the `nowcast` loss does).
 
     Raises `UnknownMethodError` listing the valid names, or `BadValueError` naming the method
     and the option it did not accept.

@@ -19,7 +19,7 @@ from nowcast_infill.cli.errors import user_error_message
 from nowcast_infill.config_schema import ConfigSchemaError, validate_config
 from nowcast_infill.study import FSS_SCALES_PX, METRIC_DEFAULTS, METRIC_THRESHOLDS_MM_H, VARIANT_NET_SWITCHES, VARIANTS
 from nowcast_infill.utils.config import devices_per_node, num_nodes, register_resolvers, run_id
-from nowcast_infill.utils.lr import global_batch_size, scaled_learning_rate, warmup_cosine_schedule
+from nowcast_infill.training.lr import global_batch_size, scaled_learning_rate, warmup_cosine_schedule
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -243,7 +243,7 @@ def test_warmup_cosine_schedule_shape():
 
 
 def test_warmup_length_precedence():
-    from nowcast_infill.utils.lr import warmup_steps_for
+    from nowcast_infill.training.lr import warmup_steps_for
 
     # steps win, then samples (ceil(samples / global batch)), then the fraction of all steps
     assert warmup_steps_for(100, warmup_steps=7, warmup_samples=64, warmup_fraction=0.5, global_batch=8) == 7

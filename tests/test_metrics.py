@@ -305,10 +305,10 @@ def _fss_reference(pred, target, mask, thresholds, scales) -> dict[str, float]:
 def test_row_bands_and_frame_chunks_match_the_reference(monkeypatch, band_elements_per_thread):
     """Bands of 1 row, and bands that do not divide the 23 rows, with one frame per chunk:
     the halo rows each band borrows from its neighbours must give the whole-field sums."""
-    from nowcast_infill.metrics import radar_metrics
+    from nowcast_infill.metrics import pieces, radar_metrics
 
-    monkeypatch.setattr(radar_metrics, "_BAND_ELEMENTS_PER_THREAD", band_elements_per_thread)
-    monkeypatch.setattr(radar_metrics, "_CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(pieces, "BAND_ELEMENTS_PER_THREAD", band_elements_per_thread)
+    monkeypatch.setattr(radar_metrics, "CHUNK_ELEMENTS", 1)
     pred, target, mask = _random_case(8, b=2, t=2, h=23, w=30)
     metric = RadarMetrics(thresholds=THRESHOLDS, fss_scales=SCALES, n_leads=2)
     metric.update(*_tensors(pred, target, mask))
@@ -324,9 +324,9 @@ def test_row_bands_and_frame_chunks_match_the_reference(monkeypatch, band_elemen
 def test_fss_at_large_scales_is_exact_in_every_window_dtype(scales, window_dtype):
     """Window sums run in the narrowest integer type that holds scale^2 (uint8 up to 15 px);
     squares of window sums leave float32 beyond 53 px (2 * 55^4 > 2^24)."""
-    from nowcast_infill.metrics.radar_metrics import _window_sum_dtype
+    from nowcast_infill.metrics.window_sums import window_sum_dtype
 
-    assert _window_sum_dtype(max(scales)) == window_dtype
+    assert window_sum_dtype(max(scales)) == window_dtype
     pred, target, mask = _random_case(9, b=2, t=2, h=30, w=36)
     thresholds = (0.1, 5.0)
     metric = RadarMetrics(thresholds=thresholds, fss_scales=scales, n_leads=2)
@@ -385,7 +385,7 @@ def test_a_refused_batch_leaves_the_states_unchanged(monkeypatch):
     """The NaN sits in the last chunk: the chunks before it must not have been added."""
     from nowcast_infill.metrics import radar_metrics
 
-    monkeypatch.setattr(radar_metrics, "_CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(radar_metrics, "CHUNK_ELEMENTS", 1)
     pred, target, mask = _random_case(12, b=2, t=2)
     metric = RadarMetrics(n_leads=2)
     metric.update(*_tensors(pred, target, mask))

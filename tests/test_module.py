@@ -1,4 +1,4 @@
-"""RadarModule / BaselineModule behaviour that the end-to-end tests do not pin down."""
+"""RadarModule / ClassicalModule behaviour that the end-to-end tests do not pin down."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 from nowcast_infill.data.datamodule import RadarDataModule
 from nowcast_infill.data.normalization import Normalizer
 from nowcast_infill.data.synthetic import write_synthetic_store
-from nowcast_infill.models.module import BaselineModule, RadarModule
+from nowcast_infill.evaluation.classical import ClassicalModule
+from nowcast_infill.training.module import RadarModule
 
 NET = {"_target_": "nowcast_infill.models.components.unet.PConvUNet", "_partial_": True, "encoder_channels": [8, 16, 16]}
 OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "lr_scaling": "linear", "reference_global_batch": 8}
@@ -68,6 +69,16 @@ def test_nowcast_answer_is_the_network_output(normalizer):
     assert not module.score_mask(batch)[..., 5:, :].any() and module.score_mask(batch)[..., :5, :].any()
 
 
+def test_networks_satisfy_the_contract():
+    from nowcast_infill.models.network import RadarNetwork
+
+    net = make_module().net
+    assert isinstance(net, RadarNetwork) and net.size_multiple == 2**3  # three encoder layers
+    with pytest.raises(TypeError, match="network contract.*missing: .*size_multiple"):
+        RadarModule(net={"_target_": "torch.nn.Identity", "_partial_": True}, task="infill", in_frames=3, out_frames=1,
+                    loss={"name": "infill"}, optimizer=OPTIMIZER)
+
+
 def test_hparams_rebuild_the_same_network():
     module = make_module()
     rebuilt = RadarModule(**module.hparams)
@@ -84,8 +95,9 @@ def test_bad_task_and_frames_are_refused():
         make_module(in_frames=4)
 
 
-def test_baseline_module_fills_only_holes_and_checks_task(normalizer):
-    module = BaselineModule("nearest", task="infill", in_frames=3, out_frames=1)
+def test_classical_module_fills_only_holes_and_checks_task(normalizer):
+    module = ClassicalModule("nearest", task="infill", in_frames=3, out_frames=1)
+    assert not isinstance(module, RadarModule)  # beside the trainable module, not under it
     module.attach_normalizer(normalizer)
     batch = random_batch()
     pred = module.predict_mm_h(batch)
@@ -94,8 +106,8 @@ def test_baseline_module_fills_only_holes_and_checks_task(normalizer):
     assert bool(torch.isfinite(pred[batch["hole"] > 0]).all())
     assert list(module.parameters()) == []
     with pytest.raises(ValueError, match="set task=nowcast"):
-        BaselineModule("persistence", task="infill", in_frames=3, out_frames=1)
-    nowcast = BaselineModule("persistence", task="nowcast", in_frames=2, out_frames=3)  # n_leads from out_frames
+        ClassicalModule("persistence", task="infill", in_frames=3, out_frames=1)
+    nowcast = ClassicalModule("persistence", task="nowcast", in_frames=2, out_frames=3)  # n_leads from out_frames
     nowcast.attach_normalizer(normalizer)
     assert nowcast.predict_mm_h(random_batch("nowcast", t_in=2, t_out=3)).shape == (2, 3, 1, 16, 16)
 
@@ -117,6 +129,16 @@ def test_linear_lr_scaling_with_accumulation_and_aux_check(store, tmp_path):
     # global batch 2 x 1 device x 1 node x 2 accumulation = 4, tuned at 8: half the lr
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.5e-3)
 
+    # the checkpoint carries its task, normaliser and aux names in plain types ...
+    path = tmp_path / "one_step.ckpt"
+    trainer.save_checkpoint(path)
+    payload = torch.load(path, weights_only=True)["nowcast_infill"]
+    assert payload == {"format": 2, "task": {"name": "infill", "in_frames": 3, "out_frames": 1},
+                       "normalizer": dm.normalizer.state_dict(), "aux_names": [], "model_name": "radar"}
+    # ... and a module loaded from it decodes with that normaliser, no DataModule needed
+    loaded = RadarModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    assert loaded.normalizer.state_dict() == dm.normalizer.state_dict() and loaded.aux_names == []
+
     dm_aux = RadarDataModule(store, task="infill", context=1, crop_size=32, batch_size=2, masks=MASKS,
                              eval_masks={"n": 2}, split={"fractions": [0.7, 0.15, 0.15], "gap": 2}, aux="all")
     trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
@@ -129,11 +151,11 @@ def test_warmup_in_samples_and_training_clock(store, tmp_path):
     accumulation = 4: 8 samples = 2 steps); TrainingClock logs samples seen = steps x 4."""
     from lightning.pytorch.loggers import CSVLogger
 
-    from nowcast_infill.utils.training_clock import TrainingClock
+    from nowcast_infill.training.clock import TrainingClock
 
     dm = RadarDataModule(store, task="infill", context=1, crop_size=32, batch_size=2, masks=MASKS,
                          eval_masks={"n": 2}, split={"fractions": [0.7, 0.15, 0.15], "gap": 2}, aux=None)
-    scheduler = {"_target_": "nowcast_infill.utils.lr.warmup_cosine_schedule", "_partial_": True,
+    scheduler = {"_target_": "nowcast_infill.training.lr.warmup_cosine_schedule", "_partial_": True,
                  "warmup_samples": 8, "warmup_fraction": 0.75, "min_lr_ratio": 1.0, "interval": "step"}
     module = make_module(scheduler=scheduler)
     seen_lrs = []
@@ -160,3 +182,12 @@ def test_warmup_in_samples_and_training_clock(store, tmp_path):
     assert all(float(r["clock/global_batch"]) == 4.0 for r in rows)
     times = [float(r["clock/train_s"]) for r in rows]
     assert 0 < times[0] < times[1]
+
+
+def test_checkpoint_payload_of_old_and_foreign_formats():
+    from nowcast_infill.checkpoint_io import CheckpointError
+    from nowcast_infill.training.module import checkpoint_payload
+
+    assert checkpoint_payload({"state_dict": {}}) is None  # the old layout: readers fall back to it
+    with pytest.raises(CheckpointError, match=r"^models/x.ckpt: its 'nowcast_infill' entry has format 3 .*retrain"):
+        checkpoint_payload({"nowcast_infill": {"format": 3}}, "models/x.ckpt")

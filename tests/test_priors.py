@@ -14,7 +14,7 @@ from nowcast_infill.data.datamodule import RadarDataModule
 from nowcast_infill.data.normalization import Normalizer
 from nowcast_infill.data.priors import WindowPrior, temporal_linear_fill
 from nowcast_infill.data.synthetic import write_synthetic_store
-from nowcast_infill.models.module import RadarModule
+from nowcast_infill.training.module import RadarModule
 
 NET = {"_target_": "nowcast_infill.models.components.unet.PConvUNet", "_partial_": True, "encoder_channels": [8, 16]}
 OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}

@@ -15,14 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from nowcast_infill.cli.compare import compare
 from nowcast_infill.data.synthetic import write_synthetic_store
 from nowcast_infill.errors import MissingInputError
 from nowcast_infill.utils.results import headline_table, summarize
 from test_configs import TINY_NET, compose_config, tiny_overrides
-from test_module import make_module, normalizer  # noqa: F401  (pytest fixture)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "experiments"))
@@ -163,24 +161,3 @@ def test_summary_mean_and_std_over_seeds():
     assert "| infill_a | 2 | 1 2 | 2.0000 ± 1.4142 |" in markdown
 
 
-def test_sample_panels_show_wet_valid_windows(normalizer):  # noqa: F811
-    """Window 0 is all no-data, 1 valid and dry, 2 valid and wet: the panel shows 2, then 1."""
-    module = make_module(n_log_images=1)
-    module.attach_normalizer(normalizer)
-    hw = 16
-    y_mm_h = torch.zeros(3, 1, 1, hw, hw)
-    y_mm_h[2, ..., 4:12, 4:12] = 5.0
-    batch = {"x": normalizer.encode(torch.zeros(3, 3, 1, hw, hw)), "x_mask": torch.ones(3, 3, 1, hw, hw),
-             "y": normalizer.encode(y_mm_h), "y_valid": torch.ones(3, 1, 1, hw, hw), "hole": torch.zeros(3, 1, 1, hw, hw)}
-    batch["y_valid"][0] = 0.0
-    batch["x_mask"][:, 1, :, 2:14, 2:14] = 0.0
-    batch["hole"][:, :, :, 2:14, 2:14] = 1.0
-    pred = torch.zeros(3, 1, 1, hw, hw)
-    module._keep_for_figures("test", pred, batch)
-    assert [torch.equal(kept["y"], batch["y"][2:3]) for _, kept in module._figure_pool["test"]] == [True]
-    module.hparams.n_log_images = 2
-    module._figure_pool.clear()
-    module._keep_for_figures("test", pred, batch)
-    assert [float(score) for score, _ in module._figure_pool["test"]] == pytest.approx([64 / 256, 0.0])
-    names = [name for name, _ in module.figures("test")]
-    assert names == ["infill_sample0", "infill_sample1"] and "test" not in module._figure_pool

@@ -144,11 +144,23 @@ def test_bad_arguments_are_refused():
 
 
 def test_plot_frames_with_masks(tmp_path, small):
-    from nowcast_infill.plotting import plot_frames_with_masks
+    import matplotlib.pyplot as plt
+
+    from nowcast_infill.viz import plot_frames_with_masks
 
     masks = np.zeros((2, 96, 96), dtype=bool)
     masks[:, 20:40, 20:60] = True
     out = plot_frames_with_masks(small, [0, 10], masks, tmp_path / "panel.png")
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = plt.imread(str(out))[..., :3]  # (rows, cols, RGB) in [0, 1]
+    # Drawn fields, not a blank canvas: many colours (rain on a log scale, no-data grey) ...
+    colours = np.unique((image.reshape(-1, 3) * 255).astype(np.uint8), axis=0)
+    assert len(colours) > 100 and float(image.std()) > 0.05
+    # ... and the hole overlay (magenta: red and blue high, green low) in the lower row only
+    magenta = (image[..., 0] > 0.6) & (image[..., 1] < 0.4) & (image[..., 2] > 0.6)
+    coloured = image.max(-1) - image.min(-1) > 0.2  # not white, grey or black: drawn rain
+    assert (coloured & ~magenta).sum() > 2000
+    rows = np.flatnonzero(magenta.any(1))
+    assert magenta.sum() > 500 and rows.min() > image.shape[0] // 2
     with pytest.raises(ValueError, match="do not match"):
         plot_frames_with_masks(small, [0], masks, tmp_path / "bad.png")

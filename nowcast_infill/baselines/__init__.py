@@ -49,16 +49,9 @@ def baseline_task(name: str) -> str:
     )
 
 
-def get_baseline(name: str, **options) -> Callable:
-    """Deprecated spelling of `registry.get_method("classical", name, **options)`, kept for code
-    not yet moved to the registry (nowcast_infill/models/module.py's BaselineModule)."""
-    return registry.get_method("classical", name, **options)
-
-
 __all__ = [
     "INFILL_BASELINES",
     "NOWCAST_BASELINES",
     "NothingToInfillFromError",
     "baseline_task",
-    "get_baseline",
 ]

@@ -35,7 +35,7 @@ SPLITS = ("test", "val")
 
 def load_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> tuple[L.LightningModule, str | None]:
     """(module, checkpoint path to restore through the Trainer or None) for `cfg`."""
-    from nowcast_infill.models.module import RadarModule
+    from nowcast_infill.training.module import RadarModule
 
     _check_model_choice(cfg)
     ckpt_path = cfg.get("ckpt_path")
@@ -55,7 +55,7 @@ def load_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> tuple[L.L
 
 def _check_model_choice(cfg: DictConfig) -> None:
     """A trainable network needs its checkpoint; a baseline is built from the config."""
-    if cfg.get("ckpt_path") or str(cfg.model.get("_target_", "")).endswith("BaselineModule"):
+    if cfg.get("ckpt_path") or str(cfg.model.get("_target_", "")).endswith("ClassicalModule"):
         return
     raise BadValueError(
         f"model={cfg.model.get('name')} is a trainable network: pass ckpt_path=<run>/checkpoints/best-*.ckpt, "
@@ -76,6 +76,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     validate_targets(plain)
     import lightning as L  # after the checks: they run in about a second, torch takes several
 
+    from nowcast_infill.training.callbacks import FigureCallback
     from nowcast_infill.utils.instantiate import finish_loggers, instantiate_callbacks, instantiate_loggers
     from nowcast_infill.utils.logging import quiet_known_noise
 
@@ -88,7 +89,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module, ckpt_path = load_module(cfg, datamodule)
     module.hparams.n_log_images = int(cfg.get("n_figures", module.hparams.get("n_log_images", 2)))
     loggers = instantiate_loggers(cfg.get("logger"))
-    trainer = build_trainer(cfg, instantiate_callbacks(cfg.get("callbacks")), loggers)
+    figures = FigureCallback(output_dir if split == "test" else None, stage=split)
+    trainer = build_trainer(cfg, [*instantiate_callbacks(cfg.get("callbacks")), figures], loggers)
     if split == "test":
         raw = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, weights_only=True)
     else:
@@ -110,22 +112,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         results.update(metrics_csv=str(csv_path), metrics_md=str(md_path), row=row,
                        metrics_json=str(write_run_record(output_dir, record)))
         rank_zero_print(markdown_table([row]))
-        _save_figures(module, output_dir)
         _save_eval_masks(datamodule, output_dir)
         log_table(trainer.loggers, "metrics_table", row)
     finish_loggers(trainer.loggers)
     results["output_dir"] = str(output_dir)
     return results
-
-
-def _save_figures(module: L.LightningModule, output_dir: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    from nowcast_infill.utils.plotting import save_figure
-
-    for name, fig in getattr(module, "test_figures", None) or []:
-        save_figure(fig, output_dir / "figures" / f"{name}.png")
-        plt.close(fig)
 
 
 def _save_eval_masks(datamodule, output_dir: Path) -> None:

@@ -66,7 +66,7 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None, loggers: list 
     default: plain periodic lines when stdout is no terminal (Slurm logs), not \\r bars."""
     from lightning.pytorch.callbacks.progress import ProgressBar
 
-    from nowcast_infill.utils.callbacks import progress_bar
+    from nowcast_infill.training.callbacks import progress_bar
 
     callbacks = list(callbacks or [])
     if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
@@ -76,7 +76,7 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None, loggers: list 
 
 def report_global_batch(cfg: DictConfig, trainer: L.Trainer) -> int:
     """Print per-device batch x devices x nodes x accumulation (rank 0) and return the product."""
-    from nowcast_infill.utils.lr import global_batch_size
+    from nowcast_infill.training.lr import global_batch_size
 
     per_device = int(cfg.data.batch_size)
     devices, nodes, accumulate = trainer.num_devices, trainer.num_nodes, trainer.accumulate_grad_batches
@@ -124,6 +124,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     quiet_known_noise()
 
+    from nowcast_infill.training.callbacks import FigureCallback
     from nowcast_infill.utils.distributed import leave_process_group
     from nowcast_infill.utils.instantiate import (finish_loggers, instantiate_callbacks, instantiate_loggers,
                                                    without_logger_only_callbacks)
@@ -135,6 +136,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg, datamodule)
     loggers = instantiate_loggers(cfg.get("logger"))
     callbacks = without_logger_only_callbacks(instantiate_callbacks(cfg.get("callbacks")), loggers)
+    # sample panels: validation ones to the loggers, test ones also into <output_dir>/figures
+    callbacks += [FigureCallback(None, stage="val"), FigureCallback(output_dir, stage="test")]
     trainer = build_trainer(cfg, callbacks, loggers)
     report_global_batch(cfg, trainer)
     for logger in trainer.loggers:
@@ -161,7 +164,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt or None, verbose=False,
                                     weights_only=True)
         results.update(_scalars(test_metrics[0] if test_metrics else {}))
-        _save_test_figures(module, output_dir)
     results["output_dir"] = str(output_dir)
     results["global_step"] = int(trainer.global_step)
     if cfg.get("test", True):
@@ -188,20 +190,6 @@ def _report_test_results(cfg: DictConfig, trainer: L.Trainer, results: dict[str,
         f"{headline_table(record['metrics'])}-> {json_path} and {csv_path.name}"
     )
     log_table(trainer.loggers, "summary_table", record_row(record))
-
-
-def _save_test_figures(module: L.LightningModule, output_dir: Path) -> None:
-    from nowcast_infill.utils.logging import current_rank
-    from nowcast_infill.utils.plotting import save_figure
-
-    import matplotlib.pyplot as plt
-
-    figures = getattr(module, "test_figures", None) or []
-    if current_rank() != 0:
-        return
-    for name, fig in figures:
-        save_figure(fig, output_dir / "figures" / f"{name}.png")
-        plt.close(fig)
 
 
 @hydra_command("train")

@@ -241,7 +241,7 @@ def load_checkpoint_predictor(
         aux: auxiliary field names in channel order, when not recoverable from the training run.
     """
     from nowcast_infill.io.files import file_sha256
-    from nowcast_infill.models.module import RadarModule
+    from nowcast_infill.training.module import RadarModule
 
     shown, path = path, Path(path)  # messages name the file as the user wrote it
     if not path.is_file():
@@ -259,11 +259,11 @@ def load_checkpoint_predictor(
     normalizer = _normalizer_from(ckpt, path, stats_path)
     module.attach_normalizer(normalizer)
     # The floor buffer is saved with the weights; a stats override must not contradict it.
-    if hasattr(module.net, "output_floor") and not np.isclose(float(module.net.output_floor), normalizer.floor):
+    if not np.isclose(float(module.net.output_floor), normalizer.floor):
         raise CheckpointError(f"{path}: the network's output floor {float(module.net.output_floor):g} differs from the "
                               f"normaliser's {normalizer.floor:g}; the statistics are not those of training (stats_path?).")
     run_config = _run_config(path)
-    multiple = 2 ** int(getattr(module.net, "depth", 0))
+    multiple = int(module.net.size_multiple)  # the network contract (models/network.py)
     if tile is None:
         setting = _training_data_setting(ckpt, run_config, "crop_size")
         if setting is None or setting[0] is None:

@@ -27,6 +27,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from nowcast_infill.registry import register
+
 # A frame whose scored pixels vary by less than this (standard deviation, mm/h) has no
 # spatial pattern to correlate: its pattern correlation is undefined and the frame is
 # skipped (and counted) instead of contributing 0 or NaN.
@@ -235,3 +237,13 @@ def fss_asymptotic(observed_fraction: float, forecast_fraction: float) -> float:
     """FSS when the window covers the whole domain: 2 f_o f_f / (f_o^2 + f_f^2) (Roberts & Lean 2008)."""
     den = observed_fraction**2 + forecast_fraction**2
     return 2.0 * observed_fraction * forecast_fraction / den if den > 0 else float("nan")
+
+
+# The score pieces `RadarMetrics` accumulates (registry kind "metric", metrics/pieces.py),
+# named lazily so that importing these numpy references does not import torch. A new score
+# is one `ScorePiece` subclass plus one such line (or an entry point `nowcast_infill.metric`).
+register("metric", "continuous", "nowcast_infill.metrics.pieces:ContinuousScores")
+register("metric", "field_mean", "nowcast_infill.metrics.pieces:FieldMeanScores")
+register("metric", "spatial_corr", "nowcast_infill.metrics.pieces:PatternCorrelation")
+register("metric", "categorical", "nowcast_infill.metrics.pieces:CategoricalScores")
+register("metric", "fss", "nowcast_infill.metrics.pieces:FractionsSkillScore")

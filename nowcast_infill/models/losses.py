@@ -12,6 +12,10 @@ target is no-data *before* any arithmetic (via `torch.where`, whose gradient the
 exactly 0), so garbage, even NaN, in pred or y at no-data pixels changes neither the
 loss nor the gradient. Means divide by `max(count, 1)`, so a batch without a valid
 target pixel gives a finite 0 with zero gradient.
+
+Losses are registered as kind `loss` (`nowcast_infill.registry`): build one with
+`registry.get_method("loss", name, **options)`; a new loss is one `RadarLoss` subclass plus
+one `register("loss", name, cls)` line.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nowcast_infill.models.components.vgg import VGG16Features, radar_to_vgg_input
+from nowcast_infill.registry import register
 
 INFILL_TERMS = ("valid", "hole", "tv", "perceptual", "style")
 INFILL_DISTANCES = ("l1", "l2")
@@ -77,7 +82,15 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     return flat @ flat.transpose(1, 2) / (c * h * w)
 
 
-class InfillLoss(nn.Module):
+class RadarLoss(nn.Module):
+    """Base of the training losses: `loss(pred, batch) -> (total, terms)` (module docstring)."""
+
+    def set_decoder(self, decode: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Receive the map normalised -> mm/h (`Normalizer.decode`); the training module calls
+        it once the normaliser is known. Losses computed in normalised units ignore it."""
+
+
+class InfillLoss(RadarLoss):
     """Liu et al. (2018) infilling loss on radar fields, restricted to valid targets.
 
     Terms, each a sum over pixels divided by the number of valid target pixels (Liu
@@ -194,7 +207,7 @@ class InfillLoss(nn.Module):
         return total, {name: value.detach() for name, value in terms.items()}
 
 
-class NowcastLoss(nn.Module):
+class NowcastLoss(RadarLoss):
     """Masked MSE / MAE of the normalised forecast, optionally intensity-weighted.
 
     kind: `mse`, `mae`, or `mse+mae` (the sum, as Shi et al. 2017 train with B-MSE + B-MAE).
@@ -277,11 +290,5 @@ class NowcastLoss(nn.Module):
         return total, {name: value.detach() for name, value in terms.items()}
 
 
-LOSSES: dict[str, type[nn.Module]] = {"infill": InfillLoss, "nowcast": NowcastLoss}
-
-
-def get_loss(name: str, **options) -> nn.Module:
-    """Build a loss by name (`infill`, `nowcast`) with its constructor options."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid names: {sorted(LOSSES)}.")
-    return LOSSES[name](**options)
+register("loss", "infill", InfillLoss)
+register("loss", "nowcast", NowcastLoss)

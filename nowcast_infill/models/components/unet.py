@@ -37,6 +37,8 @@ def default_kernel_sizes(n_layers: int) -> tuple[int, ...]:
 class PConvUNet(nn.Module):
     """Partial-convolution U-Net, optionally with ConvLSTM and auxiliary-field attention.
 
+    Satisfies the network contract ``nowcast_infill.models.network.RadarNetwork``.
+
     Args:
         in_frames: ``T_in`` input radar frames.
         out_frames: ``T_out`` output frames (1 for infilling).
@@ -187,6 +189,11 @@ class PConvUNet(nn.Module):
             )
         self.register_buffer("output_floor", torch.tensor(float(output_floor)))
 
+    @property
+    def size_multiple(self) -> int:
+        """``H`` and ``W`` must be multiples of ``2**depth`` (one halving per encoder layer)."""
+        return 2**self.depth
+
     def set_output_floor(self, value: float) -> None:
         """Set the lower output bound (normalised units), e.g. to ``Normalizer.floor``."""
         self.output_floor.fill_(float(value))
@@ -200,7 +207,7 @@ class PConvUNet(nn.Module):
         if x_mask.shape != x.shape:
             raise ValueError(f"PConvUNet: x_mask shape {tuple(x_mask.shape)} differs from x shape {tuple(x.shape)}.")
         h, w = x.shape[-2:]
-        step = 2**self.depth
+        step = self.size_multiple
         if h % step or w % step:
             raise ValueError(
                 f"PConvUNet: the grid {h}x{w} is not divisible by 2**depth = {step} (depth {self.depth}); "

@@ -18,11 +18,23 @@ accumulation, so accumulating instead of adding devices does not lift this limit
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Iterable, Mapping
+from typing import Any
 
+import hydra
 import torch
 
+from nowcast_infill.utils.instantiate import split_reserved
+from nowcast_infill.utils.logging import get_logger
+
+log = get_logger(__name__)
+
 LR_SCALING_RULES = ("linear", "sqrt", "none")
+# Keys of the optimizer/scheduler nodes that the framework reads; the rest go to the target.
+OPTIMIZER_RESERVED = {"lr_scaling": "none", "reference_global_batch": None}
+SCHEDULER_RESERVED = {"interval": "step", "frequency": 1, "monitor": "val/loss"}
 
 
 def global_batch_size(per_device_batch: int, devices: int, nodes: int, accumulate_grad_batches: int) -> int:
@@ -120,3 +132,51 @@ def warmup_cosine_schedule(
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_optimizers(optimizer: Mapping | None, scheduler: Mapping | None, parameters: Iterable[torch.nn.Parameter],
+                     trainer) -> Any:
+    """What `LightningModule.configure_optimizers` returns, from the model's config nodes.
+
+    optimizer: partial `_target_` node of a torch optimiser plus `lr_scaling` (`linear`|`sqrt`|
+        `none`) and `reference_global_batch` (the global batch `lr` was tuned at; null = this one).
+    scheduler: partial `_target_` node of a scheduler, called with the optimiser, with
+        `total_steps` (the Trainer's estimated optimiser steps) and `global_batch` when it accepts
+        them, plus Lightning's `interval`, `frequency`, `monitor`; None for a constant lr.
+    trainer: the attached Lightning Trainer (global batch, step estimate).
+    """
+    kwargs, ours = split_reserved(optimizer or {}, OPTIMIZER_RESERVED)
+    if "_target_" not in kwargs:
+        raise ValueError("model.optimizer has no _target_; e.g. torch.optim.AdamW with _partial_: true.")
+    kwargs.pop("_partial_", None)
+    if ours["lr_scaling"] != "none":
+        if "lr" not in kwargs:
+            raise ValueError("optimizer.lr_scaling needs optimizer.lr to scale.")
+        reference = ours["reference_global_batch"]
+        global_batch = trainer_global_batch(trainer)
+        lr = scaled_learning_rate(kwargs["lr"], global_batch, reference or global_batch, ours["lr_scaling"])
+        if lr != kwargs["lr"]:
+            log.info(
+                f"lr scaled ({ours['lr_scaling']}) for global batch {global_batch} (reference {reference}): "
+                f"{kwargs['lr']:g} -> {lr:g} (optimizer.lr_scaling=none switches this off)"
+            )
+        kwargs["lr"] = lr
+    built = hydra.utils.instantiate(kwargs, params=parameters)
+    if not scheduler:
+        return built
+    sched_kwargs, lightning_keys = split_reserved(scheduler, SCHEDULER_RESERVED)
+    sched_kwargs.pop("_partial_", None)
+    target = hydra.utils.get_method(sched_kwargs["_target_"]) if "_target_" in sched_kwargs else None
+    if target is None:
+        raise ValueError("model.scheduler has no _target_; use null for a constant learning rate.")
+    accepts = inspect.signature(target).parameters
+    if "total_steps" in accepts and "total_steps" not in sched_kwargs:
+        sched_kwargs["total_steps"] = int(trainer.estimated_stepping_batches)
+    if "global_batch" in accepts and "global_batch" not in sched_kwargs:
+        # for a warm-up stated in samples (scheduler.warmup_samples)
+        sched_kwargs["global_batch"] = trainer_global_batch(trainer)
+    lr_scheduler = hydra.utils.instantiate(sched_kwargs, optimizer=built)
+    config = {"scheduler": lr_scheduler, "interval": lightning_keys["interval"], "frequency": lightning_keys["frequency"]}
+    if isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        config["monitor"] = lightning_keys["monitor"]
+    return {"optimizer": built, "lr_scheduler": config}

@@ -22,7 +22,7 @@ import time
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from nowcast_infill.utils.lr import trainer_global_batch
+from nowcast_infill.training.lr import trainer_global_batch
 
 
 class TrainingClock(Callback):

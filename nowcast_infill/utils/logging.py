@@ -85,7 +85,7 @@ def quiet_known_noise() -> None:
     - Lightning's litlogger/litmodels tips (_HARMLESS_INFO).
     - Lightning's second copy of its messages where the root logger already prints them.
     The anonymous-W&B warning is avoided where it is caused (instantiate_loggers), and the
-    per-metric `sync_dist` warnings by logging epoch metrics with sync_dist=True (models/module.py).
+    per-metric `sync_dist` warnings by logging epoch metrics with sync_dist=True (training/module.py).
     """
     import warnings
 

@@ -43,7 +43,15 @@ plain all-reduce, and timestamps each bucket's all-reduce from launch to complet
   the optimiser); reported so that a timer that missed something shows up
   (tests/test_bench_scaling.py checks it is small).
 
-Projection to cluster scale: see `project_step` and the "Projection" section it prints.
+The step model (`ddp_step_seconds`) and its check: an N-process step = the step of one process
+doing the same work on the same shared hardware + the wait for the slowest rank at DDP's
+synchronisation points + the buffer broadcast of DDP's forward + the gradient copies into and
+out of the buckets + the all-reduce not hidden behind backward. The model check measures every
+input apart from the run it predicts: the reference step and the straggler term from N
+independent 1-process runs started together (`concurrent`, CPU only), the collectives inside the
+DDP run between its warm-up and its measured steps (`measure_ddp_collectives`: the run's own
+bucket sizes, buffers and parameters, in its own process group). The projection to cluster scale
+(`project_step`) is the same function with the collectives from the cited interconnect figures.
 
 Usage::
 

@@ -971,7 +971,8 @@ def build_report(results: dict) -> str:
             lines.append(f"| {row['variant']} | {fmt_ms(row['t1'])} | {fmt_ms(row['reference'])} | {fmt_ms(row['straggler'])} | "
                          f"{fmt_ms(row['broadcast'])} | {fmt_ms(row['allreduce_predicted'])} | {fmt_ms(row['allreduce_measured'])} | "
                          f"{fmt_ms(row['copy'])} | {fmt_ms(row['t2_predicted'])} | {fmt_ms(row['t2_measured'])} | "
-                         f"{row['error']:+.0%} | {', '.join(f'{e:+.0%}' for e in row['errors'])} | {row['plain_error']:+.0%} |")
+                         f"{row['error']:+.0%} | {', '.join(f'{e:+.0%}' for e in row['errors'])} | "
+                         f"{'– (no sweep fit)' if math.isnan(row['plain_error']) else format(row['plain_error'], '+.0%')} |")
 
     proj = results["projection"]
     lines += ["", "### Projection to cluster scale (weak scaling, 7-level net)", "",

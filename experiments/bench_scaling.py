@@ -43,7 +43,15 @@ plain all-reduce, and timestamps each bucket's all-reduce from launch to complet
   the optimiser); reported so that a timer that missed something shows up
   (tests/test_bench_scaling.py checks it is small).
 
-Projection to cluster scale: see `project_step` and the "Projection" section it prints.
+The step model (`ddp_step_seconds`) and its check: an N-process step = the step of one process
+doing the same work on the same shared hardware + the wait for the slowest rank at DDP's
+synchronisation points + the buffer broadcast of DDP's forward + the gradient copies into and
+out of the buckets + the all-reduce not hidden behind backward. The model check measures every
+input apart from the run it predicts: the reference step and the straggler term from N
+independent 1-process runs started together (`concurrent`, CPU only), the collectives inside the
+DDP run between its warm-up and its measured steps (`measure_ddp_collectives`: the run's own
+bucket sizes, buffers and parameters, in its own process group). The projection to cluster scale
+(`project_step`) is the same function with the collectives from the cited interconnect figures.
 
 Usage::
 
@@ -146,6 +154,9 @@ PROJECTED_GPUS = (8, 32, 64, 256)
 # step at the device's dense bf16 peak (H100/H200 SXM: 989 TFLOP/s, NVIDIA datasheets) times a
 # model-FLOPs utilisation; 0.35 is the goal issue 14 sets for the plain pconv net at 512^2 in bf16.
 H100_BF16_DENSE_FLOPS = 989e12
+# HBM bandwidth for DDP's gradient copies (gradient_as_bucket_view=False): H100 SXM 3.35 TB/s
+# (H100 datasheet; H200: 4.8 TB/s), the lower of the two.
+H100_HBM_BYTES_S = 3.35e12
 ASSUMED_MFU = 0.35
 
 
@@ -202,25 +213,111 @@ def throughput(mode: str, n: int, batch: int, step_s: float) -> float:
     return (n * batch if mode == "weak" else batch) / step_s
 
 
+def ring_broadcast_seconds(
+    nbytes: float, n_ranks: int, intra_bytes_s: float, inter_bytes_s: float | None = None,
+    ranks_per_node: int | None = None, intra_step_s: float = 0.0, inter_step_s: float = 0.0, base_s: float = 0.0,
+) -> float:
+    """Time of a pipelined ring (chain) broadcast: latency base + (N-1) steps (nodes-1 of them
+    between nodes), bandwidth nbytes / bus bandwidth (nccl-tests: broadcast busbw = algbw)."""
+    if n_ranks <= 1 or nbytes <= 0:
+        return 0.0
+    per_node = ranks_per_node or n_ranks
+    nodes = max(1, math.ceil(n_ranks / per_node))
+    steps, inter_steps = n_ranks - 1, nodes - 1
+    latency = base_s + (steps - inter_steps) * intra_step_s + inter_steps * inter_step_s
+    bus = intra_bytes_s if nodes == 1 or inter_bytes_s is None else min(intra_bytes_s, inter_bytes_s)
+    return latency + nbytes / bus
+
+
+def ddp_step_seconds(
+    step_ref_s: float, allreduce_s: float, overlap: float, backward_s: float,
+    broadcast_s: float = 0.0, copy_s: float = 0.0, straggler_s: float = 0.0,
+) -> dict[str, float]:
+    """The step model: what DDP adds to a step of one process that does the same work.
+
+    T_N = T_ref                 one process's step (same per-process batch, same hardware sharing)
+        + straggler             every collective waits for the slowest rank: E[max over ranks] - mean
+                                of the work between two synchronisation points
+        + broadcast             DDP's forward broadcasts rank 0's buffers (broadcast_buffers=True)
+        + copy                  gradients copied into the buckets and back (gradient_as_bucket_view=False)
+        + all-reduce - hidden   the gradient all-reduce, minus the measured overlap fraction hidden
+                                behind backward (never more than the backward pass itself).
+    Returns every term, the step and efficiency T_ref/T_N."""
+    hidden = min(overlap * allreduce_s, backward_s)
+    exposed = allreduce_s - hidden
+    step = step_ref_s + straggler_s + broadcast_s + copy_s + exposed
+    return {"allreduce_s": allreduce_s, "exposed_s": exposed, "broadcast_s": broadcast_s, "copy_s": copy_s,
+            "straggler_s": straggler_s, "step_s": step, "efficiency": step_ref_s / step}
+
+
 def project_step(
     step_1_s: float, grad_bytes: float, n_ranks: int, link: Interconnect, overlap: float,
     backward_s: float, n_buckets: int, ranks_per_node: int = GPUS_PER_NODE,
+    buffer_bytes: float = 0.0, copy_s: float = 0.0,
 ) -> dict[str, float]:
-    """Weak-scaling step time with N ranks: T_N = T_1 + all-reduce - hidden, where the hidden
-    part is the measured overlap fraction of the all-reduce, never more than the backward pass
-    it hides behind. Returns all-reduce, exposed, step time and efficiency T_1/T_N."""
+    """`ddp_step_seconds` with its communication terms from the interconnect's cited figures:
+    ring all-reduce of `grad_bytes` in `n_buckets` calls and one ring broadcast of `buffer_bytes`
+    per forward; `copy_s` = `gradient_copy_seconds`. No straggler term: the per-step spread of a
+    GPU step is not measured yet (gpu_check.sh's DDP run is where it would come from)."""
     allreduce = ring_allreduce_seconds(
         grad_bytes, n_ranks, link.intra_bytes_s, link.inter_bytes_s, ranks_per_node,
         link.intra_step_s, link.inter_step_s, link.base_s, n_buckets,
     )
-    hidden = min(overlap * allreduce, backward_s)
-    step = step_1_s + allreduce - hidden
-    return {"allreduce_s": allreduce, "exposed_s": allreduce - hidden, "step_s": step, "efficiency": step_1_s / step}
+    broadcast = ring_broadcast_seconds(buffer_bytes, n_ranks, link.intra_bytes_s, link.inter_bytes_s, ranks_per_node,
+                                       link.intra_step_s, link.inter_step_s, link.base_s)
+    return ddp_step_seconds(step_1_s, allreduce, overlap, backward_s, broadcast_s=broadcast,
+                            copy_s=copy_s if n_ranks > 1 else 0.0)
+
+
+def gradient_copy_seconds(grad_bytes: float, memory_bytes_s: float) -> float:
+    """DDP without gradient_as_bucket_view copies every gradient into its bucket and the
+    averaged result back: two copies, each reading and writing `grad_bytes`."""
+    return 2 * 2 * grad_bytes / memory_bytes_s
+
+
+def expected_max_seconds(samples: list[float], n: int) -> float:
+    """E[max of n independent draws] from the empirical distribution of `samples` (with
+    replacement): sum_k x_(k) * ((k/m)^n - ((k-1)/m)^n) over the sorted samples."""
+    xs, m = sorted(samples), len(samples)
+    return sum(x * ((k / m) ** n - ((k - 1) / m) ** n) for k, x in enumerate(xs, start=1))
+
+
+def straggler_seconds(segments_per_rank: list[list[tuple[float, ...]]], n_ranks: int) -> float:
+    """Per-step wait for the slowest rank: for each stretch of work between two synchronisation
+    points (a step's segments), E[max over ranks] - E[one rank], summed over the segments.
+
+    `segments_per_rank`: per rank, per step, the durations (s) of the segments. With n_ranks
+    series (processes that ran side by side) the ranks are paired step by step, which keeps
+    load that hit all of them at once; with one series the maximum is that of n_ranks
+    independent draws from its steps (`expected_max_seconds`)."""
+    if n_ranks <= 1:
+        return 0.0
+    n_segments = len(segments_per_rank[0][0])
+    total = 0.0
+    for k in range(n_segments):
+        series = [[step[k] for step in rank] for rank in segments_per_rank]
+        mean = statistics.fmean(x for s in series for x in s)
+        if len(series) >= n_ranks:
+            length = min(len(s) for s in series[:n_ranks])
+            slowest = statistics.fmean(max(s[i] for s in series[:n_ranks]) for i in range(length))
+        else:
+            slowest = expected_max_seconds(series[0], n_ranks)
+        total += slowest - mean
+    return total
+
+
+def sync_segments(step: dict, broadcast: bool) -> tuple[float, ...]:
+    """One step's rank-local work between DDP's synchronisation points (from `split_step`): with
+    the buffer broadcast at the start of forward there are two (data + optimiser | forward +
+    backward), without it one (the whole step's work up to the last all-reduce)."""
+    before = step["data_wait"] + step["optimizer"] + step["other"]
+    compute = step["forward"] + step["forward_overhead"] + step["backward_compute"]
+    return (before, compute) if broadcast else (before + compute,)
 
 
 def batch_for_efficiency(
     target: float, step_per_sample_s: float, compute_per_sample_s: float, grad_bytes: float, n_ranks: int,
-    link: Interconnect, overlap: float, largest: int = 4096,
+    link: Interconnect, overlap: float, largest: int = 4096, buffer_bytes: float = 0.0, copy_s: float = 0.0,
 ) -> int | None:
     """Smallest per-GPU batch (a power of 2) whose projected weak-scaling efficiency at `n_ranks`
     reaches `target`: compute grows with the batch, the all-reduce does not. None beyond `largest`
@@ -228,7 +325,8 @@ def batch_for_efficiency(
     batch = 1
     while batch <= largest:
         point = project_step(step_per_sample_s * batch, grad_bytes, n_ranks, link, overlap,
-                             compute_per_sample_s * batch * 2 / 3, ddp_bucket_count(grad_bytes))
+                             compute_per_sample_s * batch * 2 / 3, ddp_bucket_count(grad_bytes),
+                             buffer_bytes=buffer_bytes, copy_s=copy_s)
         if point["efficiency"] >= target:
             return batch
         batch *= 2
@@ -293,7 +391,79 @@ def split_step(marks: dict, previous_end: float) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------
 # Worker: one training run (one rank), launched by the orchestrator below
 # ----------------------------------------------------------------------------------------
-def make_step_timer(warmup_steps: int):
+def measure_ddp_collectives(ddp_model, bucket_bytes: list[int], repeats: int) -> dict[str, float]:
+    """What DDP's communication costs in this process group, measured just before the measured
+    steps (all ranks call it together): the all-reduce of every bucket size the last step used
+    (as the default hook does it: divide by the world size, all-reduce), DDP's own coalesced
+    broadcast of the module buffers (what every forward does with broadcast_buffers=True), and
+    the two gradient copies between `.grad` and the buckets (gradient_as_bucket_view=False).
+    Each collective starts after a barrier, so rank skew is not in these numbers (the model's
+    straggler term is). Median over `repeats` after 2 unmeasured calls."""
+    import torch
+    import torch.distributed as dist
+
+    group = ddp_model.process_group
+    device = next(ddp_model.parameters()).device
+    world = dist.get_world_size(group)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def timed(operation) -> float:
+        samples = []
+        for i in range(repeats + 2):
+            dist.barrier(group)
+            sync()
+            started = time.perf_counter()
+            operation()
+            sync()
+            if i >= 2:
+                samples.append(time.perf_counter() - started)
+        return statistics.median(samples)
+
+    def allreduce_of(tensor):
+        def run():
+            tensor.div_(world)
+            dist.all_reduce(tensor, group=group, async_op=True).get_future().wait()
+        return run
+
+    allreduce = [timed(allreduce_of(torch.zeros(n // 4, device=device))) for n in bucket_bytes]
+    broadcast_bytes, broadcast = 0, 0.0
+    if ddp_model.will_sync_module_buffers():
+        buffers = [b.detach().clone() for b in ddp_model.modules_buffers]
+        broadcast_bytes = sum(b.numel() * b.element_size() for b in buffers)
+        broadcast = timed(lambda: ddp_model._default_broadcast_coalesced(bufs=buffers, authoritative_rank=0))
+    copy = 0.0
+    if not ddp_model.gradient_as_bucket_view:
+        # one copy per parameter into its slot of a flat bucket, as the reducer does (and back)
+        params = [p for p in ddp_model.parameters() if p.requires_grad]
+        grads = [torch.randn_like(p) for p in params]
+        flat = torch.empty(sum(p.numel() for p in params), device=device)
+        views, offset = [], 0
+        for p in params:
+            views.append(flat[offset:offset + p.numel()].view_as(p))
+            offset += p.numel()
+
+        def copy_in():
+            for view, grad in zip(views, grads):
+                view.copy_(grad)
+
+        copy = 2 * timed(copy_in)
+    return {"micro_allreduce": sum(allreduce), "micro_buckets": float(len(bucket_bytes)),
+            "micro_bucket_bytes": float(sum(bucket_bytes)), "micro_broadcast": broadcast,
+            "micro_broadcast_bytes": float(broadcast_bytes), "micro_copy": copy}
+
+
+def wait_for_copies(folder: Path, copy_index: int, copies: int, timeout_s: float = 600.0) -> None:
+    """Start barrier of a concurrent reference run: copies meet here after their set-up, so that
+    their measured steps run side by side (as DDP ranks meet at their first collective)."""
+    (folder / f"ready{copy_index}").touch()
+    deadline = time.monotonic() + timeout_s
+    while len(list(folder.glob("ready*"))) < copies:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"concurrent copy {copy_index}: the other copies did not start within {timeout_s:.0f} s")
+        time.sleep(0.005)
+
+
+def make_step_timer(warmup_steps: int, micro_repeats: int = 10, start_barrier=None):
     import lightning as L
 
     class StepTimer(L.Callback):
@@ -307,6 +477,8 @@ def make_step_timer(warmup_steps: int):
             self._previous_end: float | None = None
             self._forward_started = 0.0
             self._seen = 0
+            self._ddp = None
+            self.micro: dict[str, float] = {}
             # CUDA kernels run asynchronously: wait for them at every timestamp of the callback
             # (not inside the comm hook, which would stall backward). On GPU the bucket-ready times
             # are when autograd reached the bucket on the CPU side: the split of a GPU step is
@@ -326,6 +498,10 @@ def make_step_timer(warmup_steps: int):
             self._sync()
             return time.perf_counter()
 
+        def on_train_start(self, trainer, pl_module):
+            if start_barrier is not None:
+                start_barrier()
+
         def on_fit_start(self, trainer, pl_module):
             if trainer.strategy.root_device.type == "cuda":
                 import torch
@@ -337,6 +513,7 @@ def make_step_timer(warmup_steps: int):
 
             model = trainer.strategy.model
             if isinstance(model, DistributedDataParallel):
+                self._ddp = model
                 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
                 model.register_comm_hook(None, self._timed_hook(self.comm_hook or allreduce_hook))
@@ -374,6 +551,12 @@ def make_step_timer(warmup_steps: int):
             # Warm-up steps are not measured: DDP builds its buckets, allocators warm up.
             if self._previous_end is not None and self._seen > self.warmup_steps:
                 self.steps.append(split_step(self._marks, self._previous_end))
+            if self._ddp is not None and self._seen == self.warmup_steps:
+                # The model's communication inputs, measured here, between the warm-up and the
+                # measured steps, with the bucket sizes of the last warm-up step.
+                sizes = [b[2] for b in self._marks["buckets"]]
+                self.micro = measure_ddp_collectives(self._ddp, sizes, micro_repeats)
+                end = self._now()
             self._previous_end = end
 
     return StepTimer()
@@ -429,10 +612,15 @@ def worker_main(args: argparse.Namespace) -> None:
     validate_config(cfg, "train")
     import lightning as L
 
-    L.seed_everything(0, workers=True)
+    # Copies of a concurrent reference run (--copy-index) draw different crops, as DDP ranks do.
+    L.seed_everything(max(args.copy_index, 0), workers=True)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
-    timer = make_step_timer(args.warmup)
+    barrier = None
+    if args.copy_index >= 0:
+        Path(args.result_dir).mkdir(parents=True, exist_ok=True)
+        barrier = lambda: wait_for_copies(Path(args.result_dir), args.copy_index, int(args.copies))  # noqa: E731
+    timer = make_step_timer(args.warmup, args.micro_repeats, barrier)
     trainer = build_trainer(cfg, callbacks=[timer])
     if isinstance(trainer.strategy, DDPStrategy):
         # Lightning registers comm hooks on CUDA only; the timer registers the configured hook
@@ -447,11 +635,12 @@ def worker_main(args: argparse.Namespace) -> None:
         "strategy": strategy_name, "per_process_batch": args.per_process_batch, "params": n_params,
         "steps": timer.steps, "fit_wall_s": wall, "device": str(trainer.strategy.root_device),
         "ddp_kwargs": {k: str(v) for k, v in getattr(trainer.strategy, "_ddp_kwargs", {}).items()},
-        "comm_hook": getattr(timer.comm_hook, "__name__", None),
+        "comm_hook": getattr(timer.comm_hook, "__name__", None), "micro": timer.micro,
     }
     out = Path(args.result_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
+    rank = args.copy_index if args.copy_index >= 0 else trainer.global_rank
+    (out / f"rank{rank}.json").write_text(json.dumps(result))
 
 
 # ----------------------------------------------------------------------------------------
@@ -484,7 +673,7 @@ class RunSpec:
     variant: str
     procs: int  # processes per node
     nnodes: int
-    mode: str  # weak | strong
+    mode: str  # weak | strong | concurrent (procs independent 1-process runs side by side, no DDP)
     per_process_batch: int
     option_set: str = "config"
 
@@ -512,7 +701,7 @@ def run_one(spec: RunSpec, args: argparse.Namespace, work: Path, index: int) -> 
               "--ddp-options", spec.option_set, "--result-dir", str(result_dir), "--run-dir", str(result_dir / "run"),
               "--store", str(args.store), "--crop", str(args.crop), "--steps", str(args.steps), "--warmup", str(args.warmup),
               "--threads", str(args.threads), "--num-workers", str(args.num_workers), "--backend", args.backend,
-              "--accelerator", args.accelerator]  # fmt: skip
+              "--accelerator", args.accelerator, "--micro-repeats", str(args.micro_repeats)]  # fmt: skip
     if args.net_channels:
         worker += ["--net-channels", args.net_channels]
     if args.precision:
@@ -520,7 +709,13 @@ def run_one(spec: RunSpec, args: argparse.Namespace, work: Path, index: int) -> 
     env = launch_env(args.threads)
     load = load_average()
     started = time.perf_counter()
-    if spec.nnodes == 1:
+    if spec.mode == "concurrent":
+        # The reference of the model check: the same per-process work with the same sharing of
+        # the machine, but no DDP (each copy its own 1-process run, started together).
+        single = [*worker, "--procs", "1", "--copies", str(spec.procs)]
+        procs = [subprocess.Popen([*single, "--copy-index", str(i)], env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for i in range(spec.procs)]
+    elif spec.nnodes == 1:
         procs = [subprocess.Popen(worker, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
     else:
         torchrun = str(Path(sys.executable).with_name("torchrun"))
@@ -559,6 +754,13 @@ def summarise_run(run: dict) -> dict:
     mean["step"] = max(statistics.fmean(s["step"] for s in r["steps"]) for r in run["ranks"])
     mean["overlap"] = mean["hidden_allreduce"] / mean["allreduce"] if mean["allreduce"] > 0 else 0.0
     mean["params"] = run["ranks"][0]["params"]
+    mean["step_ranks_mean"] = statistics.fmean(s["step"] for r in run["ranks"] for s in r["steps"])
+    mean.update(run["ranks"][0].get("micro") or {})
+    if run["spec"]["mode"] == "concurrent":
+        # the wait for the slowest rank DDP would add, from the copies' steps side by side
+        n = len(run["ranks"])
+        for name, broadcast in (("straggler_2sync", True), ("straggler_1sync", False)):
+            mean[name] = straggler_seconds([[sync_segments(s, broadcast) for s in r["steps"]] for r in run["ranks"]], n)
     return mean
 
 
@@ -615,13 +817,24 @@ def allreduce_sweep(world: int, backend: str, sizes: list[int], repeats: int, th
 
 
 # -------------------------------------------------------------------- FLOPs and parameters
-def count_parameters(variant: str, channels, aux_channels: int, in_frames: int = 3) -> int:
+def projection_net(variant: str, channels, aux_channels: int, in_frames: int = 3):
     from nowcast_infill.models.components.unet import PConvUNet
 
     switches = VARIANT_NET_SWITCHES[variant]
     lstm, attention = switches["lstm"], switches["attention"]
-    net = PConvUNet(in_frames, 1, aux_channels, lstm=lstm, attention=attention, encoder_channels=tuple(channels), task="infill")
+    return PConvUNet(in_frames, 1, aux_channels, lstm=lstm, attention=attention, encoder_channels=tuple(channels), task="infill")
+
+
+def count_parameters(variant: str, channels, aux_channels: int, in_frames: int = 3) -> int:
+    net = projection_net(variant, channels, aux_channels, in_frames)
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+def count_buffer_bytes(variant: str, channels, aux_channels: int, in_frames: int = 3) -> int:
+    """Bytes DDP broadcasts before every forward (broadcast_buffers=True): the batch-norm
+    running statistics and the net's other buffers."""
+    net = projection_net(variant, channels, aux_channels, in_frames)
+    return sum(b.numel() * b.element_size() for b in net.buffers())
 
 
 def training_step_flops(variant: str, channels, aux_channels: int, crop: int, batch: int) -> float:
@@ -630,13 +843,8 @@ def training_step_flops(variant: str, channels, aux_channels: int, crop: int, ba
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from nowcast_infill.models.components.unet import PConvUNet
-
-    switches = VARIANT_NET_SWITCHES[variant]
-    lstm, attention = switches["lstm"], switches["attention"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    net = PConvUNet(3, 1, aux_channels, lstm=lstm, attention=attention, encoder_channels=tuple(channels), task="infill")
-    net = net.to(device)
+    net = projection_net(variant, channels, aux_channels).to(device)
     x = torch.randn(1, 3, 1, crop, crop, device=device)
     mask = (torch.rand(1, 3, 1, crop, crop, device=device) > 0.3).float()
     aux = torch.randn(1, 3, aux_channels, crop // 4, crop // 4, device=device) if aux_channels else None
@@ -749,14 +957,24 @@ def build_report(results: dict) -> str:
         check = results["model_check"]
         n = sweep["world"]
         lines += ["", f"### Model check against the {n}-process measurement", "",
-                  f"Predicted T_{n} = T_1 (measured, 1 process, same per-process batch) + (1 − overlap) · ring all-reduce "
-                  f"(α, β of the sweep; the run's gradient bytes and bucket count; overlap measured in the {n}-process run).",
-                  "", f"| variant | T_1 (ms) | all-reduce predicted (ms) | all-reduce measured (ms) | T_{n} predicted (ms) | "
-                  f"T_{n} measured (ms) | error | compute {n}-proc / 1-proc |", "|---|---|---|---|---|---|---|---|"]
+                  f"Predicted T_{n} = `ddp_step_seconds`: T_ref + straggler + buffer broadcast + gradient copies + "
+                  "(1 − overlap) · all-reduce. T_ref = mean step of "
+                  f"{n} independent 1-process runs started together (same per-process batch and sharing of the machine, "
+                  "no DDP); straggler = E[slowest rank] − E[one rank] of the work between DDP's synchronisation "
+                  "points (buffer broadcast, last all-reduce), from those runs' steps paired side by side; broadcast, "
+                  "all-reduce (every bucket size of the run) and copies measured inside the DDP run between its warm-up "
+                  f"and measured steps; overlap from the {n}-process split. The projection below uses the same function, "
+                  "with the interconnects' figures for the collectives. Per-repeat error, median over the repeats; "
+                  "\"plain\" = the earlier model, T_1 + the sweep's ring all-reduce.",
+                  "", f"| variant | T_1 (ms) | T_ref (ms) | straggler (ms) | broadcast (ms) | all-reduce (ms) | "
+                  f"all-reduce in the step (ms) | copies (ms) | T_{n} predicted (ms) | T_{n} measured (ms) | error | "
+                  "error per repeat | plain model error |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in check:
-            lines.append(f"| {row['variant']} | {fmt_ms(row['t1'])} | {fmt_ms(row['allreduce_predicted'])} | "
-                         f"{fmt_ms(row['allreduce_measured'])} | {fmt_ms(row['t2_predicted'])} | {fmt_ms(row['t2_measured'])} | "
-                         f"{row['error']:+.0%} | {row['compute_inflation']:.2f} |")
+            lines.append(f"| {row['variant']} | {fmt_ms(row['t1'])} | {fmt_ms(row['reference'])} | {fmt_ms(row['straggler'])} | "
+                         f"{fmt_ms(row['broadcast'])} | {fmt_ms(row['allreduce_predicted'])} | {fmt_ms(row['allreduce_measured'])} | "
+                         f"{fmt_ms(row['copy'])} | {fmt_ms(row['t2_predicted'])} | {fmt_ms(row['t2_measured'])} | "
+                         f"{row['error']:+.0%} | {', '.join(f'{e:+.0%}' for e in row['errors'])} | "
+                         f"{'– (no sweep fit)' if math.isnan(row['plain_error']) else format(row['plain_error'], '+.0%')} |")
 
     proj = results["projection"]
     lines += ["", "### Projection to cluster scale (weak scaling, 7-level net)", "",
@@ -768,13 +986,18 @@ def build_report(results: dict) -> str:
               "backward pass = 2/3 of compute). Interconnects: NVLink4 450 GB/s per direction (H100/H200 datasheets), "
               "InfiniBand 100/200/400 Gb/s ports (ConnectX-6/7 product briefs); ring latency from NCCL's tuning model "
               "(src/graph/tuning.cc: 8.4 µs + 3.4 µs per NVLink step + 9.6 µs per network step); bus-bandwidth "
-              "convention of nccl-tests (doc/PERFORMANCE.md). Peak figures: the efficiencies are upper bounds for the "
+              "convention of nccl-tests (doc/PERFORMANCE.md). The step model is the one of the model check above "
+              "(`ddp_step_seconds`): + one ring broadcast of the buffers per forward (broadcast_buffers=True), + the "
+              "two gradient copies of gradient_as_bucket_view=False at 3.35 TB/s (H100 SXM HBM3), no straggler "
+              "term (no GPU per-step spread measured yet). Peak figures: the efficiencies are upper bounds for the "
               "stated compute time.", "",
-              "| variant | params | gradient MB (fp32) | FLOPs/step | compute step (ms) | from | overlap | buckets |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| variant | params | gradient MB (fp32) | buffer bytes | FLOPs/step | compute step (ms) | from | overlap | "
+              "buckets | copies (ms) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for v in proj["variants"]:
-        lines.append(f"| {v['variant']} | {v['params']:,} | {v['grad_bytes'] / 1e6:.1f} | {v['flops'] / 1e12:.2f} T | "
-                     f"{fmt_ms(v['step_1'])} | {v['compute_source']} | {v['overlap']:.0%} | {v['buckets']} |")
+        lines.append(f"| {v['variant']} | {v['params']:,} | {v['grad_bytes'] / 1e6:.1f} | {v['buffer_bytes']:,} | "
+                     f"{v['flops'] / 1e12:.2f} T | {fmt_ms(v['step_1'])} | {v['compute_source']} | {v['overlap']:.0%} | "
+                     f"{v['buckets']} | {v['copy_s'] * 1e3:.3f} |")
     header = ["| variant | interconnect | " + " | ".join(f"{n} GPUs" for n in PROJECTED_GPUS) + " |",
               "|---|---|" + "---|" * len(PROJECTED_GPUS)]
     lines += ["", "Efficiency T_1/T_N (exposed all-reduce per step), fp32 gradients:", "", *header]
@@ -819,6 +1042,43 @@ def resolve_procs(text: str, accelerator: str) -> list[int]:
     return sorted(set(out))
 
 
+def model_check_row(variant: str, refs: list[dict], concurrent: list[dict] | None, ddp_runs: list[dict],
+                    sweep: dict | None) -> dict:
+    """`ddp_step_seconds` against the measured N-process step, repeat by repeat (each repeat's
+    launches ran next to each other): the reference step is the concurrent run's (N copies of
+    the 1-process run side by side, no DDP; on GPU, where there is none, the 1-process run's),
+    its straggler term from the copies' steps; broadcast, all-reduce and copies from the
+    collectives measured inside the DDP run before its measured steps; the overlap fraction and
+    the backward pass it is capped at from the DDP run's own split. Also the plain model
+    (1-process step + the sweep's ring all-reduce of the gradient bytes), for comparison."""
+    rows = []
+    for i, ddp_run in enumerate(ddp_runs):
+        d, one = ddp_run["summary"], refs[i]["summary"]
+        broadcast = d.get("micro_broadcast_bytes", 0.0) > 0
+        if concurrent:
+            c = concurrent[i]["summary"]
+            reference, straggler = c["step_ranks_mean"], c["straggler_2sync" if broadcast else "straggler_1sync"]
+        else:
+            reference, straggler = one["step"], 0.0
+        point = ddp_step_seconds(reference, d.get("micro_allreduce", 0.0), d["overlap"], d["backward_compute"],
+                                 broadcast_s=d.get("micro_broadcast", 0.0), copy_s=d.get("micro_copy", 0.0),
+                                 straggler_s=straggler)
+        plain = float("nan")
+        if sweep is not None and sweep["fit_ok"]:
+            ring = ring_allreduce_seconds(d["allreduce_bytes"], sweep["world"], sweep["bus_bytes_s"],
+                                          intra_step_s=sweep["step_latency_s"], n_calls=max(int(d["buckets"]), 1))
+            plain = one["step"] + (1 - d["overlap"]) * ring
+        rows.append({"t1": one["step"], "reference": reference, "straggler": straggler,
+                     "broadcast": point["broadcast_s"], "allreduce_predicted": point["allreduce_s"],
+                     "allreduce_measured": d["allreduce"], "copy": point["copy_s"], "t2_predicted": point["step_s"],
+                     "t2_measured": d["step"], "error": point["step_s"] / d["step"] - 1,
+                     "plain_error": plain / d["step"] - 1, "contention": reference / one["step"],
+                     "load": ddp_run["load"]})
+    out = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    out.update(variant=variant, errors=[r["error"] for r in rows], reference_source="concurrent" if concurrent else "1-process")
+    return out
+
+
 def study(args: argparse.Namespace) -> dict:
     from nowcast_infill.data.synthetic import write_synthetic_store
 
@@ -853,6 +1113,8 @@ def study(args: argparse.Namespace) -> dict:
             if n == 1:
                 continue
             if "weak" in modes:
+                if args.accelerator == "cpu" and n == max(procs_list):
+                    specs.append(RunSpec(variant, n, 1, "concurrent", args.batch))
                 specs.append(RunSpec(variant, n, 1, "weak", args.batch))
             if "strong" in modes and args.batch % n == 0:
                 specs.append(RunSpec(variant, n, 1, "strong", args.batch // n))
@@ -876,7 +1138,7 @@ def study(args: argparse.Namespace) -> dict:
     for variant in variants:
         ref_label = RunSpec(variant, 1, 1, "weak", args.batch).label
         refs = runs[ref_label]
-        for spec in [s for s in specs if s.variant == variant]:
+        for spec in [s for s in specs if s.variant == variant and s.mode != "concurrent"]:
             reps = runs[spec.label]
             steps = [r["summary"]["step"] for r in reps]
             effs = [scaling_efficiency(spec.mode, spec.world, ref["summary"]["step"], r["summary"]["step"])
@@ -891,21 +1153,9 @@ def study(args: argparse.Namespace) -> dict:
                 "throughput": throughput(spec.mode, spec.world, batch, med["step"]), "components": med,
                 "loads": [r["load"] for r in reps],
             })
-            if sweep is not None and spec.world == sweep["world"] and spec.nnodes == 1 and spec.mode == "weak":
-                predicted_pairs = []
-                for ref, r in zip(refs, reps):
-                    s, t1 = r["summary"], ref["summary"]["step"]
-                    ar = ring_allreduce_seconds(s["allreduce_bytes"], spec.world, sweep["bus_bytes_s"],
-                                                intra_step_s=sweep["step_latency_s"], n_calls=max(int(s["buckets"]), 1))
-                    predicted_pairs.append((t1 + (1 - s["overlap"]) * ar, s["step"], ar, s["allreduce"], t1,
-                                            (s["forward"] + s["backward_compute"]) /
-                                            (ref["summary"]["forward"] + ref["summary"]["backward_compute"])))
-                cols = list(zip(*predicted_pairs))
-                t2p, t2m = statistics.median(cols[0]), statistics.median(cols[1])
-                check_rows.append({"variant": variant, "t2_predicted": t2p, "t2_measured": t2m,
-                                   "error": statistics.median([p / m - 1 for p, m in zip(cols[0], cols[1])]),
-                                   "allreduce_predicted": statistics.median(cols[2]), "allreduce_measured": statistics.median(cols[3]),
-                                   "t1": statistics.median(cols[4]), "compute_inflation": statistics.median(cols[5])})
+            if option_world > 1 and spec.world == option_world and spec.nnodes == 1 and spec.mode == "weak":
+                concurrent = runs.get(RunSpec(variant, spec.procs, 1, "concurrent", args.batch).label)
+                check_rows.append(model_check_row(variant, refs, concurrent, reps, sweep))
 
     option_rows = []
     for variant in args.option_variants.split(",") if option_specs else []:
@@ -950,7 +1200,8 @@ def project(args: argparse.Namespace, variants: list[str], scaling_rows: list[di
         overlap = two["components"]["overlap"] if two else 0.0
         c1 = one["components"]
         optimizer_fraction = c1["optimizer"] / (c1["forward"] + c1["backward_compute"])
-        params = count_parameters(variant, channels, aux)
+        params, buffer_bytes = count_parameters(variant, channels, aux), count_buffer_bytes(variant, channels, aux)
+        copy = gradient_copy_seconds(4.0 * params, H100_HBM_BYTES_S)
         flops = training_step_flops(variant, channels, aux, args.projection_crop, args.projection_batch)
         measured_here = (args.accelerator == "gpu" and args.net_channels.replace(" ", "") == args.projection_channels
                          and args.crop == args.projection_crop and args.batch == args.projection_batch)
@@ -966,14 +1217,17 @@ def project(args: argparse.Namespace, variants: list[str], scaling_rows: list[di
         buckets = ddp_bucket_count(grad_bytes)
         out_variants.append({"variant": variant, "params": params, "grad_bytes": grad_bytes, "flops": flops,
                              "compute_s": compute, "step_1": step_1, "overlap": overlap, "buckets": buckets,
-                             "optimizer_fraction": optimizer_fraction, "compute_source": source})
+                             "optimizer_fraction": optimizer_fraction, "compute_source": source,
+                             "buffer_bytes": buffer_bytes, "copy_s": copy})
         for link in INTERCONNECTS:
             batch_90 = batch_for_efficiency(0.9, step_1 / args.projection_batch, compute / args.projection_batch,
-                                            grad_bytes, max(PROJECTED_GPUS), link, overlap)
+                                            grad_bytes, max(PROJECTED_GPUS), link, overlap,
+                                            buffer_bytes=buffer_bytes, copy_s=copy)
             batches_90.append({"variant": variant, "interconnect": link.name, "batch": batch_90})
             for target, nbytes in ((rows, grad_bytes), (rows_bf16, grad_bytes / 2)):
                 target.append({"variant": variant, "interconnect": link.name, "points": [
-                    {"gpus": n, **project_step(step_1, nbytes, n, link, overlap, compute * 2 / 3, ddp_bucket_count(nbytes))}
+                    {"gpus": n, **project_step(step_1, nbytes, n, link, overlap, compute * 2 / 3, ddp_bucket_count(nbytes),
+                                               buffer_bytes=buffer_bytes, copy_s=copy)}
                     for n in PROJECTED_GPUS]})
     return {"channels": channels, "crop": args.projection_crop, "batch": args.projection_batch, "mfu": args.gpu_mfu,
             "peak_flops": args.gpu_peak_tflops * 1e12, "gpu_step_ms": args.gpu_step_ms,
@@ -1059,6 +1313,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--result-dir", default="", help=argparse.SUPPRESS)
     p.add_argument("--run-dir", default="", help=argparse.SUPPRESS)
     p.add_argument("--store", default="", help=argparse.SUPPRESS)
+    p.add_argument("--copy-index", type=int, default=-1, help=argparse.SUPPRESS)
+    p.add_argument("--copies", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--micro-repeats", type=int, default=10, help="repeats of each collective of the model check")
     args = p.parse_args(argv)
     if args.nodes2 is None:
         args.nodes2 = args.accelerator == "cpu"

@@ -82,6 +82,70 @@ def test_projection_hides_at_most_the_backward_pass():
     assert capped["exposed_s"] == pytest.approx(0.1375)
 
 
+def test_ddp_step_model_adds_the_measured_terms():
+    # T_ref 100 ms + straggler 4 + broadcast 1 + copies 0.5 + all-reduce 10 of which 30 % hidden
+    point = bs.ddp_step_seconds(0.100, 0.010, overlap=0.3, backward_s=1.0, broadcast_s=0.001, copy_s=0.0005,
+                                straggler_s=0.004)
+    assert point["exposed_s"] == pytest.approx(0.007)
+    assert point["step_s"] == pytest.approx(0.100 + 0.004 + 0.001 + 0.0005 + 0.007)
+    assert point["efficiency"] == pytest.approx(0.100 / 0.1125)
+    # the hidden part never exceeds the backward pass
+    assert bs.ddp_step_seconds(0.1, 0.010, overlap=1.0, backward_s=0.002)["exposed_s"] == pytest.approx(0.008)
+
+
+def test_ring_broadcast_and_gradient_copies_by_hand():
+    # 16 ranks on 2 nodes, 1 MB: 15 steps, 1 across nodes; 1e6 / 10e9 = 100 us
+    t = bs.ring_broadcast_seconds(1e6, 16, 100e9, 10e9, 8, intra_step_s=2e-6, inter_step_s=5e-6, base_s=1e-6)
+    assert t == pytest.approx(1e-6 + 14 * 2e-6 + 5e-6 + 100e-6)
+    assert bs.ring_broadcast_seconds(1e6, 1, 1e9) == 0.0 and bs.ring_broadcast_seconds(0, 8, 1e9) == 0.0
+    # 103.2 MB of fp32 gradients in and out of the buckets, each copy reads and writes: 4 * 103.2e6 B at 3.35 TB/s
+    assert bs.gradient_copy_seconds(103.2e6, 3.35e12) == pytest.approx(4 * 103.2e6 / 3.35e12)
+    link = bs.Interconnect("test", 100e9, 10e9, 0.0, 0.0, 0.0)
+    point = bs.project_step(1.0, 1e9, 16, link, 0.0, 1.0, 1, buffer_bytes=1e6, copy_s=0.01)
+    assert point["step_s"] == pytest.approx(1.0 + 0.1875 + 1e6 / 10e9 + 0.01)
+
+
+def test_straggler_term_is_the_expected_wait_for_the_slowest_rank():
+    # two ranks side by side, one segment: max per step 3, 4 -> 3.5; mean of all 2.5 -> 1.0
+    paired = [[(1.0,), (4.0,)], [(3.0,), (2.0,)]]
+    assert bs.straggler_seconds(paired, 2) == pytest.approx(1.0)
+    # one series, 2 ranks = 2 draws with replacement from {1, 3}: E[max] = 1/4 * 1 + 3/4 * 3 = 2.5; mean 2
+    assert bs.expected_max_seconds([3.0, 1.0], 2) == pytest.approx(2.5)
+    assert bs.straggler_seconds([[(1.0, 0.0), (3.0, 0.0)]], 2) == pytest.approx(0.5)
+    assert bs.straggler_seconds(paired, 1) == 0.0
+    # a constant step has nothing to wait for
+    assert bs.straggler_seconds([[(2.0,), (2.0,)], [(2.0,), (2.0,)]], 2) == 0.0
+    step = {"data_wait": 1.0, "optimizer": 0.5, "other": 0.1, "forward": 2.0, "forward_overhead": 0.2,
+            "backward_compute": 3.0}
+    assert bs.sync_segments(step, broadcast=True) == pytest.approx((1.6, 5.2))
+    assert bs.sync_segments(step, broadcast=False) == pytest.approx((6.8,))
+
+
+def test_model_check_predicts_from_the_measured_inputs():
+    # One repeat: 1-process step 100 ms; the concurrent copies' mean step 110 ms, straggler with the
+    # buffer broadcast 6 ms; inside the DDP run broadcast 1 ms, all-reduce 3 ms (nothing hidden),
+    # copies 0.4 ms; the DDP step measured 125 ms.
+    one = {"summary": {"step": 0.100}, "load": 0.1}
+    concurrent = {"summary": {"step_ranks_mean": 0.110, "straggler_2sync": 0.006, "straggler_1sync": 0.009}, "load": 0.1}
+    ddp = {"summary": {"step": 0.125, "overlap": 0.0, "backward_compute": 0.04, "allreduce": 0.008,
+                       "allreduce_bytes": 3.4e6, "buckets": 1.0, "micro_allreduce": 0.003, "micro_broadcast": 0.001,
+                       "micro_broadcast_bytes": 2e4, "micro_copy": 0.0004}, "load": 0.2}
+    sweep = {"world": 2, "fit_ok": True, "bus_bytes_s": 1.7e9, "step_latency_s": 0.0}
+    row = bs.model_check_row("baseline", [one], [concurrent], [ddp], sweep)
+    predicted = 0.110 + 0.006 + 0.001 + 0.0004 + 0.003
+    assert row["t2_predicted"] == pytest.approx(predicted)
+    assert row["error"] == pytest.approx(predicted / 0.125 - 1) and row["errors"] == [pytest.approx(predicted / 0.125 - 1)]
+    assert row["contention"] == pytest.approx(1.1)
+    assert row["plain_error"] == pytest.approx((0.100 + 3.4e6 / 1.7e9) / 0.125 - 1)
+    # no buffers to broadcast: one synchronisation point per step, so the one-segment straggler
+    no_buffers = {**ddp, "summary": {**ddp["summary"], "micro_broadcast_bytes": 0.0, "micro_broadcast": 0.0}}
+    row = bs.model_check_row("baseline", [one], [concurrent], [no_buffers], sweep)
+    assert row["t2_predicted"] == pytest.approx(0.110 + 0.009 + 0.0004 + 0.003)
+    # on GPU there is no concurrent reference: the 1-process step, no straggler term
+    row = bs.model_check_row("baseline", [one], None, [ddp], None)
+    assert row["t2_predicted"] == pytest.approx(0.100 + 0.001 + 0.0004 + 0.003)
+
+
 def test_seven_level_net_has_the_stated_size():
     params = bs.count_parameters("pconv", bs.SEVEN_LEVEL_CHANNELS, aux_channels=3)
     assert 25.7e6 < params < 25.9e6  # issue 14: 25.8 M parameters = 103 MB in fp32
@@ -124,6 +188,12 @@ def test_dry_run_measures_the_real_loop(tmp_path):
     assert rows[2]["efficiency"][0] == pytest.approx(rows[1]["step"][0] / rows[2]["step"][0])
     # the sweep's fit may be undetermined on a loaded machine; its timings must exist
     assert results["model_check"] and all(t > 0 for t in results["sweep"]["seconds"])
+    # the model check's inputs were measured: collectives inside the DDP run, the concurrent reference
+    check = results["model_check"][0]
+    assert check["reference_source"] == "concurrent" and check["reference"] > 0 and check["straggler"] >= 0
+    assert check["allreduce_predicted"] > 0 and check["broadcast"] > 0 and check["copy"] > 0
+    ddp_run = results["runs"]["baseline/2 proc/weak/B2/config"][0]
+    assert ddp_run["micro_bucket_bytes"] == 4 * rows[2]["params"]
     assert results["sweep"]["bus_bytes_s"] > 0
     assert results["data_feed"]["workers_needed"] >= 1
 

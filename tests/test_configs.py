@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
-from nowcast_infill.config_schema import ConfigSchemaError, validate_config
+from nowcast_infill.pipeline.config_checks import ConfigSchemaError, validate_config
 from nowcast_infill.utils.config import devices_per_node, num_nodes, register_resolvers, run_id
 from nowcast_infill.utils.lr import global_batch_size, scaled_learning_rate, warmup_cosine_schedule
 

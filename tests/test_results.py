@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from nowcast_infill.cli.compare import compare
+from nowcast_infill.pipeline.summary import compare
 from nowcast_infill.data.synthetic import write_synthetic_store
 from nowcast_infill.errors import MissingInputError
 from nowcast_infill.utils.results import headline_table, summarize

@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from nowcast_infill.config_schema import ConfigSchemaError
+from nowcast_infill.errors import ConfigSchemaError
 
 PRIORS = {"nowcast": ("extrapolation", "persistence"), "infill": ("laplace", "temporal")}
 

@@ -21,6 +21,8 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
+from nowcast_infill.inference.frame_infiller import FrameInfiller
+
 
 class _PendingFrames(torch.utils.data.Dataset):
     def __init__(self, frames: np.ndarray):
@@ -50,10 +52,8 @@ class ArchiveInfillModule(L.LightningModule):
         self.written = 0
 
     def setup(self, stage: str) -> None:
-        from nowcast_infill.inference.archive import _FrameInfiller
-
         # Opened here, in each worker process: file handles are not shared across processes.
-        self.infiller = _FrameInfiller(self.predictor, self.input_store, self.output_store, self.context,
+        self.infiller = FrameInfiller(self.predictor, self.input_store, self.output_store, self.context,
                                        self.infill_outside_coverage)
 
     def on_predict_start(self) -> None:
@@ -90,9 +90,7 @@ def infill_frames_distributed(predictor, input_store: str | Path, output_store: 
     The output store must already exist (`infill_store` creates it). Returns the number
     of frames that were pending when the run started (all are written when it returns).
     """
-    from nowcast_infill.inference.archive import _FrameInfiller
-
-    before = _FrameInfiller(predictor, Path(input_store), Path(output_store), context, infill_outside_coverage).pending()
+    before = FrameInfiller(predictor, Path(input_store), Path(output_store), context, infill_outside_coverage).pending()
     module = ArchiveInfillModule(predictor, input_store, output_store, context, infill_outside_coverage)
     trainer = L.Trainer(
         accelerator=accelerator, devices=int(devices), strategy="ddp_spawn", logger=False,

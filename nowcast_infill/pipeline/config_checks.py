@@ -1,4 +1,6 @@
-"""Schemas of the composed train/eval configs: typos and wrong types fail before anything runs.
+"""Checks of the composed train/eval configs: typos and wrong types fail before anything runs.
+
+(Not to be confused with `nowcast_infill.schema`, the metadata schema of the radar stores.)
 
 Two layers, both raising `ConfigSchemaError` whose message names the full key and the fix:
 
@@ -21,7 +23,6 @@ in about a second.
 
 from __future__ import annotations
 
-from nowcast_infill.errors import UserError
 import dataclasses
 import inspect
 import os
@@ -34,10 +35,10 @@ from typing import Any, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from nowcast_infill.errors import ConfigSchemaError
 
-
-class ConfigSchemaError(UserError, ValueError):
-    """The composed config breaks a schema; the message starts with the offending key."""
+__all__ = ["ConfigSchemaError", "validate_config", "validate_values", "validate_targets", "check_target_node",
+           "check_values", "VALUE_RULES"]
 
 
 # ----------------------------------------------------------------------------- dataclasses
@@ -219,6 +220,7 @@ def _check_model(model: Mapping) -> None:
     from nowcast_infill.utils.lr import LR_SCALING_RULES
 
     model = dict(model)
+    model.pop("kind", None)  # network | classical: read by the pipeline, not an argument of the module
     if model.get("aux_channels", 0) is None:
         # null = taken from the DataModule's aux fields when the module is built
         model.pop("aux_channels")

@@ -1,4 +1,4 @@
-"""`ni-demo`: generate the synthetic store, train the four infilling variants briefly, evaluate
+"""`demo(cfg)` (`ni-demo`): generate the synthetic store, train the four infilling variants briefly, evaluate
 them and the classical baselines with the same fixed masks, print one table.
 
 Everything lands in `paths.output_dir`: `train/<variant>/` (checkpoints, W&B offline run,
@@ -7,20 +7,21 @@ CSV logs), `eval/<name>/` (metrics, figures, masks), `results.md` and `results.c
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-from hydra import compose
 from omegaconf import DictConfig
 
-from nowcast_infill.cli import CONFIG_DIR
-from nowcast_infill.cli.checks import config_int, writable_output_dir, writable_output_store
-from nowcast_infill.cli.errors import hydra_command
-from nowcast_infill.cli.eval import evaluate
-from nowcast_infill.cli.train import train
-from nowcast_infill.utils.config import register_resolvers
+from nowcast_infill.errors import BadValueError
+from nowcast_infill.pipeline.fitting import train
+from nowcast_infill.pipeline.inputs import (
+    config_int,
+    writable_output_dir,
+    writable_output_store,
+)
+from nowcast_infill.pipeline.scoring import evaluate
+from nowcast_infill.utils.config import CONFIG_DIR, compose_config, register_resolvers
 from nowcast_infill.utils.logging import rank_zero_print
 from nowcast_infill.utils.tables import markdown_table, write_metrics_tables
 
@@ -55,8 +56,6 @@ def _common(cfg: DictConfig, store: Path, out: Path) -> list[str]:
 def check_demo_config(cfg: DictConfig) -> Path:
     """Before any work: every variant and baseline has its config, the sizes are integers, the
     output folder and the store can be written. Returns the output folder."""
-    from nowcast_infill.errors import BadValueError
-
     for key, group, pattern in (("variants", "experiment", f"{cfg.task.name}_{{}}"), ("baselines", "model", "{}")):
         known = sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
         for name in cfg[key]:
@@ -80,17 +79,17 @@ def demo(cfg: DictConfig) -> dict[str, Any]:
     for variant in cfg.variants:
         start = time.perf_counter()
         train_dir = out_root / "train" / variant
-        trained = train(compose("train", overrides=[
+        trained = train(compose_config("train", [
             f"experiment={cfg.task.name}_{variant}", *_common(cfg, store, train_dir), *cfg.train_overrides]))
         wandb_runs += sorted(str(p) for p in (train_dir / "wandb").glob("offline-run-*"))
-        evaluated = evaluate(compose("eval", overrides=[
+        evaluated = evaluate(compose_config("eval", [
             f"ckpt_path={trained['best_model_path'] or trained['last_model_path']}",
             *_common(cfg, store, out_root / "eval" / variant), *cfg.eval_overrides]))
         rows.append(evaluated["row"])
         timings[variant] = time.perf_counter() - start
     for name in cfg.baselines:
         start = time.perf_counter()
-        evaluated = evaluate(compose("eval", overrides=[
+        evaluated = evaluate(compose_config("eval", [
             f"model={name}", *_common(cfg, store, out_root / "eval" / name), *cfg.eval_overrides]))
         rows.append(evaluated["row"])
         timings[name] = time.perf_counter() - start
@@ -104,12 +103,3 @@ def demo(cfg: DictConfig) -> dict[str, Any]:
         rank_zero_print(f"W&B offline run: {run}  (upload with `wandb sync {run}`)")
     return {"rows": rows, "results_md": str(md_path), "output_dir": str(out_root), "wandb_runs": wandb_runs}
 
-
-@hydra_command("demo")
-def main(cfg: DictConfig) -> None:
-    demo(cfg)
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("WANDB_MODE", "offline")
-    main()

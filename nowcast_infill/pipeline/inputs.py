@@ -14,7 +14,12 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
-from nowcast_infill.errors import BadValueError, MissingInputError, OutputExistsError, OutputPathError
+from nowcast_infill.errors import (
+    BadValueError,
+    MissingInputError,
+    OutputExistsError,
+    OutputPathError,
+)
 
 # Files at the root of a Zarr store (v3, v2): a folder without one is not a store.
 ZARR_ROOT_FILES = ("zarr.json", ".zgroup", ".zattrs", ".zarray")

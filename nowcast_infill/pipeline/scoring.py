@@ -1,29 +1,50 @@
-"""`ni-eval`: score a checkpoint or a classical baseline on one split with the fixed evaluation masks.
+"""`evaluate(cfg)`: score a checkpoint or a classical method on one split with the fixed evaluation
+masks (`ni-eval`).
 
-Writes into `paths.output_dir`: `metrics.csv`, `metrics.md`, `figures/*.png` (input with
-hole / truth / prediction / error, or a strip over lead times), `eval_masks.npz` (the hole
-masks scored, infill only) and `config.yaml`; metrics, figures and the table also go to the
-configured loggers.
+Writes into `paths.output_dir`: `metrics.csv`, `metrics.md`, `metrics.json`, `figures/*.png`
+(input with hole / truth / prediction / error, or a strip over lead times), `eval_masks.npz`
+(the hole masks scored, infill only) and `config.yaml`; metrics, figures and the table also go
+to the configured loggers.
+
+A checkpoint brings its own task and normaliser (zero-shot on another store: `ni-eval
+ckpt_path=X data.store=Y`); see `pipeline.task_choice`.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
+from nowcast_infill.checkpoint_io import TrainedModel, read_trained_model
 from nowcast_infill.checkpoint_io import load_module as load_checkpoint_module
-from nowcast_infill.cli.checks import check_run_inputs, writable_output_dir
-from nowcast_infill.cli.errors import hydra_command
-from nowcast_infill.cli.train import build_datamodule, build_module, build_trainer
-from nowcast_infill.config_schema import validate_targets, validate_values
 from nowcast_infill.errors import BadValueError
-from nowcast_infill.utils.config import output_dir_outside_hydra, print_config_tree, register_resolvers
+from nowcast_infill.pipeline.build import (
+    CLASSICAL,
+    build_datamodule,
+    build_module,
+    build_trainer,
+    model_kind,
+)
+from nowcast_infill.pipeline.config_checks import validate_targets, validate_values
+from nowcast_infill.pipeline.figures import save_module_figures
+from nowcast_infill.pipeline.inputs import check_run_inputs, writable_output_dir
+from nowcast_infill.pipeline.task_choice import adopt_checkpoint_task, given_task_keys
+from nowcast_infill.utils.config import (
+    output_dir_outside_hydra,
+    print_config_tree,
+    register_resolvers,
+)
 from nowcast_infill.utils.logging import current_rank, get_logger, rank_zero_print
 from nowcast_infill.utils.results import run_record, write_run_record
-from nowcast_infill.utils.tables import log_table, markdown_table, metrics_row, write_metrics_tables
+from nowcast_infill.utils.tables import (
+    log_table,
+    markdown_table,
+    metrics_row,
+    write_metrics_tables,
+)
 
 if TYPE_CHECKING:
     import lightning as L
@@ -33,29 +54,9 @@ register_resolvers()
 SPLITS = ("test", "val")
 
 
-def load_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> tuple[L.LightningModule, str | None]:
-    """(module, checkpoint path to restore through the Trainer or None) for `cfg`."""
-    from nowcast_infill.models.module import RadarModule
-
-    _check_model_choice(cfg)
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path:
-        path = Path(ckpt_path)
-        module = load_checkpoint_module(RadarModule, ckpt_path)  # weights-only; CheckpointError names the file
-        for key in ("task", "in_frames", "out_frames"):
-            want = cfg.task.name if key == "task" else int(cfg.task[key])
-            if module.hparams[key] != want:
-                raise BadValueError(
-                    f"{path}: the checkpoint was trained with {key}={module.hparams[key]} but the config asks "
-                    f"task {key}={want}; evaluate with the task it was trained on (task=..., task.past=...)."
-                )
-        return module, str(path)
-    return build_module(cfg, datamodule), None
-
-
 def _check_model_choice(cfg: DictConfig) -> None:
-    """A trainable network needs its checkpoint; a baseline is built from the config."""
-    if cfg.get("ckpt_path") or str(cfg.model.get("_target_", "")).endswith("BaselineModule"):
+    """A trainable network needs its checkpoint; a classical method is built from the config."""
+    if cfg.get("ckpt_path") or model_kind(cfg) == CLASSICAL:
         return
     raise BadValueError(
         f"model={cfg.model.get('name')} is a trainable network: pass ckpt_path=<run>/checkpoints/best-*.ckpt, "
@@ -63,8 +64,13 @@ def _check_model_choice(cfg: DictConfig) -> None:
     )
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate `cfg.split`; returns the `{split}/...` metrics plus `output_dir` and the table paths."""
+def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[str, Any]:
+    """Evaluate `cfg.split`; returns the `{split}/...` metrics plus `output_dir` and the table paths.
+
+    `overrides`: the command line's overrides, which tell which task keys the user gave (a
+    checkpoint's own task replaces the others); None (a config composed in a script) takes
+    the config's task as given, so it must match the checkpoint's.
+    """
     output_dir_outside_hydra(cfg)  # a config composed in a notebook runs as well
     output_dir = writable_output_dir(cfg.paths.output_dir, "paths.output_dir")
     split = cfg.get("split", "test")
@@ -73,10 +79,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     plain = validate_values(cfg, "eval")
     _check_model_choice(cfg)
     check_run_inputs(cfg)
+    ckpt_path = cfg.get("ckpt_path")
+    trained = read_trained_model(ckpt_path) if ckpt_path else None  # CheckpointError naming the file
+    if trained is not None and adopt_checkpoint_task(cfg, trained.task, str(ckpt_path), given_task_keys(overrides)):
+        plain = validate_values(cfg, "eval")  # the checkpoint's task, checked as the user's would be
     validate_targets(plain)
     import lightning as L  # after the checks: they run in about a second, torch takes several
 
-    from nowcast_infill.utils.instantiate import finish_loggers, instantiate_callbacks, instantiate_loggers
+    from nowcast_infill.utils.instantiate import (
+        finish_loggers,
+        instantiate_callbacks,
+        instantiate_loggers,
+    )
     from nowcast_infill.utils.logging import quiet_known_noise
 
     quiet_known_noise()
@@ -85,19 +99,41 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = build_datamodule(cfg)
-    module, ckpt_path = load_module(cfg, datamodule)
+    module = _module(cfg, datamodule, trained)
     module.hparams.n_log_images = int(cfg.get("n_figures", module.hparams.get("n_log_images", 2)))
     loggers = instantiate_loggers(cfg.get("logger"))
-    trainer = build_trainer(cfg, instantiate_callbacks(cfg.get("callbacks")), loggers)
-    if split == "test":
-        raw = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, weights_only=True)
-    else:
-        raw = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, weights_only=True)
-    metrics = {k: float(v) for k, v in (raw[0] if raw else {}).items()}
+    try:
+        trainer = build_trainer(cfg, instantiate_callbacks(cfg.get("callbacks")), loggers)
+        results = _score(cfg, trainer, module, datamodule, trained, output_dir)
+    finally:
+        finish_loggers(loggers)
+    return results
 
+
+def _module(cfg: DictConfig, datamodule: L.LightningDataModule, trained: TrainedModel | None) -> L.LightningModule:
+    """The checkpoint's network, with the DataModule set to its normaliser; else the classical method of `cfg.model`."""
+    if trained is None:
+        return build_module(cfg, datamodule)
+    from nowcast_infill.inference.checkpoint import checkpoint_normalizer
+    from nowcast_infill.models.module import RadarModule
+
+    use_normalizer = getattr(datamodule, "use_normalizer", None)
+    if use_normalizer is not None and trained.normalizer_state is not None:
+        # Zero-shot on another store: the training normaliser, no statistics fitted or read for this one.
+        use_normalizer(checkpoint_normalizer(trained))
+    return load_checkpoint_module(RadarModule, trained.path)  # weights-only
+
+
+def _score(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,
+           trained: TrainedModel | None, output_dir: Path) -> dict[str, Any]:
+    split = cfg.get("split", "test")
+    ckpt_path = trained.path if trained is not None else None
+    run = trainer.test if split == "test" else trainer.validate
+    raw = run(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, weights_only=True)
+    metrics = {k: float(v) for k, v in (raw[0] if raw else {}).items()}
     label = {
-        "model": str(module.hparams.get("name", cfg.model.get("name"))),
-        "task": str(module.hparams.task),
+        "model": trained.model_name if trained is not None else str(cfg.model.get("name")),
+        "task": str(cfg.task.name),
         "split": split,
         "checkpoint": Path(ckpt_path).name if ckpt_path else "",
     }
@@ -110,22 +146,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         results.update(metrics_csv=str(csv_path), metrics_md=str(md_path), row=row,
                        metrics_json=str(write_run_record(output_dir, record)))
         rank_zero_print(markdown_table([row]))
-        _save_figures(module, output_dir)
+        save_module_figures(module, output_dir)
         _save_eval_masks(datamodule, output_dir)
         log_table(trainer.loggers, "metrics_table", row)
-    finish_loggers(trainer.loggers)
     results["output_dir"] = str(output_dir)
     return results
-
-
-def _save_figures(module: L.LightningModule, output_dir: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    from nowcast_infill.utils.plotting import save_figure
-
-    for name, fig in getattr(module, "test_figures", None) or []:
-        save_figure(fig, output_dir / "figures" / f"{name}.png")
-        plt.close(fig)
 
 
 def _save_eval_masks(datamodule, output_dir: Path) -> None:
@@ -137,13 +162,3 @@ def _save_eval_masks(datamodule, output_dir: Path) -> None:
     spec = getattr(datamodule, "masks", None) or {}
     seed = int(getattr(datamodule, "eval_mask_spec", {}).get("seed", 0))
     save_mask_set(output_dir / "eval_masks.npz", masks.astype(bool), spec, seed)
-
-
-@hydra_command("eval")
-def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("WANDB_MODE", "offline")
-    main()

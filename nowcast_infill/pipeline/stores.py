@@ -1,17 +1,22 @@
-"""ni-convert: Hydra wrapper around `nowcast_infill.io.convert.convert` (config conf/convert.yaml)."""
+"""The input stores: `convert(cfg)` (`ni-convert`, conf/convert.yaml) writes radar files into a
+store with `nowcast_infill.io.convert`, `synth(cfg)` (`ni-synth`, conf/synth.yaml) writes the
+embedded synthetic store."""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import sys
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from nowcast_infill.cli.checks import config_bool, config_int, writable_output_store
-from nowcast_infill.cli.errors import hydra_command
 from nowcast_infill.errors import BadValueError
+from nowcast_infill.pipeline.inputs import (
+    config_bool,
+    config_float,
+    config_int,
+    writable_output_store,
+)
 
 # Importer options may also be given at the top level (`ni-convert variable=rain`),
 # which reads more naturally on the command line than `importer.variable=rain`.
@@ -33,7 +38,11 @@ def _check(cfg: DictConfig) -> dict:
     Returns the keyword arguments of `convert` other than inputs/output/history.
     """
     from nowcast_infill.io.importers import get_importer
-    from nowcast_infill.io.store import DEFAULT_MAX_GAP_S, checked_max_gap, precip_layout
+    from nowcast_infill.io.store import (
+        DEFAULT_MAX_GAP_S,
+        checked_max_gap,
+        precip_layout,
+    )
 
     importer = importer_options(cfg)
     options = dict(
@@ -103,27 +112,58 @@ def _many_writers(cfg: DictConfig, step: str, history: str) -> dict:
                                           time_step_s=time_step_s, history=history, **options)
 
 
-@hydra_command("convert")
-def _app(cfg: DictConfig) -> None:
-    from nowcast_infill.io.convert import convert
+def convert(cfg: DictConfig, history: str = "ni-convert") -> dict:
+    """Convert `cfg.inputs` into the store `cfg.output` (or one `cfg.step` of a conversion by many
+    writers); prints and returns the summary. `history`: the command recorded in the store."""
+    from nowcast_infill.io.convert import convert as convert_files
 
-    history = "ni-convert " + " ".join(sys.argv[1:])
     step = cfg.get("step")
     if step is not None and step not in _STEPS:
         raise BadValueError(f"step={step!r}: must be null (one process) or one of {', '.join(_STEPS)}.")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if step is not None:
-        print(json.dumps(_many_writers(cfg, step, history), indent=2))
-        return
-    options = _check(cfg)
-    summary = convert(inputs=_inputs(cfg), output=cfg.output, history=history, **options)
+        summary = _many_writers(cfg, step, history)
+    else:
+        options = _check(cfg)
+        summary = convert_files(inputs=_inputs(cfg), output=cfg.output, history=history, **options)
     print(json.dumps(summary, indent=2))
+    return summary
 
 
-def main() -> None:
-    """Console entry point `ni-convert`."""
-    _app()
+GENERATOR_KEYS = (
+    "seed", "n_times", "ny", "nx", "spacing_km", "time_step_s", "start", "center_lat", "center_lon",
+    "coverage_radius_km", "aux_factor", "wet_fraction", "missing_frame_indices",
+)  # fmt: skip
 
 
-if __name__ == "__main__":
-    main()
+def check_synth_config(cfg: DictConfig) -> None:
+    """The values a user most often mistypes, and the output, before the data is generated."""
+    for key, minimum in (("seed", 0), ("n_times", 1), ("ny", 1), ("nx", 1), ("time_step_s", 1), ("aux_factor", 1)):
+        config_int(cfg, key, minimum=minimum)
+    config_float(cfg, "wet_fraction", 0.0, 1.0, low_open=True)
+    overwrite = config_bool(cfg, "overwrite")
+    writable_output_store(cfg.output, "output", if_store_exists="overwrite" if overwrite else "refuse",
+                          overwrite_key="overwrite")
+
+
+def synth(cfg: DictConfig) -> Path:
+    """Write the synthetic store `cfg.output`; prints a one-line summary and returns its path."""
+    check_synth_config(cfg)
+    import numpy as np
+    import xarray as xr
+
+    from nowcast_infill.data.synthetic import write_synthetic_store
+
+    options = {k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in GENERATOR_KEYS}
+    chunks = OmegaConf.to_container(cfg.chunks) if cfg.chunks is not None else None
+    # Hydra leaves the working directory alone (version_base 1.3), so a relative output
+    # is relative to where the command was run.
+    path = write_synthetic_store(Path(cfg.output), chunks=chunks, overwrite=bool(cfg.overwrite), **options)
+    ds = xr.open_zarr(path)
+    precip = ds["precip"].values
+    covered = ~np.isnan(precip)
+    print(
+        f"wrote {path}: {ds.sizes['time']} frames of {ds.sizes['y']} x {ds.sizes['x']}, "
+        f"no-data {1 - covered.mean():.1%}, wet {np.mean(precip[covered] > 0):.1%}, "
+        f"max {np.nanmax(precip):.1f} mm/h, radars {', '.join(ds.attrs['radar_sites'])}"
+    )
+    return path

@@ -1,4 +1,4 @@
-"""`ni-compare`: one table over runs, of one sweep or of several.
+"""`compare(paths, out, sweep)` (`ni-compare`): one table over runs, of one sweep or of several.
 
     ni-compare outputs/infill/multiruns/2026-11-30_05-20-00
     ni-compare outputs/infill/multiruns/A outputs/infill/multiruns/B --out comparison
@@ -12,11 +12,8 @@ seeds and one row per run, and writes `summary.md`, `summary.csv` and `runs.csv`
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
-from nowcast_infill.cli.errors import exit_on_user_error, take_verbose_flag
 from nowcast_infill.errors import BadValueError, MissingInputError
 from nowcast_infill.utils.results import RUN_METRICS_FILE, write_summary
 
@@ -39,23 +36,3 @@ def compare(paths: list[str], out: str | None = None, sweep: str | None = None) 
         )
     return md_path, markdown, records
 
-
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv if argv is None else ["ni-compare", *argv])
-    verbose = take_verbose_flag(argv)
-    parser = argparse.ArgumentParser(
-        prog="ni-compare", description=__doc__.split("\n\n", 1)[0],
-        epilog="Example: ni-compare outputs/infill/multiruns/<id> outputs/nowcast/multiruns/<id> --out comparison",
-    )  # fmt: skip
-    parser.add_argument("paths", nargs="+", help="run folders, sweep folders, or any folder holding them")
-    parser.add_argument("--out", help="folder for summary.md / summary.csv / runs.csv (default: the one folder given)")
-    parser.add_argument("--sweep", help="keep only the runs of this sweep id (multirun folder name or Slurm array job id)")
-    args = parser.parse_args(argv[1:])
-    with exit_on_user_error("ni-compare", verbose):
-        md_path, markdown, records = compare(args.paths, args.out, args.sweep)
-    print(markdown)
-    print(f"ni-compare: {len(records)} runs -> {md_path} (+ summary.csv, runs.csv)")
-
-
-if __name__ == "__main__":
-    main()

@@ -97,3 +97,15 @@ def test_a_failing_train_still_finishes_its_wandb_run(tmp_path, monkeypatch):
     finally:
         if wandb.run is not None:
             wandb.finish()
+
+
+def test_model_kind_decides_what_is_trained_and_what_needs_a_checkpoint(tmp_path):
+    from nowcast_infill.errors import BadValueError, ConfigSchemaError
+    from nowcast_infill.pipeline import evaluate, train
+
+    with pytest.raises(BadValueError, match="^model=laplace is a classical method .* `ni-eval model=laplace`"):
+        train(compose_config("train", [*tiny_overrides(tmp_path), "model=laplace"]))
+    with pytest.raises(BadValueError, match="^model=lstm is a trainable network: pass ckpt_path="):
+        evaluate(compose_config("eval", [*tiny_overrides(tmp_path), "model=lstm"]))
+    with pytest.raises(ConfigSchemaError, match="^model.kind: None .* is not network or classical"):
+        evaluate(compose_config("eval", [*tiny_overrides(tmp_path), "model=laplace", "~model.kind"]))

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig, open_dict
 
+from nowcast_infill.errors import ConfigSchemaError
 from nowcast_infill.utils.logging import rank_zero_print
 
 if TYPE_CHECKING:
@@ -22,11 +23,11 @@ NETWORK, CLASSICAL = "network", "classical"
 
 
 def model_kind(cfg: DictConfig) -> str:
-    """`cfg.model.kind`: "network" or "classical" (ValueError naming the key otherwise)."""
+    """`cfg.model.kind`: "network" or "classical" (ConfigSchemaError naming the key otherwise)."""
     kind = cfg.model.get("kind")
     if kind not in (NETWORK, CLASSICAL):
-        raise ValueError(f"model.kind={kind!r} in model={cfg.model.get('name')}: every conf/model/*.yaml says "
-                         f"kind: {NETWORK} or kind: {CLASSICAL}.")
+        raise ConfigSchemaError(f"model.kind: {kind!r} (model={cfg.model.get('name')}) is not {NETWORK} or {CLASSICAL}; "
+                                f"set kind: {NETWORK} (a trainable module) or kind: {CLASSICAL} in its conf/model/*.yaml.")
     return str(kind)
 
 

@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from nowcast_infill.checkpoint_io import read_checkpoint
-from nowcast_infill.errors import MissingInputError
+from nowcast_infill.errors import BadValueError, MissingInputError
 from nowcast_infill.pipeline.build import (
+    CLASSICAL,
     build_datamodule,
     build_module,
     build_trainer,
+    model_kind,
     report_global_batch,
 )
 from nowcast_infill.pipeline.config_checks import validate_targets, validate_values
@@ -69,6 +71,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir_outside_hydra(cfg)  # a config composed in a notebook runs as well
     output_dir = writable_output_dir(cfg.paths.output_dir, "paths.output_dir")
     plain = validate_values(cfg, "train")
+    if cfg.get("fit", True) and model_kind(cfg) == CLASSICAL:
+        name = cfg.model.get("name")
+        raise BadValueError(f"model={name} is a classical method (model.kind={CLASSICAL}): there is nothing to train; "
+                            f"score it with `ni-eval model={name}`, or train a network (model=lstm, ...).")
     check_run_inputs(cfg)
     _vet_checkpoint(cfg.get("ckpt_path"))
     validate_targets(plain)

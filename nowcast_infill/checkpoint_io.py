@@ -96,12 +96,6 @@ def read_checkpoint(path: str | Path) -> dict:
     return dict(ckpt)
 
 
-def load_module(module_class, path: str | Path):
-    """`module_class.load_from_checkpoint(path)` on the CPU, weights-only, after `read_checkpoint` vetted the file."""
-    read_checkpoint(path)
-    return module_class.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-
-
 # ----------------------------------------------------------------------------- what a checkpoint says
 # `RadarModule.on_save_checkpoint` writes this payload (plain types only); checkpoints of
 # earlier versions lack it and are read from the old layout (see `read_trained_model`).
@@ -142,6 +136,10 @@ class TrainedModel:
     hyper_parameters: dict
     checkpoint: dict = field(repr=False)
     run_config: dict | None = field(default=None, repr=False)
+
+    def load_module(self, module_class):
+        """`module_class.load_from_checkpoint` on the CPU, weights-only (the file was vetted when read)."""
+        return module_class.load_from_checkpoint(self.path, map_location="cpu", weights_only=True)
 
     def data_setting(self, key: str) -> tuple[Any, str] | None:
         """(value, where it was found) of the training DataModule's setting `key` (e.g. crop_size),

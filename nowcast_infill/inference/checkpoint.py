@@ -224,8 +224,7 @@ def load_checkpoint_predictor(
                               f"task={task} checkpoint.")
     if "net" not in hparams or not hparams.get("net"):
         raise CheckpointError(f"{shown}: has no network (hyper_parameters.net); a baseline is run with model=<name>, not a checkpoint.")
-    # Vetted weights-only above; Lightning reads it weights-only again.
-    module = RadarModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    module = trained.load_module(RadarModule)
     module.eval()
     normalizer = checkpoint_normalizer(trained, stats_path)
     module.attach_normalizer(normalizer)

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig
 
 from nowcast_infill.checkpoint_io import TrainedModel, read_trained_model
-from nowcast_infill.checkpoint_io import load_module as load_checkpoint_module
 from nowcast_infill.errors import BadValueError
 from nowcast_infill.pipeline.build import (
     CLASSICAL,
@@ -117,11 +116,15 @@ def _module(cfg: DictConfig, datamodule: L.LightningDataModule, trained: Trained
     from nowcast_infill.inference.checkpoint import checkpoint_normalizer
     from nowcast_infill.models.module import RadarModule
 
-    use_normalizer = getattr(datamodule, "use_normalizer", None)
-    if use_normalizer is not None and trained.normalizer_state is not None:
-        # Zero-shot on another store: the training normaliser, no statistics fitted or read for this one.
-        use_normalizer(checkpoint_normalizer(trained))
-    return load_checkpoint_module(RadarModule, trained.path)  # weights-only
+    if trained.normalizer_state is not None:
+        # Before setup: the training normaliser, no statistics fitted, read or written for this store
+        # (zero-shot on another store). A DataModule without `use_normalizer` takes it as restored state.
+        use_normalizer = getattr(datamodule, "use_normalizer", None)
+        if use_normalizer is not None:
+            use_normalizer(checkpoint_normalizer(trained))
+        else:
+            datamodule.load_state_dict({"normalizer": trained.normalizer_state})
+    return trained.load_module(RadarModule)
 
 
 def _score(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,

@@ -10,6 +10,8 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# what `make lint` checks (ruff and mypy settings: pyproject.toml)
+LINT_PATHS ?= nowcast_infill
 # test-busy: burner processes beside the suite (each adds ~1 to the load average) and
 # the most seconds they may run (they stop with pytest, or by themselves at this limit).
 BURN_PROCS ?= 4
@@ -34,7 +36,18 @@ install: $(STAMP) ## Create .venv/ and install the package with its dependencies
 demo: $(STAMP) ## Run the main job on the embedded synthetic data (data -> train -> eval)
 	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/ni-demo
 
-test: $(STAMP) ## Run the whole test suite (slurm tests start their own local cluster when root)
+lint: $(STAMP) ## ruff check, ruff format --check and mypy on the package (all three run; fails if any fails)
+	@status=0; \
+	echo "ruff check $(LINT_PATHS)"; $(BIN)/ruff check $(LINT_PATHS) || status=1; \
+	echo "ruff format --check $(LINT_PATHS)"; $(BIN)/ruff format --check $(LINT_PATHS) || status=1; \
+	echo "mypy $(LINT_PATHS)"; $(BIN)/mypy $(LINT_PATHS) || status=1; \
+	exit $$status
+
+lint-report: $(STAMP) ## Count the lint findings per rule / error code and per file (does not fail)
+	tools/lint_report.sh $(LINT_PATHS)
+
+test: $(STAMP) ## Lint (make lint), then run the whole test suite (slurm tests start their own local cluster when root)
+	$(MAKE) --no-print-directory lint
 	WANDB_MODE=offline $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-busy: $(STAMP) ## Run the whole suite beside BURN_PROCS (4) busy processes: it must pass on a loaded machine
@@ -51,9 +64,9 @@ bench-model: $(STAMP) ## Model benchmark (partial conv vs naive, variants)
 	$(BIN)/python experiments/bench_model.py
 
 clean: ## Remove run outputs (keeps .venv/)
-	rm -rf outputs multirun wandb lightning_logs .pytest_cache
+	rm -rf outputs multirun wandb lightning_logs .pytest_cache .mypy_cache .ruff_cache
 
 distclean: clean ## Remove run outputs and .venv/
 	rm -rf $(VENV)
 
-.PHONY: help install demo test test-busy test-fast bench-data bench-model clean distclean
+.PHONY: help install demo lint lint-report test test-busy test-fast bench-data bench-model clean distclean

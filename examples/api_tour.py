@@ -32,8 +32,8 @@ SMALL = [f"data.store={store}", f"data.stats_path={work / 'stats.json'}", f"path
          "trainer.max_epochs=1", "data.aux=null", "+trainer.limit_train_batches=4", "+trainer.limit_val_batches=2",
          "+trainer.limit_test_batches=2"]
 
-# 1. Train: the same config as `ni-train model=baseline ...`; no Hydra run needed.
-results = train(compose("train", ["model=baseline", *SMALL]))
+# 1. Train: the same config as `ni-train model=pconv ...`; no Hydra run needed.
+results = train(compose("train", ["model=pconv", *SMALL]))
 best = Path(results["output_dir"]) / "checkpoints" / "best.ckpt"
 print(f"trained: test/rmse = {results['test/rmse']:.3f} mm/h, checkpoint {best}")
 

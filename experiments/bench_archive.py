@@ -238,11 +238,11 @@ def profile_stages(bundle: Path, work: Path, n: int = 96) -> dict:
     import zarr
 
     from nowcast_infill.io.bundles import work_items
-    from nowcast_infill.io.importers import get_importer
-    from nowcast_infill.io.store import _whole_frame_chunk_writer
+    from nowcast_infill.registry import get_method
+    from nowcast_infill.io.store import whole_frame_chunk_writer
     from zarr.codecs import BloscCodec
 
-    importer = get_importer("radolan")
+    importer = get_method("source", "radolan")
     t = time.perf_counter()
     items = []
     for item in work_items([bundle]):
@@ -257,7 +257,7 @@ def profile_stages(bundle: Path, work: Path, n: int = 96) -> dict:
     shutil.rmtree(target, ignore_errors=True)
     array = zarr.create_array(target, shape=(n, *YW_SHAPE), chunks=(1, *YW_SHAPE), dtype=np.float32, fill_value=np.nan,
                               compressors=[BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")], zarr_format=3)
-    write = _whole_frame_chunk_writer(array)
+    write = whole_frame_chunk_writer(array)
     t = time.perf_counter()
     for k, f in enumerate(frames):
         write(k, f.precip)

@@ -72,7 +72,7 @@ def _frame_bank(seed: int = 0, n: int = 16) -> tuple[np.ndarray, np.ndarray]:
 def write_store(path: Path, n_frames: int, start: str = "2021-06-01T00:05") -> dict:
     """A `n_frames` store of synthetic RADOLAN-size frames at `path`, one commit per day; returns timings."""
     from nowcast_infill.io.importers import Frame, make_grid
-    from nowcast_infill.io.store import SourceRecord, StoreWriter, _iso
+    from nowcast_infill.io.store import SourceRecord, StoreWriter, iso_time
 
     bank, coverage = _frame_bank()
     grid = make_grid(-443.5 + np.arange(WIDTH, dtype=np.float64), -4758.5 + np.arange(HEIGHT, dtype=np.float64), PROJ4)
@@ -90,7 +90,7 @@ def write_store(path: Path, n_frames: int, start: str = "2021-06-01T00:05") -> d
                 name = f"synthetic_{t:06d}"
                 writer.add(Frame(time=when, precip=frame, grid=grid, product="YW-synthetic", accumulation_interval_s=STEP_S,
                                  conversion="synthetic mm/h", source=Path(name)),
-                           SourceRecord(name=name, sha256=f"{t:064x}", time=_iso(when)))
+                           SourceRecord(name=name, sha256=f"{t:064x}", time=iso_time(when)))
             writer.commit()
     seconds = time.perf_counter() - started
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

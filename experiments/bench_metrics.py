@@ -37,20 +37,22 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from nowcast_infill.metrics import RadarMetrics, format_threshold, scores  # noqa: E402
+from nowcast_infill.study import FSS_SCALES_PX, METRIC_THRESHOLDS_MM_H  # noqa: E402
 
 SHARED = Path(os.environ.get("NI_SHARED_DATA", REPO.parent / "shared" / "data"))
-THRESHOLDS = (0.1, 1.0, 5.0, 10.0)
-SCALES = (1, 5, 11)
+# the study's defaults, as every model config scores
+THRESHOLDS = METRIC_THRESHOLDS_MM_H
+SCALES = FSS_SCALES_PX
 
 
 def yw_persistence_frames(n_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """(pred, target, mask) `(n, 1100, 900)`: target frame i+1, prediction frame i (mm/h)."""
-    from nowcast_infill.io.importers import get_importer
+    from nowcast_infill.registry import get_method
 
     files = sorted((SHARED / "radolan" / "yw").glob("*"))[: n_frames + 1]
     if len(files) < n_frames + 1:
         raise SystemExit(f"need {n_frames + 1} YW files in {SHARED / 'radolan' / 'yw'}, found {len(files)}; use --data random")
-    importer = get_importer("radolan")
+    importer = get_method("source", "radolan")
     fields = np.stack([importer.read(f)[0].precip for f in files]).astype(np.float32)
     pred, target = fields[:-1], fields[1:]
     mask = np.isfinite(pred) & np.isfinite(target)

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nowcast_infill.models.components.partial_conv import PartialConv2d  # noqa: E402
 from nowcast_infill.models.components.unet import PConvUNet  # noqa: E402
+from nowcast_infill.study import VARIANT_NET_SWITCHES  # noqa: E402
 
 
 class MaskFreeConv2d(PartialConv2d):
@@ -49,7 +50,8 @@ class MaskFreeConv2d(PartialConv2d):
         out = torch.nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
         return out, out.new_ones(out.shape[0], 1, *out.shape[2:])
 
-VARIANTS = {"baseline": (False, False), "lstm": (True, False), "attention": (False, True), "lstm_attention": (True, True)}
+# variant -> (lstm, attention) U-Net switches, in the study's order
+VARIANTS = {name: (switches["lstm"], switches["attention"]) for name, switches in VARIANT_NET_SWITCHES.items()}
 TASKS = {"infill": (3, 1), "nowcast": (4, 6)}
 
 

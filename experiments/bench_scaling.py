@@ -74,8 +74,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from nowcast_infill.study import VARIANT_NET_SWITCHES, VARIANTS  # noqa: E402
+
 CONF_DIR = REPO_ROOT / "conf"
-VARIANTS = ("baseline", "lstm", "attention", "lstm_attention")
 # The 7-level U-Net of Liu et al. (PConvUNet's default widths): the network worth scaling out.
 SEVEN_LEVEL_CHANNELS = (64, 128, 256, 512, 512, 512, 512)
 # DDP's default bucket cap (torch.nn.parallel.DistributedDataParallel, bucket_cap_mb=25) and
@@ -143,7 +144,7 @@ INTERCONNECTS = (
 PROJECTED_GPUS = (8, 32, 64, 256)
 # Compute assumption when no GPU step time is given (--gpu-step-ms): the FLOPs of one training
 # step at the device's dense bf16 peak (H100/H200 SXM: 989 TFLOP/s, NVIDIA datasheets) times a
-# model-FLOPs utilisation; 0.35 is the goal issue 14 sets for the baseline at 512^2 in bf16.
+# model-FLOPs utilisation; 0.35 is the goal issue 14 sets for the plain pconv net at 512^2 in bf16.
 H100_BF16_DENSE_FLOPS = 989e12
 ASSUMED_MFU = 0.35
 
@@ -617,7 +618,8 @@ def allreduce_sweep(world: int, backend: str, sizes: list[int], repeats: int, th
 def count_parameters(variant: str, channels, aux_channels: int, in_frames: int = 3) -> int:
     from nowcast_infill.models.components.unet import PConvUNet
 
-    lstm, attention = variant in ("lstm", "lstm_attention"), variant in ("attention", "lstm_attention")
+    switches = VARIANT_NET_SWITCHES[variant]
+    lstm, attention = switches["lstm"], switches["attention"]
     net = PConvUNet(in_frames, 1, aux_channels, lstm=lstm, attention=attention, encoder_channels=tuple(channels), task="infill")
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
@@ -630,7 +632,8 @@ def training_step_flops(variant: str, channels, aux_channels: int, crop: int, ba
 
     from nowcast_infill.models.components.unet import PConvUNet
 
-    lstm, attention = variant in ("lstm", "lstm_attention"), variant in ("attention", "lstm_attention")
+    switches = VARIANT_NET_SWITCHES[variant]
+    lstm, attention = switches["lstm"], switches["attention"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     net = PConvUNet(3, 1, aux_channels, lstm=lstm, attention=attention, encoder_channels=tuple(channels), task="infill")
     net = net.to(device)
@@ -696,7 +699,7 @@ def build_report(results: dict) -> str:
              f"Runs: task infill, synthetic store {results['store_shape']}, crop {a['crop']}², "
              f"{a['threads']} thread(s) per process, {a['num_workers'] if a['num_workers'] >= 0 else 'the configured'} loader workers, {a['warmup']} warm-up + "
              f"{a['steps']} measured steps per launch, {a['repeats']} interleaved repeats, net "
-             f"{a['net_channels'] or 'as configured (conf/model/baseline.yaml)'}, backend {a['backend']}.", ""]
+             f"{a['net_channels'] or 'as configured (conf/model/pconv.yaml)'}, backend {a['backend']}.", ""]
 
     lines += ["### Throughput and efficiency", "",
               "Weak: per-process batch fixed; efficiency = throughput_N / (N · throughput_1) = T_1/T_N. "
@@ -987,10 +990,10 @@ def data_feed(args: argparse.Namespace, work: Path, projection: dict) -> dict:
     if not store.exists():
         write_synthetic_store(store, n_times=args.feed_times, ny=size, nx=size, seed=1)
     feed = data_feed_rate(store, args.projection_crop, args.projection_batch, args.feed_batches, args.threads)
-    baseline = next(v for v in projection["variants"] if v["variant"] == (
-        "baseline" if any(v["variant"] == "baseline" for v in projection["variants"]) else projection["variants"][0]["variant"]))
-    gpu_step = baseline["step_1"]
-    source = f"{baseline['variant']}, projected net, compute {baseline['compute_source']}"
+    plain = next(v for v in projection["variants"] if v["variant"] == (
+        VARIANTS[0] if any(v["variant"] == VARIANTS[0] for v in projection["variants"]) else projection["variants"][0]["variant"]))
+    gpu_step = plain["step_1"]
+    source = f"{plain['variant']}, projected net, compute {plain['compute_source']}"
     consumed = args.projection_batch / gpu_step
     needed = max(1, math.ceil(1.25 * consumed / feed["samples_per_s"]))
     # One core for the training process and one for NCCL's proxy thread and the OS.
@@ -1024,7 +1027,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--accelerator", default="cpu", choices=("cpu", "gpu"))
     p.add_argument("--ddp-option-sets", default=",".join(DDP_OPTION_SETS),
                    help=f"DDP option sets to compare (of {', '.join(DDP_OPTION_SETS)}); '' = none")
-    p.add_argument("--option-variants", default="baseline,lstm", help="variants for the DDP option comparison")
+    p.add_argument("--option-variants", default=",".join(VARIANTS[:2]), help="variants for the DDP option comparison")
     p.add_argument("--store-times", type=int, default=480)
     p.add_argument("--store-size", type=int, default=128)
     p.add_argument("--sweep-sizes", type=lambda s: [int(x) for x in s.split(",")],
@@ -1033,7 +1036,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--projection-channels", default=",".join(map(str, SEVEN_LEVEL_CHANNELS)))
     p.add_argument("--projection-crop", type=int, default=256)
     p.add_argument("--projection-batch", type=int, default=8)
-    p.add_argument("--gpu-step-ms", type=float, default=0.0, help="measured GPU compute ms per step (baseline); 0 = from FLOPs")
+    p.add_argument("--gpu-step-ms", type=float, default=0.0, help=f"measured GPU compute ms per step ({VARIANTS[0]}); 0 = from FLOPs")
     p.add_argument("--gpu-mfu", type=float, default=ASSUMED_MFU)
     p.add_argument("--gpu-peak-tflops", type=float, default=H100_BF16_DENSE_FLOPS / 1e12)
     p.add_argument("--cpu-cores-per-gpu", type=int, default=14,
@@ -1049,7 +1052,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="tiny sizes: checks the machinery in seconds")
     # worker-only
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--variant", default="baseline", help=argparse.SUPPRESS)
+    p.add_argument("--variant", default=VARIANTS[0], help=argparse.SUPPRESS)
     p.add_argument("--nnodes", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--per-process-batch", type=int, default=8, help=argparse.SUPPRESS)
     p.add_argument("--ddp-options", default="config", help=argparse.SUPPRESS)
@@ -1062,7 +1065,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.num_workers is None:
         args.num_workers = 0 if args.accelerator == "cpu" else -1
     if args.dry_run and not args.worker:
-        args.variants = args.variants if args.variants != ",".join(VARIANTS) else "baseline"
+        args.variants = args.variants if args.variants != ",".join(VARIANTS) else VARIANTS[0]
         args.procs, args.mode, args.nodes2 = "1,2", "weak", False
         args.batch, args.crop, args.net_channels = 2, 32, args.net_channels or "4,8"
         args.steps, args.warmup, args.repeats = 4, 2, 1

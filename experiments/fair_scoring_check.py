@@ -35,7 +35,7 @@ def infill_check(folder: Path) -> None:
     """Hole RMSE / CSI@1 mm/h of spatial vs temporal infilling on the RADOLAN YW frames."""
     import time
 
-    from nowcast_infill.baselines import get_baseline
+    from nowcast_infill import registry
     from nowcast_infill.data.masks import build_mask_generator, hole_targets
     from nowcast_infill.io.radolan import RadolanImporter
 
@@ -44,7 +44,7 @@ def infill_check(folder: Path) -> None:
     lat, lon = frames[0].grid.lat, frames[0].grid.lon
     outage = build_mask_generator({"name": "radar_outage", "radius_km": 150, "n_sites": 1})
     rng = np.random.default_rng(0)
-    methods = {name: get_baseline(name) for name in ("laplace", "temporal_linear", "temporal_flow")}
+    methods = {name: registry.get_method("classical", name) for name in ("laplace", "temporal_linear", "temporal_flow")}
     errors = {name: [] for name in methods}
     hits = {name: np.zeros(3) for name in methods}  # hits, misses, false alarms at 1 mm/h
     seconds = {name: 0.0 for name in methods}
@@ -102,14 +102,14 @@ def main() -> None:
         infill_check(RADOLAN_YW)
         return
 
-    from nowcast_infill.baselines import get_baseline
-    from nowcast_infill.data.datamodule import _tile_owners, _tiles
+    from nowcast_infill import registry
+    from nowcast_infill.data.tiling import eval_tiles, tile_owners
 
     seq = read_frames(args.folder, args.start, args.past + args.leads)
     past, future = seq[:args.past], seq[args.past:]
     height, width = seq.shape[1:]
-    tiles = _tiles(height, width, args.tile)
-    owners = _tile_owners(height, width, tiles)
+    tiles = eval_tiles(height, width, args.tile)
+    owners = tile_owners(height, width, tiles)
     covered = sum(h * w for _, _, h, w in tiles)
     print(f"KNMI {args.start}, {args.past} past + {args.leads} leads, {height} x {width}, {len(tiles)} tiles of "
           f"{args.tile} px: {covered} tile pixels for {height * width} distinct ones "
@@ -119,7 +119,7 @@ def main() -> None:
     for name in ("persistence", "extrapolation", "sprog"):
         for fill in ((None,) if name == "persistence" else (False, True)):
             options = {} if fill is None else {"fill_outside": fill}
-            method = get_baseline(name, n_leads=args.leads, **options)
+            method = registry.get_method("classical", name, n_leads=args.leads, **options)
             valid = scored = 0
             for index, (y0, x0, h, w) in enumerate(tiles):
                 rows, cols = slice(y0, y0 + h), slice(x0, x0 + w)

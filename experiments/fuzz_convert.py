@@ -261,13 +261,14 @@ def time_non_rain_refusal(data: Path, workdir: Path, repeats: int = 5) -> dict[s
     Two files: the showcase PG composite, and the first RW file of rw/ with its header's
     product set to PG (a body wradlib would decode as run-length code for half a minute).
     """
-    from nowcast_infill.io.importers import ConversionError, get_importer
+    from nowcast_infill.io.importers import ConversionError
+    from nowcast_infill.registry import get_method
 
     rw = load_source(data / DEFAULT_SOURCES[0])
     relabelled = workdir / rw.name
     relabelled.write_bytes(b"PG" + rw.data[2:])
     files = {"showcase PG": data / "showcase" / "raa01-pg_10000-1408102045-dwd---bin.gz", "RW relabelled PG": relabelled}
-    importer, best = get_importer("radolan"), {}
+    importer, best = get_method("source", "radolan"), {}
     for label, path in files.items():
         for _ in range(repeats):
             started = time.perf_counter()

@@ -5,11 +5,11 @@ machine; it needs no downloads and prints Markdown tables to paste into BENCHMAR
 headed with the device name:
 
 1. **Training step time** of the partial-convolution U-Net (7 levels, 64-512 channels, the
-   25.8 M-parameter net of the infilling `baseline`), per variant (baseline, lstm, attention,
+   25.8 M-parameter net of the infilling `pconv`), per variant (pconv, lstm, attention,
    lstm_attention), at 256² and 512² crops, fp32 vs bf16 autocast, channels_last off/on,
    `torch.compile` off/on, with the peak memory of each cell. The matrix is bounded so that
-   it fits: fp32/bf16 x channels_last off/on for `baseline`, fp32/bf16 for the others, and
-   `torch.compile` (with channels_last off/on) only for `baseline` in bf16 at the largest crop,
+   it fits: fp32/bf16 x channels_last off/on for `pconv`, fp32/bf16 for the others, and
+   `torch.compile` (with channels_last off/on) only for `pconv` in bf16 at the largest crop,
    where the MFU goal is stated (compiling costs ~1 min a cell).
    A step = forward under autocast, masked MSE, backward, Adam step (bench_model.make_step);
    each cell is timed as the median of `--steps` steps after `--warmup` steps, with
@@ -18,11 +18,11 @@ headed with the device name:
    backward: convolutions and matrix products, the partial convolutions' mask convolutions
    included) and **MFU** = FLOPs / step time / the device's dense bf16 peak, looked up from
    the device name (`PEAK_BF16_DENSE_TFLOPS`, or `--peak-tflops`).
-3. **Largest batch that fits** for the 7-level net (baseline, bf16, 512²): doubling, then
+3. **Largest batch that fits** for the 7-level net (pconv, bf16, 512²): doubling, then
    bisection, on `torch.cuda.OutOfMemoryError`.
 4. **ni-infill throughput** on whole 900×900 (RADOLAN RW) and 1100×900 (YW) frames: the
    inference path of `ni-infill ckpt_path=...` (`CheckpointPredictor`: normalise, tile, run
-   the network, blend, decode) with an untrained 7-level baseline; frames/s and the projected
+   the network, blend, decode) with an untrained 7-level pconv; frames/s and the projected
    time for a year of RW (8,760 hourly frames) and of YW (105,120 five-minute frames). Every
    tile of the frame is computed (no hole-only shortcut): the upper bound of the work a frame
    can need. Measured as ni-infill runs (fp32) and under bf16 autocast (not an ni-infill
@@ -38,7 +38,7 @@ autocast and torch.compile are slow or unsupported there) so the test suite keep
 script working before a GPU appears (tests/test_gpu_check.py).
 
 Goals to check once measured (printed against the measurements): >= 35 % MFU for the
-baseline variant in bf16 at 512², >= 100 infilled 900×900 frames/s.
+pconv variant in bf16 at 512², >= 100 infilled 900×900 frames/s.
 """
 
 from __future__ import annotations
@@ -241,13 +241,13 @@ def step_matrix(args) -> list[StepCell]:
     for variant in args.variants:
         for crop in args.crops:
             for dtype in dtypes:
-                for channels_last in ([False, True] if variant == "baseline" else [False]):
+                for channels_last in ([False, True] if variant == "pconv" else [False]):
                     cells.append(StepCell(variant, crop, args.batch, dtype, channels_last, False))
-    # torch.compile costs ~1 min a cell: only where the MFU goal is stated (baseline, the
+    # torch.compile costs ~1 min a cell: only where the MFU goal is stated (pconv, the
     # largest crop, bf16 when measured), and last, so the time budget cuts these first
     compile_dtype = "bf16" if args.bf16 else "fp32"
-    if args.compile and "baseline" in args.variants:
-        cells += [StepCell("baseline", max(args.crops), args.batch, compile_dtype, channels_last, True)
+    if args.compile and "pconv" in args.variants:
+        cells += [StepCell("pconv", max(args.crops), args.batch, compile_dtype, channels_last, True)
                   for channels_last in (False, True)]
     return cells
 
@@ -304,7 +304,7 @@ def free_memory(device: str) -> None:
 
 
 def run_largest_batch(report: Report, args, budget: Budget) -> None:
-    """Binary search of the largest batch of the 7-level baseline (bf16 on GPU) that trains."""
+    """Binary search of the largest batch of the 7-level pconv (bf16 on GPU) that trains."""
     crop, device = max(args.crops), args.device
     bf16 = args.bf16
     # no cuDNN autotuning per batch size: it costs time and its workspaces blur the OOM edge
@@ -314,9 +314,9 @@ def run_largest_batch(report: Report, args, budget: Budget) -> None:
     def fits(batch: int) -> bool:
         if budget.left() < args.tail_reserve_s:
             raise TimeoutError
-        net = build_net("baseline", args.channels, device, channels_last=False)
+        net = build_net("pconv", args.channels, device, channels_last=False)
         try:
-            step = make_step(net, batch_for("baseline", batch, crop, device), device, bf16=bf16)
+            step = make_step(net, batch_for("pconv", batch, crop, device), device, bf16=bf16)
             step()
             synchronize(device)
             ok = True
@@ -344,7 +344,7 @@ def run_largest_batch(report: Report, args, budget: Budget) -> None:
 
 
 def build_infill_predictor(args):
-    """A CheckpointPredictor (the ni-infill network path) around an untrained 7-level baseline."""
+    """A CheckpointPredictor (the ni-infill network path) around an untrained 7-level pconv."""
     from nowcast_infill.checkpoint_io import TrainedTask
     from nowcast_infill.data.normalization import Normalizer
     from nowcast_infill.inference.checkpoint import CheckpointPredictor
@@ -355,7 +355,7 @@ def build_infill_predictor(args):
         net={"_target_": "nowcast_infill.models.components.unet.PConvUNet", "encoder_channels": list(args.channels),
              "lstm": False, "attention": False},
         task="infill", in_frames=t_in, out_frames=t_out, aux_channels=0,
-        loss={"name": "infill", "preset": "valid_hole", "distance": "l2"}, name="baseline",
+        loss={"name": "infill", "preset": "valid_hole", "distance": "l2"}, name="pconv",
     )
     # statistics of an exponential rain field, as ni-train would fit them on a store
     rng = np.random.default_rng(0)
@@ -364,7 +364,7 @@ def build_infill_predictor(args):
     depth = int(getattr(module.net, "depth", len(args.channels)))
     return CheckpointPredictor(module, normalizer, task=TrainedTask("infill", t_in, t_out), tile=args.infill_tile, overlap=args.infill_tile // 4,
                                multiple=2 ** depth, batch_size=args.infill_batch, aux_names=[], device=args.device,
-                               path=Path("untrained-7-level-baseline.ckpt"))
+                               path=Path("untrained-7-level-pconv.ckpt"))
 
 
 def run_infill(report: Report, args, budget: Budget) -> None:
@@ -420,7 +420,7 @@ def run_ddp(report: Report, args, budget: Budget) -> None:
         gpus = max(torch.cuda.device_count(), 1)
         procs = "1" if gpus == 1 else f"1,{gpus}"
         cmd = [sys.executable, str(script), "--accelerator", "gpu", "--backend", "nccl", "--procs", procs,
-               "--no-nodes2", "--variants", "baseline", "--mode", "weak", "--batch", str(args.batch), "--crop", "256",
+               "--no-nodes2", "--variants", "pconv", "--mode", "weak", "--batch", str(args.batch), "--crop", "256",
                "--net-channels", ",".join(map(str, args.channels)), "--precision", "bf16-mixed", "--steps", "10"]
     report.ddp = {"command": " ".join(cmd[1:])}
     try:
@@ -466,15 +466,15 @@ def infill_table(rows: list[dict]) -> str:
 
 def goals(report: Report) -> list[str]:
     """Goal vs measured, one line each."""
-    best = [c for c in report.cells if c.variant == "baseline" and c.dtype == "bf16" and c.crop == 512
+    best = [c for c in report.cells if c.variant == "pconv" and c.dtype == "bf16" and c.crop == 512
             and c.mfu == c.mfu]
     if best:
         top = max(best, key=lambda c: c.mfu)
-        mfu_line = (f"MFU, baseline bf16 512²: goal >= {100 * GOAL_MFU:.0f} %, measured {100 * top.mfu:.1f} % "
+        mfu_line = (f"MFU, pconv bf16 512²: goal >= {100 * GOAL_MFU:.0f} %, measured {100 * top.mfu:.1f} % "
                     f"(channels_last {'on' if top.channels_last else 'off'}, compile {'on' if top.compiled else 'off'}) "
                     f"-> {'met' if top.mfu >= GOAL_MFU else 'NOT met'}")
     else:
-        mfu_line = (f"MFU, baseline bf16 512²: goal >= {100 * GOAL_MFU:.0f} %, not measured "
+        mfu_line = (f"MFU, pconv bf16 512²: goal >= {100 * GOAL_MFU:.0f} %, not measured "
                     f"({'dry run' if report.dry_run else 'no bf16 512² cell with a known peak'})")
     rw = {r["precision"]: r for r in report.infill if r["product"] == "RW" and "fps" in r}
     if rw and not report.dry_run:
@@ -506,7 +506,7 @@ def render(report: Report, args, elapsed_s: float) -> str:
         "forward (autocast), masked MSE, backward, Adam. GFLOP/step from FlopCounterMode (forward + backward); "
         "MFU = GFLOP/step / step time / peak.", "",
         step_table(report.cells), "",
-        f"### Largest batch (baseline, {len(args.channels)} levels)", "",
+        f"### Largest batch (pconv, {len(args.channels)} levels)", "",
     ]
     lb = report.largest_batch
     if lb:

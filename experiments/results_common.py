@@ -28,6 +28,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from nowcast_infill.study import VARIANTS  # noqa: E402  (the variants every results script trains)
 from nowcast_infill.utils.config import compose_config  # noqa: E402
 from nowcast_infill.utils.results import format_mean_std, mean_std  # noqa: E402
 from nowcast_infill.utils.results import git_commit as package_git_commit  # noqa: E402
@@ -36,7 +37,6 @@ RESULTS_DIR = REPO_ROOT / "experiments" / "results"
 # git-ignored (.gitignore): converted stores, runs, logs
 WORK_DIR = RESULTS_DIR / "_work"
 SHARED_DATA = Path(os.environ.get("NI_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-VARIANTS = ("baseline", "lstm", "attention", "lstm_attention")
 # PNGs of the report must stay small enough to live in git
 MAX_FIGURE_BYTES = 300_000
 

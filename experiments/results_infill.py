@@ -1,6 +1,6 @@
 """Infilling results: the four network variants against the classical infilling baselines.
 
-For each dataset, every variant (baseline, lstm, attention, lstm_attention) is trained with
+For each dataset, every variant (pconv, lstm, attention, lstm_attention) is trained with
 `ni-train`'s `train(cfg)` for the same fixed budget and each seed, and its last checkpoint is
 scored on the test split by `ni-eval`'s `evaluate(cfg)`; the classical baselines (nearest,
 linear, laplace, biharmonic; temporal_linear and temporal_flow, which read the neighbouring frames

@@ -1,6 +1,6 @@
 """Nowcasting results: the four network variants against persistence, extrapolation and S-PROG.
 
-Every variant (baseline, lstm, attention, lstm_attention) is trained with `ni-train`'s
+Every variant (pconv, lstm, attention, lstm_attention) is trained with `ni-train`'s
 `train(cfg)` for the same fixed budget and each seed; its last checkpoint and the classical
 nowcasts (Eulerian persistence, Lagrangian extrapolation, S-PROG; pysteps) are scored on the
 test split by `ni-eval`'s `evaluate(cfg)`: the same windows, the same valid-pixel masks, the

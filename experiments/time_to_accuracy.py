@@ -1,7 +1,7 @@
 """Time-to-accuracy of data-parallel training: does an N x larger global batch reach the same
 validation RMSE in ~1/N the optimizer steps, with and without linear learning-rate scaling?
 
-Every run trains the infilling `baseline` variant with `ni-train` (a subprocess running
+Every run trains the infilling `pconv` variant with `ni-train` (a subprocess running
 `python -m nowcast_infill.cli.train`, so the DDP runs use Lightning's own launcher) on the
 synthetic store, for the same number of *training samples*. The global batch is
 
@@ -139,7 +139,7 @@ def train_overrides(setting: Setting, seed: int, args, store: Path, stats: Path,
     strategy = ["strategy=single"] if setting.processes == 1 else [
         "strategy=ddp_sim", f"trainer.devices={setting.processes}"]
     return [
-        "task=infill", "data=synthetic", "model=baseline", "logger=csv",
+        "task=infill", "data=synthetic", "model=pconv", "logger=csv",
         f"hydra.run.dir={run_dir}", f"data.store={store}", f"data.stats_path={stats}",
         "data.num_workers=0", f"data.batch_size={setting.per_process_batch}", f"data.crop_size={args.crop}",
         f"data.eval_masks.n={args.eval_masks}",
@@ -334,7 +334,7 @@ def plot_curves(runs: list[Run], targets: list[float], path: Path) -> Path:
         ax.set_ylabel("validation RMSE (mm/h)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle("Infilling baseline on the synthetic store, mean over seeds; dotted: targets "
+    fig.suptitle("Infilling pconv net on the synthetic store, mean over seeds; dotted: targets "
                  + ", ".join(f"{t:.3f}" for t in targets) + " mm/h", fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
@@ -385,7 +385,7 @@ def write_report(runs: list[Run], args, prov: dict, total_s: float, targets: lis
         "## Time to accuracy: global batch 8 / 16 / 32, linear lr scaling vs none",
         *quick,
         "",
-        f"The infilling `baseline` variant (encoder channels {list(args.channels)}, {args.crop}x{args.crop} crops) "
+        f"The infilling `pconv` variant (encoder channels {list(args.channels)}, {args.crop}x{args.crop} crops) "
         f"trained with `ni-train` on the synthetic store for {args.samples} training samples per run (so batch 8 takes "
         f"{args.samples // 8} optimizer steps, batch 32 {args.samples // 32}); AdamW, base lr {args.lr:g} at the "
         f"reference global batch {REFERENCE_BATCH}, warm-up over {args.warmup_samples} samples "

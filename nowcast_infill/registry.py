@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Callable
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 
 from nowcast_infill.errors import BadValueError, UserError
 

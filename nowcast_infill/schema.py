@@ -1,4 +1,9 @@
-"""Names of the on-disk radar store; the format itself is defined in docs/schema.md."""
+"""The STORE metadata schema: names, units and checks of the on-disk radar store (docs/schema.md).
+
+This module is about radar stores only (variables, dimensions, attributes, segments,
+plausible rain rates, `validate_store`). It does not check configuration files: the
+Hydra config checks live with the pipeline (formerly `config_schema.py`).
+"""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ def test_train_runs_a_config_composed_by_plain_hydra(tmp_path, capfd):
                                 "+trainer.limit_test_batches=1"])
     results = train(cfg)
     run = tmp_path / "logs" / "infill" / "runs"
-    assert results["output_dir"].startswith(str(run / "infill_baseline_"))
+    assert results["output_dir"].startswith(str(run / "infill_pconv_"))
     # logger=none (no LearningRateMonitor crash) and the stable best.ckpt beside the epoch-named one
     checkpoints = sorted(p.name for p in (run.iterdir().__next__() / "checkpoints").iterdir())
     assert "best.ckpt" in checkpoints and any(n.startswith("best-epoch") for n in checkpoints), checkpoints

@@ -243,21 +243,21 @@ def test_inference_never_reads_across_a_segment(three_events, tmp_path):
 
 def test_append_to_a_store_without_statistics_adds_them_for_the_new_frames(tmp_path):
     from nowcast_infill.io.importers import Frame, make_grid
-    from nowcast_infill.io.store import SourceRecord, append_frames
+    from nowcast_infill.io.store import SourceRecord, StoreWriter
 
     path = write_test_store(tmp_path / "old.zarr", n_time=6)  # a schema 1 store: no statistics
     ds = _open(path)
     grid = make_grid(ds["x"].values, ds["y"].values, ds[schema.CRS].attrs["proj4"])
-    frames, records = [], {}
+    writer = StoreWriter(path, source_name="synthetic")
     for k in range(2):
         when = ds["time"].values[-1] + np.timedelta64(300 * (k + 1), "s")
         precip = np.full(grid.shape, 2.0 * k, np.float32)
         precip[:3] = np.nan
         source = tmp_path / f"f{k}"
-        frames.append(Frame(time=when, precip=precip, grid=grid, product="test", accumulation_interval_s=0,
-                            conversion="none", source=source))
-        records[source] = SourceRecord(name=source.name, sha256=f"{k:064x}", time=str(when))
-    append_frames(path, frames, records, source_name="synthetic")
+        writer.add(Frame(time=when, precip=precip, grid=grid, product="test", accumulation_interval_s=0,
+                         conversion="none", source=source),
+                   SourceRecord(name=source.name, sha256=f"{k:064x}", time=str(when)))
+    writer.commit()
     stored = frame_stats.load_frame_stats(path)
     np.testing.assert_array_equal(stored.done, [False] * 6 + [True] * 2)
     assert stored.valid_count[6:].tolist() == [37 * 48] * 2 and stored.wet_count[7].tolist() == [37 * 48, 37 * 48, 0]

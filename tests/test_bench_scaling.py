@@ -83,7 +83,7 @@ def test_projection_hides_at_most_the_backward_pass():
 
 
 def test_seven_level_net_has_the_stated_size():
-    params = bs.count_parameters("baseline", bs.SEVEN_LEVEL_CHANNELS, aux_channels=3)
+    params = bs.count_parameters("pconv", bs.SEVEN_LEVEL_CHANNELS, aux_channels=3)
     assert 25.7e6 < params < 25.9e6  # issue 14: 25.8 M parameters = 103 MB in fp32
     assert bs.ddp_bucket_count(4.0 * params) == 1 + math.ceil((4.0 * params - 2**20) / (25 * 2**20))
 

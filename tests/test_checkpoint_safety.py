@@ -12,6 +12,7 @@ import torch
 
 from factories import LINEAR_AUX, write_test_store
 from nowcast_infill.checkpoint_io import CHECKPOINT_SAFE_GLOBALS, CheckpointError, read_checkpoint
+from nowcast_infill.study import VARIANTS
 from test_configs import TINY_NET, compose_config, tiny_overrides
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
@@ -90,7 +91,7 @@ def _results_scripts(tmp_path, store):
     import results_common as rc
 
     base = rc.common_overrides(tmp_path / "run", store, tmp_path / "stats.json", "zarr", SMALL_WINDOWS)
-    rc.evaluate_method("synthetic", "baseline", [*base, "data.crop_size=32", "data.batch_size=2"], tmp_path / "run",
+    rc.evaluate_method("synthetic", "pconv", [*base, "data.crop_size=32", "data.batch_size=2"], tmp_path / "run",
                        ckpt_path=Path(EVIL_NAME))
 
 
@@ -149,7 +150,7 @@ def test_checkpoints_of_every_variant_need_no_allow_listed_type(task, tmp_path):
     # and each checkpoint loads weights-only with torch's own list (CHECKPOINT_SAFE_GLOBALS is empty).
     assert CHECKPOINT_SAFE_GLOBALS == ()
     store = write_test_store(tmp_path / "train.zarr", n_time=40, ny=40, nx=40, aux=LINEAR_AUX)
-    for variant in ("baseline", "lstm", "attention", "lstm_attention"):
+    for variant in VARIANTS:
         ckpts = _train_one_step(tmp_path / variant, store, f"experiment={task}_{variant}", "data.aux=all")
         assert ckpts, variant
         for ckpt in ckpts:

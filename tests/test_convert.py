@@ -20,8 +20,9 @@ import zarr
 from data_factories_io import rain_field, write_radolan_ascii
 from process_watch import LoadScaledBudget
 from nowcast_infill.io.convert import convert
-from nowcast_infill.io.importers import ConversionError, get_importer
+from nowcast_infill.io.importers import ConversionError
 from nowcast_infill.io.store import precip_layout
+from nowcast_infill.registry import get_method
 from nowcast_infill.schema import validate_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def test_round_trip_yw_equals_importer_and_keeps_nodata(shared_data, tmp_path):
     summary = convert(files, out, "radolan", progress=False, workers=2)
     assert summary["n_frames_written"] == 4 and summary["product"] == "YW"
     ds = _open(out)
-    importer = get_importer("radolan")
+    importer = get_method("source", "radolan")
     for i, path in enumerate(files):
         (frame,) = importer.read(path)
         stored = ds["precip"].isel(time=i).values
@@ -99,7 +100,7 @@ def test_ascii_round_trip_with_gap_made_explicit(tmp_path):
     np.testing.assert_array_equal(ds["missing_frame"].values, [False, False, True, True, False])
     assert np.isnan(ds["precip"].isel(time=2).values).all() and np.isnan(ds["precip"].isel(time=3).values).all()
     assert ds.attrs["missing_times"] == summary["missing_times"]
-    frame = get_importer("radolan_ascii").read(paths[2])[0]
+    frame = get_method("source", "radolan_ascii").read(paths[2])[0]
     np.testing.assert_array_equal(ds["precip"].isel(time=4).values, frame.precip)
 
 
@@ -235,7 +236,7 @@ def test_killed_conversion_resumes_without_loss_or_doubling(tmp_path, shards):
     ds = _open(out)
     assert ds.sizes["time"] == len(paths) and not ds["missing_frame"].values.any()
     assert [d["name"] for d in ds.attrs["source_files"]] == [p.name for p in paths]
-    last = get_importer("radolan_ascii").read(paths[-1])[0]
+    last = get_method("source", "radolan_ascii").read(paths[-1])[0]
     np.testing.assert_array_equal(ds["precip"].isel(time=-1).values, last.precip)
     assert ds["precip"].encoding.get("shards") == (None if shards is None else (1, 128, 128))
     assert not list(tmp_path.glob("kill.zarr.*"))
@@ -281,7 +282,7 @@ def test_append_out_of_order_with_gap_keeps_every_value(tmp_path, time_chunk, si
     want_shards = None if shards is None else precip_layout((40, 30), chunks, shards)[1]
     assert ds["precip"].encoding.get("shards") == want_shards
     np.testing.assert_array_equal(ds["missing_frame"].values, [False] * 4 + [True] + [False] * 2)
-    importer = get_importer("radolan_ascii")
+    importer = get_method("source", "radolan_ascii")
     stored = ds["precip"].values
     for index, path in zip([0, 1, 2, 3, 5, 6], paths):
         np.testing.assert_array_equal(stored[index], importer.read(path)[0].precip)
@@ -324,7 +325,7 @@ def test_sharded_store_reads_the_same_through_xarray_zarr_and_datamodule(tmp_pat
         "frame-shards": dict(chunks={"time": 1, "y": 16, "x": 16}, shards={"time": 1}),
         "multi-frame-shards": dict(chunks={"time": 2, "y": 16, "x": 16}, shards={"time": 4, "y": 32, "x": 32}),
     }
-    importer = get_importer("radolan_ascii")
+    importer = get_method("source", "radolan_ascii")
     truth = np.stack([importer.read(p)[0].precip for p in paths])
     samples = {}
     for name, layout in layouts.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,9 +12,12 @@ from torch.utils.data import DistributedSampler
 
 from factories import LINEAR_AUX, linear_aux_truth, make_test_dataset, write_dataset, write_test_store
 from nowcast_infill import schema
-from nowcast_infill.data.datamodule import RadarDataModule, WindowSampler, plan_splits
+from nowcast_infill.data.datamodule import RadarDataModule
 from nowcast_infill.data.masks import load_mask_set
 from nowcast_infill.data.normalization import Normalizer
+from nowcast_infill.data.sampler import WindowSampler
+from nowcast_infill.data.splits import plan_splits
+from nowcast_infill.errors import UserError
 
 SPLIT = {"fractions": [0.6, 0.2, 0.2], "gap": 3}
 
@@ -151,16 +156,58 @@ def test_stats_from_train_split_only_saved_and_reloaded(store, tmp_path):
     everything = zarr.open_group(str(store), mode="r")[schema.PRECIP][:]
     assert dm.normalizer.mean != pytest.approx(np.log1p(everything[np.isfinite(everything)]).mean(), rel=1e-6)
     assert stats.exists()
-    # Another split would fit other numbers: a present stats file must be loaded instead.
-    other = make_dm(store, stats_path=stats, aux="all", normalization="log1p_zscore",
-                    split={"fractions": [0.3, 0.3, 0.3], "gap": 1})
-    assert other.normalizer.state_dict() == dm.normalizer.state_dict()
+    assert Normalizer.load(stats).fitted_on["stores"][0]["fit_frames"] == train_stop - train_start
+    # The same split loads the file (a doctored number shows it was read, not refitted).
+    doctored = Normalizer.load(stats)
+    doctored.std *= 2
+    doctored.save(stats)
+    same = make_dm(store, stats_path=stats, aux="all", normalization="log1p_zscore")
+    assert same.normalizer.std == pytest.approx(2 * dm.normalizer.std)
+    dm.normalizer.save(stats)
     # The checkpoint path: state_dict carries the normaliser, load_state_dict restores it in place.
     fresh = RadarDataModule(store, masks=box_holes, split=SPLIT, normalization="log1p_zscore", aux="all")
     fresh.load_state_dict(dm.state_dict())
     assert fresh.normalizer.state_dict() == Normalizer.load(stats).state_dict()
     with pytest.raises(ValueError, match="normalization"):
         make_dm(store, stats_path=stats, aux="all", normalization="log1p_scaled")
+
+
+def test_stats_file_of_another_split_or_store_is_refitted(store, tmp_path, caplog):
+    stats = tmp_path / "normalization.json"
+    other_split = {"fractions": [0.3, 0.3, 0.3], "gap": 1}
+    fresh = make_dm(store, split=other_split).normalizer.state_dict()  # no statistics file involved
+    make_dm(store, stats_path=stats)
+    with caplog.at_level("WARNING", logger="nowcast_infill.data.datamodule"):
+        refit = make_dm(store, stats_path=stats, split=other_split)
+    assert refit.normalizer.state_dict() == fresh, "a file fitted on another split must not be reused"
+    assert "refitting" in caplog.text and "fit_frames" in caplog.text
+    assert Normalizer.load(stats).fitted_on == refit.normalizer.fitted_on
+    # Fitted on another store (same frame count and times): refitted too.
+    other_store = write_test_store(tmp_path / "other.zarr", n_time=48, seed=3)
+    on_other = make_dm(other_store, stats_path=stats, split=other_split)
+    assert on_other.normalizer.state_dict() == make_dm(other_store, split=other_split).normalizer.state_dict()
+    assert on_other.normalizer.state_dict() != fresh
+    # A file of an older version records nothing: refitted (same numbers when it was the same split).
+    legacy = tmp_path / "legacy.json"
+    legacy.write_text(json.dumps({**Normalizer.load(stats).state_dict(), "std": 1.0}))
+    assert make_dm(other_store, stats_path=legacy, split=other_split).normalizer.state_dict() == \
+        on_other.normalizer.state_dict()
+
+
+def test_use_normalizer_fits_and_reads_nothing(store, tmp_path):
+    given = make_dm(store, aux="all").normalizer
+    stats = tmp_path / "absent.json"
+    dm = RadarDataModule(store=store, masks=box_holes, split={"fractions": [0.3, 0.3, 0.3], "gap": 1},
+                         crop_size=16, aux="all", stats_path=stats, eval_masks={"n": 2, "seed": 1})
+    dm.use_normalizer(given)
+    dm.setup()
+    assert dm.normalizer.state_dict() == given.state_dict() and not stats.exists()
+    assert all(ds.normalizer.state_dict() == given.state_dict() for ds in dm.datasets.values())
+    lacking = Normalizer("log1p_scaled").fit(np.array([0.0, 1.0, 4.0]))
+    dm = RadarDataModule(store=store, masks=box_holes, split=SPLIT, crop_size=16, aux="all")
+    dm.use_normalizer(lacking)
+    with pytest.raises(UserError, match="lacks aux field"):
+        dm.setup()
 
 
 def _batches(dm, loader_name="train", n=3, epoch=0):

@@ -190,5 +190,5 @@ def test_ni_train_torchrun_two_simulated_nodes(tmp_path):
     assert "global batch = 2 per device x 1 devices x 2 nodes x 1 accumulation = 4" in logs
     # Both nodes agree on the run directory through the rendezvous id.
     runs = sorted((tmp_path / "outputs" / "infill" / "runs").iterdir())
-    assert [r.name for r in runs] == ["infill_baseline_ni-test-job"], runs
+    assert [r.name for r in runs] == ["infill_pconv_ni-test-job"], runs
     assert (runs[0] / "checkpoints" / "last.ckpt").is_file()

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from nowcast_infill.baselines import get_baseline
+from nowcast_infill import registry
 from nowcast_infill.data import masks as masks_module
-from nowcast_infill.data.datamodule import _tile_owners, _tiles
+from nowcast_infill.data.tiling import eval_tiles, tile_owners
 from nowcast_infill.metrics.radar_metrics import RadarMetrics
 
 
@@ -31,9 +31,9 @@ def _translating_rain(size=64, n=5, shift=(0.0, 2.0), seed=0):
 @pytest.mark.parametrize("name", ["extrapolation", "sprog"])
 def test_rain_advected_from_outside_the_tile_gets_persistence_not_nan(name):
     past = _translating_rain()[:4]
-    raw = get_baseline(name, n_leads=3, fill_outside=False)(past)
+    raw = registry.get_method("classical", name, n_leads=3, fill_outside=False)(past)
     assert np.isnan(raw[:, :, :2]).all()  # pySTEPS has no departure point inside the tile there
-    filled = get_baseline(name, n_leads=3)(past)
+    filled = registry.get_method("classical", name, n_leads=3)(past)
     assert np.isfinite(filled).all()  # every pixel observed in the last frame gets an answer
     outside = np.isnan(raw)
     assert np.array_equal(filled[outside], np.broadcast_to(past[-1], filled.shape)[outside])
@@ -41,8 +41,8 @@ def test_rain_advected_from_outside_the_tile_gets_persistence_not_nan(name):
     # missing data never becomes a number: where neither the advection nor the last frame has
     # a value (a no-data patch the rain does not move into), the forecast stays NaN
     past[:, 5:9, 30:34] = np.nan
-    raw = get_baseline(name, n_leads=3, fill_outside=False)(past)
-    filled = get_baseline(name, n_leads=3)(past)
+    raw = registry.get_method("classical", name, n_leads=3, fill_outside=False)(past)
+    filled = registry.get_method("classical", name, n_leads=3)(past)
     assert np.isnan(raw[:, 5:9, 30:34]).any()
     assert np.array_equal(np.isnan(filled), np.isnan(raw) & np.isnan(past[-1])[None])
 
@@ -62,21 +62,21 @@ def _dry_and_empty_tiles():
 @pytest.mark.parametrize("tile", ["one_wet_pixel", "rain_only_in_last", "almost_all_nan"])
 def test_sprog_falls_back_to_persistence_on_a_nearly_dry_tile(tile):
     past = _dry_and_empty_tiles()[tile]
-    sprog = get_baseline("sprog", n_leads=2)
+    sprog = registry.get_method("classical", "sprog", n_leads=2)
     out = sprog(past)  # pySTEPS raises here (singular AR fit / "x contains non-finite values")
     assert sprog.fallbacks == 1
-    assert np.array_equal(out, get_baseline("persistence", n_leads=2)(past), equal_nan=True)
+    assert np.array_equal(out, registry.get_method("classical", "persistence", n_leads=2)(past), equal_nan=True)
 
 
 def test_a_tile_without_any_data_is_a_counted_fallback_without_a_forecast():
     for name in ("extrapolation", "sprog"):
-        method = get_baseline(name, n_leads=2)
+        method = registry.get_method("classical", name, n_leads=2)
         out = method(np.full((4, 16, 16), np.nan, np.float32))
         assert method.fallbacks == 1 and np.isnan(out).all()
 
 
 def test_a_translating_field_is_forecast_without_fallback():
-    extrapolation = get_baseline("extrapolation", n_leads=2)
+    extrapolation = registry.get_method("classical", "extrapolation", n_leads=2)
     extrapolation(_translating_rain()[:4])
     assert extrapolation.fallbacks == 0
 
@@ -84,8 +84,8 @@ def test_a_translating_field_is_forecast_without_fallback():
 # ------------------------------------------------------------------ each pixel once
 @pytest.mark.parametrize("height,width,tile", [(48, 48, 20), (50, 37, 16), (32, 32, 32)])
 def test_tile_owners_cover_every_pixel_exactly_once(height, width, tile):
-    tiles = _tiles(height, width, tile)
-    owners = _tile_owners(height, width, tiles)
+    tiles = eval_tiles(height, width, tile)
+    owners = tile_owners(height, width, tiles)
     counted = np.zeros((height, width), int)
     for index, (y0, x0, h, w) in enumerate(tiles):
         counted[y0:y0 + h, x0:x0 + w] += owners[y0:y0 + h, x0:x0 + w] == index
@@ -103,8 +103,8 @@ def test_pixel_scores_over_owned_tiles_equal_scores_over_the_whole_grid():
         if not tiled:
             metric.update(pred, truth, mask)
         else:
-            tiles = _tiles(50, 45, 16)
-            owners = torch.from_numpy(_tile_owners(50, 45, tiles))
+            tiles = eval_tiles(50, 45, 16)
+            owners = torch.from_numpy(tile_owners(50, 45, tiles))
             for index, (y0, x0, h, w) in enumerate(tiles):
                 owned = (owners[y0:y0 + h, x0:x0 + w] == index).float()
                 window = (..., slice(y0, y0 + h), slice(x0, x0 + w))
@@ -128,7 +128,7 @@ def test_temporal_linear_is_exact_for_rain_linear_in_time():
     base = (1.0 + 0.05 * yy + 0.02 * xx).astype(np.float32)
     seq = np.stack([base, base + 0.5, base + 1.0])
     hole = (yy - 20) ** 2 + (xx - 20) ** 2 < 64
-    method = get_baseline("temporal_linear")
+    method = registry.get_method("classical", "temporal_linear")
     out = method(_hidden_centre(seq, hole), fill_mask=hole)
     np.testing.assert_allclose(out[0][hole], seq[1][hole], rtol=1e-6)
     assert method.fallbacks == 0
@@ -141,7 +141,7 @@ def test_temporal_flow_follows_the_motion_better_than_linear():
     x = _hidden_centre(seq, hole)
     errors = {}
     for name in ("temporal_linear", "temporal_flow", "laplace"):
-        out = get_baseline(name)(x, fill_mask=hole)
+        out = registry.get_method("classical", name)(x, fill_mask=hole)
         errors[name] = float(np.sqrt(np.mean((out[0][hole] - seq[1][hole]) ** 2)))
     assert errors["temporal_flow"] < 0.6 * errors["temporal_linear"], errors
     assert errors["temporal_flow"] < errors["laplace"], errors
@@ -154,7 +154,7 @@ def test_temporal_infill_falls_back_to_spatial_where_a_neighbour_is_missing(name
     hole = (yy - 24) ** 2 + (xx - 24) ** 2 < 100
     x = _hidden_centre(seq, hole)
     x[0, 20:24, 20:28] = np.nan  # the previous frame is missing on 32 hole pixels
-    method = get_baseline(name)
+    method = registry.get_method("classical", name)
     out = method(x, fill_mask=hole)
     assert np.isfinite(out[0][hole]).all()
     assert method.fallbacks >= 32
@@ -164,7 +164,7 @@ def test_temporal_infill_falls_back_to_spatial_where_a_neighbour_is_missing(name
         gap[20:24, 20:28] = True
         around = x.copy()
         around[1][hole & ~gap] = out[0][hole & ~gap]
-        np.testing.assert_allclose(out[0][gap], get_baseline("laplace")(around, fill_mask=gap)[0][gap], rtol=1e-5)
+        np.testing.assert_allclose(out[0][gap], registry.get_method("classical", "laplace")(around, fill_mask=gap)[0][gap], rtol=1e-5)
     with pytest.raises(ValueError, match="context >= 1"):
         method(x[:1], fill_mask=hole)
 

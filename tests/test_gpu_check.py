@@ -46,8 +46,8 @@ def test_dry_run_prints_every_row_and_column(tmp_path):
     assert header in out
     rows = table_rows(out, "| variant | crop |")
     cells = {(r[0], r[1], r[3], r[4], r[5]) for r in rows}
-    # baseline: both crops x channels_last off/on; the other variants: both crops (fp32 only on CPU)
-    expected = {("baseline", crop, "fp32", cl, "off") for crop in ("16²", "32²") for cl in ("off", "on")}
+    # pconv: both crops x channels_last off/on; the other variants: both crops (fp32 only on CPU)
+    expected = {("pconv", crop, "fp32", cl, "off") for crop in ("16²", "32²") for cl in ("off", "on")}
     expected |= {(v, crop, "fp32", "off", "off") for v in ("lstm", "attention", "lstm_attention") for crop in ("16²", "32²")}
     assert cells == expected
     for r in rows:
@@ -56,7 +56,7 @@ def test_dry_run_prints_every_row_and_column(tmp_path):
         assert mfu.endswith("%") and float(mfu[:-1]) > 0, r  # MFU from --peak-tflops
         assert r[12] == "", r  # no failed/skipped cell
 
-    assert "### Largest batch (baseline, 3 levels)" in out  # the dry run's small net
+    assert "### Largest batch (pconv, 3 levels)" in out  # the dry run's small net
     assert "**4** (the search cap 4" in out  # CPU: never out of memory, so the cap is reached
 
     infill = table_rows(out, "| product | frame |")
@@ -67,7 +67,7 @@ def test_dry_run_prints_every_row_and_column(tmp_path):
     assert "8,760 frames" in infill[0][5] and "105,120 frames" in infill[2][5]
 
     assert "### DDP over all visible GPUs" in out
-    assert "- MFU, baseline bf16 512²: goal >= 35 %" in out
+    assert "- MFU, pconv bf16 512²: goal >= 35 %" in out
     assert "- ni-infill 900x900: goal >= 100 frames/s" in out
     assert (tmp_path / "gpu.json").is_file()
 
@@ -119,4 +119,4 @@ def test_real_gpu_check():
     assert done.returncode == 0, done.stderr[-3000:]
     assert torch.cuda.get_device_name(0) in done.stdout
     rows = table_rows(done.stdout, "| variant | crop |")
-    assert any(r[0] == "baseline" and r[1] == "512²" and r[3] == "bf16" and r[6] != "–" for r in rows)
+    assert any(r[0] == "pconv" and r[1] == "512²" and r[3] == "bf16" and r[6] != "–" for r in rows)

@@ -8,10 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
 
 from data_factories_io import rain_field, write_radolan_ascii
-from nowcast_infill.io.importers import ConversionError, accumulation_to_mm_h, dbz_to_mm_h, get_importer, importer_names
+from nowcast_infill import registry
+from nowcast_infill.errors import BadValueError
+from nowcast_infill.io.convert import convert
+from nowcast_infill.io.importers import ConversionError, Frame, accumulation_to_mm_h, dbz_to_mm_h, make_grid
 from nowcast_infill.io.radolan import RADOLAN_PROJ4, radolan_grid
+from nowcast_infill.registry import UnknownMethodError, get_method, method_names
+from nowcast_infill.schema import validate_store
 
 RADOLAN_SHAPES = {(900, 900), (1100, 900), (1500, 1400)}
 NON_PRECIP = {"pg", "pc"}
@@ -27,14 +33,48 @@ def _name_time(path) -> np.datetime64:
 
 
 def test_registry_lists_valid_names_on_unknown_name():
-    assert importer_names() == ["pysteps", "radolan", "radolan_ascii", "xarray"]
-    with pytest.raises(ValueError, match="radolan_ascii") as err:
-        get_importer("radolan_binary")
+    assert method_names("source") == ["pysteps", "radolan", "radolan_ascii", "xarray"]
+    with pytest.raises(UnknownMethodError, match="radolan_ascii") as err:
+        get_method("source", "radolan_binary")
     assert "radolan_binary" in str(err.value)
-    with pytest.raises(TypeError, match="radolan"):
-        get_importer("radolan", no_such_option=1)
+    with pytest.raises(BadValueError, match="source 'radolan'.*no_such_option"):
+        get_method("source", "radolan", no_such_option=1)
     with pytest.raises(ValueError, match="variable"):
-        get_importer("xarray")
+        get_method("source", "xarray")
+
+
+class TinyTextImporter:
+    """A radar source written for this test: a text file whose first line is the time (UTC)
+    and whose other lines are rows of rain rates in mm/h ('nan': no data), on a 1 km grid."""
+
+    name = "tiny_text"
+
+    def read(self, path):
+        path = Path(path)
+        first, *rows = path.read_text().splitlines()
+        precip = np.array([[float(v) for v in row.split()] for row in rows], dtype=np.float32)
+        grid = make_grid(np.arange(precip.shape[1], dtype=np.float64), -np.arange(precip.shape[0], dtype=np.float64),
+                         RADOLAN_PROJ4)
+        return [Frame(time=np.datetime64(first, "ns"), precip=precip, grid=grid, product="TINY", accumulation_interval_s=0,
+                      conversion="mm/h as written", source=path)]
+
+
+def test_a_source_added_by_one_registry_line_converts_into_a_valid_store(tmp_path, monkeypatch):
+    """The recipe of docs/architecture.md: one importer class + one `register` line, and ni-convert reads it."""
+    method_names("source")  # the package's own sources registered first, so the copy below holds them
+    monkeypatch.setitem(registry._ENTRIES, "source", dict(registry._ENTRIES["source"]))  # undone after the test
+    registry.register("source", "tiny_text", TinyTextImporter)
+    for minute, rows in ((5, "1 2 nan\n0 0 3"), (10, "0 nan nan\n4 5 6")):
+        (tmp_path / f"tiny_{minute:02d}.txt").write_text(f"2024-05-01T00:{minute:02d}\n{rows}\n")
+
+    summary = convert(str(tmp_path / "tiny_*.txt"), tmp_path / "tiny.zarr", source="tiny_text", workers=1, progress=False)
+
+    assert summary["n_frames_written"] == 2 and summary["product"] == "TINY"
+    with xr.open_zarr(tmp_path / "tiny.zarr") as ds:
+        validate_store(ds, "tiny.zarr")
+        assert ds.attrs["source"] == "tiny_text" and ds.attrs["time_step_s"] == 300
+        np.testing.assert_array_equal(ds["precip"].values, [[[1, 2, np.nan], [0, 0, 3]], [[0, np.nan, np.nan], [4, 5, 6]]])
+        assert [f["name"] for f in ds.attrs["source_files"]] == ["tiny_05.txt", "tiny_10.txt"]
 
 
 @pytest.mark.shared_data
@@ -61,7 +101,7 @@ def _check_radolan_files(files):
     """Shape, time stamp, units, NaN fraction, value range and values against wradlib."""
     import wradlib
 
-    importer = get_importer("radolan")
+    importer = get_method("source", "radolan")
     for path in files:
         product = path.name.split("_")[0].split("-")[1][:2]
         if product in NON_PRECIP:
@@ -98,7 +138,7 @@ def _check_radolan_files(files):
 
 @pytest.mark.shared_data
 def test_radolan_intervals_per_product(shared_data):
-    importer = get_importer("radolan")
+    importer = get_method("source", "radolan")
     expected = {"rw": 3600, "ry": 300, "yw": 300, "sf": 86400, "sh": 43200, "sq": 21600, "w1": 7 * 86400, "w4": 30 * 86400}
     seen = {}
     for path in _radolan_files(shared_data):
@@ -110,7 +150,7 @@ def test_radolan_intervals_per_product(shared_data):
 
 @pytest.mark.shared_data
 def test_radolan_grid_orientation_and_latlon(shared_data):
-    (frame,) = get_importer("radolan").read(sorted((shared_data / "radolan" / "yw").iterdir())[0])
+    (frame,) = get_method("source", "radolan").read(sorted((shared_data / "radolan" / "yw").iterdir())[0])
     g = frame.grid
     assert g.shape == (1100, 900) and np.all(np.diff(g.y) > 0)  # row 0 = south
     assert g.lat[0].mean() < g.lat[-1].mean()
@@ -120,8 +160,8 @@ def test_radolan_grid_orientation_and_latlon(shared_data):
 
 def test_reflectivity_zr_is_configurable(shared_data):
     path = shared_data / "radolan" / "misc" / "raa01-rx_10000-1408102050-dwd---bin.gz"
-    mp = get_importer("radolan").read(path)[0]
-    other = get_importer("radolan", zr_a=300.0, zr_b=1.4).read(path)[0]
+    mp = get_method("source", "radolan").read(path)[0]
+    other = get_method("source", "radolan", zr_a=300.0, zr_b=1.4).read(path)[0]
     assert other.zr == (300.0, 1.4) and "Z=300*R^1.4" in other.conversion
     wet = np.nanargmax(mp.precip)
     dbz = 10 * np.log10(200.0 * mp.precip.flat[wet] ** 1.6)
@@ -130,7 +170,7 @@ def test_reflectivity_zr_is_configurable(shared_data):
 
 @pytest.mark.shared_data
 def test_every_knmi_file(shared_data):
-    importer = get_importer("pysteps", pysteps_importer="knmi_hdf5")
+    importer = get_method("source", "pysteps", pysteps_importer="knmi_hdf5")
     files = sorted((shared_data / "knmi").glob("*.h5"))
     assert len(files) == 92
     for path in files[::7] + files[-1:]:
@@ -150,11 +190,11 @@ def test_every_knmi_file(shared_data):
 
 def test_pysteps_unknown_importer_and_bad_file(tmp_path):
     with pytest.raises(ValueError, match="no_such"):
-        get_importer("pysteps", pysteps_importer="no_such")
+        get_method("source", "pysteps", pysteps_importer="no_such")
     bad = tmp_path / "RAD_NL25_RAP_5min_201008260000.h5"
     bad.write_bytes(b"not hdf5 at all")
     with pytest.raises(ConversionError, match="knmi_hdf5") as err:
-        get_importer("pysteps", pysteps_importer="knmi_hdf5").read(bad)
+        get_method("source", "pysteps", pysteps_importer="knmi_hdf5").read(bad)
     assert str(err.value).startswith(str(bad))
 
 
@@ -162,7 +202,7 @@ def test_radolan_ascii_full_grid_matches_binary_orientation(tmp_path):
     rng = np.random.default_rng(0)
     depth = rain_field(rng, shape=(900, 900))
     path = write_radolan_ascii(tmp_path, depth, "20221018-0050", "RW")
-    (frame,) = get_importer("radolan_ascii").read(path)
+    (frame,) = get_method("source", "radolan_ascii").read(path)
     assert frame.time == np.datetime64("2022-10-18T00:50", "ns") and frame.product == "RW"
     np.testing.assert_allclose(frame.precip, depth.astype(np.float32), rtol=1e-6, equal_nan=True)
     binary = radolan_grid(900, 900)
@@ -172,7 +212,7 @@ def test_radolan_ascii_full_grid_matches_binary_orientation(tmp_path):
 
 def test_radolan_ascii_ry_is_per_five_minutes(tmp_path):
     depth = rain_field(np.random.default_rng(1))
-    (frame,) = get_importer("radolan_ascii").read(write_radolan_ascii(tmp_path, depth, "20221018-0055", "RY"))
+    (frame,) = get_method("source", "radolan_ascii").read(write_radolan_ascii(tmp_path, depth, "20221018-0055", "RY"))
     np.testing.assert_allclose(frame.precip, (depth * 12).astype(np.float32), rtol=1e-6, equal_nan=True)
     assert frame.accumulation_interval_s == 300
 
@@ -193,7 +233,7 @@ def test_radolan_ascii_bad_input(tmp_path, name, content, match):
     path = tmp_path / name
     path.write_text(content)
     with pytest.raises(ConversionError, match=match) as err:
-        get_importer("radolan_ascii").read(path)
+        get_method("source", "radolan_ascii").read(path)
     assert str(err.value).startswith(str(path))
 
 
@@ -209,12 +249,12 @@ def test_xarray_source_netcdf_depth_and_units(tmp_path):
     path = tmp_path / "rain.nc"
     ds.to_netcdf(path)
     with pytest.raises(ConversionError, match="units="):
-        get_importer("xarray", variable="rain", proj4=RADOLAN_PROJ4).read(path)
+        get_method("source", "xarray", variable="rain", proj4=RADOLAN_PROJ4).read(path)
     with pytest.raises(ConversionError, match="accumulation_interval_s"):
-        get_importer("xarray", variable="rain", units="mm", proj4=RADOLAN_PROJ4).read(path)
+        get_method("source", "xarray", variable="rain", units="mm", proj4=RADOLAN_PROJ4).read(path)
     with pytest.raises(ConversionError, match="no variable 'precip'"):
-        get_importer("xarray", variable="precip", proj4=RADOLAN_PROJ4).read(path)
-    frames = get_importer("xarray", variable="rain", units="mm", accumulation_interval_s=300, proj4=RADOLAN_PROJ4).read(path)
+        get_method("source", "xarray", variable="precip", proj4=RADOLAN_PROJ4).read(path)
+    frames = get_method("source", "xarray", variable="rain", units="mm", accumulation_interval_s=300, proj4=RADOLAN_PROJ4).read(path)
     assert len(frames) == 3 and frames[1].time == np.datetime64("2020-01-01T00:10", "ns")
     np.testing.assert_allclose(frames[2].precip, (depth[2] * 12).astype(np.float32), rtol=1e-6, equal_nan=True)
     np.testing.assert_allclose(frames[0].grid.x, np.arange(5.0))
@@ -268,10 +308,10 @@ def test_damaged_radolan_header_is_refused_naming_the_file(shared_data, tmp_path
     data = _radolan_bytes(shared_data, rel)
     path = _write(tmp_path, Path(rel).name.removesuffix(".gz"), _edit_header(data, old, new))
     with pytest.raises(ConversionError, match=match) as err:
-        get_importer("radolan").read(path)
+        get_method("source", "radolan").read(path)
     assert str(err.value).startswith(str(path))
     # The unedited bytes under the same name convert.
-    assert get_importer("radolan").read(_write(tmp_path, path.name, data))[0].precip.shape == (900, 900)
+    assert get_method("source", "radolan").read(_write(tmp_path, path.name, data))[0].precip.shape == (900, 900)
 
 
 @pytest.mark.shared_data
@@ -279,9 +319,9 @@ def test_trailing_and_missing_pixel_bytes_are_refused(shared_data, tmp_path):
     data = _radolan_bytes(shared_data, _RY)
     name = Path(_RY).name.removesuffix(".gz")
     with pytest.raises(ConversionError, match="2 bytes follow the last pixel"):
-        get_importer("radolan").read(_write(tmp_path, name, data + b"\x00\x00"))
+        get_method("source", "radolan").read(_write(tmp_path, name, data + b"\x00\x00"))
     with pytest.raises(ConversionError, match="file is truncated: the header announces 1620000 bytes of pixels"):
-        get_importer("radolan").read(_write(tmp_path, name, data[:-1]))
+        get_method("source", "radolan").read(_write(tmp_path, name, data[:-1]))
 
 
 @pytest.mark.shared_data
@@ -293,12 +333,12 @@ def test_rx_pixel_above_the_rate_range_is_refused_or_widened(shared_data, tmp_pa
     path = _write(tmp_path, Path(_RX).name.removesuffix(".gz"), bytes(data))
     with pytest.raises(ConversionError, match=r"1 pixel\(s\) of rain rate .* outside the physical range 0 to 500 "
                                               r"\(from 23678.6 to 23678.6; first at row 400, column 450\)") as err:
-        get_importer("radolan").read(path)
+        get_method("source", "radolan").read(path)
     assert str(err.value).startswith(str(path)) and "rate_range_mm_h" in str(err.value)
-    (frame,) = get_importer("radolan", rate_range_mm_h=[0, 30000]).read(path)
+    (frame,) = get_method("source", "radolan", rate_range_mm_h=[0, 30000]).read(path)
     assert frame.precip[400, 450] == pytest.approx(23678.6, abs=0.1)
     with pytest.raises(ConversionError, match=r"reflectivity \(dBZ\) outside the physical range -32.5 to 90"):
-        get_importer("radolan", rate_range_mm_h=[0, 30000], dbz_range=[-32.5, 90]).read(path)
+        get_method("source", "radolan", rate_range_mm_h=[0, 30000], dbz_range=[-32.5, 90]).read(path)
 
 
 def test_physical_range_lets_nan_pass_and_refuses_inf_and_absurd_values(tmp_path):
@@ -323,8 +363,8 @@ def test_nonstandard_grid_needs_allow_nonstandard_grid(shared_data, tmp_path):
     no_data = b"\x00\x20" * (1500 * 1400)  # the no-data flag 0x2000 in every pixel
     path = _write(tmp_path, Path(_RY).name.removesuffix(".gz"), header + b"\x03" + no_data)
     with pytest.raises(ConversionError, match="not a size of product RY .* importer.allow_nonstandard_grid=true"):
-        get_importer("radolan").read(path)
-    (frame,) = get_importer("radolan", allow_nonstandard_grid=True).read(path)
+        get_method("source", "radolan").read(path)
+    (frame,) = get_method("source", "radolan", allow_nonstandard_grid=True).read(path)
     assert frame.precip.shape == (1500, 1400) and np.isnan(frame.precip).all()
 
 
@@ -338,7 +378,7 @@ def test_non_rain_product_is_refused_from_the_header(shared_data, tmp_path):
     for path in cases:
         started = time.perf_counter()
         with pytest.raises(ConversionError, match="PG is a precipitation-type/cloud classification"):
-            get_importer("radolan").read(path)
+            get_method("source", "radolan").read(path)
         # Before the header check, the relabelled file took 34 s (wradlib decoding 1.6 MB as run-length code).
         assert time.perf_counter() - started < 2.0, path
 
@@ -348,6 +388,6 @@ def test_radolan_ascii_rate_above_the_range_is_refused(tmp_path):
     depth[5, 5] = 60.0  # 60 mm in 5 minutes = 720 mm/h
     path = write_radolan_ascii(tmp_path, depth, "20221018-0055", "RY")
     with pytest.raises(ConversionError, match="outside the physical range 0 to 500") as err:
-        get_importer("radolan_ascii").read(path)
+        get_method("source", "radolan_ascii").read(path)
     assert str(err.value).startswith(str(path))
-    assert get_importer("radolan_ascii", rate_range_mm_h=[0, 1000]).read(path)[0].precip[5, 5] == pytest.approx(720)
+    assert get_method("source", "radolan_ascii", rate_range_mm_h=[0, 1000]).read(path)[0].precip[5, 5] == pytest.approx(720)

@@ -25,7 +25,7 @@ from nowcast_infill.inference.archive import (
 from nowcast_infill.inference.nowcast_product import write_nowcast
 from nowcast_infill.inference.outputs import open_radar_store
 from nowcast_infill.inference.predictors import load_predictor
-from nowcast_infill.inference.tiling import predict_tiled
+from nowcast_infill.data.tiling import predict_tiled
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -341,7 +341,7 @@ def _compose(name: str, overrides: list[str]):
 def test_ni_infill_with_checkpoint_fills_only_the_holes(infill_ckpt, tmp_path):
     from factories import LINEAR_AUX
     from nowcast_infill.pipeline import infill
-    from nowcast_infill.io.importers import sha256_of as file_sha256
+    from nowcast_infill.io.files import file_sha256
 
     src_path, hole = _store_with_holes(tmp_path, aux=LINEAR_AUX)
     cfg = _compose("infill", [f"input={src_path}", f"output={tmp_path / 'out.zarr'}", f"ckpt_path={infill_ckpt}",
@@ -407,7 +407,7 @@ def test_checkpoint_infill_resumes_after_a_crash(infill_ckpt, tmp_path):
 
 def test_ni_nowcast_with_checkpoint_writes_its_lead_times(nowcast_ckpt, tmp_path):
     from nowcast_infill.pipeline import nowcast
-    from nowcast_infill.io.importers import sha256_of as file_sha256
+    from nowcast_infill.io.files import file_sha256
 
     store = write_test_store(tmp_path / "in.zarr", n_time=8)
     cfg = _compose("nowcast", [f"input={store}", f"output={tmp_path / 'nc.zarr'}", f"ckpt_path={nowcast_ckpt}",

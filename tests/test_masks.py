@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from nowcast_infill import registry
 from nowcast_infill.data.masks import (
     build_mask_generator,
-    get_mask_generator,
     hole_targets,
     load_mask_set,
     make_eval_mask_set,
@@ -18,6 +18,7 @@ from nowcast_infill.data.masks import (
 )
 from nowcast_infill.data.radar_sites import DWD_RADAR_SITES, great_circle_km, sites_from_codes
 from nowcast_infill.data.synthetic import generate_synthetic
+from nowcast_infill.errors import UserError
 
 SPACING_KM = 2.0
 
@@ -30,17 +31,18 @@ def grid():
 
 
 def test_registry_lists_valid_names():
-    with pytest.raises(ValueError, match="radar_outage.*freeform|freeform.*radar_outage"):
-        get_mask_generator("nope")
-    with pytest.raises(ValueError, match="'name'"):
+    assert registry.method_names("mask") == ["file", "freeform", "mixture", "nodata_pattern", "radar_outage"]
+    with pytest.raises(registry.UnknownMethodError, match="radar_outage.*freeform|freeform.*radar_outage"):
+        build_mask_generator({"name": "nope"})
+    with pytest.raises(UserError, match="'name'.*radar_outage"):
         build_mask_generator({"radius_km": 3})
-    with pytest.raises(TypeError, match="freeform"):
-        get_mask_generator("freeform", bogus=1)
+    with pytest.raises(UserError, match="freeform.*bogus"):
+        registry.get_method("mask", "freeform", bogus=1)
 
 
 def test_radar_outage_disc_has_the_radius(grid):
     valid, lat, lon, _ = grid
-    gen = get_mask_generator("radar_outage", sites=["drs"], radius_km=80.0)
+    gen = registry.get_method("mask", "radar_outage", sites=["drs"], radius_km=80.0)
     hidden = gen(np.random.default_rng(0), valid, lat, lon)
     site = DWD_RADAR_SITES["drs"]
     distance = great_circle_km(lat, lon, site.lat, site.lon)
@@ -53,15 +55,15 @@ def test_radar_outage_disc_has_the_radius(grid):
 
 def test_radar_outage_picks_sites_reaching_the_crop_and_falls_back(grid):
     valid, lat, lon, _ = grid
-    gen = get_mask_generator("radar_outage", n_sites=[1, 2])
+    gen = registry.get_method("mask", "radar_outage", n_sites=[1, 2])
     rng = np.random.default_rng(1)
     for _ in range(10):
         assert hole_targets(gen(rng, valid, lat, lon), valid).sum() >= 0.02 * valid.sum()
     # sites far from the crop (Emden, Essen): fallback puts a disc on a valid pixel
-    far = get_mask_generator("radar_outage", sites=["emd", "ess"], radius_km=30.0)
+    far = registry.get_method("mask", "radar_outage", sites=["emd", "ess"], radius_km=30.0)
     hidden = far(np.random.default_rng(2), valid, lat, lon)
     assert hole_targets(hidden, valid).any()
-    refusing = get_mask_generator("radar_outage", sites=["emd"], fallback="error")
+    refusing = registry.get_method("mask", "radar_outage", sites=["emd"], fallback="error")
     with pytest.raises(ValueError, match="emd"):
         refusing(np.random.default_rng(0), valid, lat, lon)
     with pytest.raises(ValueError, match="valid codes"):
@@ -112,11 +114,11 @@ def test_file_masks_and_their_errors(tmp_path, grid):
     masks[1, :10] = 1
     path = tmp_path / "m.nc"
     xr.Dataset({"holes": (("n", "y", "x"), masks)}).to_netcdf(path, engine="h5netcdf")
-    gen = get_mask_generator("file", path=path, variable="holes")
+    gen = registry.get_method("mask", "file", path=path, variable="holes")
     drawn = [gen(np.random.default_rng(s), valid, lat, lon) for s in range(10)]
     assert all(d.dtype == bool for d in drawn) and any(d[:10].all() for d in drawn)
     with pytest.raises(ValueError, match=r"m\.nc.*'mask'.*holes"):
-        get_mask_generator("file", path=path)
+        registry.get_method("mask", "file", path=path)
     with pytest.raises(ValueError, match=r"96 x 96.*64 x 64"):
         gen(np.random.default_rng(0), valid[:64, :64], lat[:64, :64], lon[:64, :64])
     frac = tmp_path / "f.nc"
@@ -154,7 +156,7 @@ def test_eval_mask_set_reproducible_and_round_trips(tmp_path, grid, suffix):
     loaded = load_mask_set(path)
     assert np.array_equal(loaded.masks, first) and loaded.spec == spec and loaded.seed == 42
     # a saved set is usable as a `file` mask source
-    assert get_mask_generator("file", path=path)(np.random.default_rng(0), valid, lat, lon).shape == (96, 96)
+    assert registry.get_method("mask", "file", path=path)(np.random.default_rng(0), valid, lat, lon).shape == (96, 96)
 
 
 def test_hydra_mask_configs_build():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nowcast_infill.models.components.naive_reference import NaivePartialConv2d
 from nowcast_infill.models.components.partial_conv import PartialConv2d
@@ -61,7 +62,7 @@ def test_equals_naive_reference_values_and_gradients(kernel, stride, groups, mas
     upstream = torch.randn(out_fast.shape, generator=g)
     grads_fast = torch.autograd.grad(out_fast, [x, fast.weight, fast.bias], upstream)
     grads_naive = torch.autograd.grad(out_naive, [x, naive.weight, naive.bias], upstream)
-    for name, a, b in zip(("input", "weight", "bias"), grads_fast, grads_naive):
+    for name, a, b in zip(("input", "weight", "bias"), grads_fast, grads_naive, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m, n=name: f"grad wrt {n}: {m}")
 
 
@@ -84,6 +85,41 @@ def test_input_is_masked_skips_only_a_redundant_product():
     mask = _random_mask((2, 1, 12, 12), g)
     x = torch.randn(2, 4, 12, 12, generator=g) * mask
     torch.testing.assert_close(plain(x, mask)[0], trusting(x, mask)[0])
+
+
+@pytest.mark.parametrize("mask_channels", [1, 2, 4])  # one mask, one per group (2, 2), one per channel
+def test_unmasked_input_hidden_values_are_never_seen_by_default(mask_channels):
+    """input_is_masked=False (the default): whatever sits at hidden pixels (here 1e3) leaves
+    the output unchanged: the layer masks the input itself."""
+    g = torch.Generator().manual_seed(4)
+    conv = PartialConv2d(4, 3, 3, stride=2, mask_groups=(2, 2) if mask_channels == 2 else None)
+    mask = _random_mask((2, mask_channels, 12, 12), g)
+    per_channel = mask.repeat_interleave(4 // mask_channels, dim=1)
+    observed = torch.randn(2, 4, 12, 12, generator=g)
+    garbage = torch.where(per_channel == 1, observed, torch.full_like(observed, 1e3))
+    out, new_mask = conv(garbage, mask)
+    torch.testing.assert_close(out, conv(observed * per_channel, mask)[0])
+    assert (new_mask == 1).any() and (out.abs() < 1e2).all(), "the 1e3 at hidden pixels leaked"
+
+
+def test_input_is_masked_trusts_the_caller_and_convolves_hidden_values():
+    """input_is_masked=True skips the product: hidden values that are not 0 reach the output,
+    re-normalised exactly as the valid ones -- the flag changes results when its promise is broken."""
+    g = torch.Generator().manual_seed(5)
+    plain = PartialConv2d(4, 3, 3, stride=2)
+    trusting = PartialConv2d(4, 3, 3, stride=2, input_is_masked=True)
+    trusting.load_state_dict(plain.state_dict())
+    mask = _random_mask((2, 1, 12, 12), g)
+    x = torch.randn(2, 4, 12, 12, generator=g) + 5.0 * (1 - mask)  # hidden pixels hold ~5, not 0
+
+    out, new_mask = trusting(x, mask)
+    # the rule of the module docstring with conv(x) in place of conv(x * mask)
+    count = trusting.valid_count(mask)
+    raw = F.conv2d(x, trusting.weight, None, trusting.stride, trusting.padding)
+    expected = (raw * trusting.window_size / count.clamp(min=1) + trusting.bias.view(1, -1, 1, 1)) * new_mask
+    torch.testing.assert_close(out, expected)
+    assert (out - plain(x, mask)[0]).abs().max() > 0.1, "the hidden values should have changed the output"
+    torch.testing.assert_close(plain(x, mask)[0], trusting(x * mask, mask)[0])
 
 
 def test_bf16_autocast_keeps_exact_counts():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from nowcast_infill.baselines import get_baseline
+from nowcast_infill import registry
 from nowcast_infill.errors import ConfigSchemaError
 from nowcast_infill.data.datamodule import RadarDataModule
 from nowcast_infill.data.normalization import Normalizer
@@ -19,7 +19,7 @@ from nowcast_infill.models.module import RadarModule
 NET = {"_target_": "nowcast_infill.models.components.unet.PConvUNet", "_partial_": True, "encoder_channels": [8, 16]}
 OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
 SPLIT = {"fractions": [0.7, 0.15, 0.15], "gap": 2}
-VARIANTS = {"baseline": {}, "lstm": {"lstm": True}, "attention": {"attention": True},
+VARIANTS = {"pconv": {}, "lstm": {"lstm": True}, "attention": {"attention": True},
             "lstm_attention": {"lstm": True, "attention": True}}
 
 
@@ -35,7 +35,7 @@ def nowcast_datamodule(store, crop_size=None, aux=None):
                            split=SPLIT, aux=aux, min_valid_fraction=0.0)
 
 
-def make_module(task="nowcast", in_frames=3, out_frames=2, variant="baseline", aux_channels=0, **kw):
+def make_module(task="nowcast", in_frames=3, out_frames=2, variant="pconv", aux_channels=0, **kw):
     loss = {"name": "infill", "preset": "valid_hole"} if task == "infill" else {"name": "nowcast", "kind": "mse"}
     return RadarModule(net={**NET, **VARIANTS[variant]}, task=task, in_frames=in_frames, out_frames=out_frames,
                        aux_channels=aux_channels, loss=loss, optimizer=OPTIMIZER, scheduler=None, **kw)
@@ -51,8 +51,8 @@ def test_extrapolation_prior_equals_the_extrapolation_baseline(store, tmp_path):
         for index in range(min(2, len(dataset.starts))):
             sample = dataset[index]
             start = int(dataset.starts[index])
-            full = dataset._read_precip(start, 0, 0, dataset.height, dataset.width)[dataset.input_offsets]
-            expected = get_baseline("extrapolation", n_leads=2)(full)  # (2, H, W) mm/h
+            full = dataset.read_precip(start, 0, 0, dataset.height, dataset.width)[dataset.input_offsets]
+            expected = registry.get_method("classical", "extrapolation", n_leads=2)(full)  # (2, H, W) mm/h
             # locate the crop: the prior's box is the sample's box, found from its input frame
             h, w = sample["x"].shape[-2:]
             boxes = [(y, x) for y in range(dataset.height - h + 1) for x in range(dataset.width - w + 1)
@@ -114,7 +114,7 @@ def test_plain_network_is_unchanged_without_prior():
     assert module.net.prior_frames == 0 and module.net.input_channels == 3
 
 
-@pytest.mark.parametrize("task,prior,variant", [("nowcast", "persistence", "baseline"), ("infill", "temporal", "lstm")])
+@pytest.mark.parametrize("task,prior,variant", [("nowcast", "persistence", "pconv"), ("infill", "temporal", "lstm")])
 def test_prior_training_and_test_through_the_trainer(store, tmp_path, task, prior, variant):
     if task == "nowcast":
         dm, module = nowcast_datamodule(store, crop_size=16), make_module(prior=prior, variant=variant)
@@ -153,7 +153,7 @@ def test_infill_priors_feed_the_network(tmp_path, store):
         hole = sample["hole"][0, 0] > 0
         seen = dm.normalizer.decode(sample["x"][:, 0].numpy())
         seen[sample["x_mask"][:, 0].numpy() == 0] = np.nan
-        expected = (get_baseline("laplace")(seen, fill_mask=hole.numpy()) if method == "laplace"
+        expected = (registry.get_method("classical", "laplace")(seen, fill_mask=hole.numpy()) if method == "laplace"
                     else temporal_linear_fill(seen, hole.numpy()))[0]
         valid = sample["prior_valid"][0, 0].numpy() > 0
         np.testing.assert_allclose(dm.normalizer.decode(sample["prior"][0, 0].numpy())[valid], expected[valid], atol=1e-4)

@@ -18,8 +18,9 @@ import xarray as xr
 
 from data_factories_io import MCH_SHAPE, write_fmi_pgm_gz, write_mch_gif
 from nowcast_infill.io.convert import convert
-from nowcast_infill.io.importers import ConversionError, get_importer
+from nowcast_infill.io.importers import ConversionError
 from nowcast_infill.io.pysteps_source import PystepsOptionError
+from nowcast_infill.registry import get_method
 
 pysteps_conversion = pytest.importorskip("pysteps.utils.conversion")
 from pysteps.utils import transformation  # noqa: E402
@@ -76,7 +77,7 @@ def _field_in(unit: str, transform, rate: np.ndarray) -> tuple[np.ndarray, dict,
 def _fake_importer(monkeypatch, tmp_path, values, meta, name="FAKE_201608261200.h5"):
     path = tmp_path / name
     path.write_bytes(b"stand-in: the importer is replaced")
-    importer = get_importer("pysteps", pysteps_importer="knmi_hdf5")
+    importer = get_method("source", "pysteps", pysteps_importer="knmi_hdf5")
     monkeypatch.setattr(importer, "_read", lambda filename, **kwargs: (values.copy(), None, dict(meta)))
     return importer, path
 
@@ -130,7 +131,7 @@ def test_fmi_pgm_dbz_is_converted_not_taken_for_linear_z(tmp_path):
     name = "201609281600_fmi.radar.composite.lowest_FIN_SUOMI1.pgm.gz"  # pySTEPS' FMI fn_pattern + fn_ext
     path = write_fmi_pgm_gz(tmp_path / name, numbers)
     options = {"pysteps_importer": "fmi_pgm", "importer_kwargs": {"gzipped": True}}
-    (frame,) = get_importer("pysteps", **options).read(path)
+    (frame,) = get_method("source", "pysteps", **options).read(path)
     import pysteps.io
 
     with warnings.catch_warnings():
@@ -150,7 +151,7 @@ def test_fmi_pgm_dbz_is_converted_not_taken_for_linear_z(tmp_path):
     assert 0 <= np.nanmin(stored) and np.nanmax(stored) < 20  # 42.5 dBZ is 17.5 mm/h with FMI's Z-R
     # Without gzipped=true pysteps cannot open it: the message says which keyword to pass.
     with pytest.raises(ConversionError, match=r"keyword 'gzipped'.*\+\+importer\.importer_kwargs\.gzipped=") as err:
-        get_importer("pysteps", pysteps_importer="fmi_pgm").read(path)
+        get_method("source", "pysteps", pysteps_importer="fmi_pgm").read(path)
     assert str(err.value).startswith(str(path))
 
 
@@ -162,7 +163,7 @@ def _mch_numbers(seed=0) -> np.ndarray:
 
 def test_meteoswiss_names_of_pysteps_data_source_table(tmp_path):
     path = write_mch_gif(tmp_path / "AQC161932100V_00005.801.gif", _mch_numbers())
-    importer = get_importer("pysteps", pysteps_importer="mch_gif", importer_kwargs=MCH_KWARGS, **MCH_PATTERN)
+    importer = get_method("source", "pysteps", pysteps_importer="mch_gif", importer_kwargs=MCH_KWARGS, **MCH_PATTERN)
     (frame,) = importer.read(path)
     assert frame.time == np.datetime64("2016-07-11T21:00", "ns")  # 2016, day 193, 21:00
     assert frame.product == "AQC" and frame.accumulation_interval_s == 300
@@ -174,25 +175,25 @@ def test_meteoswiss_names_of_pysteps_data_source_table(tmp_path):
     assert np.isnan(frame.precip).sum() == 50 * 80 and 0 <= np.nanmin(frame.precip) and np.nanmax(frame.precip) < 60
     # The YYYYMMDDHHMM default cannot read this name; it says how to give the pattern.
     with pytest.raises(ConversionError, match="importer.fn_pattern") as err:
-        get_importer("pysteps", pysteps_importer="mch_gif", importer_kwargs=MCH_KWARGS).read(path)
+        get_method("source", "pysteps", pysteps_importer="mch_gif", importer_kwargs=MCH_KWARGS).read(path)
     assert str(err.value).startswith(str(path))
     # A name the pattern does not fit is refused with the pattern.
     other = shutil.copy(path, tmp_path / "AQC16193210_00005.801.gif")
     with pytest.raises(ConversionError, match="does not match importer.fn_pattern"):
         importer.read(other)
     with pytest.raises(PystepsOptionError, match="%Q"):
-        get_importer("pysteps", pysteps_importer="mch_gif", fn_pattern="AQC%Q")
+        get_method("source", "pysteps", pysteps_importer="mch_gif", fn_pattern="AQC%Q")
 
 
 def test_missing_importer_kwargs_name_the_keyword_and_how_to_pass_it(tmp_path):
     path = write_mch_gif(tmp_path / "AQC161932100V_00005.801.gif", _mch_numbers())
     with pytest.raises(ConversionError) as err:
-        get_importer("pysteps", pysteps_importer="mch_gif", **MCH_PATTERN).read(path)
+        get_method("source", "pysteps", pysteps_importer="mch_gif", **MCH_PATTERN).read(path)
     message = str(err.value)
     assert message.startswith(str(path)) and "'product'" in message
     assert "++importer.importer_kwargs.product=" in message and "'product': 'AQC'" in message
     with pytest.raises(ConversionError, match=r"keyword 'product' \(given: XYZ") as err:
-        get_importer("pysteps", pysteps_importer="mch_gif", importer_kwargs={**MCH_KWARGS, "product": "XYZ"},
+        get_method("source", "pysteps", pysteps_importer="mch_gif", importer_kwargs={**MCH_KWARGS, "product": "XYZ"},
                      **MCH_PATTERN).read(path)
 
 
@@ -203,7 +204,7 @@ def test_missing_importer_kwargs_name_the_keyword_and_how_to_pass_it(tmp_path):
 def test_key_errors_name_a_keyword_only_when_it_is_one(monkeypatch, tmp_path, error, expected):
     path = tmp_path / "RAD_NL25_RAP_5min_201008260000.h5"
     path.write_bytes(b"stand-in")
-    importer = get_importer("pysteps", pysteps_importer="knmi_hdf5")
+    importer = get_method("source", "pysteps", pysteps_importer="knmi_hdf5")
 
     def failing(filename, **kwargs):
         raise error
@@ -235,7 +236,7 @@ def test_symlinked_inputs_keep_the_name_given(tmp_path):
         convert([str(broken)], tmp_path / "other.zarr", "pysteps", progress=False, workers=1, **options)
     assert str(err.value).startswith(str(broken)) and "blobs" not in str(err.value)
     with pytest.raises(ConversionError, match="missing or empty") as err:
-        get_importer("pysteps", **options).read(broken)
+        get_method("source", "pysteps", **options).read(broken)
     assert str(err.value).startswith(str(broken)) and "blobs" not in str(err.value)
 
 
@@ -302,7 +303,7 @@ def test_bom_fill_values_become_nan(shared_data, tmp_path):
     path.chmod(0o644)
     with netCDF4.Dataset(path, "a") as nc:
         nc["precipitation"][100:120, 200:230] = np.ma.masked
-    (frame,) = get_importer("pysteps", pysteps_importer="bom_rf3").read(path)
+    (frame,) = get_method("source", "pysteps", pysteps_importer="bom_rf3").read(path)
     assert np.isnan(frame.precip).sum() == 20 * 30 and np.isnan(frame.precip[100:120, 200:230]).all()
 
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO_ROOT / "experiments"))
 import wandb_report  # noqa: E402
 
 SWEEP_ID = "sweep2x2"
-RUNS = {"0_model-baseline_seed-1": ("baseline", 1), "1_model-baseline_seed-2": ("baseline", 2),
+RUNS = {"0_model-pconv_seed-1": ("pconv", 1), "1_model-pconv_seed-2": ("pconv", 2),
         "2_model-lstm_seed-1": ("lstm", 1), "3_model-lstm_seed-2": ("lstm", 2)}
 TINY_FIT = ["task.past=2", "task.future=2", "data.split.gap=2", "data.eval_masks.n=4", "trainer.max_epochs=1",
             "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1",
@@ -38,11 +38,11 @@ TINY_FIT = ["task.past=2", "task.future=2", "data.split.gap=2", "data.eval_masks
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> dict:
-    """`ni-train --multirun model=baseline,lstm seed=1,2` (basic launcher, W&B offline)."""
+    """`ni-train --multirun model=pconv,lstm seed=1,2` (basic launcher, W&B offline)."""
     root = tmp_path_factory.mktemp("sweep")
     store = root / "synthetic.zarr"
     write_synthetic_store(store, n_times=48, ny=48, nx=48, seed=3)
-    cmd = [sys.executable, "-m", "nowcast_infill.cli.train", "--multirun", "model=baseline,lstm", "seed=1,2",
+    cmd = [sys.executable, "-m", "nowcast_infill.cli.train", "--multirun", "model=pconv,lstm", "seed=1,2",
            f"paths.log_dir={root / 'logs'}", f"data.store={store}", f"data.stats_path={root / 'stats.json'}",
            "data.crop_size=32", "data.batch_size=2", "data.num_workers=0", TINY_NET, "logger=wandb", *TINY_FIT]
     env = dict(os.environ, NI_RUN_ID=SWEEP_ID, WANDB_MODE="offline", PYTHONPATH=str(REPO_ROOT))
@@ -82,8 +82,8 @@ def test_multirun_ends_with_one_summary_table(sweep):
     records = {n: json.loads((sweep_dir / n / "metrics.json").read_text()) for n in RUNS}
     with open(sweep_dir / "summary.csv") as fh:
         variants = {v["variant"]: v for v in csv.DictReader(fh)}
-    assert sorted(variants) == ["infill_baseline", "infill_lstm"]
-    for model in ("baseline", "lstm"):
+    assert sorted(variants) == ["infill_pconv", "infill_lstm"]
+    for model in ("pconv", "lstm"):
         rmse = [r["metrics"]["test/rmse"] for r in records.values() if r["model"] == model]
         row = variants[f"infill_{model}"]
         assert (row["runs"], row["seeds"]) == ("2", "1 2")
@@ -92,7 +92,7 @@ def test_multirun_ends_with_one_summary_table(sweep):
     with open(sweep_dir / "runs.csv") as fh:
         assert sorted(r["run"] for r in csv.DictReader(fh)) == sorted(RUNS)
     text = (sweep_dir / "summary.md").read_text()
-    assert text.count("| infill_baseline |") == 3 and text.count("| infill_lstm |") == 3  # 1 variant + 2 run rows each
+    assert text.count("| infill_pconv |") == 3 and text.count("| infill_lstm |") == 3  # 1 variant + 2 run rows each
 
 
 @pytest.mark.slow  # shares the 2x2 multirun: ~30 s on an idle 2-core CPU
@@ -133,7 +133,7 @@ def test_offline_wandb_runs_carry_the_comparison(sweep, tmp_path):
         assert "summary_table" in run["tables"]
     rows, markdown = wandb_report.report(runs)
     assert f"## group {SWEEP_ID}" in markdown
-    assert sorted({r["variant"] for r in rows}) == ["infill_baseline", "infill_lstm"]
+    assert sorted({r["variant"] for r in rows}) == ["infill_pconv", "infill_lstm"]
     assert wandb_report.main([str(sweep["dir"]), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "wandb_report.md").is_file() and (tmp_path / "wandb_runs.csv").is_file()
 
@@ -142,8 +142,8 @@ def test_offline_wandb_runs_carry_the_comparison(sweep, tmp_path):
 def test_eval_is_named_after_the_checkpoint_model(sweep, tmp_path):
     record = json.loads((sweep["dir"] / "2_model-lstm_seed-1" / "metrics.json").read_text())
     cfg = compose_config("eval", [*tiny_overrides(tmp_path, sweep["store"]), f"ckpt_path={record['checkpoint']}"])
-    assert cfg.run_name == "eval_infill_lstm"  # model= was left at its default (baseline)
-    assert "lstm" in cfg.tags and "baseline" not in cfg.tags
+    assert cfg.run_name == "eval_infill_lstm"  # model= was left at its default (pconv)
+    assert "lstm" in cfg.tags and "pconv" not in cfg.tags
 
 
 def test_nowcast_headline_table_has_one_row_per_lead():

@@ -32,17 +32,17 @@ def _run(method, kind, seed, **metrics):
 
 
 def test_table_and_notes_report_a_winning_baseline():
-    results = [_run("baseline", "network", 0, rmse=1.0), _run("baseline", "network", 1, rmse=1.2),
+    results = [_run("pconv", "network", 0, rmse=1.0), _run("pconv", "network", 1, rmse=1.2),
                _run("laplace", "baseline", None, rmse=0.5)]
     groups = rc.group_by_method(results, "d")
     table = rc.metrics_table(groups, [("rmse", "RMSE")]).splitlines()
     assert table[0].startswith("| method | kind | seeds | RMSE |")
-    assert table[2].startswith("| baseline | network | 2 | 1.100 ± 0.141 |")
+    assert table[2].startswith("| pconv | network | 2 | 1.100 ± 0.141 |")
     assert table[3].startswith("| laplace | baseline | 1 | 0.500 |")
     note = rc.winners_notes(groups, [("rmse", "RMSE", False)])[0]
     assert "**laplace**" in note and "beats every network" in note
     note = rc.winners_notes(groups, [("rmse", "RMSE", True)])[0]
-    assert "**baseline**" in note and "best classical baseline: laplace" in note
+    assert "**pconv**" in note and "best classical baseline: laplace" in note
 
 
 def test_git_commit_and_provenance():
@@ -121,21 +121,21 @@ def _check_report(md: Path, methods: list[str], figure_names: list[str]) -> str:
 def test_results_infill_quick_end_to_end(tmp_path):
     import results_infill
 
-    md = results_infill.main(["--quick", "--datasets", "synthetic", "--seeds", "0", "1", "--variants", "baseline",
+    md = results_infill.main(["--quick", "--datasets", "synthetic", "--seeds", "0", "1", "--variants", "pconv",
                               "lstm_attention", "--classical", "nearest", "laplace",
                               "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
-    text = _check_report(md, ["baseline", "lstm_attention", "nearest", "laplace"],
+    text = _check_report(md, ["pconv", "lstm_attention", "nearest", "laplace"],
                          ["infill_synthetic_rmse.png", "infill_synthetic_example.png"])
     # two seeds -> a spread; the deterministic baselines have none
-    assert re.search(r"^\| baseline \| network \| 2 \| [0-9.]+ ± [0-9.]+ \|", text, re.MULTILINE)
+    assert re.search(r"^\| pconv \| network \| 2 \| [0-9.]+ ± [0-9.]+ \|", text, re.MULTILINE)
     assert (tmp_path / "out" / "infill_runs.json").is_file()
 
 
 def test_results_nowcast_quick_end_to_end(tmp_path):
     import results_nowcast
 
-    md = results_nowcast.main(["--quick", "--seeds", "0", "--variants", "baseline", "--classical", "persistence",
+    md = results_nowcast.main(["--quick", "--seeds", "0", "--variants", "pconv", "--classical", "persistence",
                                "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
-    text = _check_report(md, ["baseline", "persistence"], ["nowcast_synthetic_leadtime.png", "nowcast_synthetic_example.png"])
+    text = _check_report(md, ["pconv", "persistence"], ["nowcast_synthetic_leadtime.png", "nowcast_synthetic_example.png"])
     assert text.count("### Lead time +") == results_nowcast.FUTURE
     assert "### Lead time +30 min" in text

@@ -152,7 +152,7 @@ def test_train_multinode_sbatch_trains_on_two_nodes(slurm_env, tmp_path):
 
     # One run directory for the job (not one per rank), named by the job id.
     runs = sorted((tmp_path / "outputs" / "infill" / "runs").iterdir())
-    assert [r.name for r in runs] == [f"infill_baseline_{job}"], runs
+    assert [r.name for r in runs] == [f"infill_pconv_{job}"], runs
     run = runs[0]
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert len(list((run / "checkpoints").glob("best-*.ckpt"))) == 1
@@ -170,7 +170,7 @@ def test_requeued_job_resumes_from_last_checkpoint(slurm_env, tmp_path):
     env = dict(slurm_env, NI_LOG_DIR=str(tmp_path / "outputs"))
     overrides = [o for o in TINY_TRAIN if not o.startswith("trainer.max_epochs")] + ["trainer.max_epochs=3"]
     _, job = sbatch(env, tmp_path, *multinode_train(*overrides), wait=False)
-    last = tmp_path / "outputs" / "infill" / "runs" / f"infill_baseline_{job}" / "checkpoints" / "last.ckpt"
+    last = tmp_path / "outputs" / "infill" / "runs" / f"infill_pconv_{job}" / "checkpoints" / "last.ckpt"
     log_so_far = lambda: job_log(tmp_path, f"ni-train-{job}.out")[-6000:]  # noqa: E731
     try:
         wait_until(last.is_file, IDLE_JOB_S, f"{last} (first epoch of job {job})", log_so_far)
@@ -217,7 +217,7 @@ def test_sweep_array_runs_every_line(slurm_env, tmp_path):
     assert sorted((r["run"], r["seed"]) for r in rows) == [(runs[0], "11"), (runs[1], "12")], rows
     with open(summary / "summary.csv") as fh:
         variants = list(csv.DictReader(fh))
-    assert [(v["variant"], v["runs"], v["seeds"]) for v in variants] == [("infill_baseline", "2", "11 12")], variants
+    assert [(v["variant"], v["runs"], v["seeds"]) for v in variants] == [("infill_pconv", "2", "11 12")], variants
     assert "mean ± std over seeds (2 runs" in (summary / "summary.md").read_text()
 
 
@@ -232,7 +232,7 @@ def test_sweep_array_refuses_a_task_beyond_the_file(slurm_env, tmp_path):
 def test_multirun_with_slurm_launcher_completes(slurm_env, tmp_path):
     env = dict(slurm_env, NI_LOG_DIR=str(tmp_path / "outputs"))
     cmd = [
-        *ni_train_command(), "--multirun", "hydra/launcher=slurm", "model=baseline,lstm", "seed=1",
+        *ni_train_command(), "--multirun", "hydra/launcher=slurm", "model=pconv,lstm", "seed=1",
         "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10",
         *TINY_TRAIN,
     ]  # fmt: skip
@@ -242,7 +242,7 @@ def test_multirun_with_slurm_launcher_completes(slurm_env, tmp_path):
     assert len(multiruns) == 1, multiruns
     jobs = sorted(p for p in multiruns[0].iterdir() if p.is_dir() and not p.name.startswith("."))
     # sub-folders named by what the sweep varies (the SweepSummary callback tells the jobs)
-    assert [j.name for j in jobs] == ["0_model-baseline", "1_model-lstm"], jobs
+    assert [j.name for j in jobs] == ["0_model-pconv", "1_model-lstm"], jobs
     for job_dir in jobs:
         assert (job_dir / "checkpoints" / "last.ckpt").is_file(), sorted(job_dir.rglob("*"))
     # submitit ran them as Slurm jobs (its folder holds one result per job).
@@ -250,6 +250,6 @@ def test_multirun_with_slurm_launcher_completes(slurm_env, tmp_path):
     assert len(results) == 2, sorted((multiruns[0] / ".submitit").rglob("*"))
     # ...and the multirun ended with one table over both (printed, and in the sweep folder)
     with open(multiruns[0] / "runs.csv") as fh:
-        assert sorted(r["variant"] for r in csv.DictReader(fh)) == ["infill_baseline", "infill_lstm"]
+        assert sorted(r["variant"] for r in csv.DictReader(fh)) == ["infill_pconv", "infill_lstm"]
     printed = (tmp_path / "logs" / "ni-train-multirun.log").read_text()
     assert "## Variants: mean ± std over seeds (2 runs" in printed

@@ -56,15 +56,15 @@ def test_train_then_eval_from_checkpoint(tiny_store, tmp_path):
     # Same checkpoint, same fixed masks, same windows: the same numbers as ni-train's test.
     for key in ("test/rmse", "test/mae", "test/csi@1mmh"):
         np.testing.assert_allclose(evaluated[key], trained[key], rtol=1e-5, equal_nan=True)
-    assert evaluated["row"]["model"] == "baseline"
+    assert evaluated["row"]["model"] == "pconv"
     # both write metrics.json, which ni-compare reads
     trained_record = json.loads((tmp_path / "run" / "metrics.json").read_text())
     eval_record = json.loads((out / "metrics.json").read_text())
-    assert (eval_record["model"], eval_record["split"], eval_record["checkpoint"]) == ("baseline", "test", str(best))
+    assert (eval_record["model"], eval_record["split"], eval_record["checkpoint"]) == ("pconv", "test", str(best))
     assert eval_record["metrics"]["test/rmse"] == pytest.approx(trained_record["metrics"]["test/rmse"], rel=1e-5)
     assert (out / "metrics.csv").read_text().startswith("model,task,split,checkpoint")
     md = (out / "metrics.md").read_text().splitlines()
-    assert md[0].startswith("| model | task | split | checkpoint | rmse |") and md[2].startswith("| baseline | infill | test | best-")
+    assert md[0].startswith("| model | task | split | checkpoint | rmse |") and md[2].startswith("| pconv | infill | test | best-")
     assert sorted(p.name for p in (out / "figures").glob("*.png")) == ["infill_sample0.png", "infill_sample1.png"]
     from nowcast_infill.data.masks import load_mask_set
 
@@ -137,7 +137,7 @@ def test_ni_train_cli_writes_one_run_dir(tiny_store, tmp_path):
            TINY_NET, *SMALL_WINDOWS, "debug=fast_dev_run"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    run_dir = tmp_path / "logs" / "infill" / "runs" / "infill_baseline_12345"
+    run_dir = tmp_path / "logs" / "infill" / "runs" / "infill_pconv_12345"
     assert (run_dir / "config.yaml").is_file() and (run_dir / ".hydra" / "overrides.yaml").is_file()
     assert "global batch = 2 per device x 1 devices x 1 nodes x 1 accumulation = 2" in done.stdout
     assert done.stdout.count("----- configuration -----") == 1
@@ -180,7 +180,7 @@ def test_multirun_basic_launcher_runs_models_by_seeds(tiny_store, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "NI_RUN_ID", "TORCHELASTIC"))}
     env.update(WANDB_MODE="offline", NI_LOG_DIR=str(tmp_path / "logs"))
     overrides = [o for o in tiny_overrides(tmp_path, tiny_store) if not o.startswith("paths.")]
-    cmd = [sys.executable, "-m", "nowcast_infill.cli.train", "--multirun", "model=baseline,attention", "seed=1,2",
+    cmd = [sys.executable, "-m", "nowcast_infill.cli.train", "--multirun", "model=pconv,attention", "seed=1,2",
            "data.aux=all", *overrides, f"data.stats_path={tmp_path / 'stats.json'}", TINY_NET, *SMALL_WINDOWS,
            "debug=fast_dev_run"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -189,7 +189,7 @@ def test_multirun_basic_launcher_runs_models_by_seeds(tiny_store, tmp_path):
     assert len(sweeps) == 1, sweeps
     jobs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir() and not p.name.startswith("."))
     # named by the swept overrides (the SweepSummary callback tells the jobs what is swept)
-    assert jobs == ["0_model-baseline_seed-1", "1_model-baseline_seed-2", "2_model-attention_seed-1",
+    assert jobs == ["0_model-pconv_seed-1", "1_model-pconv_seed-2", "2_model-attention_seed-1",
                     "3_model-attention_seed-2"], jobs
     for job in jobs:
         assert (sweeps[0] / job / "config.yaml").is_file(), job

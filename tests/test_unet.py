@@ -12,7 +12,7 @@ from nowcast_infill.models.components.convlstm import FORGET_BIAS, PartialConvLS
 from nowcast_infill.models.components.norm import MaskedBatchNorm2d, MaskedGroupNorm
 from nowcast_infill.models.components.unet import PConvUNet
 
-VARIANTS = {"baseline": (False, False), "lstm": (True, False), "attention": (False, True), "lstm_attention": (True, True)}
+VARIANTS = {"pconv": (False, False), "lstm": (True, False), "attention": (False, True), "lstm_attention": (True, True)}
 TASKS = {"infill": (3, 1), "nowcast": (4, 3)}
 CASES = list(itertools.product(VARIANTS, TASKS))
 AUX = 2
@@ -112,7 +112,7 @@ def test_bf16_autocast_and_channels_last_on_cpu(variant):
 
 
 def test_grid_not_divisible_by_depth_is_refused():
-    model = build("baseline", "infill")
+    model = build("pconv", "infill")
     x, x_mask, aux, aux_mask, _ = batch("infill", size=36)
     with pytest.raises(ValueError, match=r"36x36 is not divisible by 2\*\*depth = 8"):
         model(x, x_mask, aux, aux_mask)
@@ -124,11 +124,11 @@ def test_configuration_errors_are_explicit():
     with pytest.raises(ValueError, match="task='infill' needs out_frames=1"):
         PConvUNet(4, 1, task="infill", encoder_channels=(8,))
     with pytest.raises(ValueError, match="no aux was given"):
-        build("baseline", "infill")(*batch("infill")[:2])
+        build("pconv", "infill")(*batch("infill")[:2])
 
 
 def test_output_floor_is_a_settable_buffer():
-    model = build("baseline", "infill")
+    model = build("pconv", "infill")
     model.set_output_floor(-2.5)
     assert model.state_dict()["output_floor"].item() == -2.5
     x, x_mask, aux, aux_mask, _ = batch("infill")

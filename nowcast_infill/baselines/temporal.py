@@ -19,9 +19,14 @@ index `T_in // 2`, neighbours at `T_in // 2 - 1` and `+ 1` (one time step each, 
 Fallback rule: a fill pixel where a neighbouring frame is itself missing (or, for
 `temporal_flow`, where the advected neighbour came from outside the domain or from no-data)
 is filled by the spatial method `spatial` (default `laplace`) from the target frame's
-observed and temporally filled pixels (when the target frame has none, by the neighbour
-that has the pixel, else NaN: unscored and reported as `unscored_pixels`). The callable's `fallbacks` attribute counts those pixels (summed over
-calls); `ni-eval` reports it per method (`test/fallbacks`).
+observed and temporally filled pixels. With `spatial=None`, or when the target frame has
+nothing to fill from, it takes the neighbour that has the pixel, else NaN (unscored and
+reported as `unscored_pixels`). The callable's `fallbacks` attribute counts those pixels
+(summed over calls); `ni-eval` reports it per method (`test/fallbacks`).
+
+`temporal_linear` with `spatial=None` is also the network's `temporal` prior
+(nowcast_infill/data/priors.py: `temporal_linear_fill`): one implementation of the mean of
+the neighbours, two fallbacks.
 """
 
 from __future__ import annotations
@@ -48,9 +53,10 @@ def _spatial(name: str) -> Callable:
     return makers[name]()
 
 
-def _make_temporal(name: str, estimate: Callable, spatial: str) -> Callable:
-    """Wrap `estimate(prev (H, W), next (H, W)) -> (H, W)` mm/h (NaN = no answer) with the fallback rule."""
-    spatial_fill = _spatial(spatial)
+def _make_temporal(name: str, estimate: Callable, spatial: str | None) -> Callable:
+    """Wrap `estimate(prev (H, W), next (H, W)) -> (H, W)` mm/h (NaN = no answer) with the fallback
+    rule: the spatial method `spatial`, or (None) the neighbour that has the pixel, else NaN."""
+    spatial_fill = _spatial(spatial) if spatial is not None else None
 
     def infill(x_mm_h: np.ndarray, *, fill_mask: np.ndarray | None = None) -> np.ndarray:
         """(T_in >= 3, H, W) mm/h with NaN -> (1, H, W) mm/h, hidden pixels filled from the neighbours."""
@@ -72,14 +78,15 @@ def _make_temporal(name: str, estimate: Callable, spatial: str) -> Callable:
             rest = np.zeros_like(fill)
             rest[fill] = missing
             infill.fallbacks += int(missing.sum())
-            # The spatial method also leans on the temporally filled pixels next to the gap.
-            with_temporal = x.copy()
-            with_temporal[c][fill & ~rest] = np.maximum(values[~missing], 0.0)
-            if (known | (fill & ~rest)).any():
+            if spatial_fill is not None and (known | (fill & ~rest)).any():
+                # The spatial method also leans on the temporally filled pixels next to the gap.
+                with_temporal = x.copy()
+                with_temporal[c][fill & ~rest] = np.maximum(values[~missing], 0.0)
                 values[missing] = spatial_fill(with_temporal, fill_mask=rest)[0][rest]
             else:
-                # Nothing in the target frame to fill from: the neighbour that has the pixel
-                # (NaN, i.e. unscored and counted as such, where neither has it).
+                # No spatial fallback asked for, or nothing in the target frame to fill from:
+                # the neighbour that has the pixel (NaN, i.e. unscored and counted as such,
+                # where neither has it).
                 values[missing] = np.where(np.isfinite(x[c - 1][rest]), x[c - 1][rest], x[c + 1][rest])
         return _finish(centre, fill, values)
 
@@ -88,8 +95,10 @@ def _make_temporal(name: str, estimate: Callable, spatial: str) -> Callable:
     return infill
 
 
-def make_temporal_linear(spatial: str = "laplace") -> Callable:
-    """Linear interpolation in time between the neighbouring frames; see the module docstring."""
+def make_temporal_linear(spatial: str | None = "laplace") -> Callable:
+    """Linear interpolation in time between the neighbouring frames (their mean: the target is
+    halfway); `spatial` fills where a neighbour is missing (None: the other neighbour, else NaN).
+    See the module docstring."""
 
     def estimate(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
         return (1.0 - TARGET_FRACTION) * prev + TARGET_FRACTION * nxt

@@ -11,6 +11,8 @@ Kinds for precipitation ``r`` in mm/h:
 - ``log1p_zscore``: ``z = (log1p(r) - mu) / sigma``; the floor is ``-mu / sigma``.
 
 Auxiliary fields get a plain per-variable z-score ``(a - mean) / std``.
+A statistics file also records what it was fitted on (`fitted_on`: stores, frames, split
+bounds), so a file fitted on another split or store is detected and refitted, not reused.
 NaN (no data) stays NaN through ``encode``/``decode``: masking is the caller's job.
 """
 
@@ -50,12 +52,18 @@ class RunningMoments:
         if n == 0:
             return
         batch_mean = float(values.mean())
-        batch_m2 = float(((values - batch_mean) ** 2).sum())
-        total = self.count + n
-        delta = batch_mean - self.mean
-        self.mean += delta * n / total
-        self.m2 += batch_m2 + delta * delta * self.count * n / total
+        self.merge(n, batch_mean, float(((values - batch_mean) ** 2).sum()))
+
+    def merge(self, count: int, mean: float, m2: float) -> RunningMoments:
+        """Add the moments (`count`, `mean`, `m2` = sum of squared deviations) of another sample."""
+        if count == 0:
+            return self
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean += delta * count / total
+        self.m2 += m2 + delta * delta * self.count * count / total
         self.count = total
+        return self
 
     @property
     def std(self) -> float:
@@ -90,9 +98,12 @@ class Normalizer:
         self.std: float | None = None  # of log1p(r)
         self.count = 0
         self.aux: dict[str, dict[str, float]] = {}  # name -> {"mean", "std", "count"}
+        # What the statistics were fitted on (plain JSON types), written to and read from the
+        # statistics file only; None when unknown (a file of an older version).
+        self.fitted_on: Any = None
 
     # -- fitting ---------------------------------------------------------------------
-    def fit(self, values_mm_h, aux: Mapping[str, Any] | None = None) -> "Normalizer":
+    def fit(self, values_mm_h, aux: Mapping[str, Any] | None = None) -> Normalizer:
         """Fit on training data: an array of mm/h or an iterable of arrays (streamed).
 
         ``aux`` maps an auxiliary name to its values (array or iterable of arrays).
@@ -103,7 +114,7 @@ class Normalizer:
             moments.update(np.log1p(np.maximum(_to_numpy(chunk).astype(np.float64), 0.0)))
         return self.fit_moments(moments.count, moments.mean, moments.m2, aux=aux)
 
-    def fit_moments(self, count: int, mean: float, m2: float, aux: Mapping[str, Any] | None = None) -> "Normalizer":
+    def fit_moments(self, count: int, mean: float, m2: float, aux: Mapping[str, Any] | None = None) -> Normalizer:
         """Fit from the moments of log1p(rate) over the valid training pixels: `count`, `mean` and
         `m2` (sum of squared deviations), e.g. merged from a store's per-frame statistics
         (nowcast_infill/io/frame_stats.py) without reading any frame. Same checks as `fit`."""
@@ -123,7 +134,7 @@ class Normalizer:
             self.fit_aux(name, values)
         return self
 
-    def fit_aux(self, name: str, values) -> "Normalizer":
+    def fit_aux(self, name: str, values) -> Normalizer:
         """Fit the z-score of auxiliary field ``name`` (array or iterable of arrays, NaN ignored)."""
         moments = RunningMoments()
         for chunk in _as_chunks(values):
@@ -213,17 +224,20 @@ class Normalizer:
                     for k, v in state.get("aux", {}).items()}
 
     def save(self, path: str | Path) -> Path:
-        """Write the statistics as JSON, atomically (a reader never sees half a file)."""
+        """Write the statistics (and `fitted_on`, when known) as JSON, atomically (a reader never sees half a file)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        state = self.state_dict()
+        if self.fitted_on is not None:
+            state["fitted_on"] = self.fitted_on
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp-")
         with os.fdopen(fd, "w") as fh:
-            json.dump(self.state_dict(), fh, indent=2)
+            json.dump(state, fh, indent=2)
         os.replace(tmp, path)
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Normalizer":
+    def load(cls, path: str | Path) -> Normalizer:
         path = Path(path)
         try:
             state = json.loads(path.read_text())
@@ -234,6 +248,7 @@ class Normalizer:
             norm.load_state_dict(state)
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{path}: invalid normalisation statistics ({err}); delete it to refit.") from err
+        norm.fitted_on = state.get("fitted_on")
         return norm
 
     def __repr__(self) -> str:

@@ -24,6 +24,8 @@ import math
 
 import numpy as np
 
+from nowcast_infill import registry
+from nowcast_infill.baselines.temporal import make_temporal_linear
 from nowcast_infill.errors import ConfigSchemaError
 
 PRIORS = {"nowcast": ("extrapolation", "persistence"), "infill": ("laplace", "temporal")}
@@ -41,7 +43,8 @@ def check_prior(prior: str | None, task: str) -> str | None:
 
 
 def temporal_linear_fill(x_mm_h: np.ndarray, fill_mask: np.ndarray) -> np.ndarray:
-    """Linear-in-time infill of the centre frame from its two neighbours.
+    """Linear-in-time infill of the centre frame from its two neighbours: the `temporal_linear`
+    classical method without its spatial fallback (nowcast_infill/baselines/temporal.py).
 
     x_mm_h: (T_in >= 3, H, W) mm/h, NaN = missing/hidden; the centre frame (T_in // 2) is the
     target. fill_mask: (H, W) bool. Each fill pixel gets the mean of frames c-1 and c+1 (the
@@ -49,18 +52,7 @@ def temporal_linear_fill(x_mm_h: np.ndarray, fill_mask: np.ndarray) -> np.ndarra
     only one is, NaN where neither. Returns (1, H, W) float32 mm/h; other pixels are the
     centre frame as given.
     """
-    x = np.asarray(x_mm_h, dtype=np.float32)
-    c = x.shape[0] // 2
-    if c < 1:
-        raise ValueError(f"temporal prior needs frames before and after the target (task.context >= 1), got T_in={x.shape[0]}.")
-    before, after = x[c - 1], x[c + 1]
-    with np.errstate(invalid="ignore"):
-        both = np.where(np.isfinite(before) & np.isfinite(after), 0.5 * (before + after), np.nan)
-    neighbour = np.where(np.isfinite(both), both, np.where(np.isfinite(before), before, after))
-    out = x[c].copy()
-    fill = np.asarray(fill_mask, bool)
-    out[fill] = neighbour[fill]
-    return out[None]
+    return make_temporal_linear(spatial=None)(x_mm_h, fill_mask=fill_mask)
 
 
 def _content_id(dataset) -> dict:
@@ -107,12 +99,10 @@ class WindowPrior:
                  fill_mask: np.ndarray | None = None) -> np.ndarray:
         """(T_out, h, w) float32 mm/h with NaN; `inputs_mm_h` (T_in, h, w) is what the network sees
         (NaN where hidden), `box` = (y0, x0, h, w) of the crop, `fill_mask` (h, w) the holes (infill)."""
-        from nowcast_infill.baselines import get_baseline
-
         if self.method == "persistence":
-            return get_baseline("persistence", n_leads=self.n_leads)(inputs_mm_h)
+            return registry.get_method("classical", "persistence", n_leads=self.n_leads)(inputs_mm_h)
         if self.method == "laplace":
-            return get_baseline("laplace")(inputs_mm_h, fill_mask=fill_mask)
+            return registry.get_method("classical", "laplace")(inputs_mm_h, fill_mask=fill_mask)
         if self.method == "temporal":
             return temporal_linear_fill(inputs_mm_h, fill_mask)
         return self._extrapolate(dataset, int(start), box)
@@ -121,7 +111,7 @@ class WindowPrior:
         from nowcast_infill.baselines.nowcast import advect, extrapolation_motion, fill_from_outside
 
         def compute():
-            full = dataset._read_precip(start, 0, 0, dataset.height, dataset.width, frames=dataset.input_offsets)
+            full = dataset.read_precip(start, 0, 0, dataset.height, dataset.width, frames=dataset.input_offsets)
             return extrapolation_motion(full, **self.motion_options)
 
         velocity, last_index = self.motion_cache(dataset).get(start, compute)
@@ -130,7 +120,7 @@ class WindowPrior:
         margin = int(math.ceil(float(np.abs(velocity).max(initial=0.0)) * self.n_leads)) + 2
         ya, xa = max(0, y0 - margin), max(0, x0 - margin)
         yb, xb = min(dataset.height, y0 + h + margin), min(dataset.width, x0 + w + margin)
-        frame = dataset._read_precip(start, ya, xa, yb - ya, xb - xa, frames=[dataset.input_offsets[last_index]])[0]
+        frame = dataset.read_precip(start, ya, xa, yb - ya, xb - xa, frames=[dataset.input_offsets[last_index]])[0]
         out = advect(frame, velocity[:, ya:yb, xa:xb], self.n_leads)
         crop = (slice(y0 - ya, y0 - ya + h), slice(x0 - xa, x0 - xa + w))
         # the extrapolation baseline's own outside rule, so the prior is exactly its forecast

@@ -30,6 +30,7 @@ from nowcast_infill.inference.frame_infiller import (
     FrameInfiller,
 )
 from nowcast_infill.inference.outputs import grid_vars, open_radar_store, product_attrs, quiet_consolidated
+from nowcast_infill.io.files import open_by_suffix
 from nowcast_infill.io.store_lock import DEFAULT_LOCK_TIMEOUT_S, StoreLock
 from nowcast_infill.schema import MAX_RAIN_RATE_MM_H, MISSING_FRAME, PRECIP, PRECIP_UNITS, implausible_precip
 
@@ -98,7 +99,7 @@ def load_coverage(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     if path.suffix == ".npy":
         mask = np.load(path)
     else:
-        opened = xr.open_zarr(path) if path.suffix == ".zarr" or path.is_dir() else xr.open_dataset(path)
+        opened = open_by_suffix(path)
         if COVERAGE not in opened:
             raise BadValueError(f"{path}: no variable '{COVERAGE}'; store the mask as '{COVERAGE}(y, x)' (bool).")
         mask = opened[COVERAGE].values

@@ -24,10 +24,10 @@ import torch
 
 from nowcast_infill.baselines import NothingToInfillFromError
 from nowcast_infill.checkpoint_io import CheckpointError, TrainedModel, TrainedTask, read_trained_model
-from nowcast_infill.data.datamodule import AuxRegridder
 from nowcast_infill.data.normalization import Normalizer
-from nowcast_infill.inference.tiling import predict_tiled
-from nowcast_infill.io.importers import sha256_of
+from nowcast_infill.data.regrid import AuxRegridder
+from nowcast_infill.data.tiling import predict_tiled
+from nowcast_infill.io.files import file_sha256
 from nowcast_infill.models.module import RadarModule
 from nowcast_infill.schema import AUX_PREFIX, PRECIP
 
@@ -253,6 +253,6 @@ def load_checkpoint_predictor(
                                     batch_size=batch_size, aux_names=aux_names, device=device, path=path)
     config = {"hyper_parameters": hparams, "normalizer": normalizer.state_dict(), "aux": aux_names,
               "tile": tile, "overlap": overlap}
-    info = {"model": str(path.resolve()), "sha256": sha256_of(path),
+    info = {"model": str(path.resolve()), "sha256": file_sha256(path),
             "config": json.dumps(config, sort_keys=True, default=str)}
     return predictor, info

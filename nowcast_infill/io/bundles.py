@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from nowcast_infill.io.importers import ConversionError, sha256_of
+from nowcast_infill.io.files import file_sha256
+from nowcast_infill.io.importers import ConversionError
 
 # Names of bundles, by how they end (case-insensitive): tarfile's `r|*` detects the compression.
 BUNDLE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz")
@@ -63,7 +64,7 @@ def bundle_members(bundle: Path) -> Iterator[WorkItem]:
     Raises ConversionError naming `bundle` (or `bundle!member` for the member being read)
     when the archive is damaged or cut short.
     """
-    digest = sha256_of(bundle)
+    digest = file_sha256(bundle)
     try:
         fh = open(bundle, "rb")
     except OSError as err:

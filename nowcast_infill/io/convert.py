@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Iterator
 
 from nowcast_infill.errors import MissingInputError
+from nowcast_infill.registry import get_method
 from nowcast_infill.io.bundles import MEMBER_SEPARATOR, WorkItem, is_bundle, work_items
-from nowcast_infill.io.importers import ConversionError, Frame, get_importer, sha256_of
-from nowcast_infill.io.store import DEFAULT_MAX_GAP_S, DEFAULT_SHARDS, AppendResult, SourceRecord, StoreWriter, _iso, precip_layout
+from nowcast_infill.io.files import file_sha256
+from nowcast_infill.io.importers import ConversionError, Frame
+from nowcast_infill.io.store import DEFAULT_MAX_GAP_S, DEFAULT_SHARDS, AppendResult, SourceRecord, StoreWriter, iso_time, precip_layout
 from nowcast_infill.io.store_lock import DEFAULT_LOCK_TIMEOUT_S, StoreLock
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ _WORKER_IMPORTER = {}
 def _importer(source: str, options: dict):
     key = (source, repr(sorted(options.items())))
     if key not in _WORKER_IMPORTER:
-        _WORKER_IMPORTER[key] = get_importer(source, **options)
+        _WORKER_IMPORTER[key] = get_method("source", source, **options)
     return _WORKER_IMPORTER[key]
 
 
@@ -69,7 +71,7 @@ def read_item(source: str, options: dict, item: WorkItem) -> tuple[Path, list[Fr
     try:
         if item.content is None:
             frames = importer.read(path)
-            digest = sha256_of(path)
+            digest = file_sha256(path)
         else:
             if not hasattr(importer, "read_bytes"):
                 raise ConversionError(path, f"source={source} reads files only, not members of a tar bundle; "
@@ -129,7 +131,7 @@ def convert(
     """Convert radar files to (or append them to) the Zarr store `output`.
 
     inputs: glob, path or list of them; tar bundles (.tar, .tar.gz, .tar.bz2, nested) are read
-    member by member as a stream (nowcast_infill/io/bundles.py). source: importer name (see `get_importer`);
+    member by member as a stream (nowcast_infill/io/bundles.py). source: importer name (registry kind "source");
     `importer_options` go to it (e.g. pysteps_importer="knmi_hdf5", zr_a=200).
     skip_bad: skip unreadable files (listed in the store's `skipped_files` and logged)
     instead of failing. workers: reader processes (default min(4, CPUs - 1, files));
@@ -145,11 +147,11 @@ def convert(
     Raises ConversionError naming the file and the fix.
     """
     started = _time.perf_counter()
-    get_importer(source, **importer_options)  # fail on a bad name/option before any work
+    get_method("source", source, **importer_options)  # fail on a bad name/option before any work
     precip_layout((1, 1), chunks, shards)
     files = expand_inputs(inputs)
     output_as_given, output = str(output), Path(output)
-    # One core is left to the thread that compresses and writes the frames (store.StoreWriter).
+    # One core is left to the thread that compresses and writes the frames (io/store/writer.py: StoreWriter).
     # A bundle holds many items, so its length does not bound the reader processes.
     n_items = len(files) if not any(is_bundle(p) for p in files) else max(len(files), 64)
     n_workers = max(1, min(int(workers or min(4, (os.cpu_count() or 1) - 1)), n_items))
@@ -193,7 +195,7 @@ def convert(
                     writer.skip(entry)
                 else:
                     for f in got:
-                        writer.add(f, SourceRecord(name=source_name(path), sha256=digest, time=_iso(f.time)))
+                        writer.add(f, SourceRecord(name=source_name(path), sha256=digest, time=iso_time(f.time)))
                     product = product or (got[0].product if got else None)
                 n_in_commit += 1
                 if n_in_commit >= per_commit:

@@ -1,13 +1,18 @@
-"""Importer registry: every radar source is read into the same `Frame` record.
+"""Radar sources: every importer reads its files into the same `Frame` record.
 
-`get_importer(name, **options)` is the one entry point; the store writer and
-`convert()` only ever see `Frame` objects, whatever the file format was.
+Importers are registered with the package registry as the kind `source`:
+`nowcast_infill.registry.get_method("source", name, **options)` builds one. The store
+writer and `convert()` only ever see `Frame` objects, whatever the file format was.
+
+Adding a radar source: one importer module (a class with `name` and `read(path) ->
+list[Frame]`, see `Importer`), one `register("source", ...)` line below (or an entry
+point in the group `nowcast_infill.source` of another package), and one yaml with its
+options (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -15,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from nowcast_infill.errors import UserError
+from nowcast_infill.registry import register
 from nowcast_infill.schema import MAX_RAIN_RATE_MM_H
 
 
@@ -101,38 +107,12 @@ class Importer(Protocol):
     def read(self, path: str | Path) -> list[Frame]: ...
 
 
-# Registered lazily (module path, class name) so that importing the registry does not
-# import wradlib, pysteps and xarray at once; each is only loaded when asked for.
-_REGISTRY: dict[str, tuple[str, str]] = {
-    "radolan": ("nowcast_infill.io.radolan", "RadolanImporter"),
-    "radolan_ascii": ("nowcast_infill.io.radolan", "RadolanAsciiImporter"),
-    "pysteps": ("nowcast_infill.io.pysteps_source", "PystepsImporter"),
-    "xarray": ("nowcast_infill.io.xarray_source", "XarrayImporter"),
-}
-
-
-def importer_names() -> list[str]:
-    """Valid names for `get_importer`, sorted."""
-    return sorted(_REGISTRY)
-
-
-def get_importer(name: str, **options) -> Importer:
-    """Build the importer registered as `name` with its `options`.
-
-    Raises ValueError listing the valid names when `name` is unknown, and
-    TypeError naming the importer when an option is not accepted.
-    """
-    if name not in _REGISTRY:
-        raise ValueError(
-            f"unknown importer {name!r}; valid names are {', '.join(importer_names())} "
-            "(set e.g. source=radolan)."
-        )
-    module_name, class_name = _REGISTRY[name]
-    cls = getattr(importlib.import_module(module_name), class_name)
-    try:
-        return cls(**options)
-    except TypeError as err:
-        raise TypeError(f"importer {name!r}: {err}") from err
+# Registered lazily ("module:Class") so that looking one up does not import wradlib, pysteps
+# and xarray at once; each is only loaded when asked for.
+register("source", "radolan", "nowcast_infill.io.radolan:RadolanImporter")
+register("source", "radolan_ascii", "nowcast_infill.io.radolan:RadolanAsciiImporter")
+register("source", "pysteps", "nowcast_infill.io.pysteps_source:PystepsImporter")
+register("source", "xarray", "nowcast_infill.io.xarray_source:XarrayImporter")
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -242,15 +222,3 @@ def make_grid(x_km: np.ndarray, y_km: np.ndarray, proj4: str) -> GridInfo:
     x = np.ascontiguousarray(x_km, dtype=np.float64)
     y = np.ascontiguousarray(y_km, dtype=np.float64)
     return _grid_cached(x.tobytes(), y.tobytes(), proj4)
-
-
-def sha256_of(path: str | Path, block: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(block), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-

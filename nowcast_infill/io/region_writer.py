@@ -46,10 +46,13 @@ from nowcast_infill import schema
 from nowcast_infill.errors import UserError
 from nowcast_infill.io.frame_stats import compute_frame_stats
 from nowcast_infill.io.convert import expand_inputs, iter_items, read_item, read_items, source_name
-from nowcast_infill.io.importers import ConversionError, Frame, get_importer
-from nowcast_infill.io.store import (DEFAULT_SHARDS, SourceRecord, _check_consistent, _create_skeleton, _encode_times, _iso,
-                                     _new_attrs, _read_state, _whole_frame_chunk_writer, precip_layout)
+from nowcast_infill.io.importers import ConversionError, Frame
+from nowcast_infill.io.store import DEFAULT_SHARDS, SourceRecord, precip_layout
+from nowcast_infill.io.store import check_consistent as _check_consistent, create_skeleton as _create_skeleton
+from nowcast_infill.io.store import encode_times as _encode_times, iso_time as _iso, new_store_attrs as _new_attrs
+from nowcast_infill.io.store import read_state as _read_state, whole_frame_chunk_writer as _whole_frame_chunk_writer
 from nowcast_infill.io.store_lock import DEFAULT_LOCK_TIMEOUT_S, StoreLock
+from nowcast_infill.registry import get_method
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +133,7 @@ def plan_store(inputs, output: str | Path, source: str, tasks: int = 1, time_ran
     frame of the inputs. time_step_s: the store's step; null: the product's interval.
     Returns the plan (also written to NAME.zarr.conversion/plan.json).
     """
-    get_importer(source, **importer_options)
+    get_method("source", source, **importer_options)
     files = expand_inputs(inputs)
     output = Path(output)
     history = history or f"nowcast_infill.io.region_writer.plan_store(source={source!r}, inputs={inputs!r}, output={str(output)!r})"

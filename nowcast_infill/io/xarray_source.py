@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nowcast_infill.io.files import is_zarr_path, open_by_suffix
 from nowcast_infill.io.importers import (
     DBZ_TO_MM_H_DEFAULT_ZR,
     ConversionError,
@@ -52,16 +53,12 @@ class XarrayImporter:
         self.zr = (float(zr_a), float(zr_b))
 
     def _open(self, path: Path):
-        import xarray as xr
-
         if not path.exists():
             raise ConversionError(path, "does not exist; check inputs=.")
         try:
-            if path.is_dir() or path.suffix == ".zarr":
-                return xr.open_zarr(path, consolidated=None)
-            if path.stat().st_size == 0:
+            if not is_zarr_path(path) and path.stat().st_size == 0:
                 raise ConversionError(path, "file is empty; re-download it or pass skip_bad=true.")
-            return xr.open_dataset(path)
+            return open_by_suffix(path)
         except ConversionError:
             raise
         except Exception as err:

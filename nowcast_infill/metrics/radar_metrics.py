@@ -23,6 +23,7 @@ import torch
 from torchmetrics import Metric
 
 from nowcast_infill.metrics.scores import MIN_PATTERN_STD_MM_H, format_threshold
+from nowcast_infill.study import FSS_SCALES_PX, METRIC_THRESHOLDS_MM_H
 
 # States summed over the lead axis for the overall scores; every one has lead as dim 0.
 _STATE_SHAPES = {
@@ -221,8 +222,8 @@ class RadarMetrics(Metric):
 
     def __init__(
         self,
-        thresholds: Sequence[float] = (0.1, 1.0, 5.0, 10.0),
-        fss_scales: Sequence[int] = (1, 5, 11),
+        thresholds: Sequence[float] = METRIC_THRESHOLDS_MM_H,
+        fss_scales: Sequence[int] = FSS_SCALES_PX,
         n_leads: int = 1,
         **kwargs,
     ) -> None:

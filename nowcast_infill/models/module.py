@@ -26,6 +26,7 @@ import hydra
 import lightning as L
 import torch
 
+from nowcast_infill.study import METRIC_DEFAULTS
 from nowcast_infill.utils.instantiate import split_reserved, to_plain
 from nowcast_infill.utils.logging import get_logger
 from nowcast_infill.utils.lr import scaled_learning_rate, trainer_global_batch
@@ -37,7 +38,8 @@ STAGES = ("val", "test")
 # Keys of the optimizer/scheduler nodes that the framework reads; the rest go to the target.
 OPTIMIZER_RESERVED = {"lr_scaling": "none", "reference_global_batch": None}
 SCHEDULER_RESERVED = {"interval": "step", "frequency": 1, "monitor": "val/loss"}
-DEFAULT_METRICS = {"thresholds": [0.1, 1.0, 5.0, 10.0], "fss_scales": [1, 5, 11]}
+# the study's thresholds and FSS scales (nowcast_infill/study.py), also conf/model/_common.yaml's
+DEFAULT_METRICS = METRIC_DEFAULTS
 # Sample panels are drawn from windows whose target is at least this fraction valid, the
 # wettest first (fraction of valid pixels with at least FIGURE_WET_MM_H).
 FIGURE_MIN_VALID_FRACTION = 0.5

@@ -220,10 +220,15 @@ def _check_model(model: Mapping) -> None:
     from nowcast_infill.utils.lr import LR_SCALING_RULES
 
     model = dict(model)
-    model.pop("kind", None)  # network | classical: read by the pipeline, not an argument of the module
     if model.get("aux_channels", 0) is None:
         # null = taken from the DataModule's aux fields when the module is built
         model.pop("aux_channels")
+    # network | classical (conf/model/_network.yaml, _classical.yaml): read by the pipeline to
+    # pick the path, not an argument of the module
+    kind = model.pop("kind", None)
+    if kind not in ("network", "classical"):
+        raise ConfigSchemaError(f"model.kind: {kind!r}; a model config sets kind: network or kind: classical "
+                                "(extend conf/model/_network.yaml or _classical.yaml).")
     check_target_node(model, "model", skip_nested=True)
     completed = {"in_frames", "out_frames", "aux_channels"}
     if "net" in model and isinstance(model["net"], Mapping) and "_target_" in model["net"]:

@@ -17,6 +17,7 @@ from nowcast_infill.pipeline.inputs import (
     config_int,
     writable_output_store,
 )
+from nowcast_infill.registry import get_method
 
 # Importer options may also be given at the top level (`ni-convert variable=rain`),
 # which reads more naturally on the command line than `importer.variable=rain`.
@@ -37,7 +38,6 @@ def _check(cfg: DictConfig) -> dict:
 
     Returns the keyword arguments of `convert` other than inputs/output/history.
     """
-    from nowcast_infill.io.importers import get_importer
     from nowcast_infill.io.store import (
         DEFAULT_MAX_GAP_S,
         checked_max_gap,
@@ -62,7 +62,7 @@ def _check(cfg: DictConfig) -> dict:
     writable_output_store(cfg.output, "output", inputs=[("inputs", p) for p in ([inputs] if isinstance(inputs, str) else inputs)])
     try:
         checked_max_gap(options["max_gap_s"])
-        get_importer(cfg.source, **importer)
+        get_method("source", cfg.source, **importer)
         precip_layout((1, 1), options["chunks"], options["shards"])
     except (ValueError, TypeError) as err:  # unknown source, option or layout key: the message names it
         raise BadValueError(str(err)) from err

@@ -7,10 +7,17 @@ every `ni-*` command needs before it can check its config, must not pull in torc
 import importlib
 
 _HOME = {
-    "get_logger": "logging", "rank_zero_print": "logging",
-    "print_config_tree": "config", "register_resolvers": "config", "run_id": "config",
-    "global_batch_size": "lr", "scaled_learning_rate": "lr", "warmup_cosine_schedule": "lr",
-    "instantiate_callbacks": "instantiate", "instantiate_loggers": "instantiate", "split_reserved": "instantiate",
+    "get_logger": "logging",
+    "rank_zero_print": "logging",
+    "print_config_tree": "config",
+    "register_resolvers": "config",
+    "run_id": "config",
+    "global_batch_size": "lr",
+    "scaled_learning_rate": "lr",
+    "warmup_cosine_schedule": "lr",
+    "instantiate_callbacks": "instantiate",
+    "instantiate_loggers": "instantiate",
+    "split_reserved": "instantiate",
 }
 
 

@@ -10,7 +10,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from nowcast_infill.utils.logging import current_rank, rank_zero_print
+from nowcast_infill.study import METRIC_DEFAULTS, VARIANTS
+from nowcast_infill.utils.logging import current_rank, get_logger, rank_zero_print
+
+log = get_logger(__name__)
 
 # Launcher ids first: a NI_RUN_ID left in the environment by an earlier run in the same shell
 # or process must not rename a Slurm or torchrun job.
@@ -142,7 +145,46 @@ def checkpoint_model(ckpt_path, default: str) -> str:
     return _CKPT_MODEL_CACHE[key]
 
 
+def variants(form: str = "list") -> list[str] | str:
+    """`${ni.variants:}`: the study's network variants (`nowcast_infill.study.VARIANTS`) as a list;
+    `${ni.variants:csv}`: as "pconv,lstm,..." for a sweeper's `params` (a comma-separated choice);
+    `${ni.variants:choices}`: as "pconv|lstm|..." for help texts."""
+    separators = {"csv": ",", "choices": "|"}
+    if form == "list":
+        return list(VARIANTS)
+    if form in separators:
+        return separators[form].join(VARIANTS)
+    raise ValueError(f"${{ni.variants:{form}}}: unknown form {form!r}; use ${{ni.variants:}} (a list), "
+                     "${ni.variants:csv} or ${ni.variants:choices}.")
+
+
+def metric_defaults(key: str) -> list:
+    """`${ni.metric_defaults:thresholds}` / `${ni.metric_defaults:fss_scales}`: the study's
+    verification thresholds (mm/h) and FSS window sizes (px) from `nowcast_infill.study`."""
+    if key not in METRIC_DEFAULTS:
+        raise ValueError(f"${{ni.metric_defaults:{key}}}: unknown key {key!r}; valid: {', '.join(METRIC_DEFAULTS)}.")
+    return list(METRIC_DEFAULTS[key])
+
+
+# Deprecated names already reported in this process: one warning per name, however often
+# the config is resolved.
+_WARNED_ALIASES: set[tuple[str, str]] = set()
+
+
+def deprecated_alias(group: str, old: str, new: str, value):
+    """`${ni.deprecated_alias:model,baseline,pconv,pconv}` in an alias config (a file that only
+    `defaults:` to the new one): log "model=baseline is now model=pconv" (once per process) when
+    the key holding it is resolved, and give `value`, the new config's own value of that key."""
+    if (group, old) not in _WARNED_ALIASES:
+        _WARNED_ALIASES.add((group, old))
+        log.warning(f"{group}={old} is now {group}={new}; the old name still works but will be removed.")
+    return value
+
+
 _RESOLVERS = {
+    "ni.variants": variants,
+    "ni.metric_defaults": metric_defaults,
+    "ni.deprecated_alias": deprecated_alias,
     "ni.dirname": dirname,
     "ni.sweep_group": sweep_group,
     "ni.tags": run_tags,

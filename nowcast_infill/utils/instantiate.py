@@ -64,7 +64,8 @@ def _instantiate_children(cfg: DictConfig | None, group: str) -> list:
     if not isinstance(cfg, (DictConfig, Mapping)):
         raise TypeError(f"config group '{group}' must be a mapping of name -> node, got {type(cfg).__name__}")
     objects = []
-    for name, node in cfg.items():
+    for key, node in cfg.items():
+        name = str(key)  # a config key may be an int or an enum: named as the user wrote it
         if node is None:
             continue
         if not isinstance(node, (DictConfig, Mapping)) or "_target_" not in node:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 
 def current_rank() -> int:
@@ -30,7 +31,8 @@ class RankZeroLogger(logging.LoggerAdapter):
     """A `logging.Logger` whose records are emitted on global rank 0 only (or on every rank,
     prefixed with the rank, when called with `all_ranks=True`)."""
 
-    def log(self, level, msg, *args, all_ranks: bool = False, **kwargs):  # noqa: D102
+    # The base's **kwargs are typed `object`, so mypy would have all_ranks accept any object too.
+    def log(self, level: int, msg: object, *args: object, all_ranks: bool = False, **kwargs: Any) -> None:  # type: ignore[override]
         if not self.isEnabledFor(level):
             return
         rank = current_rank()

@@ -58,4 +58,3 @@ class TrainingClock(Callback):
         if self._validation_start is not None and not trainer.sanity_checking:
             self._validation_s += time.perf_counter() - self._validation_start
         self._validation_start = None
-

@@ -1,19 +1,30 @@
-"""Tiled inference: run a network on grids larger than it was trained on.
+"""Tiles of a radar grid: the one tiling used by evaluation and by inference.
 
-Overlapping tiles are blended with a linear-ramp weight that falls towards each tile
-edge, so seams vanish; weights and sums are accumulated in float64 so that a pointwise
-network gives bit-identical output tiled or not.
+* `tile_starts` places tiles along one axis: a step of `tile - overlap`, the last tile
+  shifted inward so it ends flush with the grid (every tile full size).
+* Evaluation (`eval_tiles`, `tile_owners`): non-overlapping steps, so only the shifted edge
+  tiles overlap their neighbours; each pixel is owned (scored) by the first tile covering it,
+  so scores over tiles equal scores over the whole grid.
+* Inference (`predict_tiled`): overlapping tiles blended with a linear-ramp weight that falls
+  towards each tile edge, so seams vanish; weights and sums are accumulated in float64 so
+  that a pointwise network gives bit-identical output tiled or not.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nowcast_infill.errors import BadValueError
 
-def _starts(length: int, tile: int, overlap: int) -> list[int]:
+# (y0, x0, h, w): a tile's top-left pixel and size
+Tile = tuple[int, int, int, int]
+
+
+def tile_starts(length: int, tile: int, overlap: int = 0) -> list[int]:
     """Tile start offsets covering [0, length) with tiles of `tile`, last tile flush with the end."""
     if length <= tile:
         return [0]
@@ -21,6 +32,33 @@ def _starts(length: int, tile: int, overlap: int) -> list[int]:
     starts = list(range(0, length - tile, step))
     starts.append(length - tile)
     return starts
+
+
+def eval_tiles(height: int, width: int, tile: int | None) -> list[Tile]:
+    """(y0, x0, h, w) covering the frame; edge tiles are shifted inward so all are full size.
+
+    `tile=None` is the whole frame as one tile.
+    """
+    if tile is None:
+        return [(0, 0, height, width)]
+    if tile > height or tile > width:
+        raise BadValueError(f"eval_tile={tile} is larger than the frame ({height} x {width}); "
+                            "use data.eval_tile=null for full frames or a smaller tile.")
+    return [(y0, x0, tile, tile) for y0 in tile_starts(height, tile) for x0 in tile_starts(width, tile)]
+
+
+def tile_owners(height: int, width: int, tiles: Sequence[Tile]) -> np.ndarray:
+    """(H, W) int32: the index of the first tile covering each pixel (its owner), -1 if none.
+
+    The inward-shifted edge tiles of `eval_tiles` overlap their neighbours; a tile is scored
+    only on the pixels it owns, so each pixel counts once and scores over tiles equal
+    scores over the whole grid.
+    """
+    owners = np.full((height, width), -1, dtype=np.int32)
+    for index, (y0, x0, h, w) in enumerate(tiles):
+        block = owners[y0:y0 + h, x0:x0 + w]
+        block[block < 0] = index
+    return owners
 
 
 def _ramp(size: int, overlap: int, dtype, device) -> torch.Tensor:
@@ -94,7 +132,7 @@ def predict_tiled(
     aux, aux_mask = _pad(aux, pad_h, pad_w), _pad(aux_mask, pad_h, pad_w)
     full_h, full_w = height + pad_h, width + pad_w
 
-    windows = [(r, c) for r in _starts(full_h, tile_h, overlap) for c in _starts(full_w, tile_w, overlap)]
+    windows = [(r, c) for r in tile_starts(full_h, tile_h, overlap) for c in tile_starts(full_w, tile_w, overlap)]
     if needed is not None:
         if needed.shape != (height, width):
             raise ValueError(f"needed {tuple(needed.shape)} must be (H, W) = {(height, width)}.")
@@ -110,7 +148,7 @@ def predict_tiled(
     for i in range(0, len(windows), batch_size):
         chunk = windows[i:i + batch_size]
 
-        def cut(t):
+        def cut(t, chunk=chunk):
             return None if t is None else torch.stack([t[..., r:r + tile_h, c:c + tile_w] for r, c in chunk])
 
         pred = fn(cut(x), cut(x_mask), cut(aux), cut(aux_mask))

@@ -16,8 +16,8 @@ does, unless `paths.output_dir=` is given. examples/api_tour.py runs every call.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict

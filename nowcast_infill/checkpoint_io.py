@@ -85,14 +85,18 @@ def read_checkpoint(path: str | Path) -> dict:
                 "checkpoint written by ni-train never holds; pass a .ckpt written by ni-train (do not load this file "
                 "with weights_only=False unless you trust its source)."
             ) from None
-        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({_one_line(err)}); "
-                              "pass a .ckpt written by ni-train.") from None
+        raise CheckpointError(
+            f"{path}: cannot be read as a PyTorch checkpoint ({_one_line(err)}); pass a .ckpt written by ni-train."
+        ) from None
     except Exception as err:  # torch raises several types for a file that is not a checkpoint
-        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({_one_line(err)}); "
-                              "pass a .ckpt written by ni-train.") from None
+        raise CheckpointError(
+            f"{path}: cannot be read as a PyTorch checkpoint ({_one_line(err)}); pass a .ckpt written by ni-train."
+        ) from None
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise CheckpointError(f"{path}: not a Lightning checkpoint of a RadarModule (no state_dict/hyper_parameters); "
-                              "pass a .ckpt written by ni-train.")
+        raise CheckpointError(
+            f"{path}: not a Lightning checkpoint of a RadarModule (no state_dict/hyper_parameters); "
+            "pass a .ckpt written by ni-train."
+        )
     return dict(ckpt)
 
 
@@ -177,16 +181,20 @@ def read_trained_model(path: str | Path) -> TrainedModel:
 def _from_payload(path: str, ckpt: dict, hparams: dict, payload: Any) -> TrainedModel:
     if not isinstance(payload, Mapping) or payload.get("format") != PAYLOAD_FORMAT:
         found = payload.get("format") if isinstance(payload, Mapping) else type(payload).__name__
-        raise CheckpointError(f"{path}: '{PAYLOAD_KEY}' is of format {found!r}, this version reads format "
-                              f"{PAYLOAD_FORMAT}; use the nowcast_infill version that wrote it, or {RETRAIN_FIX}.")
+        raise CheckpointError(
+            f"{path}: '{PAYLOAD_KEY}' is of format {found!r}, this version reads format "
+            f"{PAYLOAD_FORMAT}; use the nowcast_infill version that wrote it, or {RETRAIN_FIX}."
+        )
     try:
         task = payload["task"]
         trained = TrainedTask(str(task["name"]), int(task["in_frames"]), int(task["out_frames"]))
         normalizer, aux, name = dict(payload["normalizer"]), payload["aux_names"], str(payload["model_name"])
         aux_names = [str(a) for a in aux]
     except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: '{PAYLOAD_KEY}' lacks or garbles {err} (it needs task.name/in_frames/"
-                              f"out_frames, normalizer, aux_names, model_name); {RETRAIN_FIX}.") from None
+        raise CheckpointError(
+            f"{path}: '{PAYLOAD_KEY}' lacks or garbles {err} (it needs task.name/in_frames/"
+            f"out_frames, normalizer, aux_names, model_name); {RETRAIN_FIX}."
+        ) from None
     return TrainedModel(path, PAYLOAD_FORMAT, trained, normalizer, aux_names, name, hparams, ckpt)
 
 
@@ -194,13 +202,23 @@ def _from_old_layout(path: str, ckpt: dict, hparams: dict) -> TrainedModel:
     try:
         trained = TrainedTask(str(hparams["task"]), int(hparams["in_frames"]), int(hparams["out_frames"]))
     except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: holds neither '{PAYLOAD_KEY}' nor the task in hyper_parameters ({err}); "
-                              f"{RETRAIN_FIX}.") from None
+        raise CheckpointError(
+            f"{path}: holds neither '{PAYLOAD_KEY}' nor the task in hyper_parameters ({err}); {RETRAIN_FIX}."
+        ) from None
     state = (ckpt.get(LEGACY_DATAMODULE_KEY) or {}).get("normalizer")
     run_config = _run_config(Path(path))
     listed = _listed_aux(ckpt, run_config)
-    return TrainedModel(path, LEGACY_FORMAT, trained, None if state is None else dict(state), listed,
-                        str(hparams.get("name", "")), hparams, ckpt, run_config)
+    return TrainedModel(
+        path,
+        LEGACY_FORMAT,
+        trained,
+        None if state is None else dict(state),
+        listed,
+        str(hparams.get("name", "")),
+        hparams,
+        ckpt,
+        run_config,
+    )
 
 
 def _run_config(path: Path) -> dict | None:
@@ -208,7 +226,8 @@ def _run_config(path: Path) -> dict | None:
     candidate = path.resolve().parent.parent / "config.yaml"
     if not candidate.is_file():
         return None
-    return OmegaConf.to_container(OmegaConf.load(candidate), resolve=False)
+    loaded = OmegaConf.to_container(OmegaConf.load(candidate), resolve=False)
+    return loaded if isinstance(loaded, dict) else None
 
 
 def _listed_aux(ckpt: Mapping, run_config: Mapping | None) -> list[str] | None:

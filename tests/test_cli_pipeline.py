@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_configs import TINY_NET, compose_config, tiny_overrides
 
 PACKAGE = Path(__file__).resolve().parents[1] / "nowcast_infill"
@@ -44,7 +43,7 @@ def test_inference_modules_import_each_other_without_a_cycle_or_private_names():
         graph[name] = targets
 
     def visit(node: str, path: list[str]) -> None:
-        assert node not in path, "import cycle: " + " -> ".join([*path[path.index(node):], node])
+        assert node not in path, "import cycle: " + " -> ".join([*path[path.index(node) :], node])
         for target in graph[node]:
             visit(target, [*path, node])
 
@@ -67,8 +66,10 @@ def test_cli_is_shims_and_the_pipeline_never_imports_it():
 
 
 def test_importing_a_store_command_loads_no_torch():
-    code = ("import sys; from nowcast_infill.pipeline import convert, synth, infill, nowcast; "
-            "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))")
+    code = (
+        "import sys; from nowcast_infill.pipeline import convert, synth, infill, nowcast; "
+        "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
@@ -82,8 +83,17 @@ def test_a_failing_train_still_finishes_its_wandb_run(tmp_path, monkeypatch):
     from nowcast_infill.pipeline import train
 
     store = write_synthetic_store(tmp_path / "s.zarr", n_times=40, ny=40, nx=40, seed=1)
-    cfg = compose_config("train", [*tiny_overrides(tmp_path, store), TINY_NET, "logger=wandb", "task.past=2",
-                                   "task.future=2", f"data.stats_path={tmp_path / 'stats.json'}"])
+    cfg = compose_config(
+        "train",
+        [
+            *tiny_overrides(tmp_path, store),
+            TINY_NET,
+            "logger=wandb",
+            "task.past=2",
+            "task.future=2",
+            f"data.stats_path={tmp_path / 'stats.json'}",
+        ],
+    )
 
     def fit_fails(*args, **kwargs):
         assert wandb.run is not None  # the logger's run was started (hyperparameters logged)

@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_configs import TINY_NET, compose_config, tiny_overrides
 
 from nowcast_infill.data.synthetic import write_synthetic_store
 from nowcast_infill.errors import BadValueError
 from nowcast_infill.pipeline import evaluate, train
-from test_configs import TINY_NET, compose_config, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 NOWCAST = ["task=nowcast", "task.past=2", "task.future=2"]
@@ -27,9 +27,22 @@ def nowcast_checkpoint(tmp_path_factory) -> Path:
     """A nowcast network (2 frames in, 2 out) trained for one step on one synthetic store."""
     tmp = tmp_path_factory.mktemp("train")
     store = write_synthetic_store(tmp / "train.zarr", n_times=40, ny=40, nx=40, seed=3)
-    trained = train(compose_config("train", [*tiny_overrides(tmp, store), TINY_NET, *NOWCAST, *SMALL,
-                                             f"data.stats_path={tmp / 'train.stats.json'}", "trainer.max_epochs=1",
-                                             "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1", "test=false"]))
+    trained = train(
+        compose_config(
+            "train",
+            [
+                *tiny_overrides(tmp, store),
+                TINY_NET,
+                *NOWCAST,
+                *SMALL,
+                f"data.stats_path={tmp / 'train.stats.json'}",
+                "trainer.max_epochs=1",
+                "+trainer.limit_train_batches=1",
+                "+trainer.limit_val_batches=1",
+                "test=false",
+            ],
+        )
+    )
     return Path(trained["last_model_path"])
 
 
@@ -39,16 +52,29 @@ def unseen_store(tmp_path_factory) -> Path:
 
 
 def eval_overrides(tmp_path: Path, store: Path, ckpt: Path, *extra: str) -> list[str]:
-    return [*tiny_overrides(tmp_path, store), *SMALL, f"ckpt_path={ckpt}", f"data.stats_path={tmp_path / 'unseen.stats.json'}",
-            "+trainer.limit_test_batches=1", "n_figures=1", *extra]
+    return [
+        *tiny_overrides(tmp_path, store),
+        *SMALL,
+        f"ckpt_path={ckpt}",
+        f"data.stats_path={tmp_path / 'unseen.stats.json'}",
+        "+trainer.limit_test_batches=1",
+        "n_figures=1",
+        *extra,
+    ]
 
 
 @pytest.mark.slow  # a ni-eval process: 15-40 s on a busy 2-core machine
 def test_ni_eval_takes_task_and_normaliser_from_the_checkpoint(nowcast_checkpoint, unseen_store, tmp_path):
     overrides = eval_overrides(tmp_path, unseen_store, nowcast_checkpoint)
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
-    done = subprocess.run([sys.executable, "-m", "nowcast_infill.cli.eval", *overrides], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "nowcast_infill.cli.eval", *overrides],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert record["task"] == "nowcast" and record["split"] == "test"

@@ -1,6 +1,6 @@
 """`ni-synth`: Hydra shim over `nowcast_infill.pipeline.synth` (conf/synth.yaml).
 
-    ni-synth output=data/synthetic.zarr seed=0 n_times=192
+ni-synth output=data/synthetic.zarr seed=0 n_times=192
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ Predictors: see `inference.frame_infiller` (and `inference.predictors.load_predi
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import xarray as xr
@@ -63,10 +63,12 @@ def require_valid_frame(ds: xr.Dataset, store_name: str) -> None:
         raise NoValidFrameError(
             f"{store_name}: no valid frame: of its {ds.sizes['time']} frames {n_missing} are missing frames and the "
             f"others hold no finite rate in 0..{MAX_RAIN_RATE_MM_H:g} mm/h, so there is nothing to infill from; "
-            "check input= (convert radar files into it with ni-convert).")
+            "check input= (convert radar files into it with ni-convert)."
+        )
 
 
 # ----------------------------------------------------------------------------- coverage
+
 
 def derive_coverage(ds: xr.Dataset, min_fraction: float = 0.5) -> np.ndarray:
     """Radar coverage `(y, x)` bool: pixels valid in at least `min_fraction` of the non-missing frames.
@@ -85,8 +87,10 @@ def derive_coverage(ds: xr.Dataset, min_fraction: float = 0.5) -> np.ndarray:
         counts += np.isfinite(ds[PRECIP][int(t)].values)
         n_used += 1
     if n_used == 0:
-        raise ValueError("cannot derive the radar coverage: every frame of the store is a missing frame; "
-                         "pass coverage=<file> instead.")
+        raise ValueError(
+            "cannot derive the radar coverage: every frame of the store is a missing frame; "
+            "pass coverage=<file> instead."
+        )
     return counts >= min_fraction * n_used
 
 
@@ -94,8 +98,10 @@ def load_coverage(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     """Read a coverage mask `(y, x)` bool from a `.npy` file or a NetCDF/Zarr variable `coverage`."""
     path = Path(path)
     if not path.exists():
-        raise MissingInputError(f"{path}: coverage file not found; pass a .npy bool array or a store with "
-                                f"a '{COVERAGE}(y, x)' variable, or coverage=null to derive it.")
+        raise MissingInputError(
+            f"{path}: coverage file not found; pass a .npy bool array or a store with "
+            f"a '{COVERAGE}(y, x)' variable, or coverage=null to derive it."
+        )
     if path.suffix == ".npy":
         mask = np.load(path)
     else:
@@ -110,8 +116,9 @@ def load_coverage(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     return mask.astype(bool)
 
 
-def _create_infill_store(src, input_store, output_store, coverage, coverage_source, info, context,
-                         infill_outside_coverage) -> None:
+def _create_infill_store(
+    src, input_store, output_store, coverage, coverage_source, info, context, infill_outside_coverage
+) -> None:
     import dask.array as da
 
     n_t, height, width = src[PRECIP].shape
@@ -121,22 +128,43 @@ def _create_infill_store(src, input_store, output_store, coverage, coverage_sour
     precip_attrs.pop("_FillValue", None)
     out = xr.Dataset(
         {
-            PRECIP: (dims, da.full((n_t, height, width), np.nan, dtype=np.float32, chunks=(1, height, width)),
-                     precip_attrs),
-            INFILLED: (dims, da.zeros((n_t, height, width), dtype=np.uint8, chunks=(1, height, width)),
-                       {"long_name": "pixel value comes from the infilling model", "flag_values": [0, 1],
-                        "flag_meanings": "observed_or_no_data infilled"}),
-            STATUS: (("time",), np.zeros(n_t, dtype=np.int8),
-                     {"long_name": "infilling state of the time step; 0 = not written yet",
-                      "flag_values": [0, 1, 2, 3], "flag_meanings": STATUS_MEANINGS}),
-            COVERAGE: (("y", "x"), coverage,
-                       {"long_name": "radar coverage area: pixels eligible for infilling", "source": coverage_source}),
+            PRECIP: (
+                dims,
+                da.full((n_t, height, width), np.nan, dtype=np.float32, chunks=(1, height, width)),
+                precip_attrs,
+            ),
+            INFILLED: (
+                dims,
+                da.zeros((n_t, height, width), dtype=np.uint8, chunks=(1, height, width)),
+                {
+                    "long_name": "pixel value comes from the infilling model",
+                    "flag_values": [0, 1],
+                    "flag_meanings": "observed_or_no_data infilled",
+                },
+            ),
+            STATUS: (
+                ("time",),
+                np.zeros(n_t, dtype=np.int8),
+                {
+                    "long_name": "infilling state of the time step; 0 = not written yet",
+                    "flag_values": [0, 1, 2, 3],
+                    "flag_meanings": STATUS_MEANINGS,
+                },
+            ),
+            COVERAGE: (
+                ("y", "x"),
+                coverage,
+                {"long_name": "radar coverage area: pixels eligible for infilling", "source": coverage_source},
+            ),
             MISSING_FRAME: src[MISSING_FRAME].load(),
             **grid_vars(src),
         },
         coords={"time": src["time"], "y": src["y"], "x": src["x"]},
-        attrs={**product_attrs(src, input_store, info), "infill_context": int(context),
-               "infill_outside_coverage": int(bool(infill_outside_coverage))},
+        attrs={
+            **product_attrs(src, input_store, info),
+            "infill_context": int(context),
+            "infill_outside_coverage": int(bool(infill_outside_coverage)),
+        },
     )
     encoding = {
         PRECIP: {"chunks": (1, height, width), "_FillValue": np.float32(np.nan)},
@@ -150,8 +178,12 @@ def _create_infill_store(src, input_store, output_store, coverage, coverage_sour
 
 
 def _check_resumable(out: xr.Dataset, src: xr.Dataset, output_store: Path, input_store: Path, info: dict) -> None:
-    want = {"source_store": str(Path(input_store).resolve()), "model": info.get("model", ""),
-            "model_checkpoint_sha256": info.get("sha256", ""), "model_config": info.get("config", "")}
+    want = {
+        "source_store": str(Path(input_store).resolve()),
+        "model": info.get("model", ""),
+        "model_checkpoint_sha256": info.get("sha256", ""),
+        "model_config": info.get("config", ""),
+    }
     for key, value in want.items():
         if out.attrs.get(key) != value:
             raise OutputPathError(
@@ -159,19 +191,33 @@ def _check_resumable(out: xr.Dataset, src: xr.Dataset, output_store: Path, input
                 "delete it or choose another output to start afresh."
             )
     if STATUS not in out or out[PRECIP].shape != src[PRECIP].shape:
-        raise OutputPathError(f"{output_store}: exists but is not an infill store for {input_store} "
-                              f"(no '{STATUS}' or another grid); delete it or choose another output.")
+        raise OutputPathError(
+            f"{output_store}: exists but is not an infill store for {input_store} "
+            f"(no '{STATUS}' or another grid); delete it or choose another output."
+        )
 
 
-def _open_or_create_infill_store(predictor, input_store: Path, output_store: Path, info: dict, context: int,
-                                 coverage, coverage_min_fraction: float, infill_outside_coverage: bool) -> None:
+def _open_or_create_infill_store(
+    predictor,
+    input_store: Path,
+    output_store: Path,
+    info: dict,
+    context: int,
+    coverage,
+    coverage_min_fraction: float,
+    infill_outside_coverage: bool,
+) -> None:
     src = open_radar_store(input_store)
     shape = src[PRECIP].shape[1:]
     if output_store.exists():
         out = xr.open_zarr(output_store, chunks=None)
         _check_resumable(out, src, output_store, input_store, info)
-        log.info("%s: resuming, %d of %d frames already written", output_store,
-                 int((out[STATUS].values != STATUS_PENDING).sum()), out.sizes["time"])
+        log.info(
+            "%s: resuming, %d of %d frames already written",
+            output_store,
+            int((out[STATUS].values != STATUS_PENDING).sum()),
+            out.sizes["time"],
+        )
         return
     if coverage is None:
         coverage_mask = derive_coverage(src, coverage_min_fraction)
@@ -183,16 +229,21 @@ def _open_or_create_infill_store(predictor, input_store: Path, output_store: Pat
         if coverage_mask.shape != shape:
             raise BadValueError(f"coverage has shape {coverage_mask.shape}; the store grid is {shape} (y, x).")
         coverage_source = "given by the caller"
-    _create_infill_store(src, input_store, output_store, coverage_mask, coverage_source, info, context,
-                         infill_outside_coverage)
+    _create_infill_store(
+        src, input_store, output_store, coverage_mask, coverage_source, info, context, infill_outside_coverage
+    )
 
 
 def _summary(output_store: Path, written: int) -> dict:
     final = np.asarray(zarr.open_array(str(output_store / STATUS), mode="r")[:])
-    return {"frames": int(final.size), "written_this_run": int(written),
-            "complete": int((final == STATUS_COMPLETE).sum()), "infilled": int((final == STATUS_INFILLED).sum()),
-            "not_infillable": int((final == STATUS_NOT_INFILLABLE).sum()),
-            "pending": int((final == STATUS_PENDING).sum())}
+    return {
+        "frames": int(final.size),
+        "written_this_run": int(written),
+        "complete": int((final == STATUS_COMPLETE).sum()),
+        "infilled": int((final == STATUS_INFILLED).sum()),
+        "not_infillable": int((final == STATUS_NOT_INFILLABLE).sum()),
+        "pending": int((final == STATUS_PENDING).sum()),
+    }
 
 
 def infill_store(
@@ -242,23 +293,39 @@ def infill_store(
     if int(devices) < 1:
         raise BadValueError(f"devices={devices}; it must be >= 1.")
     require_valid_frame(open_radar_store(input_store), input_name)
-    info = dict(model_info or {"model": getattr(predictor, "__name__", type(predictor).__name__), "sha256": "", "config": ""})
+    info = dict(
+        model_info or {"model": getattr(predictor, "__name__", type(predictor).__name__), "sha256": "", "config": ""}
+    )
     # One writer per output store, from its creation / resume check to the last frame
     # (the processes of `devices > 1` write under this process's lock).
     with StoreLock(output_as_given, timeout=lock_timeout):
-        _open_or_create_infill_store(predictor, input_store, output_store, info, context, coverage,
-                                     coverage_min_fraction, infill_outside_coverage)
+        _open_or_create_infill_store(
+            predictor,
+            input_store,
+            output_store,
+            info,
+            context,
+            coverage,
+            coverage_min_fraction,
+            infill_outside_coverage,
+        )
         if int(devices) > 1:
             # Here, not at the top: Lightning loads (seconds) only for the multi-process path.
             from nowcast_infill.inference.distributed import infill_frames_distributed
 
-            written = infill_frames_distributed(predictor, input_store, output_store, context=context,
-                                                infill_outside_coverage=infill_outside_coverage, devices=int(devices),
-                                                accelerator=accelerator, progress=progress)
+            written = infill_frames_distributed(
+                predictor,
+                input_store,
+                output_store,
+                context=context,
+                infill_outside_coverage=infill_outside_coverage,
+                devices=int(devices),
+                accelerator=accelerator,
+                progress=progress,
+            )
             return _summary(output_store, written)
         infiller = FrameInfiller(predictor, input_store, output_store, context, infill_outside_coverage)
         pending = infiller.pending()
         for t in tqdm(pending, desc=f"infill {output_store.name}", unit="frame", disable=not progress):
             infiller.commit(int(t), *infiller.compute(int(t)))
         return _summary(output_store, pending.size)
-

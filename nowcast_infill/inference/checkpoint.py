@@ -43,8 +43,10 @@ def checkpoint_normalizer(trained: TrainedModel, stats_path: str | Path | None =
         return Normalizer.load(stats_path)
     state = trained.normalizer_state
     if state is None:
-        raise CheckpointError(f"{trained.path}: holds no normaliser state (neither 'nowcast_infill.normalizer' nor "
-                              f"the old 'RadarDataModule.normalizer'); {STATS_FIX}.")
+        raise CheckpointError(
+            f"{trained.path}: holds no normaliser state (neither 'nowcast_infill.normalizer' nor "
+            f"the old 'RadarDataModule.normalizer'); {STATS_FIX}."
+        )
     normalizer = Normalizer(state.get("kind", "log1p_scaled"))
     normalizer.load_state_dict(state)
     return normalizer
@@ -55,7 +57,9 @@ def _aux_names(n_aux: int, trained: TrainedModel, normalizer: Normalizer, given:
     path = trained.path
     if n_aux == 0:
         if given:
-            raise CheckpointError(f"{path}: the network takes no auxiliary fields, but aux={list(given)} was given; drop it.")
+            raise CheckpointError(
+                f"{path}: the network takes no auxiliary fields, but aux={list(given)} was given; drop it."
+            )
         return []
     if given:
         names = list(given)
@@ -70,8 +74,10 @@ def _aux_names(n_aux: int, trained: TrainedModel, normalizer: Normalizer, given:
         )
     missing = [n for n in names if n not in normalizer.aux]
     if missing:
-        raise CheckpointError(f"{path}: the normaliser has no statistics for aux field(s) {missing}; "
-                              "pass stats_path= with the statistics used in training.")
+        raise CheckpointError(
+            f"{path}: the normaliser has no statistics for aux field(s) {missing}; "
+            "pass stats_path= with the statistics used in training."
+        )
     return names
 
 
@@ -93,12 +99,29 @@ class CheckpointPredictor:
 
     wants_frame_index = True
 
-    def __init__(self, module, normalizer, *, task: TrainedTask, tile: int, overlap: int, multiple: int,
-                 batch_size: int, aux_names: Sequence[str], device: str | torch.device, path: Path):
+    def __init__(
+        self,
+        module,
+        normalizer,
+        *,
+        task: TrainedTask,
+        tile: int,
+        overlap: int,
+        multiple: int,
+        batch_size: int,
+        aux_names: Sequence[str],
+        device: str | torch.device,
+        path: Path,
+    ):
         self.module, self.normalizer = module, normalizer
         self.task = task.name
         self.in_frames, self.out_frames = task.in_frames, task.out_frames
-        self.tile, self.overlap, self.multiple, self.batch_size = int(tile), int(overlap), int(multiple), int(batch_size)
+        self.tile, self.overlap, self.multiple, self.batch_size = (
+            int(tile),
+            int(overlap),
+            int(multiple),
+            int(batch_size),
+        )
         self.aux_names = list(aux_names)
         self.device = torch.device(device)
         self.path = Path(path)
@@ -135,26 +158,33 @@ class CheckpointPredictor:
         for a, name in enumerate(self.aux_names):
             arr = arrays[name]
             for i, t in inside:
-                values = regridder.regrid(lambda r, c, a_=arr, t_=t: a_[t_:t_ + 1, r, c].values, slice(0, height), slice(0, width))
+                values = regridder.regrid(
+                    lambda r, c, a_=arr, t_=t: a_[t_ : t_ + 1, r, c].values, slice(0, height), slice(0, width)
+                )
                 out[i, a] = self.normalizer.encode_aux(name, values[0])
         valid = np.isfinite(out)
-        return torch.from_numpy(np.where(valid, out, 0.0).astype(np.float32)), torch.from_numpy(valid.astype(np.float32))
+        return torch.from_numpy(np.where(valid, out, 0.0).astype(np.float32)), torch.from_numpy(
+            valid.astype(np.float32)
+        )
 
     # -- prediction --------------------------------------------------------------------
     def _forward(self, x, x_mask, aux, aux_mask):
         return self.module.net(x, x_mask, aux, aux_mask)
 
     @torch.no_grad()
-    def predict(self, x_mm_h: np.ndarray, frame_index: np.ndarray | None = None,
-                needed: np.ndarray | None = None) -> np.ndarray:
+    def predict(
+        self, x_mm_h: np.ndarray, frame_index: np.ndarray | None = None, needed: np.ndarray | None = None
+    ) -> np.ndarray:
         """`(T_in, H, W)` mm/h with NaN -> `(T_out, H, W)` mm/h from the network alone.
 
         `needed (H, W)` bool limits the work to the tiles holding a needed pixel (NaN elsewhere).
         """
         x_mm_h = np.asarray(x_mm_h, dtype=np.float32)
         if x_mm_h.ndim != 3 or x_mm_h.shape[0] != self.in_frames:
-            raise ValueError(f"{self.path.name}: input has shape {x_mm_h.shape}; the network takes "
-                             f"({self.in_frames}, H, W) frames in mm/h (task={self.task}).")
+            raise ValueError(
+                f"{self.path.name}: input has shape {x_mm_h.shape}; the network takes "
+                f"({self.in_frames}, H, W) frames in mm/h (task={self.task})."
+            )
         valid = np.isfinite(x_mm_h)
         x = np.where(valid, self.normalizer.encode(np.nan_to_num(x_mm_h, nan=0.0)), 0.0).astype(np.float32)
         aux, aux_mask = self._aux_inputs(frame_index)
@@ -166,19 +196,26 @@ class CheckpointPredictor:
             torch.from_numpy(valid[:, None].astype(np.float32)).to(device),
             None if aux is None else aux.to(device),
             None if aux_mask is None else aux_mask.to(device),
-            tile=self.tile, overlap=self.overlap, multiple=self.multiple, batch_size=self.batch_size,
+            tile=self.tile,
+            overlap=self.overlap,
+            multiple=self.multiple,
+            batch_size=self.batch_size,
             needed=None if needed is None else torch.from_numpy(np.asarray(needed, dtype=bool)),
         )
         return self.normalizer.decode(pred[:, 0].float()).cpu().numpy().astype(np.float32)
 
-    def __call__(self, x_mm_h: np.ndarray, valid_coverage: np.ndarray | None = None, *,
-                 frame_index: np.ndarray | None = None) -> np.ndarray:
+    def __call__(
+        self, x_mm_h: np.ndarray, valid_coverage: np.ndarray | None = None, *, frame_index: np.ndarray | None = None
+    ) -> np.ndarray:
         if not np.isfinite(x_mm_h).any():
             if self.task == "infill":
                 raise NothingToInfillFromError(
-                    f"no observed pixel in the {self.in_frames} input frame(s), so {self.path.name} has nothing to infill from.")
-            raise ValueError(f"{self.path.name}: all {self.in_frames} past frames are entirely missing; no nowcast "
-                             "can be issued from them; choose another issue_time.")
+                    f"no observed pixel in the {self.in_frames} input frame(s), so {self.path.name} has nothing to infill from."
+                )
+            raise ValueError(
+                f"{self.path.name}: all {self.in_frames} past frames are entirely missing; no nowcast "
+                "can be issued from them; choose another issue_time."
+            )
         needed = None
         if self.task == "infill" and valid_coverage is not None:
             # The writer takes the model only in the target frame's holes: compute just their tiles.
@@ -216,22 +253,30 @@ def load_checkpoint_predictor(
     """
     shown, path = path, Path(path)  # messages name the file as the user wrote it
     if not path.is_file():
-        raise FileNotFoundError(f"{shown}: checkpoint not found; pass ckpt_path=<run>/checkpoints/*.ckpt written by ni-train.")
+        raise FileNotFoundError(
+            f"{shown}: checkpoint not found; pass ckpt_path=<run>/checkpoints/*.ckpt written by ni-train."
+        )
     trained = read_trained_model(shown)
     hparams = trained.hyper_parameters
     if trained.task.name != task:
-        raise CheckpointError(f"{shown}: the network was trained for task={trained.task.name!r}; ni-{task} needs a "
-                              f"task={task} checkpoint.")
+        raise CheckpointError(
+            f"{shown}: the network was trained for task={trained.task.name!r}; ni-{task} needs a "
+            f"task={task} checkpoint."
+        )
     if "net" not in hparams or not hparams.get("net"):
-        raise CheckpointError(f"{shown}: has no network (hyper_parameters.net); a baseline is run with model=<name>, not a checkpoint.")
+        raise CheckpointError(
+            f"{shown}: has no network (hyper_parameters.net); a baseline is run with model=<name>, not a checkpoint."
+        )
     module = trained.load_module(RadarModule)
     module.eval()
     normalizer = checkpoint_normalizer(trained, stats_path)
     module.attach_normalizer(normalizer)
     # The floor buffer is saved with the weights; a stats override must not contradict it.
     if hasattr(module.net, "output_floor") and not np.isclose(float(module.net.output_floor), normalizer.floor):
-        raise CheckpointError(f"{shown}: the network's output floor {float(module.net.output_floor):g} differs from the "
-                              f"normaliser's {normalizer.floor:g}; the statistics are not those of training (stats_path?).")
+        raise CheckpointError(
+            f"{shown}: the network's output floor {float(module.net.output_floor):g} differs from the "
+            f"normaliser's {normalizer.floor:g}; the statistics are not those of training (stats_path?)."
+        )
     multiple = 2 ** int(getattr(module.net, "depth", 0))
     if tile is None:
         setting = trained.data_setting("crop_size")
@@ -249,10 +294,28 @@ def load_checkpoint_predictor(
     aux_names = _aux_names(int(hparams.get("aux_channels", 0)), trained, normalizer, aux)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    predictor = CheckpointPredictor(module, normalizer, task=trained.task, tile=tile, overlap=overlap, multiple=multiple,
-                                    batch_size=batch_size, aux_names=aux_names, device=device, path=path)
-    config = {"hyper_parameters": hparams, "normalizer": normalizer.state_dict(), "aux": aux_names,
-              "tile": tile, "overlap": overlap}
-    info = {"model": str(path.resolve()), "sha256": file_sha256(path),
-            "config": json.dumps(config, sort_keys=True, default=str)}
+    predictor = CheckpointPredictor(
+        module,
+        normalizer,
+        task=trained.task,
+        tile=tile,
+        overlap=overlap,
+        multiple=multiple,
+        batch_size=batch_size,
+        aux_names=aux_names,
+        device=device,
+        path=path,
+    )
+    config = {
+        "hyper_parameters": hparams,
+        "normalizer": normalizer.state_dict(),
+        "aux": aux_names,
+        "tile": tile,
+        "overlap": overlap,
+    }
+    info = {
+        "model": str(path.resolve()),
+        "sha256": file_sha256(path),
+        "config": json.dumps(config, sort_keys=True, default=str),
+    }
     return predictor, info

@@ -36,7 +36,8 @@ class FrameCache:
     """Input frames by index, keeping only the current window in memory."""
 
     def __init__(self, precip: xr.DataArray, missing: np.ndarray, segment: np.ndarray | None = None):
-        self.precip, self.missing, self.frames = precip, missing, {}
+        self.precip, self.missing = precip, missing
+        self.frames: dict[int, np.ndarray] = {}  # time index -> (H, W) mm/h
         self.shape = precip.shape[1:]
         # Segment number per time step (schema.segment_ids): the store's neighbour across a
         # segment boundary is hours or years away, not the next time step.
@@ -71,7 +72,12 @@ class FrameInfiller:
     """
 
     def __init__(self, predictor, input_store: Path, output_store: Path, context: int, infill_outside_coverage: bool):
-        self.predictor, self.input_store, self.output_store, self.context = predictor, input_store, output_store, context
+        self.predictor, self.input_store, self.output_store, self.context = (
+            predictor,
+            input_store,
+            output_store,
+            context,
+        )
         self.src = open_radar_store(input_store)
         if hasattr(predictor, "bind"):
             predictor.bind(self.src, input_store)
@@ -81,8 +87,11 @@ class FrameInfiller:
         self.fill_region = np.ones(self.shape, dtype=bool) if infill_outside_coverage else coverage
         group = zarr.open_group(str(output_store), mode="r+")
         self.precip_out, self.infilled_out, self.status_out = group[PRECIP], group[INFILLED], group[STATUS]
-        self.cache = FrameCache(self.src[PRECIP], self.src[MISSING_FRAME].values,
-                                 segment_ids(self.src["time"].values, self.src.attrs.get("time_step_s")))
+        self.cache = FrameCache(
+            self.src[PRECIP],
+            self.src[MISSING_FRAME].values,
+            segment_ids(self.src["time"].values, self.src.attrs.get("time_step_s")),
+        )
         self.no_flag = np.zeros(self.shape, dtype=np.uint8)
 
     def pending(self) -> np.ndarray:
@@ -97,13 +106,17 @@ class FrameInfiller:
             return observed, self.no_flag, STATUS_COMPLETE
         frame_index = np.arange(t - self.context, t + self.context + 1)
         try:
-            pred = np.asarray(self.predictor(window, self.fill_region, **predictor_kwargs(self.predictor, frame_index)),
-                              dtype=np.float32)
+            pred = np.asarray(
+                self.predictor(window, self.fill_region, **predictor_kwargs(self.predictor, frame_index)),
+                dtype=np.float32,
+            )
         except NothingToInfillFromError as err:
             log.warning("%s: frame %s not infilled: %s", self.input_store, self.src["time"].values[t], err)
             return observed, self.no_flag, STATUS_NOT_INFILLABLE
         if pred.shape != (1,) + self.shape:
-            raise ValueError(f"predictor returned shape {pred.shape}; expected (1, {self.shape[0]}, {self.shape[1]}) mm/h.")
+            raise ValueError(
+                f"predictor returned shape {pred.shape}; expected (1, {self.shape[0]}, {self.shape[1]}) mm/h."
+            )
         # Observed pixels are kept bit for bit; the model answers only inside the holes.
         filled = holes & np.isfinite(pred[0])
         return np.where(filled, pred[0], observed).astype(np.float32), filled.astype(np.uint8), STATUS_INFILLED
@@ -113,4 +126,3 @@ class FrameInfiller:
         self.infilled_out[t] = flag
         # Committed last: a frame counts as written only once its data is on disk.
         self.status_out[t] = code
-

@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import xarray as xr
@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 NowcastPredictor = Callable[[np.ndarray], np.ndarray]
 
 
-def issue_indices(times: np.ndarray, past: int, store_name: str, issue_time=None, issue_times=None,
-                  time_step_s=None) -> list[int]:
+def issue_indices(
+    times: np.ndarray, past: int, store_name: str, issue_time=None, issue_times=None, time_step_s=None
+) -> list[int]:
     """Store time indices to issue nowcasts at.
 
     `issue_times`: None (one issue: `issue_time`, default the last frame), "all" (every frame
@@ -48,20 +49,26 @@ def issue_indices(times: np.ndarray, past: int, store_name: str, issue_time=None
         else:
             hits = np.nonzero(times == np.datetime64(issue_time, "ns"))[0]
             if hits.size == 0:
-                raise BadValueError(f"{store_name}: issue_time {issue_time} is not a time of the store "
-                                    f"({times[0]} .. {times[-1]}); pick one of them or issue_time=null for the last frame.")
+                raise BadValueError(
+                    f"{store_name}: issue_time {issue_time} is not a time of the store "
+                    f"({times[0]} .. {times[-1]}); pick one of them or issue_time=null for the last frame."
+                )
             end = int(hits[0])
         if end < first_possible:
             raise BadValueError(f"{store_name}: only {end + 1} frames up to {times[end]}, but past={past} are needed.")
         if frames_in_segment[end] < past:
             start = int(segment_start[end])
-            raise BadValueError(f"{store_name}: issue time {times[end]} has only {frames_in_segment[end]} frames since "
-                                f"its segment began at {times[start]} (the store holds no time before it), but "
-                                f"past={past} are needed; pick a later issue_time or a smaller past.")
+            raise BadValueError(
+                f"{store_name}: issue time {times[end]} has only {frames_in_segment[end]} frames since "
+                f"its segment began at {times[start]} (the store holds no time before it), but "
+                f"past={past} are needed; pick a later issue_time or a smaller past."
+            )
         return [end]
     if issue_time is not None:
-        raise BadValueError(f"issue_time={issue_time} and issue_times={issue_times} are both set; keep one "
-                            "(issue_time for one nowcast, issue_times for a range).")
+        raise BadValueError(
+            f"issue_time={issue_time} and issue_times={issue_times} are both set; keep one "
+            "(issue_time for one nowcast, issue_times for a range)."
+        )
     if isinstance(issue_times, str):
         if issue_times != "all":
             raise BadValueError(f"issue_times={issue_times}: give all, [start, end] (ISO times) or null.")
@@ -75,17 +82,26 @@ def issue_indices(times: np.ndarray, past: int, store_name: str, issue_time=None
             raise BadValueError(f"issue_times=[{bounds[0]}, {bounds[1]}]: the end is before the start; swap them.")
         wanted = np.nonzero((times >= start) & (times <= end))[0]
         if wanted.size and wanted[0] < first_possible:
-            raise BadValueError(f"issue_times starts at {bounds[0]}, but a nowcast needs past={past} frames up to its "
-                                f"issue time: start at {iso_time(times[first_possible])} or later.")
+            raise BadValueError(
+                f"issue_times starts at {bounds[0]}, but a nowcast needs past={past} frames up to its "
+                f"issue time: start at {iso_time(times[first_possible])} or later."
+            )
     after_segment_start = wanted[frames_in_segment[wanted] < past]
     if after_segment_start.size:
-        log.warning("%s: %d issue times in the range lie within past=%d frames after a segment start (first %s) "
-                    "and get no nowcast: their past frames would be another event's.",
-                    store_name, after_segment_start.size, past, iso_time(times[after_segment_start[0]]))
+        log.warning(
+            "%s: %d issue times in the range lie within past=%d frames after a segment start (first %s) "
+            "and get no nowcast: their past frames would be another event's.",
+            store_name,
+            after_segment_start.size,
+            past,
+            iso_time(times[after_segment_start[0]]),
+        )
         wanted = wanted[frames_in_segment[wanted] >= past]
     if wanted.size == 0:
-        raise BadValueError(f"issue_times={issue_times}: no frame of {store_name} ({times[0]} .. {times[-1]}) "
-                            f"with past={past} frames before it lies in that range.")
+        raise BadValueError(
+            f"issue_times={issue_times}: no frame of {store_name} ({times[0]} .. {times[-1]}) "
+            f"with past={past} frames before it lies in that range."
+        )
     return [int(i) for i in wanted]
 
 
@@ -137,17 +153,25 @@ def write_nowcast(
     lead_attrs = {"standard_name": "forecast_period", "long_name": "time since the issue time"}
     valid_attrs = {"standard_name": "time", "long_name": "valid time", "timezone": "UTC"}
     issue_attrs = {"standard_name": "forecast_reference_time", "timezone": "UTC"}
-    attrs = {**product_attrs(src, input_store, info), "product": "nowcast", "past_frames": int(past), "n_leads": int(n_leads)}
+    attrs = {
+        **product_attrs(src, input_store, info),
+        "product": "nowcast",
+        "past_frames": int(past),
+        "n_leads": int(n_leads),
+    }
     single = issue_times is None
 
     def forecast_at(end: int) -> np.ndarray | None:
-        x = src[PRECIP][end + 1 - past:end + 1].values.astype(np.float32)
+        x = src[PRECIP][end + 1 - past : end + 1].values.astype(np.float32)
         if not single and not np.isfinite(x).any():
             return None  # no data to forecast from: NaN, counted
-        forecast = np.asarray(predictor(x, **predictor_kwargs(predictor, np.arange(end + 1 - past, end + 1))),
-                              dtype=np.float32)
+        forecast = np.asarray(
+            predictor(x, **predictor_kwargs(predictor, np.arange(end + 1 - past, end + 1))), dtype=np.float32
+        )
         if forecast.shape != (n_leads,) + x.shape[1:]:
-            raise ValueError(f"predictor returned shape {forecast.shape}; expected ({n_leads}, {x.shape[1]}, {x.shape[2]}).")
+            raise ValueError(
+                f"predictor returned shape {forecast.shape}; expected ({n_leads}, {x.shape[1]}, {x.shape[2]})."
+            )
         return forecast
 
     def issue_dataset(end: int, forecast: np.ndarray) -> xr.Dataset:
@@ -155,15 +179,26 @@ def write_nowcast(
         if single:
             return xr.Dataset(
                 {PRECIP: (("lead_time", "y", "x"), forecast, precip_attrs), **grid_vars(src)},
-                coords={**coords, "time": ("lead_time", (times[end] + lead).astype("datetime64[ns]"), valid_attrs),
-                        "forecast_reference_time": ((), times[end], issue_attrs)},
-                attrs={**attrs, "issue_time": iso_time(times[end])})
+                coords={
+                    **coords,
+                    "time": ("lead_time", (times[end] + lead).astype("datetime64[ns]"), valid_attrs),
+                    "forecast_reference_time": ((), times[end], issue_attrs),
+                },
+                attrs={**attrs, "issue_time": iso_time(times[end])},
+            )
         return xr.Dataset(
             {PRECIP: (("forecast_reference_time", "lead_time", "y", "x"), forecast[None], precip_attrs)},
-            coords={**coords, "forecast_reference_time": ("forecast_reference_time", times[end:end + 1], issue_attrs),
-                    "time": (("forecast_reference_time", "lead_time"),
-                             (times[end] + lead)[None].astype("datetime64[ns]"), valid_attrs)},
-            attrs=attrs)  # on every piece: an append replaces the store's attributes with the piece's
+            coords={
+                **coords,
+                "forecast_reference_time": ("forecast_reference_time", times[end : end + 1], issue_attrs),
+                "time": (
+                    ("forecast_reference_time", "lead_time"),
+                    (times[end] + lead)[None].astype("datetime64[ns]"),
+                    valid_attrs,
+                ),
+            },
+            attrs=attrs,
+        )  # on every piece: an append replaces the store's attributes with the piece's
 
     staging = output_store.with_name(f"{output_store.name}.tmp-{os.getpid()}")
     with StoreLock(output_as_given, timeout=lock_timeout):
@@ -179,29 +214,54 @@ def write_nowcast(
                     forecast = np.full((n_leads,) + src[PRECIP].shape[1:], np.nan, dtype=np.float32)
                 piece = issue_dataset(end, forecast)
                 if single:
-                    piece.to_zarr(staging, mode="w", zarr_format=3, consolidated=True,
-                                  encoding={PRECIP: {"_FillValue": np.float32(np.nan)}})
+                    piece.to_zarr(
+                        staging,
+                        mode="w",
+                        zarr_format=3,
+                        consolidated=True,
+                        encoding={PRECIP: {"_FillValue": np.float32(np.nan)}},
+                    )
                 elif n == 0:
                     piece = piece.assign(grid_vars(src))
-                    piece.to_zarr(staging, mode="w", zarr_format=3, consolidated=True,
-                                  encoding={PRECIP: {"_FillValue": np.float32(np.nan), "chunks": (1, n_leads) + forecast.shape[1:]},
-                                            # fixed units: xarray would pick them from the first issue
-                                            # time alone (days) and truncate the appended ones
-                                            **{name: {"units": "seconds since 1970-01-01", "dtype": "int64"}
-                                               for name in ("forecast_reference_time", "time")}})
+                    piece.to_zarr(
+                        staging,
+                        mode="w",
+                        zarr_format=3,
+                        consolidated=True,
+                        encoding={
+                            PRECIP: {"_FillValue": np.float32(np.nan), "chunks": (1, n_leads) + forecast.shape[1:]},
+                            # fixed units: xarray would pick them from the first issue
+                            # time alone (days) and truncate the appended ones
+                            **{
+                                name: {"units": "seconds since 1970-01-01", "dtype": "int64"}
+                                for name in ("forecast_reference_time", "time")
+                            },
+                        },
+                    )
                 else:
-                    piece.to_zarr(staging, mode="a", append_dim="forecast_reference_time", zarr_format=3, consolidated=True)
+                    piece.to_zarr(
+                        staging, mode="a", append_dim="forecast_reference_time", zarr_format=3, consolidated=True
+                    )
             if not single:
                 group = zarr.open_group(staging, mode="r+")
-                group.attrs.update({"issue_times": f"{iso_time(times[issues[0]])} .. {iso_time(times[issues[-1]])}",
-                                    "n_issue_times": len(issues), "issue_times_without_data": without_data})
+                group.attrs.update(
+                    {
+                        "issue_times": f"{iso_time(times[issues[0]])} .. {iso_time(times[issues[-1]])}",
+                        "n_issue_times": len(issues),
+                        "issue_times_without_data": without_data,
+                    }
+                )
                 zarr.consolidate_metadata(staging)
         if without_data:
-            log.warning("%s: %d of %d issue times have no data in their %d past frames: their forecasts are NaN.",
-                        output_as_given, without_data, len(issues), past)
+            log.warning(
+                "%s: %d of %d issue times have no data in their %d past frames: their forecasts are NaN.",
+                output_as_given,
+                without_data,
+                len(issues),
+                past,
+            )
         if output_store.exists():
             shutil.rmtree(output_store)
         os.replace(staging, output_store)
     with quiet_consolidated():
         return xr.open_zarr(output_store)
-

@@ -12,8 +12,8 @@ import numpy as np
 import xarray as xr
 
 from nowcast_infill import __version__
-from nowcast_infill.errors import MissingInputError
-from nowcast_infill.schema import CRS, SCHEMA_VERSION, validate_store
+from nowcast_infill.io.store import open_store
+from nowcast_infill.schema import CRS, SCHEMA_VERSION
 
 
 @contextlib.contextmanager
@@ -25,27 +25,26 @@ def quiet_consolidated():
 
 
 def open_radar_store(path: str | Path) -> xr.Dataset:
-    """Open a schema store lazily and validate it (docs/schema.md)."""
-    path = Path(path)
-    if not path.exists():
-        raise MissingInputError(f"{path}: input store not found; create it with `ni-convert` or `ni-synth`.")
-    ds = xr.open_zarr(path, chunks=None)
-    validate_store(ds, path)
-    return ds
+    """Open a schema store lazily (numpy-backed, no dask) and validate it (docs/schema.md)."""
+    return open_store(path, chunks=None)
 
 
 def product_attrs(src: xr.Dataset, input_store: Path, info: dict) -> dict:
     """The input's attributes plus the product's provenance (`info`: model, sha256, config)."""
     attrs = dict(src.attrs)
-    attrs.update({
-        "Conventions": "CF-1.10",
-        "nowcast_infill_schema": SCHEMA_VERSION,
-        "model": info.get("model", ""),
-        "model_checkpoint_sha256": info.get("sha256", ""),
-        "model_config": info.get("config", ""),
-        "source_store": str(Path(input_store).resolve()),
-        "history": (str(src.attrs.get("history", "")) + f"\n{' '.join(sys.argv)} (nowcast_infill {__version__})").strip(),
-    })
+    attrs.update(
+        {
+            "Conventions": "CF-1.10",
+            "nowcast_infill_schema": SCHEMA_VERSION,
+            "model": info.get("model", ""),
+            "model_checkpoint_sha256": info.get("sha256", ""),
+            "model_config": info.get("config", ""),
+            "source_store": str(Path(input_store).resolve()),
+            "history": (
+                str(src.attrs.get("history", "")) + f"\n{' '.join(sys.argv)} (nowcast_infill {__version__})"
+            ).strip(),
+        }
+    )
     return attrs
 
 

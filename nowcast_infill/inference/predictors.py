@@ -10,12 +10,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from nowcast_infill.baselines import baseline_task, get_baseline
+from nowcast_infill import registry
+from nowcast_infill.baselines import baseline_task
 from nowcast_infill.errors import BadValueError
 
 InfillPredictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -25,9 +26,10 @@ NowcastPredictor = Callable[[np.ndarray], np.ndarray]
 def baseline_infill_predictor(name: str, **options) -> InfillPredictor:
     """Wrap an infill baseline as an archive predictor (fills NaN pixels inside `valid_coverage`)."""
     if baseline_task(name) != "infill":
-        raise BadValueError(f"model={name!r} is a nowcast baseline; ni-infill needs one of nearest, linear, "
-                            "biharmonic, laplace.")
-    baseline = get_baseline(name, **options)
+        raise BadValueError(
+            f"model={name!r} is a nowcast baseline; ni-infill needs one of nearest, linear, biharmonic, laplace."
+        )
+    baseline = registry.get_method("classical", name, **options)
 
     def predictor(x_mm_h: np.ndarray, valid_coverage: np.ndarray) -> np.ndarray:
         centre = x_mm_h[x_mm_h.shape[0] // 2]
@@ -55,11 +57,22 @@ def load_predictor(model: str, task: str, **options) -> tuple[Callable, dict]:
     try:
         kind = baseline_task(model)
     except KeyError as err:
-        raise BadValueError(f"model={model!r} is neither an existing checkpoint file nor a baseline; {err.args[0]}") from None
+        raise BadValueError(
+            f"model={model!r} is neither an existing checkpoint file nor a baseline; {err.args[0]}"
+        ) from None
     if kind != task:
-        raise BadValueError(f"model={model!r} is a {kind} baseline, but ni-{task} needs a {task} baseline; choose "
-                            "model=nearest|linear|biharmonic|laplace (infill), model=persistence|extrapolation|sprog (nowcast).")
-    predictor = baseline_infill_predictor(model, **options) if task == "infill" else get_baseline(model, **options)
-    info = {"model": model, "sha256": "", "config": json.dumps({"baseline": model, **options}, sort_keys=True, default=str)}
+        raise BadValueError(
+            f"model={model!r} is a {kind} baseline, but ni-{task} needs a {task} baseline; choose "
+            "model=nearest|linear|biharmonic|laplace (infill), model=persistence|extrapolation|sprog (nowcast)."
+        )
+    predictor = (
+        baseline_infill_predictor(model, **options)
+        if task == "infill"
+        else registry.get_method("classical", model, **options)
+    )
+    info = {
+        "model": model,
+        "sha256": "",
+        "config": json.dumps({"baseline": model, **options}, sort_keys=True, default=str),
+    }
     return predictor, info
-

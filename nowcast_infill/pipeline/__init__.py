@@ -19,8 +19,16 @@ import importlib
 from typing import Any
 
 # name -> module of nowcast_infill.pipeline that defines it
-_MODULES = {"train": "fitting", "evaluate": "scoring", "infill": "products", "nowcast": "products",
-            "convert": "stores", "synth": "stores", "demo": "end_to_end", "compare": "summary"}
+_MODULES = {
+    "train": "fitting",
+    "evaluate": "scoring",
+    "infill": "products",
+    "nowcast": "products",
+    "convert": "stores",
+    "synth": "stores",
+    "demo": "end_to_end",
+    "compare": "summary",
+}
 
 __all__ = list(_MODULES)
 

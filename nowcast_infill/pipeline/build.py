@@ -26,8 +26,10 @@ def model_kind(cfg: DictConfig) -> str:
     """`cfg.model.kind`: "network" or "classical" (ConfigSchemaError naming the key otherwise)."""
     kind = cfg.model.get("kind")
     if kind not in (NETWORK, CLASSICAL):
-        raise ConfigSchemaError(f"model.kind: {kind!r} (model={cfg.model.get('name')}) is not {NETWORK} or {CLASSICAL}; "
-                                f"set kind: {NETWORK} (a trainable module) or kind: {CLASSICAL} in its conf/model/*.yaml.")
+        raise ConfigSchemaError(
+            f"model.kind: {kind!r} (model={cfg.model.get('name')}) is not {NETWORK} or {CLASSICAL}; "
+            f"set kind: {NETWORK} (a trainable module) or kind: {CLASSICAL} in its conf/model/*.yaml."
+        )
     return str(kind)
 
 
@@ -51,7 +53,9 @@ def build_module(cfg: DictConfig, datamodule: L.LightningDataModule | None = Non
     model_cfg = cfg.model
     if "aux_channels" in model_cfg and model_cfg.aux_channels is None:
         if datamodule is None:
-            raise ValueError("model.aux_channels is null (= from the data) but no DataModule was given; set it explicitly.")
+            raise ValueError(
+                "model.aux_channels is null (= from the data) but no DataModule was given; set it explicitly."
+            )
         model_cfg = model_cfg.copy()
         with open_dict(model_cfg):
             model_cfg.aux_channels = len(datamodule.aux_names)

@@ -61,8 +61,10 @@ def check_demo_config(cfg: DictConfig) -> Path:
         for name in cfg[key]:
             if pattern.format(name) not in known:
                 choices = [k.removeprefix(pattern.format("")) for k in known if k.startswith(pattern.format(""))]
-                raise BadValueError(f"{key}: {name!r} has no config conf/{group}/{pattern.format(name)}.yaml; "
-                                    f"choose from {', '.join(choices)}.")
+                raise BadValueError(
+                    f"{key}: {name!r} has no config conf/{group}/{pattern.format(name)}.yaml; "
+                    f"choose from {', '.join(choices)}."
+                )
     for key in ("n_times", "ny", "nx", "seed"):
         if key in cfg.synthetic:
             config_int(cfg, f"synthetic.{key}", minimum=0 if key == "seed" else 1)
@@ -79,18 +81,32 @@ def demo(cfg: DictConfig) -> dict[str, Any]:
     for variant in cfg.variants:
         start = time.perf_counter()
         train_dir = out_root / "train" / variant
-        trained = train(compose_config("train", [
-            f"experiment={cfg.task.name}_{variant}", *_common(cfg, store, train_dir), *cfg.train_overrides]))
+        trained = train(
+            compose_config(
+                "train",
+                [f"experiment={cfg.task.name}_{variant}", *_common(cfg, store, train_dir), *cfg.train_overrides],
+            )
+        )
         wandb_runs += sorted(str(p) for p in (train_dir / "wandb").glob("offline-run-*"))
-        evaluated = evaluate(compose_config("eval", [
-            f"ckpt_path={trained['best_model_path'] or trained['last_model_path']}",
-            *_common(cfg, store, out_root / "eval" / variant), *cfg.eval_overrides]))
+        evaluated = evaluate(
+            compose_config(
+                "eval",
+                [
+                    f"ckpt_path={trained['best_model_path'] or trained['last_model_path']}",
+                    *_common(cfg, store, out_root / "eval" / variant),
+                    *cfg.eval_overrides,
+                ],
+            )
+        )
         rows.append(evaluated["row"])
         timings[variant] = time.perf_counter() - start
     for name in cfg.baselines:
         start = time.perf_counter()
-        evaluated = evaluate(compose_config("eval", [
-            f"model={name}", *_common(cfg, store, out_root / "eval" / name), *cfg.eval_overrides]))
+        evaluated = evaluate(
+            compose_config(
+                "eval", [f"model={name}", *_common(cfg, store, out_root / "eval" / name), *cfg.eval_overrides]
+            )
+        )
         rows.append(evaluated["row"])
         timings[name] = time.perf_counter() - start
     csv_path, md_path = write_metrics_tables(rows, out_root / "results")
@@ -102,4 +118,3 @@ def demo(cfg: DictConfig) -> dict[str, Any]:
     for run in wandb_runs:
         rank_zero_print(f"W&B offline run: {run}  (upload with `wandb sync {run}`)")
     return {"rows": rows, "results_md": str(md_path), "output_dir": str(out_root), "wandb_runs": wandb_runs}
-

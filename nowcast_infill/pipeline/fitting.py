@@ -57,7 +57,9 @@ def _vet_checkpoint(ckpt_path: str | None) -> None:
     if ckpt_path is None:
         return
     if not Path(ckpt_path).is_file():
-        raise MissingInputError(f"ckpt_path={ckpt_path} does not exist; point it at a .ckpt file (e.g. <run>/checkpoints/last.ckpt).")
+        raise MissingInputError(
+            f"ckpt_path={ckpt_path} does not exist; point it at a .ckpt file (e.g. <run>/checkpoints/last.ckpt)."
+        )
     read_checkpoint(ckpt_path)  # CheckpointError naming the file; Lightning's own load is weights-only too
 
 
@@ -73,8 +75,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     plain = validate_values(cfg, "train")
     if cfg.get("fit", True) and model_kind(cfg) == CLASSICAL:
         name = cfg.model.get("name")
-        raise BadValueError(f"model={name} is a classical method (model.kind={CLASSICAL}): there is nothing to train; "
-                            f"score it with `ni-eval model={name}`, or train a network (model=lstm, ...).")
+        raise BadValueError(
+            f"model={name} is a classical method (model.kind={CLASSICAL}): there is nothing to train; "
+            f"score it with `ni-eval model={name}`, or train a network (model=lstm, ...)."
+        )
     check_run_inputs(cfg)
     _vet_checkpoint(cfg.get("ckpt_path"))
     validate_targets(plain)
@@ -115,8 +119,9 @@ def optimized_value(cfg: DictConfig, results: dict[str, Any]) -> float | None:
     return float(value)
 
 
-def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,
-                  output_dir: Path) -> dict[str, Any]:
+def _fit_and_test(
+    cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule, output_dir: Path
+) -> dict[str, Any]:
     report_global_batch(cfg, trainer)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -139,8 +144,9 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule
             log.warning("no best checkpoint was saved (no checkpoint callback?): testing the weights in memory")
         # Without fitting, `ckpt_path` names the weights to test.
         test_ckpt = best or (None if cfg.get("fit", True) else cfg.get("ckpt_path"))
-        test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt or None, verbose=False,
-                                    weights_only=True)
+        test_metrics = trainer.test(
+            module, datamodule=datamodule, ckpt_path=test_ckpt or None, verbose=False, weights_only=True
+        )
         results.update(_scalars(test_metrics[0] if test_metrics else {}))
         save_module_figures(module, output_dir)
     results["output_dir"] = str(output_dir)

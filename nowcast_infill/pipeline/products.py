@@ -46,8 +46,12 @@ def check_infill_config(cfg: DictConfig) -> None:
     existing_input(cfg.input, "input", "store", fix=INPUT_FIX)
     check_checkpoint(cfg)
     if cfg.get("coverage") is not None:
-        existing_input(cfg.coverage, "coverage", "coverage file",
-                       fix="pass a .npy bool (y, x) array or a store with coverage(y, x), or coverage=null to derive it")
+        existing_input(
+            cfg.coverage,
+            "coverage",
+            "coverage file",
+            fix="pass a .npy bool (y, x) array or a store with coverage(y, x), or coverage=null to derive it",
+        )
 
 
 def infill(cfg: DictConfig) -> dict:
@@ -62,19 +66,30 @@ def infill(cfg: DictConfig) -> dict:
     if cfg.get("ckpt_path"):
         trained = (predictor.in_frames - 1) // 2
         if context is not None and int(context) != trained:
-            raise BadValueError(f"context={context} but {model} was trained with context={trained} "
-                                f"(in_frames={predictor.in_frames}); drop context= or set context={trained}.")
+            raise BadValueError(
+                f"context={context} but {model} was trained with context={trained} "
+                f"(in_frames={predictor.in_frames}); drop context= or set context={trained}."
+            )
         context = trained
     else:
         if int(cfg.get("devices", 1)) > 1:
-            raise BadValueError("devices > 1 runs checkpoints only (a baseline predictor is a closure that cannot be "
-                                "sent to worker processes, and it has no device to use); use devices=1 with a baseline.")
+            raise BadValueError(
+                "devices > 1 runs checkpoints only (a baseline predictor is a closure that cannot be "
+                "sent to worker processes, and it has no device to use); use devices=1 with a baseline."
+            )
         context = 0 if context is None else context
     summary = infill_store(
-        predictor, cfg.input, cfg.output, model_info=info, context=int(context), coverage=cfg.coverage,
+        predictor,
+        cfg.input,
+        cfg.output,
+        model_info=info,
+        context=int(context),
+        coverage=cfg.coverage,
         coverage_min_fraction=float(cfg.coverage_min_fraction),
-        infill_outside_coverage=bool(cfg.infill_outside_coverage), progress=bool(cfg.progress),
-        devices=int(cfg.get("devices", 1)), accelerator=str(cfg.get("accelerator", "auto")),
+        infill_outside_coverage=bool(cfg.infill_outside_coverage),
+        progress=bool(cfg.progress),
+        devices=int(cfg.get("devices", 1)),
+        accelerator=str(cfg.get("accelerator", "auto")),
         lock_timeout=cfg.get("lock_timeout", 0),
     )
     log.info("ni-infill %s -> %s: %s", cfg.input, cfg.output, json.dumps(summary))
@@ -93,8 +108,10 @@ def frame_counts(cfg: DictConfig, predictor=None) -> tuple[int, int]:
         return (BASELINE_PAST if past is None else int(past)), (BASELINE_N_LEADS if n_leads is None else int(n_leads))
     for key, value, trained in (("past", past, predictor.in_frames), ("n_leads", n_leads, predictor.out_frames)):
         if value is not None and int(value) != trained:
-            raise BadValueError(f"{key}={value} but {cfg.ckpt_path} was trained for {key}={trained}; "
-                                f"drop {key}= (null takes the checkpoint's) or set {key}={trained}.")
+            raise BadValueError(
+                f"{key}={value} but {cfg.ckpt_path} was trained for {key}={trained}; "
+                f"drop {key}= (null takes the checkpoint's) or set {key}={trained}."
+            )
     return predictor.in_frames, predictor.out_frames
 
 
@@ -111,13 +128,22 @@ def check_nowcast_config(cfg: DictConfig) -> None:
             for bound in issue_times:
                 _check_time(bound, "issue_times", "issue_times=[2017-08-16T01:00,2017-08-16T01:50]")
         elif issue_times != "all":
-            raise BadValueError(f"issue_times={issue_times}: give all, [start, end] (two ISO times of the store) or null "
-                                "(one nowcast at issue_time).")
+            raise BadValueError(
+                f"issue_times={issue_times}: give all, [start, end] (two ISO times of the store) or null "
+                "(one nowcast at issue_time)."
+            )
         if cfg.get("issue_time") is not None:
-            raise BadValueError(f"issue_time={cfg.issue_time} and issue_times={issue_times} are both set; keep one "
-                                "(issue_time for one nowcast, issue_times for a range).")
-    writable_output_store(cfg.output, "output", inputs=[("input", cfg.input)],
-                          if_store_exists="overwrite" if overwrite else "refuse", overwrite_key="overwrite")
+            raise BadValueError(
+                f"issue_time={cfg.issue_time} and issue_times={issue_times} are both set; keep one "
+                "(issue_time for one nowcast, issue_times for a range)."
+            )
+    writable_output_store(
+        cfg.output,
+        "output",
+        inputs=[("input", cfg.input)],
+        if_store_exists="overwrite" if overwrite else "refuse",
+        overwrite_key="overwrite",
+    )
     existing_input(cfg.input, "input", "store", fix=INPUT_FIX)
     check_checkpoint(cfg)
 
@@ -144,9 +170,16 @@ def nowcast(cfg: DictConfig):
         options.setdefault("n_leads", n_leads)
         predictor, info = load_predictor(model, "nowcast", **options)
     out = write_nowcast(
-        predictor, cfg.input, cfg.output, past=past, n_leads=n_leads,
-        issue_time=cfg.issue_time, issue_times=_plain(cfg.get("issue_times")), model_info=info,
-        overwrite=bool(cfg.overwrite), lock_timeout=cfg.get("lock_timeout", 0),
+        predictor,
+        cfg.input,
+        cfg.output,
+        past=past,
+        n_leads=n_leads,
+        issue_time=cfg.issue_time,
+        issue_times=_plain(cfg.get("issue_times")),
+        model_info=info,
+        overwrite=bool(cfg.overwrite),
+        lock_timeout=cfg.get("lock_timeout", 0),
     )
     issued = out.attrs.get("issue_time") or f"at {out.attrs['n_issue_times']} times {out.attrs['issue_times']}"
     msg = f"ni-nowcast: {cfg.output}: {out.sizes['lead_time']} leads issued {issued} with {info['model']}"

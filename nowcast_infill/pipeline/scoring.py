@@ -48,6 +48,8 @@ from nowcast_infill.utils.tables import (
 if TYPE_CHECKING:
     import lightning as L
 
+    from nowcast_infill.data.datamodule import RadarDataModule
+
 log = get_logger(__name__)
 register_resolvers()
 SPLITS = ("test", "val")
@@ -59,7 +61,8 @@ def _check_model_choice(cfg: DictConfig) -> None:
         return
     raise BadValueError(
         f"model={cfg.model.get('name')} is a trainable network: pass ckpt_path=<run>/checkpoints/best-*.ckpt, "
-        "or choose a classical baseline (model=nearest|linear|biharmonic|laplace|temporal_linear|temporal_flow|persistence|extrapolation|sprog)."
+        "or choose a classical baseline (model=nearest|linear|biharmonic|laplace|temporal_linear|temporal_flow|"
+        "persistence|extrapolation|sprog)."
     )
 
 
@@ -109,7 +112,7 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[st
     return results
 
 
-def _module(cfg: DictConfig, datamodule: L.LightningDataModule, trained: TrainedModel | None) -> L.LightningModule:
+def _module(cfg: DictConfig, datamodule: RadarDataModule, trained: TrainedModel | None) -> L.LightningModule:
     """The checkpoint's network, with the DataModule set to its normaliser; else the classical method of `cfg.model`."""
     if trained is None:
         return build_module(cfg, datamodule)
@@ -117,18 +120,20 @@ def _module(cfg: DictConfig, datamodule: L.LightningDataModule, trained: Trained
     from nowcast_infill.models.module import RadarModule
 
     if trained.normalizer_state is not None:
-        # Before setup: the training normaliser, no statistics fitted, read or written for this store
-        # (zero-shot on another store). A DataModule without `use_normalizer` takes it as restored state.
-        use_normalizer = getattr(datamodule, "use_normalizer", None)
-        if use_normalizer is not None:
-            use_normalizer(checkpoint_normalizer(trained))
-        else:
-            datamodule.load_state_dict({"normalizer": trained.normalizer_state})
+        # Before setup: the training normaliser, no statistics fitted, read or written for this
+        # store (zero-shot on another store). An old checkpoint without one: the store's statistics.
+        datamodule.use_normalizer(checkpoint_normalizer(trained))
     return trained.load_module(RadarModule)
 
 
-def _score(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,
-           trained: TrainedModel | None, output_dir: Path) -> dict[str, Any]:
+def _score(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    trained: TrainedModel | None,
+    output_dir: Path,
+) -> dict[str, Any]:
     split = cfg.get("split", "test")
     ckpt_path = trained.path if trained is not None else None
     run = trainer.test if split == "test" else trainer.validate
@@ -146,8 +151,12 @@ def _score(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, datam
         csv_path, md_path = write_metrics_tables([row], output_dir / "metrics")
         # metrics.json too, so that `ni-compare` puts evaluations (e.g. baselines) beside trained runs
         record = run_record(cfg, {**metrics, "output_dir": str(output_dir)}, split, model=label["model"])
-        results.update(metrics_csv=str(csv_path), metrics_md=str(md_path), row=row,
-                       metrics_json=str(write_run_record(output_dir, record)))
+        results.update(
+            metrics_csv=str(csv_path),
+            metrics_md=str(md_path),
+            row=row,
+            metrics_json=str(write_run_record(output_dir, record)),
+        )
         rank_zero_print(markdown_table([row]))
         save_module_figures(module, output_dir)
         _save_eval_masks(datamodule, output_dir)

@@ -21,12 +21,23 @@ from nowcast_infill.registry import get_method
 
 # Importer options may also be given at the top level (`ni-convert variable=rain`),
 # which reads more naturally on the command line than `importer.variable=rain`.
-_TOP_LEVEL_OPTIONS = ("zr_a", "zr_b", "pysteps_importer", "variable", "units", "accumulation_interval_s", "proj4", "precision_mm")
+_TOP_LEVEL_OPTIONS = (
+    "zr_a",
+    "zr_b",
+    "pysteps_importer",
+    "variable",
+    "units",
+    "accumulation_interval_s",
+    "proj4",
+    "precision_mm",
+)
 
 
 def importer_options(cfg: DictConfig) -> dict:
     """Importer keyword arguments from `cfg.importer` and top-level shortcuts, nulls dropped."""
-    options = {k: v for k, v in OmegaConf.to_container(cfg.get("importer") or {}, resolve=True).items() if v is not None}
+    options = {
+        k: v for k, v in OmegaConf.to_container(cfg.get("importer") or {}, resolve=True).items() if v is not None
+    }
     for key in _TOP_LEVEL_OPTIONS:
         if cfg.get(key) is not None:
             options[key] = cfg.get(key)
@@ -59,7 +70,9 @@ def _check(cfg: DictConfig) -> dict:
         **importer,
     )
     inputs = _inputs(cfg)
-    writable_output_store(cfg.output, "output", inputs=[("inputs", p) for p in ([inputs] if isinstance(inputs, str) else inputs)])
+    writable_output_store(
+        cfg.output, "output", inputs=[("inputs", p) for p in ([inputs] if isinstance(inputs, str) else inputs)]
+    )
     try:
         checked_max_gap(options["max_gap_s"])
         get_method("source", cfg.source, **importer)
@@ -88,7 +101,9 @@ def _many_writers(cfg: DictConfig, step: str, history: str) -> dict:
         if task is None:
             task = os.environ.get("SLURM_ARRAY_TASK_ID")
         if task is None:
-            raise BadValueError("task_id=null: step=write needs the task number (task_id=K, or run it as a Slurm array task).")
+            raise BadValueError(
+                "task_id=null: step=write needs the task number (task_id=K, or run it as a Slurm array task)."
+            )
         try:
             task = int(task)
         except ValueError:
@@ -103,13 +118,29 @@ def _many_writers(cfg: DictConfig, step: str, history: str) -> dict:
     tasks = config_int(cfg, "tasks", minimum=1, meaning="writers the inputs are split between")
     time_range = OmegaConf.to_container(cfg.time_range) if cfg.get("time_range") is not None else None
     if time_range is not None and len(time_range) != 2:
-        raise BadValueError(f"time_range={time_range!r}: must be [first, last], e.g. ['2017-08-16T00:05', '2017-08-17T00:00'].")
+        raise BadValueError(
+            f"time_range={time_range!r}: must be [first, last], e.g. ['2017-08-16T00:05', '2017-08-17T00:00']."
+        )
     time_step_s = config_int(cfg, "time_step_s", minimum=1, none_ok=True, meaning="seconds between frames")
     if step == "plan":
-        return region_writer.plan_store(_inputs(cfg), cfg.output, tasks=tasks, time_range=time_range,
-                                        time_step_s=time_step_s, history=history, **options)
-    return region_writer.convert_parallel(_inputs(cfg), cfg.output, processes=tasks, time_range=time_range,
-                                          time_step_s=time_step_s, history=history, **options)
+        return region_writer.plan_store(
+            _inputs(cfg),
+            cfg.output,
+            tasks=tasks,
+            time_range=time_range,
+            time_step_s=time_step_s,
+            history=history,
+            **options,
+        )
+    return region_writer.convert_parallel(
+        _inputs(cfg),
+        cfg.output,
+        processes=tasks,
+        time_range=time_range,
+        time_step_s=time_step_s,
+        history=history,
+        **options,
+    )
 
 
 def convert(cfg: DictConfig, history: str = "ni-convert") -> dict:
@@ -141,8 +172,9 @@ def check_synth_config(cfg: DictConfig) -> None:
         config_int(cfg, key, minimum=minimum)
     config_float(cfg, "wet_fraction", 0.0, 1.0, low_open=True)
     overwrite = config_bool(cfg, "overwrite")
-    writable_output_store(cfg.output, "output", if_store_exists="overwrite" if overwrite else "refuse",
-                          overwrite_key="overwrite")
+    writable_output_store(
+        cfg.output, "output", if_store_exists="overwrite" if overwrite else "refuse", overwrite_key="overwrite"
+    )
 
 
 def synth(cfg: DictConfig) -> Path:

@@ -22,7 +22,9 @@ def compare(paths: list[str], out: str | None = None, sweep: str | None = None) 
     """Summarise the runs under `paths` into `out`; returns (summary.md path, its text, the run records)."""
     for given in paths:
         if not Path(given).exists():
-            raise MissingInputError(f"{given}: no such run or sweep folder; pass folders that hold <run>/{RUN_METRICS_FILE}.")
+            raise MissingInputError(
+                f"{given}: no such run or sweep folder; pass folders that hold <run>/{RUN_METRICS_FILE}."
+            )
     if out is None:
         if len(paths) != 1 or not Path(paths[0]).is_dir():
             raise BadValueError(f"ni-compare got {len(paths)} folders: name the folder for the tables with --out DIR.")
@@ -35,4 +37,3 @@ def compare(paths: list[str], out: str | None = None, sweep: str | None = None) 
             "(test=true); pass run or sweep folders."
         )
     return md_path, markdown, records
-

@@ -49,8 +49,11 @@ def adopt_checkpoint_task(cfg: DictConfig, trained: TrainedTask, ckpt_path: str,
         raise BadValueError(
             f"task={asked[0]} (in_frames={asked[1]}, out_frames={asked[2]}) was given, but {ckpt_path} was trained with "
             f"task={have[0]} (in_frames={have[1]}, out_frames={have[2]}); drop the task overrides (the checkpoint's task "
-            "is taken) or pass a checkpoint of the task asked.")
-    node = OmegaConf.load(Path(CONFIG_DIR) / "task" / f"{trained.name}.yaml") if asked[0] != have[0] else cfg.task.copy()
+            "is taken) or pass a checkpoint of the task asked."
+        )
+    node = (
+        OmegaConf.load(Path(CONFIG_DIR) / "task" / f"{trained.name}.yaml") if asked[0] != have[0] else cfg.task.copy()
+    )
     with open_dict(node):
         node.update(task_frame_keys(trained))
     with open_dict(cfg):
@@ -62,7 +65,17 @@ def task_frame_keys(trained: TrainedTask) -> dict[str, int]:
     """past/future/context and the frame counts of conf/task/<name>.yaml that give `trained`'s frames."""
     if trained.name == "infill":
         context = (trained.in_frames - 1) // 2
-        return {"context": context, "past": context, "future": context, "in_frames": trained.in_frames,
-                "out_frames": trained.out_frames}
-    return {"past": trained.in_frames, "future": trained.out_frames, "context": 0, "in_frames": trained.in_frames,
-            "out_frames": trained.out_frames}
+        return {
+            "context": context,
+            "past": context,
+            "future": context,
+            "in_frames": trained.in_frames,
+            "out_frames": trained.out_frames,
+        }
+    return {
+        "past": trained.in_frames,
+        "future": trained.out_frames,
+        "context": 0,
+        "in_frames": trained.in_frames,
+        "out_frames": trained.out_frames,
+    }

@@ -172,19 +172,28 @@ def read_trained_model(path: str | Path) -> TrainedModel:
     """
     ckpt = read_checkpoint(path)
     hparams = dict(ckpt["hyper_parameters"])
-    payload = ckpt.get(PAYLOAD_KEY)
+    payload = checkpoint_payload(ckpt, str(path))
     if payload is not None:
         return _from_payload(str(path), ckpt, hparams, payload)
     return _from_old_layout(str(path), ckpt, hparams)
 
 
-def _from_payload(path: str, ckpt: dict, hparams: dict, payload: Any) -> TrainedModel:
+def checkpoint_payload(checkpoint: Mapping[str, Any], where: str = "checkpoint") -> dict[str, Any] | None:
+    """The `checkpoint["nowcast_infill"]` payload, None for a checkpoint of the old layout;
+    CheckpointError naming `where` (the file) for a payload of another format."""
+    payload = checkpoint.get(PAYLOAD_KEY)
+    if payload is None:
+        return None
     if not isinstance(payload, Mapping) or payload.get("format") != PAYLOAD_FORMAT:
         found = payload.get("format") if isinstance(payload, Mapping) else type(payload).__name__
         raise CheckpointError(
-            f"{path}: '{PAYLOAD_KEY}' is of format {found!r}, this version reads format "
+            f"{where}: '{PAYLOAD_KEY}' is of format {found!r}, this version reads format "
             f"{PAYLOAD_FORMAT}; use the nowcast_infill version that wrote it, or {RETRAIN_FIX}."
         )
+    return dict(payload)
+
+
+def _from_payload(path: str, ckpt: dict, hparams: dict, payload: dict[str, Any]) -> TrainedModel:
     try:
         task = payload["task"]
         trained = TrainedTask(str(task["name"]), int(task["in_frames"]), int(task["out_frames"]))

@@ -603,8 +603,8 @@ def worker_main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     from lightning.pytorch.strategies import DDPStrategy
 
-    from nowcast_infill.cli.train import build_datamodule, build_module, build_trainer
-    from nowcast_infill.config_schema import validate_config
+    from nowcast_infill.pipeline.build import build_datamodule, build_module, build_trainer
+    from nowcast_infill.pipeline.config_checks import validate_config
     from nowcast_infill.utils.config import register_resolvers
 
     register_resolvers()
@@ -860,7 +860,7 @@ def data_feed_rate(store: Path, crop: int, batch: int, n_batches: int, threads: 
     import torch
     from hydra import compose, initialize_config_dir
 
-    from nowcast_infill.cli.train import build_datamodule
+    from nowcast_infill.pipeline.build import build_datamodule
     from nowcast_infill.utils.config import register_resolvers
 
     torch.set_num_threads(threads)

@@ -345,6 +345,7 @@ def run_largest_batch(report: Report, args, budget: Budget) -> None:
 
 def build_infill_predictor(args):
     """A CheckpointPredictor (the ni-infill network path) around an untrained 7-level pconv."""
+    from nowcast_infill.checkpoint_io import TrainedTask
     from nowcast_infill.data.normalization import Normalizer
     from nowcast_infill.inference.checkpoint import CheckpointPredictor
     from nowcast_infill.training.module import RadarModule
@@ -360,7 +361,7 @@ def build_infill_predictor(args):
     rng = np.random.default_rng(0)
     normalizer = Normalizer().fit(rng.exponential(1.0, size=(4, 64, 64)).astype(np.float32))
     module.attach_normalizer(normalizer)
-    return CheckpointPredictor(module, normalizer, tile=args.infill_tile, overlap=args.infill_tile // 4,
+    return CheckpointPredictor(module, normalizer, task=TrainedTask("infill", t_in, t_out), tile=args.infill_tile, overlap=args.infill_tile // 4,
                                multiple=module.net.size_multiple, batch_size=args.infill_batch, aux_names=[], device=args.device,
                                path=Path("untrained-7-level-pconv.ckpt"))
 

@@ -29,10 +29,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from nowcast_infill.study import VARIANTS  # noqa: E402  (the variants every results script trains)
+from nowcast_infill.utils.config import compose_config  # noqa: E402
 from nowcast_infill.utils.results import format_mean_std, mean_std  # noqa: E402
 from nowcast_infill.utils.results import git_commit as package_git_commit  # noqa: E402
 
-CONF_DIR = REPO_ROOT / "conf"
 RESULTS_DIR = REPO_ROOT / "experiments" / "results"
 # git-ignored (.gitignore): converted stores, runs, logs
 WORK_DIR = RESULTS_DIR / "_work"
@@ -273,17 +273,6 @@ class RunResult:
     figures: list[str] = field(default_factory=list)
 
 
-def compose_config(name: str, overrides: Sequence[str]):
-    """Compose `conf/<name>.yaml` with Hydra overrides (the same tree ni-train/ni-eval use)."""
-    from hydra import compose, initialize_config_dir
-
-    from nowcast_infill.utils.config import register_resolvers
-
-    register_resolvers()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose(name, overrides=list(overrides))
-
-
 def _with_split(cfg, split: Mapping | None):
     from omegaconf import OmegaConf, open_dict
 
@@ -325,7 +314,7 @@ def common_overrides(run_dir: Path, store: Path, stats_path: Path, data: str, ta
 def train_network(dataset: str, variant: str, seed: int, base: Sequence[str], budget: Budget, run_dir: Path,
                   split: Mapping | None = None, extra: Sequence[str] = ()) -> tuple[Path, float]:
     """Train `variant` for `budget` with `seed`; returns (last checkpoint, wall seconds)."""
-    from nowcast_infill.cli.train import train
+    from nowcast_infill.pipeline import train
 
     cfg = compose_config("train", [*base, f"model={variant}", f"seed={seed}", *budget.overrides(), *extra])
     cfg = _with_split(cfg, split)
@@ -346,7 +335,7 @@ def evaluate_method(dataset: str, method: str, base: Sequence[str], run_dir: Pat
                     extra: Sequence[str] = ()) -> RunResult:
     """Score a checkpoint (`ckpt_path`) or the classical baseline `method` on the test split
     through `ni-eval`'s `evaluate`; returns the `test/...` metrics without the prefix."""
-    from nowcast_infill.cli.eval import evaluate
+    from nowcast_infill.pipeline import evaluate
 
     overrides = [*base, f"n_figures={n_figures}", *extra]
     overrides += [f"ckpt_path={ckpt_path}", f"model={method}"] if ckpt_path else [f"model={method}"]

@@ -1,4 +1,4 @@
-"""The Python API, for notebooks and scripts (the `ni-*` commands are thin wrappers over it).
+"""The Python API, for notebooks and scripts (the `ni-*` commands run the same `nowcast_infill.pipeline`).
 
     from nowcast_infill import compose, train, evaluate, load_predictor
 
@@ -16,15 +16,15 @@ does, unless `paths.output_dir=` is given. examples/api_tour.py runs every call.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from nowcast_infill.cli import CONFIG_DIR
+from nowcast_infill.pipeline import evaluate, train
 from nowcast_infill.schema import PRECIP
-from nowcast_infill.utils.config import output_dir_outside_hydra, register_resolvers
+from nowcast_infill.utils.config import CONFIG_DIR, compose_config, output_dir_outside_hydra
 
 __all__ = ["compose", "train", "evaluate", "load_predictor", "Predictor", "CONFIG_DIR"]
 
@@ -36,34 +36,12 @@ def compose(name: str = "train", overrides: Sequence[str] = ()) -> DictConfig:
     Hydra-only keys (`hydra.*`) are left out; `paths.output_dir`, which the command takes
     from Hydra's run directory, gets the same folder here.
     """
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    register_resolvers()
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = hydra_compose(name, overrides=list(overrides), return_hydra_config=True)
+    cfg = compose_config(name, overrides, return_hydra_config=True)
     run_dir = OmegaConf.to_container(cfg.hydra.run, resolve=False).get("dir")
     with open_dict(cfg):
         del cfg["hydra"]
         output_dir_outside_hydra(cfg, run_dir)
     return cfg
-
-
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit and test (`ni-train`); returns the metrics, `best_model_path`, `output_dir`, ...
-
-    Works on any composed config, also one composed outside this module.
-    """
-    from nowcast_infill.cli.train import train as train_run
-
-    return train_run(cfg)
-
-
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate a checkpoint or a classical baseline (`ni-eval`); returns the metrics and table paths."""
-    from nowcast_infill.cli.eval import evaluate as evaluate_run
-
-    return evaluate_run(cfg)
 
 
 class Predictor:
@@ -139,7 +117,7 @@ class Predictor:
             return self._predictor(np.asarray(data, dtype=np.float32), frame_index=None)
         import xarray as xr
 
-        from nowcast_infill.inference.archive import issue_indices
+        from nowcast_infill.inference.nowcast_product import issue_indices
 
         self._bind(data)
         times = data["time"].values
@@ -174,9 +152,9 @@ def load_predictor(ckpt_path: str | Path, device: str = "auto", tile: int | None
     `tile` defaults to the training crop size; `options` go to
     `nowcast_infill.inference.checkpoint.load_checkpoint_predictor` (overlap, batch_size, stats_path, aux).
     """
-    from nowcast_infill.checkpoint_io import read_checkpoint
+    from nowcast_infill.checkpoint_io import read_trained_model
     from nowcast_infill.inference.checkpoint import load_checkpoint_predictor
 
-    task = read_checkpoint(str(ckpt_path))["hyper_parameters"].get("task")
+    task = read_trained_model(str(ckpt_path)).task.name
     predictor, _ = load_checkpoint_predictor(ckpt_path, task, device=device, tile=tile, **options)
     return Predictor(predictor)

@@ -28,3 +28,8 @@ class OutputPathError(UserError, ValueError):
 
 class OutputExistsError(UserError, FileExistsError):
     """The output exists and the command was not asked to overwrite it."""
+
+
+class ConfigSchemaError(UserError, ValueError):
+    """The composed config breaks a schema (unknown key, wrong type, value out of range); the
+    message starts with the offending key."""

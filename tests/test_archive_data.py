@@ -223,12 +223,14 @@ def test_wet_sampling_draws_wet_windows_more_often_and_logs_weights(tmp_path, ca
 
 def test_inference_never_reads_across_a_segment(three_events, tmp_path):
     from nowcast_infill.errors import BadValueError
-    from nowcast_infill.inference.archive import _FrameCache, open_radar_store, write_nowcast
+    from nowcast_infill.inference.frame_infiller import FrameCache
+    from nowcast_infill.inference.nowcast_product import write_nowcast
+    from nowcast_infill.inference.outputs import open_radar_store
 
     out, _, times = three_events
     src = open_radar_store(out)
     segment = schema.segment_ids(src["time"].values, src.attrs["time_step_s"])
-    cache = _FrameCache(src[schema.PRECIP], src[schema.MISSING_FRAME].values, segment)
+    cache = FrameCache(src[schema.PRECIP], src[schema.MISSING_FRAME].values, segment)
     window = cache.window(40, 1)  # first frame of the 2016 event: its predecessor is from 2015
     assert np.isnan(window[0]).all() and np.isfinite(window[1]).any()
     np.testing.assert_array_equal(window[2], src[schema.PRECIP][41].values)

@@ -61,30 +61,30 @@ def evil(tmp_path, monkeypatch) -> Path:
 
 
 def _ni_train_resume(tmp_path, store):
-    from nowcast_infill.cli.train import train
+    from nowcast_infill.pipeline.fitting import train
 
     train(compose_config("train", [*tiny_overrides(tmp_path, store), TINY_NET, *SMALL_WINDOWS,
                                    f"data.stats_path={tmp_path / 'stats.json'}", f"ckpt_path={EVIL_NAME}"]))
 
 
 def _ni_eval(tmp_path, store):
-    from nowcast_infill.cli.eval import evaluate
+    from nowcast_infill.pipeline.scoring import evaluate
 
     evaluate(compose_config("eval", [*tiny_overrides(tmp_path, store), *SMALL_WINDOWS,
                                      f"data.stats_path={tmp_path / 'stats.json'}", f"ckpt_path={EVIL_NAME}"]))
 
 
 def _ni_infill(tmp_path, store):
-    from nowcast_infill.cli import infill
+    from nowcast_infill.pipeline import infill
 
-    infill.run(compose_config("infill", [f"input={store}", f"output={tmp_path / 'out.zarr'}", f"ckpt_path={EVIL_NAME}",
+    infill(compose_config("infill", [f"input={store}", f"output={tmp_path / 'out.zarr'}", f"ckpt_path={EVIL_NAME}",
                                          "progress=false"]))
 
 
 def _ni_nowcast(tmp_path, store):
-    from nowcast_infill.cli import nowcast
+    from nowcast_infill.pipeline import nowcast
 
-    nowcast.run(compose_config("nowcast", [f"input={store}", f"output={tmp_path / 'nc.zarr'}", f"ckpt_path={EVIL_NAME}"]))
+    nowcast(compose_config("nowcast", [f"input={store}", f"output={tmp_path / 'nc.zarr'}", f"ckpt_path={EVIL_NAME}"]))
 
 
 def _results_scripts(tmp_path, store):
@@ -113,9 +113,9 @@ def test_lightning_resume_is_weights_only_without_the_vetting_too(evil, small_st
     # Defence in depth: with the up-front check switched off, Lightning's own load still refuses.
     import pickle
 
-    import nowcast_infill.cli.train as train_cli
+    import nowcast_infill.pipeline.fitting as fitting
 
-    monkeypatch.setattr(train_cli, "read_checkpoint", lambda path: None)
+    monkeypatch.setattr(fitting, "read_checkpoint", lambda path: None)
     with pytest.raises(pickle.UnpicklingError, match="io.open"):
         _ni_train_resume(tmp_path, small_store)
     assert not evil.exists()
@@ -135,7 +135,7 @@ def test_a_file_that_is_no_checkpoint_is_one_clear_line(content, expect, tmp_pat
 
 
 def _train_one_step(tmp_path: Path, store: Path, *extra: str) -> list[Path]:
-    from nowcast_infill.cli.train import train
+    from nowcast_infill.pipeline.fitting import train
 
     train(compose_config("train", [*tiny_overrides(tmp_path, store), f"data.stats_path={tmp_path / 'stats.json'}", TINY_NET,
                                    *SMALL_WINDOWS, "trainer.max_epochs=1", "+trainer.limit_train_batches=1",

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from nowcast_infill import registry
 from nowcast_infill.baselines import baseline_task
 from nowcast_infill.cli.errors import user_error_message
-from nowcast_infill.config_schema import ConfigSchemaError, validate_config
+from nowcast_infill.pipeline.config_checks import ConfigSchemaError, validate_config
 from nowcast_infill.study import FSS_SCALES_PX, METRIC_DEFAULTS, METRIC_THRESHOLDS_MM_H, VARIANT_NET_SWITCHES, VARIANTS
 from nowcast_infill.utils.config import devices_per_node, num_nodes, register_resolvers, run_id
 from nowcast_infill.training.lr import global_batch_size, scaled_learning_rate, warmup_cosine_schedule

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from nowcast_infill.cli import CONFIG_DIR
-from nowcast_infill.cli.demo import demo
+from nowcast_infill.utils.config import CONFIG_DIR
+from nowcast_infill.pipeline.end_to_end import demo
 
 SMALL = ["data.split.gap=2", "data.eval_masks.n=4", "data.crop_size=32", "data.batch_size=2", "data.num_workers=0"]
 

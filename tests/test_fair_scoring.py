@@ -200,7 +200,7 @@ def tiny_store(tmp_path_factory):
 def _evaluate(tmp_path, store, *overrides):
     from test_configs import compose_config, tiny_overrides
 
-    from nowcast_infill.cli.eval import evaluate
+    from nowcast_infill.pipeline.scoring import evaluate
 
     cfg = compose_config("eval", [*tiny_overrides(tmp_path, store), f"data.stats_path={tmp_path.parent / 'stats.json'}",
                                   "data.split.gap=2", "data.eval_masks.n=4", "n_figures=0", *overrides])

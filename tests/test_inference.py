@@ -21,8 +21,10 @@ from process_watch import LoadScaledBudget, reserve_ports, run_watched
 from nowcast_infill.errors import UserError
 from nowcast_infill.inference.archive import (
     STATUS_COMPLETE, STATUS_INFILLED, STATUS_PENDING, NoValidFrameError, derive_coverage, infill_store,
-    load_predictor, open_radar_store, write_nowcast,
 )
+from nowcast_infill.inference.nowcast_product import write_nowcast
+from nowcast_infill.inference.outputs import open_radar_store
+from nowcast_infill.inference.predictors import load_predictor
 from nowcast_infill.data.tiling import predict_tiled
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,7 +149,8 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
 SLOW_INFILL = textwrap.dedent(
     """
     import sys, time
-    from nowcast_infill.inference.archive import infill_store, load_predictor
+    from nowcast_infill.inference.archive import infill_store
+    from nowcast_infill.inference.predictors import load_predictor
     base, info = load_predictor("nearest", "infill")
     delay = float(sys.argv[3])
     def predictor(x, cov):
@@ -283,17 +286,16 @@ def test_nowcast_product_has_lead_times_and_issue_time(tmp_path):
 def test_cli_configs_compose_with_baselines(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from nowcast_infill.cli import infill as infill_cli
-    from nowcast_infill.cli import nowcast as nowcast_cli
+    from nowcast_infill.pipeline import infill, nowcast
 
     store, _ = _store_with_holes(tmp_path)
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("infill", overrides=[f"input={store}", f"output={tmp_path / 'o.zarr'}", "model=laplace",
                                            "progress=false"])
-        assert infill_cli.run(cfg)["infilled"] == 3
+        assert infill(cfg)["infilled"] == 3
         cfg = compose("nowcast", overrides=[f"input={store}", f"output={tmp_path / 'n.zarr'}", "model=sprog",
                                             "past=3", "n_leads=2"])
-        nowcast_cli.run(cfg)
+        nowcast(cfg)
     assert xr.open_zarr(tmp_path / "n.zarr").sizes["lead_time"] == 2
 
 
@@ -301,7 +303,7 @@ def test_cli_configs_compose_with_baselines(tmp_path):
 
 def _train_tiny(tmp_path: Path, store: Path, *extra: str) -> str:
     """A few optimisation steps of a tiny PConvUNet through the real `ni-train` entry point."""
-    from nowcast_infill.cli.train import train
+    from nowcast_infill.pipeline.fitting import train
     from test_configs import TINY_NET, compose_config, tiny_overrides
 
     cfg = compose_config("train", [
@@ -338,13 +340,13 @@ def _compose(name: str, overrides: list[str]):
 
 def test_ni_infill_with_checkpoint_fills_only_the_holes(infill_ckpt, tmp_path):
     from factories import LINEAR_AUX
-    from nowcast_infill.cli import infill as infill_cli
+    from nowcast_infill.pipeline import infill
     from nowcast_infill.io.files import file_sha256
 
     src_path, hole = _store_with_holes(tmp_path, aux=LINEAR_AUX)
     cfg = _compose("infill", [f"input={src_path}", f"output={tmp_path / 'out.zarr'}", f"ckpt_path={infill_ckpt}",
                               "progress=false", "checkpoint.device=cpu"])
-    summary = infill_cli.run(cfg)
+    summary = infill(cfg)
     src, out = open_radar_store(src_path), xr.open_zarr(tmp_path / "out.zarr")
     before, after, coverage = src["precip"].values, out["precip"].values, out["coverage"].values
     # With one frame of context the model also fills the missing frame 4 from its neighbours.
@@ -404,13 +406,13 @@ def test_checkpoint_infill_resumes_after_a_crash(infill_ckpt, tmp_path):
 
 
 def test_ni_nowcast_with_checkpoint_writes_its_lead_times(nowcast_ckpt, tmp_path):
-    from nowcast_infill.cli import nowcast as nowcast_cli
+    from nowcast_infill.pipeline import nowcast
     from nowcast_infill.io.files import file_sha256
 
     store = write_test_store(tmp_path / "in.zarr", n_time=8)
     cfg = _compose("nowcast", [f"input={store}", f"output={tmp_path / 'nc.zarr'}", f"ckpt_path={nowcast_ckpt}",
                                "issue_time=2021-06-01T00:25", "checkpoint.device=cpu"])
-    nowcast_cli.run(cfg)
+    nowcast(cfg)
     nc = xr.open_zarr(tmp_path / "nc.zarr")
     assert list(nc["lead_time"].values) == [np.timedelta64(k * 300, "s") for k in (1, 2, 3)]
     assert nc["forecast_reference_time"].values == np.datetime64("2021-06-01T00:25", "ns")
@@ -421,7 +423,7 @@ def test_ni_nowcast_with_checkpoint_writes_its_lead_times(nowcast_ckpt, tmp_path
     assert np.isfinite(forecast[:, ~nodata]).all() and (forecast[:, ~nodata] >= 0).all()
     assert nc.attrs["model_checkpoint_sha256"] == file_sha256(nowcast_ckpt) and nc.attrs["past_frames"] == 2
     with pytest.raises(ValueError, match="trained for n_leads=3"):
-        nowcast_cli.run(_compose("nowcast", [f"input={store}", f"output={tmp_path / 'x.zarr'}",
+        nowcast(_compose("nowcast", [f"input={store}", f"output={tmp_path / 'x.zarr'}",
                                              f"ckpt_path={nowcast_ckpt}", "n_leads=6"]))
     with pytest.raises(ValueError, match="task='nowcast'; ni-infill needs"):
         load_predictor(nowcast_ckpt, "infill")
@@ -472,7 +474,8 @@ def test_tiled_needed_pixels_get_the_full_grid_blend_exactly():
 DDP_INFILL = textwrap.dedent(
     """
     import sys
-    from nowcast_infill.inference.archive import infill_store, load_predictor
+    from nowcast_infill.inference.archive import infill_store
+    from nowcast_infill.inference.predictors import load_predictor
     if __name__ == "__main__":
         predictor, info = load_predictor(sys.argv[1], "infill", device="cpu")
         print(infill_store(predictor, sys.argv[2], sys.argv[3], model_info=info, context=1, progress=False,

@@ -9,7 +9,9 @@ import xarray as xr
 
 from factories import write_test_store
 from nowcast_infill.errors import BadValueError
-from nowcast_infill.inference.archive import load_predictor, open_radar_store, write_nowcast
+from nowcast_infill.inference.nowcast_product import write_nowcast
+from nowcast_infill.inference.outputs import open_radar_store
+from nowcast_infill.inference.predictors import load_predictor
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nowcast_infill import registry
-from nowcast_infill.config_schema import ConfigSchemaError
+from nowcast_infill.errors import ConfigSchemaError
 from nowcast_infill.data.datamodule import RadarDataModule
 from nowcast_infill.data.normalization import Normalizer
 from nowcast_infill.data.priors import WindowPrior, temporal_linear_fill

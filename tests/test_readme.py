@@ -89,7 +89,7 @@ def first_sweep_values(overrides: list[str]) -> list[str]:
 @pytest.mark.parametrize("argv", [c for c in readme_commands() if ni_verb(c) and ni_verb(c) not in NOT_HYDRA],
                          ids=lambda c: " ".join(c)[:80])
 def test_readme_ni_commands_compose(argv, tmp_path):
-    from nowcast_infill.config_schema import validate_config
+    from nowcast_infill.pipeline.config_checks import validate_config
     from test_configs import compose_config
 
     verb = ni_verb(argv)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nowcast_infill.cli.compare import compare
+from nowcast_infill.pipeline.summary import compare
 from nowcast_infill.data.synthetic import write_synthetic_store
 from nowcast_infill.errors import MissingInputError
 from nowcast_infill.utils.results import headline_table, summarize

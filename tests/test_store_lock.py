@@ -184,7 +184,9 @@ def _hold_lock(store: str, cwd: Path) -> subprocess.Popen:
 
 def _writers(tmp_path: Path, sources: dict) -> dict:
     """Writers of a store at a relative path (as a user would type it), by command."""
-    from nowcast_infill.inference.archive import infill_store, load_predictor, write_nowcast
+    from nowcast_infill.inference.archive import infill_store
+    from nowcast_infill.inference.nowcast_product import write_nowcast
+    from nowcast_infill.inference.predictors import load_predictor
 
     radar = write_test_store(tmp_path / "radar.zarr", n_time=6, ny=20, nx=24)
     return {

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from nowcast_infill.cli.eval import evaluate
-from nowcast_infill.cli.train import train
+from nowcast_infill.pipeline.scoring import evaluate
+from nowcast_infill.pipeline.fitting import train
 from nowcast_infill.data.synthetic import write_synthetic_store
 from test_configs import EXPERIMENTS, TINY_NET, compose_config, tiny_overrides
 

@@ -1,19 +1,19 @@
-"""Console scripts `ni-<verb>`: thin Hydra wrappers over plain functions."""
+"""Console scripts `ni-<verb>`: Hydra shims over the plain functions of `nowcast_infill.pipeline`.
 
-from pathlib import Path
+This package is the only code that knows Hydra's runtime (`@hydra.main`, the command line's
+overrides); everything a command does is a pipeline function that takes a composed config.
+"""
 
+from hydra.core.hydra_config import HydraConfig
 
-def _config_dir() -> str:
-    """The Hydra config folder: `nowcast_infill/conf` (a copy in an installed wheel, a symlink
-    to the repository's conf/ in a checkout), else the checkout's top-level conf/ (a checkout
-    where the symlink did not survive, e.g. on a filesystem without symlinks)."""
-    package = Path(__file__).resolve().parents[1]
-    for folder in (package / "conf", package.parent / "conf"):
-        if (folder / "train.yaml").is_file():
-            return str(folder)
-    raise FileNotFoundError(f"no Hydra configs in {package / 'conf'} or {package.parent / 'conf'}: reinstall nowcast_infill")
+from nowcast_infill.utils.config import CONFIG_DIR
+
+__all__ = ["CONFIG_DIR", "command_line_overrides"]
 
 
-# Absolute: a relative `config_path` inside an installed console script is taken by Hydra as
-# a Python package named `conf`, which does not exist.
-CONFIG_DIR = _config_dir()
+def command_line_overrides() -> list[str] | None:
+    """The overrides of the running Hydra job (`task=nowcast`, ...), None outside one (a
+    config composed in a script or test and handed to `main(cfg)`)."""
+    if not HydraConfig.initialized():
+        return None
+    return list(HydraConfig.get().overrides.task)

@@ -1,55 +1,23 @@
-"""`ni-compare`: one table over runs, of one sweep or of several.
-
-    ni-compare outputs/infill/multiruns/2026-11-30_05-20-00
-    ni-compare outputs/infill/multiruns/A outputs/infill/multiruns/B --out comparison
-    ni-compare outputs --sweep 4711 --out outputs/sweeps/4711      # one Slurm array's runs
-
-Reads `<run>/metrics.json` (written by every `ni-train`) under the folders given, prints the
-variants (task, model and the overrides that differ between the runs) with mean ± std over
-seeds and one row per run, and writes `summary.md`, `summary.csv` and `runs.csv` into `--out`
-(default: the folder given, when there is one).
-"""
+"""`ni-compare`: one table over runs, of one sweep or of several."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from nowcast_infill.cli.errors import exit_on_user_error, take_verbose_flag
-from nowcast_infill.errors import BadValueError, MissingInputError
-from nowcast_infill.utils.results import RUN_METRICS_FILE, write_summary
-
-
-def compare(paths: list[str], out: str | None = None, sweep: str | None = None) -> tuple[Path, str, list]:
-    """Summarise the runs under `paths` into `out`; returns (summary.md path, its text, the run records)."""
-    for given in paths:
-        if not Path(given).exists():
-            raise MissingInputError(f"{given}: no such run or sweep folder; pass folders that hold <run>/{RUN_METRICS_FILE}.")
-    if out is None:
-        if len(paths) != 1 or not Path(paths[0]).is_dir():
-            raise BadValueError(f"ni-compare got {len(paths)} folders: name the folder for the tables with --out DIR.")
-        out = paths[0]
-    md_path, markdown, records = write_summary(out, paths, sweep)
-    if not records:
-        which = f" of sweep {sweep}" if sweep is not None else ""
-        raise MissingInputError(
-            f"no {RUN_METRICS_FILE}{which} under {' '.join(paths)}: ni-train writes one per run that tested "
-            "(test=true); pass run or sweep folders."
-        )
-    return md_path, markdown, records
+from nowcast_infill.pipeline.summary import compare
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Argparse, not Hydra: there is no config to compose (see `nowcast_infill.pipeline.summary`)."""
     argv = list(sys.argv if argv is None else ["ni-compare", *argv])
     verbose = take_verbose_flag(argv)
-    parser = argparse.ArgumentParser(
-        prog="ni-compare", description=__doc__.split("\n\n", 1)[0],
-        epilog="Example: ni-compare outputs/infill/multiruns/<id> outputs/nowcast/multiruns/<id> --out comparison",
-    )  # fmt: skip
+    example = "ni-compare outputs/infill/multiruns/<id> outputs/nowcast/multiruns/<id> --out comparison"
+    parser = argparse.ArgumentParser(prog="ni-compare", description=__doc__, epilog=f"Example: {example}")
     parser.add_argument("paths", nargs="+", help="run folders, sweep folders, or any folder holding them")
     parser.add_argument("--out", help="folder for summary.md / summary.csv / runs.csv (default: the one folder given)")
-    parser.add_argument("--sweep", help="keep only the runs of this sweep id (multirun folder name or Slurm array job id)")
+    parser.add_argument("--sweep", help="keep only the runs of this sweep id (multirun folder or Slurm array job id)")
     args = parser.parse_args(argv[1:])
     with exit_on_user_error("ni-compare", verbose):
         md_path, markdown, records = compare(args.paths, args.out, args.sweep)

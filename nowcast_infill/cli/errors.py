@@ -24,7 +24,8 @@ import functools
 import os
 import sys
 import traceback
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -145,8 +146,10 @@ def user_error_message(err: BaseException) -> str | None:
     if isinstance(err, MissingMandatoryValue):
         return _missing_message(err.full_key or "?")
     if isinstance(err, OverrideParseException):
-        return (f"{err.override}: not a valid override ({err.message.strip().splitlines()[0]}); write key=value, "
-                "quote values holding spaces, brackets or commas.")
+        return (
+            f"{err.override}: not a valid override ({err.message.strip().splitlines()[0]}); write key=value, "
+            "quote values holding spaces, brackets or commas."
+        )
     if isinstance(err, MissingConfigException):
         return _missing_config_option(err)
     if isinstance(err, (ConfigCompositionException, SearchPathException)):

@@ -27,7 +27,7 @@ import numpy as np
 
 from nowcast_infill import registry
 from nowcast_infill.baselines.temporal import make_temporal_linear
-from nowcast_infill.config_schema import ConfigSchemaError
+from nowcast_infill.errors import ConfigSchemaError
 
 PRIORS = {"nowcast": ("extrapolation", "persistence"), "infill": ("laplace", "temporal")}
 

@@ -1,11 +1,10 @@
 """Trained `RadarModule` checkpoints as archive predictors for `ni-infill` and `ni-nowcast`.
 
-A checkpoint written by `ni-train` holds the network's weights and hyperparameters
-(`hyper_parameters`) and the DataModule's state (`RadarDataModule`: the fitted
-normaliser), so it is self-contained for inference. What the DataModule does not
-store in the checkpoint (the training crop size, the auxiliary field names) is read from
-`datamodule_hyper_parameters` when present, else from the run's `config.yaml` that
-`ni-train` writes beside `checkpoints/`; a value found nowhere must be given explicitly.
+A checkpoint written by `ni-train` holds the network's weights and hyperparameters and
+(`checkpoint_io.read_trained_model`) its task, the fitted normaliser and the auxiliary field
+names, so it is self-contained for inference. The training crop size (the default tile) is
+read from `datamodule_hyper_parameters` when present, else from the run's `config.yaml` that
+`ni-train` writes beside `checkpoints/`; when found nowhere, `tile=` must be given.
 
 The predictor encodes mm/h with the training normaliser (NaN -> mask 0, value 0),
 regrids auxiliary fields with the DataModule's `AuxRegridder`, runs `predict_tiled`
@@ -17,72 +16,57 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from nowcast_infill.checkpoint_io import CheckpointError, read_checkpoint  # noqa: F401 (CheckpointError re-exported)
+from nowcast_infill.baselines import NothingToInfillFromError
+from nowcast_infill.checkpoint_io import CheckpointError, TrainedModel, TrainedTask, read_trained_model
+from nowcast_infill.data.normalization import Normalizer
+from nowcast_infill.data.regrid import AuxRegridder
+from nowcast_infill.data.tiling import predict_tiled
+from nowcast_infill.io.files import file_sha256
+from nowcast_infill.training.module import RadarModule
 from nowcast_infill.schema import AUX_PREFIX, PRECIP
 
 log = logging.getLogger(__name__)
 
-DATAMODULE_STATE_KEY = "RadarDataModule"
+STATS_FIX = "pass stats_path=<the .normalization.json used in training>"
 
 
-def _run_config(path: Path) -> dict | None:
-    """The `config.yaml` ni-train wrote in the run directory (`<run>/checkpoints/x.ckpt`), if any."""
-    candidate = path.resolve().parent.parent / "config.yaml"
-    if not candidate.is_file():
-        return None
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.load(candidate), resolve=False)
-
-
-def _normalizer_from(ckpt: Mapping, path: Path, stats_path: str | Path | None):
-    from nowcast_infill.data.normalization import Normalizer
-
+def checkpoint_normalizer(trained: TrainedModel, stats_path: str | Path | None = None) -> Normalizer:
+    """The normaliser the network was trained with (`stats_path` overrides it); CheckpointError when
+    an old checkpoint holds none and no `stats_path` is given."""
     if stats_path:
         return Normalizer.load(stats_path)
-    state = (ckpt.get(DATAMODULE_STATE_KEY) or {}).get("normalizer")
+    state = trained.normalizer_state
     if state is None:
         raise CheckpointError(
-            f"{path}: holds no normaliser state (key '{DATAMODULE_STATE_KEY}.normalizer'); it was not trained through "
-            "RadarDataModule. Pass stats_path=<the .normalization.json used in training>."
+            f"{trained.path}: holds no normaliser state (neither 'nowcast_infill.normalizer' nor "
+            f"the old 'RadarDataModule.normalizer'); {STATS_FIX}."
         )
     normalizer = Normalizer(state.get("kind", "log1p_scaled"))
     normalizer.load_state_dict(state)
     return normalizer
 
 
-def _training_data_setting(ckpt: Mapping, run_config: Mapping | None, key: str) -> tuple[Any, str] | None:
-    """(value, where it was found) of DataModule setting `key`, or None when it was not stored."""
-    dm_hparams = ckpt.get("datamodule_hyper_parameters") or {}
-    if key in dm_hparams:
-        return dm_hparams[key], "checkpoint datamodule_hyper_parameters"
-    data = (run_config or {}).get("data") or {}
-    if key in data:
-        return data[key], "run config.yaml"
-    return None
-
-
-def _aux_names(n_aux: int, ckpt: Mapping, run_config: Mapping | None, normalizer, path: Path,
-               given: Sequence[str] | None) -> list[str]:
+def _aux_names(n_aux: int, trained: TrainedModel, normalizer: Normalizer, given: Sequence[str] | None) -> list[str]:
     """The auxiliary fields the network was trained with, in channel order."""
+    path = trained.path
     if n_aux == 0:
         if given:
-            raise CheckpointError(f"{path}: the network takes no auxiliary fields, but aux={list(given)} was given; drop it.")
+            raise CheckpointError(
+                f"{path}: the network takes no auxiliary fields, but aux={list(given)} was given; drop it."
+            )
         return []
     if given:
         names = list(given)
     else:
-        setting = _training_data_setting(ckpt, run_config, "aux")
-        listed = setting[0] if setting and isinstance(setting[0], (list, tuple)) else None
-        # The normaliser was fitted on the training aux list in channel order ("all" resolved).
-        names = list(listed) if listed else list(normalizer.aux)
+        # An old checkpoint that does not list them: the normaliser was fitted on the training
+        # aux list in channel order ("all" resolved).
+        names = list(trained.aux_names) if trained.aux_names is not None else list(normalizer.aux)
     if len(names) != n_aux:
         raise CheckpointError(
             f"{path}: the network takes {n_aux} auxiliary field(s) but {names} were found for it; "
@@ -90,8 +74,10 @@ def _aux_names(n_aux: int, ckpt: Mapping, run_config: Mapping | None, normalizer
         )
     missing = [n for n in names if n not in normalizer.aux]
     if missing:
-        raise CheckpointError(f"{path}: the normaliser has no statistics for aux field(s) {missing}; "
-                              "pass stats_path= with the statistics used in training.")
+        raise CheckpointError(
+            f"{path}: the normaliser has no statistics for aux field(s) {missing}; "
+            "pass stats_path= with the statistics used in training."
+        )
     return names
 
 
@@ -113,12 +99,29 @@ class CheckpointPredictor:
 
     wants_frame_index = True
 
-    def __init__(self, module, normalizer, *, tile: int, overlap: int, multiple: int, batch_size: int,
-                 aux_names: Sequence[str], device: str | torch.device, path: Path):
+    def __init__(
+        self,
+        module,
+        normalizer,
+        *,
+        task: TrainedTask,
+        tile: int,
+        overlap: int,
+        multiple: int,
+        batch_size: int,
+        aux_names: Sequence[str],
+        device: str | torch.device,
+        path: Path,
+    ):
         self.module, self.normalizer = module, normalizer
-        self.task = str(module.hparams.task)
-        self.in_frames, self.out_frames = int(module.hparams.in_frames), int(module.hparams.out_frames)
-        self.tile, self.overlap, self.multiple, self.batch_size = int(tile), int(overlap), int(multiple), int(batch_size)
+        self.task = task.name
+        self.in_frames, self.out_frames = task.in_frames, task.out_frames
+        self.tile, self.overlap, self.multiple, self.batch_size = (
+            int(tile),
+            int(overlap),
+            int(multiple),
+            int(batch_size),
+        )
         self.aux_names = list(aux_names)
         self.device = torch.device(device)
         self.path = Path(path)
@@ -139,8 +142,6 @@ class CheckpointPredictor:
                 f"(trained with aux={self.aux_names}), which the store lacks; add them (ni-convert/ni-synth with aux) "
                 "or use a checkpoint trained without aux."
             )
-        from nowcast_infill.data.regrid import AuxRegridder
-
         regridder = AuxRegridder(ds["y"].values, ds["x"].values, ds["y_aux"].values, ds["x_aux"].values)
         arrays = {n: ds[AUX_PREFIX + n] for n in self.aux_names}
         self._aux = (regridder, arrays, int(ds.sizes["time"]), shape)
@@ -157,28 +158,33 @@ class CheckpointPredictor:
         for a, name in enumerate(self.aux_names):
             arr = arrays[name]
             for i, t in inside:
-                values = regridder.regrid(lambda r, c, a_=arr, t_=t: a_[t_:t_ + 1, r, c].values, slice(0, height), slice(0, width))
+                values = regridder.regrid(
+                    lambda r, c, a_=arr, t_=t: a_[t_ : t_ + 1, r, c].values, slice(0, height), slice(0, width)
+                )
                 out[i, a] = self.normalizer.encode_aux(name, values[0])
         valid = np.isfinite(out)
-        return torch.from_numpy(np.where(valid, out, 0.0).astype(np.float32)), torch.from_numpy(valid.astype(np.float32))
+        return torch.from_numpy(np.where(valid, out, 0.0).astype(np.float32)), torch.from_numpy(
+            valid.astype(np.float32)
+        )
 
     # -- prediction --------------------------------------------------------------------
     def _forward(self, x, x_mask, aux, aux_mask):
         return self.module.net(x, x_mask, aux, aux_mask)
 
     @torch.no_grad()
-    def predict(self, x_mm_h: np.ndarray, frame_index: np.ndarray | None = None,
-                needed: np.ndarray | None = None) -> np.ndarray:
+    def predict(
+        self, x_mm_h: np.ndarray, frame_index: np.ndarray | None = None, needed: np.ndarray | None = None
+    ) -> np.ndarray:
         """`(T_in, H, W)` mm/h with NaN -> `(T_out, H, W)` mm/h from the network alone.
 
         `needed (H, W)` bool limits the work to the tiles holding a needed pixel (NaN elsewhere).
         """
-        from nowcast_infill.data.tiling import predict_tiled
-
         x_mm_h = np.asarray(x_mm_h, dtype=np.float32)
         if x_mm_h.ndim != 3 or x_mm_h.shape[0] != self.in_frames:
-            raise ValueError(f"{self.path.name}: input has shape {x_mm_h.shape}; the network takes "
-                             f"({self.in_frames}, H, W) frames in mm/h (task={self.task}).")
+            raise ValueError(
+                f"{self.path.name}: input has shape {x_mm_h.shape}; the network takes "
+                f"({self.in_frames}, H, W) frames in mm/h (task={self.task})."
+            )
         valid = np.isfinite(x_mm_h)
         x = np.where(valid, self.normalizer.encode(np.nan_to_num(x_mm_h, nan=0.0)), 0.0).astype(np.float32)
         aux, aux_mask = self._aux_inputs(frame_index)
@@ -190,21 +196,26 @@ class CheckpointPredictor:
             torch.from_numpy(valid[:, None].astype(np.float32)).to(device),
             None if aux is None else aux.to(device),
             None if aux_mask is None else aux_mask.to(device),
-            tile=self.tile, overlap=self.overlap, multiple=self.multiple, batch_size=self.batch_size,
+            tile=self.tile,
+            overlap=self.overlap,
+            multiple=self.multiple,
+            batch_size=self.batch_size,
             needed=None if needed is None else torch.from_numpy(np.asarray(needed, dtype=bool)),
         )
         return self.normalizer.decode(pred[:, 0].float()).cpu().numpy().astype(np.float32)
 
-    def __call__(self, x_mm_h: np.ndarray, valid_coverage: np.ndarray | None = None, *,
-                 frame_index: np.ndarray | None = None) -> np.ndarray:
-        from nowcast_infill.baselines import NothingToInfillFromError
-
+    def __call__(
+        self, x_mm_h: np.ndarray, valid_coverage: np.ndarray | None = None, *, frame_index: np.ndarray | None = None
+    ) -> np.ndarray:
         if not np.isfinite(x_mm_h).any():
             if self.task == "infill":
                 raise NothingToInfillFromError(
-                    f"no observed pixel in the {self.in_frames} input frame(s), so {self.path.name} has nothing to infill from.")
-            raise ValueError(f"{self.path.name}: all {self.in_frames} past frames are entirely missing; no nowcast "
-                             "can be issued from them; choose another issue_time.")
+                    f"no observed pixel in the {self.in_frames} input frame(s), so {self.path.name} has nothing to infill from."
+                )
+            raise ValueError(
+                f"{self.path.name}: all {self.in_frames} past frames are entirely missing; no nowcast "
+                "can be issued from them; choose another issue_time."
+            )
         needed = None
         if self.task == "infill" and valid_coverage is not None:
             # The writer takes the model only in the target frame's holes: compute just their tiles.
@@ -240,35 +251,38 @@ def load_checkpoint_predictor(
         stats_path: normalisation statistics JSON overriding the checkpoint's normaliser.
         aux: auxiliary field names in channel order, when not recoverable from the training run.
     """
-    from nowcast_infill.io.files import file_sha256
-    from nowcast_infill.training.module import RadarModule
-
     shown, path = path, Path(path)  # messages name the file as the user wrote it
     if not path.is_file():
-        raise FileNotFoundError(f"{shown}: checkpoint not found; pass ckpt_path=<run>/checkpoints/*.ckpt written by ni-train.")
-    ckpt = read_checkpoint(shown)
-    hparams = dict(ckpt["hyper_parameters"])
-    if hparams.get("task") != task:
-        raise CheckpointError(f"{path}: the network was trained for task={hparams.get('task')!r}; ni-{task} needs a "
-                              f"task={task} checkpoint.")
+        raise FileNotFoundError(
+            f"{shown}: checkpoint not found; pass ckpt_path=<run>/checkpoints/*.ckpt written by ni-train."
+        )
+    trained = read_trained_model(shown)
+    hparams = trained.hyper_parameters
+    if trained.task.name != task:
+        raise CheckpointError(
+            f"{shown}: the network was trained for task={trained.task.name!r}; ni-{task} needs a "
+            f"task={task} checkpoint."
+        )
     if "net" not in hparams or not hparams.get("net"):
-        raise CheckpointError(f"{path}: has no network (hyper_parameters.net); a baseline is run with model=<name>, not a checkpoint.")
-    # Vetted weights-only above; Lightning reads it weights-only again.
-    module = RadarModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        raise CheckpointError(
+            f"{shown}: has no network (hyper_parameters.net); a baseline is run with model=<name>, not a checkpoint."
+        )
+    module = trained.load_module(RadarModule)
     module.eval()
-    normalizer = _normalizer_from(ckpt, path, stats_path)
+    normalizer = checkpoint_normalizer(trained, stats_path)
     module.attach_normalizer(normalizer)
     # The floor buffer is saved with the weights; a stats override must not contradict it.
     if not np.isclose(float(module.net.output_floor), normalizer.floor):
-        raise CheckpointError(f"{path}: the network's output floor {float(module.net.output_floor):g} differs from the "
-                              f"normaliser's {normalizer.floor:g}; the statistics are not those of training (stats_path?).")
-    run_config = _run_config(path)
+        raise CheckpointError(
+            f"{shown}: the network's output floor {float(module.net.output_floor):g} differs from the "
+            f"normaliser's {normalizer.floor:g}; the statistics are not those of training (stats_path?)."
+        )
     multiple = int(module.net.size_multiple)  # the network contract (models/network.py)
     if tile is None:
-        setting = _training_data_setting(ckpt, run_config, "crop_size")
+        setting = trained.data_setting("crop_size")
         if setting is None or setting[0] is None:
             raise CheckpointError(
-                f"{path}: the training crop size is not stored in the checkpoint and no run config.yaml was found "
+                f"{shown}: the training crop size is not stored in the checkpoint and no run config.yaml was found "
                 f"beside its folder (or it trained on whole frames); pass tile=<pixels, a multiple of {multiple}>."
             )
         tile = int(setting[0]) // multiple * multiple
@@ -277,13 +291,31 @@ def load_checkpoint_predictor(
     if tile < multiple or tile % multiple:
         raise ValueError(f"tile={tile} must be a positive multiple of 2**depth = {multiple} for {path.name}.")
     overlap = tile // 4 if overlap is None else int(overlap)
-    aux_names = _aux_names(int(hparams.get("aux_channels", 0)), ckpt, run_config, normalizer, path, aux)
+    aux_names = _aux_names(int(hparams.get("aux_channels", 0)), trained, normalizer, aux)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    predictor = CheckpointPredictor(module, normalizer, tile=tile, overlap=overlap, multiple=multiple,
-                                    batch_size=batch_size, aux_names=aux_names, device=device, path=path)
-    config = {"hyper_parameters": hparams, "normalizer": normalizer.state_dict(), "aux": aux_names,
-              "tile": tile, "overlap": overlap}
-    info = {"model": str(path.resolve()), "sha256": file_sha256(path),
-            "config": json.dumps(config, sort_keys=True, default=str)}
+    predictor = CheckpointPredictor(
+        module,
+        normalizer,
+        task=trained.task,
+        tile=tile,
+        overlap=overlap,
+        multiple=multiple,
+        batch_size=batch_size,
+        aux_names=aux_names,
+        device=device,
+        path=path,
+    )
+    config = {
+        "hyper_parameters": hparams,
+        "normalizer": normalizer.state_dict(),
+        "aux": aux_names,
+        "tile": tile,
+        "overlap": overlap,
+    }
+    info = {
+        "model": str(path.resolve()),
+        "sha256": file_sha256(path),
+        "config": json.dumps(config, sort_keys=True, default=str),
+    }
     return predictor, info

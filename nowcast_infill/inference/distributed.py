@@ -21,6 +21,8 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
+from nowcast_infill.inference.frame_infiller import FrameInfiller
+
 
 class _PendingFrames(torch.utils.data.Dataset):
     def __init__(self, frames: np.ndarray):
@@ -40,34 +42,41 @@ class ArchiveInfillModule(L.LightningModule):
     `(t, frame (H, W) mm/h, infilled flag (H, W) uint8, status code)`.
     """
 
-    def __init__(self, predictor, input_store: str | Path, output_store: str | Path, context: int,
-                 infill_outside_coverage: bool):
+    def __init__(
+        self, predictor, input_store: str | Path, output_store: str | Path, context: int, infill_outside_coverage: bool
+    ):
         super().__init__()
         self.predictor = predictor
         self.input_store, self.output_store = Path(input_store), Path(output_store)
         self.context, self.infill_outside_coverage = int(context), bool(infill_outside_coverage)
-        self.infiller = None
+        self.infiller: FrameInfiller | None = None  # opened in setup(), in the worker process
         self.written = 0
 
     def setup(self, stage: str) -> None:
-        from nowcast_infill.inference.archive import _FrameInfiller
-
         # Opened here, in each worker process: file handles are not shared across processes.
-        self.infiller = _FrameInfiller(self.predictor, self.input_store, self.output_store, self.context,
-                                       self.infill_outside_coverage)
+        self.infiller = FrameInfiller(
+            self.predictor, self.input_store, self.output_store, self.context, self.infill_outside_coverage
+        )
 
     def on_predict_start(self) -> None:
         if hasattr(self.predictor, "device"):
             self.predictor.device = self.device
 
+    @property
+    def opened(self) -> FrameInfiller:
+        """The infiller `setup` opened in this process."""
+        if self.infiller is None:
+            raise RuntimeError("ArchiveInfillModule runs through Trainer.predict, whose setup() opens the infiller.")
+        return self.infiller
+
     def predict_dataloader(self) -> DataLoader:
-        pending = self.infiller.pending()
-        mine = pending[self.trainer.global_rank::self.trainer.world_size]
+        pending = self.opened.pending()
+        mine = pending[self.trainer.global_rank :: self.trainer.world_size]
         return DataLoader(_PendingFrames(mine), batch_size=1, shuffle=False, num_workers=0)
 
     def predict_step(self, batch, batch_idx):
         t = int(batch[0])
-        return (t, *self.infiller.compute(t))
+        return (t, *self.opened.compute(t))
 
 
 class _CommitFrames(BasePredictionWriter):
@@ -78,26 +87,38 @@ class _CommitFrames(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         t, frame, flag, code = prediction
-        pl_module.infiller.commit(t, frame, flag, code)
+        pl_module.opened.commit(t, frame, flag, code)
         pl_module.written += 1
 
 
-def infill_frames_distributed(predictor, input_store: str | Path, output_store: str | Path, *, context: int,
-                              infill_outside_coverage: bool, devices: int, accelerator: str = "auto",
-                              progress: bool = True) -> int:
+def infill_frames_distributed(
+    predictor,
+    input_store: str | Path,
+    output_store: str | Path,
+    *,
+    context: int,
+    infill_outside_coverage: bool,
+    devices: int,
+    accelerator: str = "auto",
+    progress: bool = True,
+) -> int:
     """Infill the pending frames of an existing infill store over `devices` processes.
 
     The output store must already exist (`infill_store` creates it). Returns the number
     of frames that were pending when the run started (all are written when it returns).
     """
-    from nowcast_infill.inference.archive import _FrameInfiller
-
-    before = _FrameInfiller(predictor, Path(input_store), Path(output_store), context, infill_outside_coverage).pending()
+    before = FrameInfiller(predictor, Path(input_store), Path(output_store), context, infill_outside_coverage).pending()
     module = ArchiveInfillModule(predictor, input_store, output_store, context, infill_outside_coverage)
     trainer = L.Trainer(
-        accelerator=accelerator, devices=int(devices), strategy="ddp_spawn", logger=False,
-        enable_checkpointing=False, enable_progress_bar=bool(progress), enable_model_summary=False,
-        use_distributed_sampler=False, callbacks=[_CommitFrames()],
+        accelerator=accelerator,
+        devices=int(devices),
+        strategy="ddp_spawn",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=bool(progress),
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        callbacks=[_CommitFrames()],
     )
     trainer.predict(module, return_predictions=False)
     return int(before.size)

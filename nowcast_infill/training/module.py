@@ -11,7 +11,7 @@ Tensors follow docs/schema.md § Samples, batched to `(B, T, C, H, W)`. Metrics 
 in mm/h: predictions and truth are decoded with the normaliser, so numbers compare across
 normalisers and with the classical methods.
 
-Checkpoints carry `checkpoint["nowcast_infill"]` (`CHECKPOINT_KEY`, format 2): the task and its
+Checkpoints carry `checkpoint["nowcast_infill"]` (`PAYLOAD_KEY`, format 2): the task and its
 frame counts, the normaliser's state, the auxiliary field names and the model name, in plain
 types (readable by `torch.load(weights_only=True)`). Loading restores the normaliser from it.
 """
@@ -25,7 +25,7 @@ import hydra
 import lightning as L
 import torch
 
-from nowcast_infill.checkpoint_io import CheckpointError
+from nowcast_infill.checkpoint_io import PAYLOAD_FORMAT, PAYLOAD_KEY, checkpoint_payload
 from nowcast_infill.data.datamodule import RadarDataModule
 from nowcast_infill.data.normalization import Normalizer
 from nowcast_infill.data.priors import WindowPrior, check_prior
@@ -35,24 +35,6 @@ from nowcast_infill.models.network import RadarNetwork, check_network
 from nowcast_infill.registry import get_method
 from nowcast_infill.training.lr import build_optimizers, trainer_global_batch
 from nowcast_infill.utils.instantiate import to_plain
-
-CHECKPOINT_KEY = "nowcast_infill"
-CHECKPOINT_FORMAT = 2
-
-
-def checkpoint_payload(checkpoint: Mapping[str, Any], where: str = "checkpoint") -> dict[str, Any] | None:
-    """The `checkpoint["nowcast_infill"]` payload of a format-2 checkpoint, None for an older
-    checkpoint without one (readers then fall back to the old layout). `where` names the file
-    in the `CheckpointError` raised for a payload of another format."""
-    payload = checkpoint.get(CHECKPOINT_KEY)
-    if payload is None:
-        return None
-    found = payload.get("format") if isinstance(payload, Mapping) else type(payload).__name__
-    if found != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{where}: its {CHECKPOINT_KEY!r} entry has format {found!r} but this version reads "
-                              f"format {CHECKPOINT_FORMAT}; use the nowcast_infill version that wrote it, or retrain.")
-    return dict(payload)
-
 
 def normalizer_from_payload(payload: Mapping[str, Any]) -> Normalizer:
     """The `Normalizer` stored in a checkpoint payload."""
@@ -231,8 +213,8 @@ class RadarModule(EvaluationMixin, L.LightningModule):
         return list(names)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = {
-            "format": CHECKPOINT_FORMAT,
+        checkpoint[PAYLOAD_KEY] = {
+            "format": PAYLOAD_FORMAT,
             "task": {"name": self.task.name, "in_frames": self.task.in_frames, "out_frames": self.task.out_frames},
             "normalizer": self.normalizer.state_dict(),
             "aux_names": [str(name) for name in self.aux_names],
@@ -314,4 +296,4 @@ class RadarModule(EvaluationMixin, L.LightningModule):
         return build_optimizers(self.hparams.optimizer, self.hparams.scheduler, self.parameters(), self.trainer)
 
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_KEY", "RadarModule", "checkpoint_payload", "normalizer_from_payload"]
+__all__ = ["PAYLOAD_FORMAT", "PAYLOAD_KEY", "RadarModule", "checkpoint_payload", "normalizer_from_payload"]

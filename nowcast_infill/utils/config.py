@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -245,3 +246,36 @@ def output_dir_outside_hydra(cfg: DictConfig, run_dir: str | None = None) -> Non
     if isinstance(raw, str) and "${hydra:" in raw:
         with open_dict(cfg):
             cfg.paths.output_dir = run_dir or DEFAULT_RUN_DIR
+
+
+def _config_dir() -> str:
+    """The Hydra config folder: `nowcast_infill/conf` (a copy in an installed wheel, a symlink
+    to the repository's conf/ in a checkout), else the checkout's top-level conf/ (a checkout
+    where the symlink did not survive, e.g. on a filesystem without symlinks)."""
+    package = Path(__file__).resolve().parents[1]
+    for folder in (package / "conf", package.parent / "conf"):
+        if (folder / "train.yaml").is_file():
+            return str(folder)
+    raise FileNotFoundError(f"no Hydra configs in {package / 'conf'} or {package.parent / 'conf'}: reinstall nowcast_infill")
+
+
+# Absolute: a relative `config_path` inside an installed console script is taken by Hydra as
+# a Python package named `conf`, which does not exist.
+CONFIG_DIR = _config_dir()
+
+
+def compose_config(name: str, overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
+    """conf/<name>.yaml with `overrides`, as `ni-<name>` would compose it.
+
+    Inside a running Hydra app (`ni-demo` composing the runs it starts) Hydra's search path
+    is already set up and is used as it is; elsewhere (notebook, script, test) the package's
+    config folder is opened for this one composition.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_resolvers()
+    if GlobalHydra.instance().is_initialized():
+        return compose(name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return compose(name, overrides=list(overrides), return_hydra_config=return_hydra_config)

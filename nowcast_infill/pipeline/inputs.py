@@ -9,12 +9,18 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from nowcast_infill.errors import BadValueError, MissingInputError, OutputExistsError, OutputPathError
+from nowcast_infill.errors import (
+    BadValueError,
+    MissingInputError,
+    OutputExistsError,
+    OutputPathError,
+)
 
 # Files at the root of a Zarr store (v3, v2): a folder without one is not a store.
 ZARR_ROOT_FILES = ("zarr.json", ".zgroup", ".zattrs", ".zarray")
@@ -24,7 +30,9 @@ def config_value(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, throw_on_missing=True)
 
 
-def config_int(cfg: DictConfig, key: str, minimum: int | None = None, none_ok: bool = False, meaning: str = "") -> int | None:
+def config_int(
+    cfg: DictConfig, key: str, minimum: int | None = None, none_ok: bool = False, meaning: str = ""
+) -> int | None:
     """`cfg.<key>` as an int >= `minimum` (None allowed when `none_ok`), else BadValueError."""
     value = config_value(cfg, key)
     if value is None and none_ok:
@@ -62,7 +70,9 @@ def existing_input(path_text: Any, key: str, what: str = "store", fix: str = "")
         raise MissingInputError(f"{key}: empty; pass {key}=<path of the {what}>.")
     path = Path(os.path.expanduser(str(path_text)))
     if not path.exists():
-        raise MissingInputError(f"{key}={path_text}: no such {what}; {fix or f'check the path (relative to {os.getcwd()})'}.")
+        raise MissingInputError(
+            f"{key}={path_text}: no such {what}; {fix or f'check the path (relative to {os.getcwd()})'}."
+        )
     return path
 
 
@@ -91,18 +101,24 @@ def writable_output_store(
     real = os.path.realpath(path)
     for input_key, input_text in inputs:
         if input_text is not None and os.path.realpath(os.path.expanduser(str(input_text))) == real:
-            raise OutputPathError(f"{key}={path_text}: is the input {input_key}={input_text}; "
-                                  f"write to a new path, e.g. {key}={_sibling(str(path_text))}.")
+            raise OutputPathError(
+                f"{key}={path_text}: is the input {input_key}={input_text}; "
+                f"write to a new path, e.g. {key}={_sibling(str(path_text))}."
+            )
     if path.exists():
         if not path.is_dir():
             raise OutputPathError(f"{key}={path_text}: exists and is a file, not a Zarr store; choose another {key}=.")
         if is_zarr_store(path):
             if if_store_exists == "refuse":
-                raise OutputExistsError(f"{key}={path_text}: the store exists; pass {overwrite_key}=true to replace it "
-                                        f"or choose another {key}=.")
+                raise OutputExistsError(
+                    f"{key}={path_text}: the store exists; pass {overwrite_key}=true to replace it "
+                    f"or choose another {key}=."
+                )
         elif any(path.iterdir()):
-            raise OutputPathError(f"{key}={path_text}: exists and is a folder that is not a Zarr store (no zarr.json); "
-                                  f"choose a path that does not exist yet, e.g. {key}={str(path_text).rstrip('/')}/new.zarr.")
+            raise OutputPathError(
+                f"{key}={path_text}: exists and is a folder that is not a Zarr store (no zarr.json); "
+                f"choose a path that does not exist yet, e.g. {key}={str(path_text).rstrip('/')}/new.zarr."
+            )
         _probe_writable(path, key, path_text)
         return path
     _probe_writable(_nearest_existing(path), key, path_text)
@@ -117,8 +133,9 @@ def writable_output_dir(path_text: Any, key: str) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise OutputPathError(f"{key}={path_text}: cannot be created ({err.strerror}); "
-                              f"choose a writable folder with {key}=.") from None
+        raise OutputPathError(
+            f"{key}={path_text}: cannot be created ({err.strerror}); choose a writable folder with {key}=."
+        ) from None
     _probe_writable(path, key, path_text)
     return path
 
@@ -126,14 +143,16 @@ def writable_output_dir(path_text: Any, key: str) -> Path:
 def _probe_writable(folder: Path, key: str, path_text: Any) -> None:
     """Create and remove a file in `folder`: os.access says yes to root on read-only mounts."""
     if not folder.is_dir():
-        raise OutputPathError(f"{key}={path_text}: {folder} is not a folder, so nothing can be created there; "
-                              f"choose another {key}=.")
+        raise OutputPathError(
+            f"{key}={path_text}: {folder} is not a folder, so nothing can be created there; choose another {key}=."
+        )
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".ni-write-check-"):
             pass
     except OSError as err:
-        raise OutputPathError(f"{key}={path_text}: cannot write in {folder} ({err.strerror}); "
-                              f"choose a writable place with {key}=.") from None
+        raise OutputPathError(
+            f"{key}={path_text}: cannot write in {folder} ({err.strerror}); choose a writable place with {key}=."
+        ) from None
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -157,8 +176,9 @@ def check_checkpoint(cfg: DictConfig, key: str = "ckpt_path") -> Path | None:
     path = Path(os.path.expanduser(str(text)))
     if not path.is_file():
         what = "is a folder, not a checkpoint file" if path.is_dir() else "no such checkpoint file"
-        raise MissingInputError(f"{key}={text}: {what}; point it at a .ckpt written by ni-train "
-                                "(e.g. <run dir>/checkpoints/last.ckpt).")
+        raise MissingInputError(
+            f"{key}={text}: {what}; point it at a .ckpt written by ni-train (e.g. <run dir>/checkpoints/last.ckpt)."
+        )
     return path
 
 
@@ -167,6 +187,10 @@ def check_run_inputs(cfg: DictConfig) -> None:
     check_checkpoint(cfg)
     store = OmegaConf.select(cfg, "data.store", default=None)
     if store is not None:
-        existing_input(store, "data.store", "store",
-                       fix=f"write it with `ni-synth output={store}` (synthetic) or `ni-convert ... output={store}`, "
-                           "or fix data.store=")
+        existing_input(
+            store,
+            "data.store",
+            "store",
+            fix=f"write it with `ni-synth output={store}` (synthetic) or `ni-convert ... output={store}`, "
+            "or fix data.store=",
+        )

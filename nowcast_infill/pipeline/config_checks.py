@@ -1,4 +1,6 @@
-"""Schemas of the composed train/eval configs: typos and wrong types fail before anything runs.
+"""Checks of the composed train/eval configs: typos and wrong types fail before anything runs.
+
+(Not to be confused with `nowcast_infill.schema`, the metadata schema of the radar stores.)
 
 Two layers, both raising `ConfigSchemaError` whose message names the full key and the fix:
 
@@ -21,7 +23,6 @@ in about a second.
 
 from __future__ import annotations
 
-from nowcast_infill.errors import UserError
 import dataclasses
 import inspect
 import os
@@ -29,15 +30,22 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from nowcast_infill.errors import ConfigSchemaError
 
-
-class ConfigSchemaError(UserError, ValueError):
-    """The composed config breaks a schema; the message starts with the offending key."""
+__all__ = [
+    "ConfigSchemaError",
+    "validate_config",
+    "validate_values",
+    "validate_targets",
+    "check_target_node",
+    "check_values",
+    "VALUE_RULES",
+]
 
 
 # ----------------------------------------------------------------------------- dataclasses
@@ -63,7 +71,7 @@ class PathsSchema:
 class CommonSchema:
     run_name: str = "run"
     seed: int = 42
-    ckpt_path: Optional[str] = None
+    ckpt_path: str | None = None
     group: str = ""
     job_type: str = ""
     tags: list[str] = field(default_factory=list)
@@ -161,16 +169,23 @@ def _first_line(err: Exception) -> str:
 def _check_task(task: Mapping) -> None:
     name = task.get("name")
     if name not in ("infill", "nowcast"):
-        raise ConfigSchemaError(f"task.name: {name!r} is not 'infill' or 'nowcast'; choose task=infill or task=nowcast.")
+        raise ConfigSchemaError(
+            f"task.name: {name!r} is not 'infill' or 'nowcast'; choose task=infill or task=nowcast."
+        )
     if name == "infill":
         expected = {"in_frames": 2 * int(task.get("context", 0)) + 1, "out_frames": 1}
     else:
         expected = {"in_frames": int(task.get("past", 0)), "out_frames": int(task.get("future", 0))}
-    rules = {"infill": {"in_frames": "2*context+1", "out_frames": "1"}, "nowcast": {"in_frames": "past", "out_frames": "future"}}
+    rules = {
+        "infill": {"in_frames": "2*context+1", "out_frames": "1"},
+        "nowcast": {"in_frames": "past", "out_frames": "future"},
+    }
     for key, value in expected.items():
         if int(task.get(key, -1)) != value:
             rule = rules[name][key]
-            raise ConfigSchemaError(f"task.{key}: is {task.get(key)} but task={name} needs {rule} = {value}; set task.{key}={value}.")
+            raise ConfigSchemaError(
+                f"task.{key}: is {task.get(key)} but task={name} needs {rule} = {value}; set task.{key}={value}."
+            )
 
 
 # key -> (minimum, maximum, integer?, null allowed?); checked when the key is present.
@@ -226,8 +241,10 @@ def _check_model(model: Mapping) -> None:
     # pick the path, not an argument of the module
     kind = model.pop("kind", None)
     if kind not in ("network", "classical"):
-        raise ConfigSchemaError(f"model.kind: {kind!r}; a model config sets kind: network or kind: classical "
-                                "(extend conf/model/_network.yaml or _classical.yaml).")
+        raise ConfigSchemaError(
+            f"model.kind: {kind!r}; a model config sets kind: network or kind: classical "
+            "(extend conf/model/_network.yaml or _classical.yaml)."
+        )
     check_target_node(model, "model", skip_nested=True)
     completed = {"in_frames", "out_frames", "aux_channels"}
     if "net" in model and isinstance(model["net"], Mapping) and "_target_" in model["net"]:
@@ -236,7 +253,9 @@ def _check_model(model: Mapping) -> None:
         check_target_node(model["optimizer"], "model.optimizer", provided={"params"}, reserved=set(OPTIMIZER_RESERVED))
         scaling = model["optimizer"].get("lr_scaling", "none")
         if scaling not in LR_SCALING_RULES:
-            raise ConfigSchemaError(f"model.optimizer.lr_scaling: {scaling!r} is not one of {', '.join(LR_SCALING_RULES)}.")
+            raise ConfigSchemaError(
+                f"model.optimizer.lr_scaling: {scaling!r} is not one of {', '.join(LR_SCALING_RULES)}."
+            )
     if isinstance(model.get("scheduler"), Mapping):
         check_target_node(
             model["scheduler"], "model.scheduler", provided={"optimizer"}, reserved=set(SCHEDULER_RESERVED)
@@ -284,7 +303,9 @@ def check_target_node(
             continue
         full = f"{where}.{key}"
         if key in provided:
-            raise ConfigSchemaError(f"{full}: is filled in by the framework (from task/data); remove it from the config.")
+            raise ConfigSchemaError(
+                f"{full}: is filled in by the framework (from task/data); remove it from the config."
+            )
         if key not in params:
             if takes_kwargs:
                 continue

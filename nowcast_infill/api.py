@@ -58,8 +58,10 @@ class Predictor:
         self.out_frames = checkpoint_predictor.out_frames
 
     def __repr__(self) -> str:
-        return (f"Predictor({self._predictor.path.name}: task={self.task}, {self.in_frames} frames in, "
-                f"{self.out_frames} out, tile {self._predictor.tile} px)")
+        return (
+            f"Predictor({self._predictor.path.name}: task={self.task}, {self.in_frames} frames in, "
+            f"{self.out_frames} out, tile {self._predictor.tile} px)"
+        )
 
     # -- infilling ----------------------------------------------------------------------
     def infill(self, data, coverage: np.ndarray | None = None):
@@ -87,13 +89,18 @@ class Predictor:
         self._bind(ds)
         precip = ds[PRECIP].values.astype(np.float32)
         context = self.in_frames // 2
-        padded = np.concatenate([np.full((context,) + precip.shape[1:], np.nan, np.float32), precip,
-                                 np.full((context,) + precip.shape[1:], np.nan, np.float32)])
+        padded = np.concatenate(
+            [
+                np.full((context,) + precip.shape[1:], np.nan, np.float32),
+                precip,
+                np.full((context,) + precip.shape[1:], np.nan, np.float32),
+            ]
+        )
         out = precip.copy()
         for t in range(precip.shape[0]):
             target = precip[t]
             fill = ~np.isfinite(target) if coverage is None else (~np.isfinite(target) & np.asarray(coverage, bool))
-            window = padded[t:t + self.in_frames]
+            window = padded[t : t + self.in_frames]
             if not fill.any() or not np.isfinite(window).any():
                 continue  # complete frame, or nothing to infill from (stays NaN)
             prediction = self._predictor(window, coverage, frame_index=np.arange(t - context, t + context + 1))[0]
@@ -122,14 +129,23 @@ class Predictor:
         self._bind(data)
         times = data["time"].values
         end = issue_indices(times, self.in_frames, "dataset", issue_time)[0]
-        frames = data[PRECIP].values[end + 1 - self.in_frames:end + 1].astype(np.float32)
+        frames = data[PRECIP].values[end + 1 - self.in_frames : end + 1].astype(np.float32)
         forecast = self._predictor(frames, frame_index=np.arange(end + 1 - self.in_frames, end + 1))
-        step = np.timedelta64(int(data.attrs["time_step_s"]), "s") if "time_step_s" in data.attrs else times[end] - times[end - 1]
+        step = (
+            np.timedelta64(int(data.attrs["time_step_s"]), "s")
+            if "time_step_s" in data.attrs
+            else times[end] - times[end - 1]
+        )
         lead = (np.arange(1, self.out_frames + 1) * step).astype("timedelta64[ns]")
         return xr.Dataset(
             {PRECIP: (("lead_time", "y", "x"), forecast, dict(data[PRECIP].attrs))},
-            coords={"lead_time": lead, "time": ("lead_time", times[end] + lead), "forecast_reference_time": times[end],
-                    "y": data["y"], "x": data["x"]},
+            coords={
+                "lead_time": lead,
+                "time": ("lead_time", times[end] + lead),
+                "forecast_reference_time": times[end],
+                "y": data["y"],
+                "x": data["x"],
+            },
         )
 
     def _require(self, task: str) -> None:
@@ -138,8 +154,10 @@ class Predictor:
 
     def _require_no_aux(self) -> None:
         if self._predictor.aux_names:
-            raise ValueError(f"{self._predictor.path.name} also reads auxiliary fields {self._predictor.aux_names}: "
-                             "pass an xarray Dataset holding them (aux_<name>) instead of a numpy array.")
+            raise ValueError(
+                f"{self._predictor.path.name} also reads auxiliary fields {self._predictor.aux_names}: "
+                "pass an xarray Dataset holding them (aux_<name>) instead of a numpy array."
+            )
 
     def _bind(self, ds) -> None:
         if self._predictor.aux_names:

@@ -11,9 +11,9 @@ import base64
 import struct
 from pathlib import Path
 
-from nowcast_infill.errors import UserError
-
 import numpy as np
+
+from nowcast_infill.errors import UserError
 
 # Version 2 adds separate time segments (gaps longer than `max_gap_s` are not filled)
 # and the per-frame statistics `frame_*` (nowcast_infill/io/frame_stats.py). A version 1
@@ -52,7 +52,7 @@ def implausible_precip(values: np.ndarray, max_mm_h: float = MAX_RAIN_RATE_MM_H)
 
 def aux_names(ds) -> list[str]:
     """Names of the auxiliary fields in `ds` without the `aux_` prefix, sorted."""
-    return sorted(str(v)[len(AUX_PREFIX):] for v in ds.data_vars if str(v).startswith(AUX_PREFIX))
+    return sorted(str(v)[len(AUX_PREFIX) :] for v in ds.data_vars if str(v).startswith(AUX_PREFIX))
 
 
 def validate_store(ds, path: str | Path = "<dataset>") -> None:

@@ -48,7 +48,9 @@ def infill_panel(x_mm_h, x_mask, truth_mm_h, truth_valid, pred_mm_h, hole):
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.4), constrained_layout=True)
     _rain_image(axes[0], x_mm_h, x_mask, vmax, "input (magenta: hole)")
     hole_overlay = np.ma.masked_where(~((hole > 0) | ((x_mask == 0) & (truth_valid > 0))), np.ones_like(hole))
-    axes[0].imshow(hole_overlay, cmap=matplotlib.colors.ListedColormap([HOLE_COLOUR]), alpha=0.6, interpolation="nearest")
+    axes[0].imshow(
+        hole_overlay, cmap=matplotlib.colors.ListedColormap([HOLE_COLOUR]), alpha=0.6, interpolation="nearest"
+    )
     _rain_image(axes[1], truth_mm_h, truth_valid, vmax, "truth")
     image = _rain_image(axes[2], pred_mm_h, truth_valid, vmax, "prediction")
     fig.colorbar(image, ax=axes[:3], shrink=0.8, label="mm/h")
@@ -113,7 +115,12 @@ def plot_frames_with_masks(ds, times: Sequence, masks: np.ndarray | None, path: 
     ds: store-schema Dataset; times: time indices (int) or datetime64 values;
     masks: (len(times), H, W) bool, True = hidden, or None for the precip row only.
     """
-    indices = [int(t) if isinstance(t, (int, np.integer)) else int(np.flatnonzero(ds["time"].values == np.datetime64(t, "ns"))[0]) for t in times]
+    indices = [
+        int(t)
+        if isinstance(t, (int, np.integer))
+        else int(np.flatnonzero(ds["time"].values == np.datetime64(t, "ns"))[0])
+        for t in times
+    ]
     frames = np.asarray(ds["precip"].isel(time=indices).values)
     if masks is not None:
         masks = np.asarray(masks, dtype=bool)
@@ -166,17 +173,31 @@ def sample_figure(task_name: str, target_index: int, window: dict[str, Any], dec
     if task_name == "infill":
         c = target_index
         return infill_panel(
-            x_mm_h[c, 0], window["x_mask"][0, c, 0].numpy(), y_mm_h[0, 0],
-            window["y_valid"][0, 0, 0].numpy(), pred[0, 0], window["hole"][0, 0, 0].numpy(),
+            x_mm_h[c, 0],
+            window["x_mask"][0, c, 0].numpy(),
+            y_mm_h[0, 0],
+            window["y_valid"][0, 0, 0].numpy(),
+            pred[0, 0],
+            window["hole"][0, 0, 0].numpy(),
         )
     return nowcast_strip(
-        x_mm_h[:, 0], window["x_mask"][0, :, 0].numpy(), y_mm_h[:, 0],
-        window["y_valid"][0, :, 0].numpy(), pred[:, 0],
+        x_mm_h[:, 0],
+        window["x_mask"][0, :, 0].numpy(),
+        y_mm_h[:, 0],
+        window["y_valid"][0, :, 0].numpy(),
+        pred[:, 0],
     )
 
 
-def bar_chart(names: Sequence[str], means: Sequence[float], stds: Sequence[float], colours: Sequence[str],
-              label: str, title: str, path: Path) -> Path:
+def bar_chart(
+    names: Sequence[str],
+    means: Sequence[float],
+    stds: Sequence[float],
+    colours: Sequence[str],
+    label: str,
+    title: str,
+    path: Path,
+) -> Path:
     """PNG of one bar per name (error bars = std, NaN std drawn as none)."""
     fig, ax = plt.subplots(figsize=(6.4, 3.4), constrained_layout=True)
     ax.bar(list(names), list(means), yerr=[0 if math.isnan(s) else s for s in stds], color=list(colours), capsize=3)
@@ -189,8 +210,9 @@ def bar_chart(names: Sequence[str], means: Sequence[float], stds: Sequence[float
     return path
 
 
-def lead_time_plot(panels: Sequence[tuple[str, Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, bool]]]],
-                   title: str, path: Path) -> Path:
+def lead_time_plot(
+    panels: Sequence[tuple[str, Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, bool]]]], title: str, path: Path
+) -> Path:
     """PNG with one panel per `(y label, series)`; a series is `(name, lead minutes, mean, std,
     shaded)`: solid with a shaded +- std band when `shaded` (networks), dashed otherwise."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), constrained_layout=True, squeeze=False)

@@ -12,8 +12,8 @@ and accept `fill_mask=(H, W) bool`; nowcast methods (`persistence`, `extrapolati
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 from nowcast_infill import registry
 from nowcast_infill.baselines.infill import NothingToInfillFromError, infill_nearest, make_inpaint, make_linear

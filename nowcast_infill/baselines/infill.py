@@ -14,7 +14,7 @@ Observed pixels are returned bit-identical; only `fill_mask` pixels change.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage, sparse
@@ -26,8 +26,9 @@ class NothingToInfillFromError(ValueError):
     """The frame has no observed pixel a spatial method could fill the holes from."""
 
 
-def _prepare(x_mm_h: np.ndarray, fill_mask: np.ndarray | None,
-             need_known: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _prepare(
+    x_mm_h: np.ndarray, fill_mask: np.ndarray | None, need_known: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validate the input; return (centre frame (H, W), fill (H, W) bool, known (H, W) bool).
 
     `need_known`: a frame with holes but no observed pixel is an error (spatial methods).
@@ -122,8 +123,13 @@ def _components(fill: np.ndarray, margin: int) -> tuple[np.ndarray, list[tuple[i
         if sl is None:
             continue
         boxes.append(
-            (i, (slice(max(sl[0].start - margin, 0), min(sl[0].stop + margin, h)),
-                 slice(max(sl[1].start - margin, 0), min(sl[1].stop + margin, w))))
+            (
+                i,
+                (
+                    slice(max(sl[0].start - margin, 0), min(sl[0].stop + margin, h)),
+                    slice(max(sl[1].start - margin, 0), min(sl[1].stop + margin, w)),
+                ),
+            )
         )
     return labels, boxes
 
@@ -214,7 +220,7 @@ def _laplace_crop(crop: np.ndarray, solve_mask: np.ndarray) -> np.ndarray:
     has_known_nb = np.zeros(n, dtype=bool)
     for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
         ny, nx = np.clip(ys + dy, 0, h - 1), np.clip(xs + dx, 0, w - 1)
-        has_known_nb |= (~solve_mask[ny, nx])
+        has_known_nb |= ~solve_mask[ny, nx]
     np.logical_or.at(anchored, labels[ys, xs], has_known_nb)
     floating = ~anchored[labels[ys, xs]]
     a = sparse.coo_matrix(

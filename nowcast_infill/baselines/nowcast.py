@@ -27,7 +27,8 @@ import contextlib
 import io
 import logging
 import os
-from typing import Callable, Protocol, cast
+from collections.abc import Callable
+from typing import Protocol, cast
 
 import numpy as np
 
@@ -102,8 +103,12 @@ def _with_fallback(name: str, forecast: Callable, n_leads: int, fill_outside: bo
             out = np.asarray(forecast(x), dtype=np.float32)
         except _FORECAST_FAILURES as err:
             counted.fallbacks += 1
-            log.warning("%s: %s: %s; Eulerian persistence for this window (counted in fallbacks).",
-                        name, type(err).__name__, err)
+            log.warning(
+                "%s: %s: %s; Eulerian persistence for this window (counted in fallbacks).",
+                name,
+                type(err).__name__,
+                err,
+            )
             return np.repeat(last[None], n_leads, axis=0)
         return fill_from_outside(out, last) if fill_outside else out
 
@@ -160,8 +165,9 @@ def _advect(field: np.ndarray, velocity: np.ndarray, n_leads: int) -> np.ndarray
     return np.asarray(out, dtype=np.float64)
 
 
-def extrapolation_motion(x_mm_h: np.ndarray, threshold: float = 0.1, zerovalue_db: float = -15.0,
-                         lk_options: dict | None = None) -> tuple[np.ndarray, int]:
+def extrapolation_motion(
+    x_mm_h: np.ndarray, threshold: float = 0.1, zerovalue_db: float = -15.0, lk_options: dict | None = None
+) -> tuple[np.ndarray, int]:
     """The motion step of `extrapolation`: ((2, H, W) pixels per step, index of the frame to advect).
 
     x_mm_h: (T_in >= 2, H, W) mm/h with NaN. Shared with the network prior
@@ -177,8 +183,13 @@ def advect(field_mm_h: np.ndarray, velocity: np.ndarray, n_leads: int) -> np.nda
     return _advect(np.asarray(field_mm_h, dtype=np.float64), velocity, n_leads).astype(np.float32)
 
 
-def make_extrapolation(n_leads: int, threshold: float = 0.1, zerovalue_db: float = -15.0,
-                       lk_options: dict | None = None, fill_outside: bool = True) -> Callable:
+def make_extrapolation(
+    n_leads: int,
+    threshold: float = 0.1,
+    zerovalue_db: float = -15.0,
+    lk_options: dict | None = None,
+    fill_outside: bool = True,
+) -> Callable:
     """Lagrangian persistence: LK motion on dBR, rain rate advected semi-Lagrangian (pysteps).
 
     Outside and fallback rules: see the module docstring.
@@ -194,8 +205,15 @@ def make_extrapolation(n_leads: int, threshold: float = 0.1, zerovalue_db: float
     return _with_fallback("extrapolation", extrapolation, n_leads, fill_outside, 2)
 
 
-def make_sprog(n_leads: int, threshold: float = 0.1, zerovalue_db: float = -15.0, n_cascade_levels: int = 6,
-               ar_order: int = 2, lk_options: dict | None = None, fill_outside: bool = True) -> Callable:
+def make_sprog(
+    n_leads: int,
+    threshold: float = 0.1,
+    zerovalue_db: float = -15.0,
+    n_cascade_levels: int = 6,
+    ar_order: int = 2,
+    lk_options: dict | None = None,
+    fill_outside: bool = True,
+) -> Callable:
     """S-PROG (Seed 2003) via pysteps, in dBR, with LK motion; needs `ar_order + 1` past frames.
 
     No-data pixels are passed to pysteps as NaN (its S-PROG masks them and fills the
@@ -235,8 +253,12 @@ def make_sprog(n_leads: int, threshold: float = 0.1, zerovalue_db: float = -15.0
                 # pysteps' S-PROG prints a report on every call; keep it out of the logs.
                 with contextlib.redirect_stdout(io.StringIO()):
                     forecast_db = nowcasts.get_method("sprog")(
-                        recent, velocity, n_leads, precip_thr=10.0 * np.log10(threshold),
-                        n_cascade_levels=n_cascade_levels, ar_order=ar_order,
+                        recent,
+                        velocity,
+                        n_leads,
+                        precip_thr=10.0 * np.log10(threshold),
+                        n_cascade_levels=n_cascade_levels,
+                        ar_order=ar_order,
                         extrap_kwargs={"allow_nonfinite_values": True},
                     )
             except RuntimeError as err:

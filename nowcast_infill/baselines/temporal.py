@@ -32,7 +32,8 @@ the neighbours, two fallbacks.
 from __future__ import annotations
 
 import logging
-from typing import Callable, cast
+from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 
@@ -46,8 +47,12 @@ TARGET_FRACTION = 0.5
 
 
 def _spatial(name: str) -> Callable:
-    makers = {"nearest": lambda: infill_nearest, "linear": make_linear,
-              "laplace": lambda: make_inpaint("laplace"), "biharmonic": lambda: make_inpaint("biharmonic")}
+    makers = {
+        "nearest": lambda: infill_nearest,
+        "linear": make_linear,
+        "laplace": lambda: make_inpaint("laplace"),
+        "biharmonic": lambda: make_inpaint("biharmonic"),
+    }
     if name not in makers:
         raise ValueError(f"temporal infill: spatial={name!r} is not a spatial method; valid: {sorted(makers)}.")
     return makers[name]()
@@ -107,8 +112,9 @@ def make_temporal_linear(spatial: str | None = "laplace") -> Callable:
     return _make_temporal("temporal_linear", estimate, spatial)
 
 
-def make_temporal_flow(spatial: str = "laplace", threshold: float = 0.1, zerovalue_db: float = -15.0,
-                       lk_options: dict | None = None) -> Callable:
+def make_temporal_flow(
+    spatial: str = "laplace", threshold: float = 0.1, zerovalue_db: float = -15.0, lk_options: dict | None = None
+) -> Callable:
     """Optical-flow interpolation between the neighbouring frames; see the module docstring."""
     lk_options = dict(lk_options or {})
 

@@ -36,13 +36,20 @@ from nowcast_infill.data.masks import MaskGenerator, build_mask_generator, make_
 from nowcast_infill.data.normalization import Normalizer
 from nowcast_infill.data.sampler import SAMPLINGS, WindowSampler, sampling_summary, window_sample_weights
 from nowcast_infill.data.splits import DEFAULT_SPLIT, SPLITS, TEST_ONLY, is_test_only, window_offsets
-from nowcast_infill.data.store_windows import StoreWindows, check_stores_agree, combined_reports, fit_normalizer, resolve_aux
+from nowcast_infill.data.store_windows import (
+    StoreWindows,
+    check_stores_agree,
+    combined_reports,
+    fit_normalizer,
+    resolve_aux,
+)
 from nowcast_infill.data.tiling import eval_tiles
 from nowcast_infill.errors import BadValueError, UserError
 from nowcast_infill.io.store import open_store
 from nowcast_infill.utils.instantiate import to_plain
 
 log = logging.getLogger(__name__)
+
 
 class SplitUnavailableError(UserError, ValueError):
     """A loader was asked for a split the configuration does not have (train/val with split=test_only)."""
@@ -93,14 +100,33 @@ class RadarDataModule(L.LightningDataModule):
         # Checkpoints then carry crop size, aux names and split, so inference needs no run folder.
         # Plain containers only: torch's weights-only checkpoint loading refuses OmegaConf objects.
         init_args = dict(
-            store=None if store is None else str(store), task=task, past=past, future=future, context=context,
-            crop_size=crop_size, eval_tile=eval_tile, split=split, batch_size=batch_size, num_workers=num_workers,
-            pin_memory=pin_memory, seed=seed, masks=masks if masks is None or isinstance(masks, Mapping) else None,
-            eval_masks=eval_masks, mask_context=mask_context, input_hole_prob=input_hole_prob, aux=aux,
-            normalization=normalization, stats_path=None if stats_path is None else str(stats_path),
-            min_valid_fraction=min_valid_fraction, crop_attempts=crop_attempts, max_rain_rate_mm_h=max_rain_rate_mm_h,
-            sampling=sampling, sampling_threshold_mm_h=sampling_threshold_mm_h, sampling_floor=sampling_floor,
-            stats_wait_s=stats_wait_s, stores=None if stores is None else [str(s) for s in stores],
+            store=None if store is None else str(store),
+            task=task,
+            past=past,
+            future=future,
+            context=context,
+            crop_size=crop_size,
+            eval_tile=eval_tile,
+            split=split,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            seed=seed,
+            masks=masks if masks is None or isinstance(masks, Mapping) else None,
+            eval_masks=eval_masks,
+            mask_context=mask_context,
+            input_hole_prob=input_hole_prob,
+            aux=aux,
+            normalization=normalization,
+            stats_path=None if stats_path is None else str(stats_path),
+            min_valid_fraction=min_valid_fraction,
+            crop_attempts=crop_attempts,
+            max_rain_rate_mm_h=max_rain_rate_mm_h,
+            sampling=sampling,
+            sampling_threshold_mm_h=sampling_threshold_mm_h,
+            sampling_floor=sampling_floor,
+            stats_wait_s=stats_wait_s,
+            stores=None if stores is None else [str(s) for s in stores],
             normalize_per_store=normalize_per_store,
         )
         self.save_hyperparameters(to_plain(init_args), logger=False)
@@ -129,11 +155,14 @@ class RadarDataModule(L.LightningDataModule):
             raise BadValueError(f"input_hole_prob={input_hole_prob} must lie in [0, 1].")
         self.max_rain_rate_mm_h = float(max_rain_rate_mm_h)
         if not self.max_rain_rate_mm_h > 0:
-            raise BadValueError(f"max_rain_rate_mm_h={max_rain_rate_mm_h} must be > 0 mm/h (default "
-                                f"{schema.MAX_RAIN_RATE_MM_H:g}).")
+            raise BadValueError(
+                f"max_rain_rate_mm_h={max_rain_rate_mm_h} must be > 0 mm/h (default {schema.MAX_RAIN_RATE_MM_H:g})."
+            )
         if sampling not in SAMPLINGS:
-            raise BadValueError(f"data.sampling={sampling!r} is unknown; use one of {SAMPLINGS} (wet: windows drawn "
-                                "in proportion to their wet fraction).")
+            raise BadValueError(
+                f"data.sampling={sampling!r} is unknown; use one of {SAMPLINGS} (wet: windows drawn "
+                "in proportion to their wet fraction)."
+            )
         if not 0 < float(sampling_floor) <= 1:
             raise BadValueError(f"data.sampling_floor={sampling_floor} must lie in (0, 1]: the weight of a dry window.")
         self.sampling, self.sampling_floor = sampling, float(sampling_floor)
@@ -145,8 +174,9 @@ class RadarDataModule(L.LightningDataModule):
         # One normaliser per store (the same object for all unless normalize_per_store); datasets
         # built in setup() hold these objects, so loading a state later updates them in place.
         self._normalizer = Normalizer(normalization)
-        self._normalizers = [self._normalizer] + [Normalizer(normalization) if self.normalize_per_store
-                                                  else self._normalizer for _ in self.stores[1:]]
+        self._normalizers = [self._normalizer] + [
+            Normalizer(normalization) if self.normalize_per_store else self._normalizer for _ in self.stores[1:]
+        ]
         self._normalizer_given = False
         self._aux_names: list[str] | None = None
         self.plans: list[StoreWindows] = []
@@ -165,14 +195,17 @@ class RadarDataModule(L.LightningDataModule):
     def _store_list(store, stores) -> list[str]:
         if stores:
             if isinstance(stores, (str, Path)):
-                raise BadValueError(f"data.stores={stores!r} must be a list of store paths; for one store set data.store.")
+                raise BadValueError(
+                    f"data.stores={stores!r} must be a list of store paths; for one store set data.store."
+                )
             listed = [str(s) for s in stores]
             if store is not None and str(store) not in listed:
                 log.info("data.stores is set: training on %s; data.store=%s is not used", listed, store)
             return listed
         if store is None:
-            raise BadValueError("data.store is not set; give a radar store path (data.store=...) or a list "
-                                "(data.stores=[...]).")
+            raise BadValueError(
+                "data.store is not set; give a radar store path (data.store=...) or a list (data.stores=[...])."
+            )
         return [str(store)]
 
     # -- public properties -----------------------------------------------------------------
@@ -203,8 +236,10 @@ class RadarDataModule(L.LightningDataModule):
     def normalizer(self) -> Normalizer:
         """The normaliser of every sample (with normalize_per_store and several stores: see `normalizers`)."""
         if self.normalize_per_store and len(self.stores) > 1:
-            raise BadValueError("data.normalize_per_store=true gives one normaliser per store: use "
-                                "RadarDataModule.normalizers[sample['store']], or set data.normalize_per_store=false.")
+            raise BadValueError(
+                "data.normalize_per_store=true gives one normaliser per store: use "
+                "RadarDataModule.normalizers[sample['store']], or set data.normalize_per_store=false."
+            )
         return self._normalizer
 
     @property
@@ -262,14 +297,27 @@ class RadarDataModule(L.LightningDataModule):
         if self._set_up:
             return
         if self.test_only and stage in ("fit", "validate"):
-            raise SplitUnavailableError(f"data.split={TEST_ONLY} has no train/val split, so stage {stage!r} cannot "
-                                        "run; evaluate (test) only, or give data.split fractions or dates.")
+            raise SplitUnavailableError(
+                f"data.split={TEST_ONLY} has no train/val split, so stage {stage!r} cannot "
+                "run; evaluate (test) only, or give data.split fractions or dates."
+            )
         rank = self._world()[1]
-        self.plans = [StoreWindows.prepare(
-            path, split=self.split, aux=self.aux, task_name=self.task, length=self.window_length,
-            target_offsets=self.target_offsets, crop_size=self.crop_size, min_valid_fraction=self.min_valid_fraction,
-            max_rain_rate_mm_h=self.max_rain_rate_mm_h, rank=rank, stats_wait_s=self.stats_wait_s)
-            for path in self.stores]
+        self.plans = [
+            StoreWindows.prepare(
+                path,
+                split=self.split,
+                aux=self.aux,
+                task_name=self.task,
+                length=self.window_length,
+                target_offsets=self.target_offsets,
+                crop_size=self.crop_size,
+                min_valid_fraction=self.min_valid_fraction,
+                max_rain_rate_mm_h=self.max_rain_rate_mm_h,
+                rank=rank,
+                stats_wait_s=self.stats_wait_s,
+            )
+            for path in self.stores
+        ]
         check_stores_agree(self.plans, crop_size=self.crop_size, eval_tile=self.eval_tile)
         self._aux_names = list(self.plans[0].aux_names)
         self.window_report, self.implausible_report = combined_reports(self.plans)
@@ -278,7 +326,9 @@ class RadarDataModule(L.LightningDataModule):
 
         generator = self._mask_generator()
         if self.task == "infill" and generator is None:
-            raise BadValueError("task=infill needs hole masks: set data.masks (e.g. {name: mixture}) or pass a generator.")
+            raise BadValueError(
+                "task=infill needs hole masks: set data.masks (e.g. {name: mixture}) or pass a generator."
+            )
         if self.task == "nowcast" and self.input_hole_prob > 0 and generator is None:
             raise BadValueError(f"input_hole_prob={self.input_hole_prob} needs data.masks to draw the input holes.")
         if self.task == "infill":
@@ -286,8 +336,10 @@ class RadarDataModule(L.LightningDataModule):
             n, seed = int(self.eval_mask_spec["n"]), int(self.eval_mask_spec["seed"])
             # Drawn on each store's coverage (pixels valid in any frame); each sample then keeps
             # only the hidden pixels valid in its own target frame.
-            self.eval_mask_sets = [np.asarray(make_eval_mask_set(generator, n, seed, plan.coverage, plan.lat,
-                                                                 plan.lon), bool) for plan in self.plans]
+            self.eval_mask_sets = [
+                np.asarray(make_eval_mask_set(generator, n, seed, plan.coverage, plan.lat, plan.lon), bool)
+                for plan in self.plans
+            ]
             self.eval_masks = self.eval_mask_sets[0]
         splits = ("test",) if self.test_only else SPLITS
         self.datasets = {name: self._split_dataset(name, generator) for name in splits}
@@ -299,17 +351,39 @@ class RadarDataModule(L.LightningDataModule):
         for index, (plan, normalizer) in enumerate(zip(self.plans, self._normalizers)):
             shape: dict[str, Any]
             if name == "train":
-                shape = {"crop_size": self.crop_size} if self.crop_size is not None else {"tiles": [(0, 0, *plan.shape)]}
+                shape = (
+                    {"crop_size": self.crop_size} if self.crop_size is not None else {"tiles": [(0, 0, *plan.shape)]}
+                )
             else:
-                shape = {"tiles": eval_tiles(*plan.shape, self.eval_tile),
-                         "eval_masks": self.eval_mask_sets[index] if self.eval_mask_sets else None}
-            parts.append(RadarWindowDataset(
-                plan.handle, name, plan.starts[name], task=self.task, input_offsets=self.input_offsets,
-                target_offsets=self.target_offsets, times_ns=plan.times.astype(np.int64), normalizer=normalizer,
-                lat=plan.lat, lon=plan.lon, seed=self.seed, aux_names=plan.aux_names, regridder=plan.regridder,
-                mask_generator=generator, mask_context=self.mask_context, input_hole_prob=self.input_hole_prob,
-                min_valid_fraction=self.min_valid_fraction, crop_attempts=self.crop_attempts,
-                max_rain_rate_mm_h=self.max_rain_rate_mm_h, stream=index or None, **shape))
+                shape = {
+                    "tiles": eval_tiles(*plan.shape, self.eval_tile),
+                    "eval_masks": self.eval_mask_sets[index] if self.eval_mask_sets else None,
+                }
+            parts.append(
+                RadarWindowDataset(
+                    plan.handle,
+                    name,
+                    plan.starts[name],
+                    task=self.task,
+                    input_offsets=self.input_offsets,
+                    target_offsets=self.target_offsets,
+                    times_ns=plan.times.astype(np.int64),
+                    normalizer=normalizer,
+                    lat=plan.lat,
+                    lon=plan.lon,
+                    seed=self.seed,
+                    aux_names=plan.aux_names,
+                    regridder=plan.regridder,
+                    mask_generator=generator,
+                    mask_context=self.mask_context,
+                    input_hole_prob=self.input_hole_prob,
+                    min_valid_fraction=self.min_valid_fraction,
+                    crop_attempts=self.crop_attempts,
+                    max_rain_rate_mm_h=self.max_rain_rate_mm_h,
+                    stream=index or None,
+                    **shape,
+                )
+            )
         return parts[0] if len(parts) == 1 else MultiStoreDataset(parts)
 
     # -- normalisation ----------------------------------------------------------------------
@@ -318,8 +392,11 @@ class RadarDataModule(L.LightningDataModule):
             log.info("normalisation given (use_normalizer), no statistics fitted or read: %s", self._normalizer)
         elif self.normalize_per_store and len(self.plans) > 1:
             if self.stats_path is not None:
-                log.info("data.normalize_per_store: each store's normaliser is fitted on its own train frames every "
-                         "run; data.stats_path=%s is not used", self.stats_path)
+                log.info(
+                    "data.normalize_per_store: each store's normaliser is fitted on its own train frames every "
+                    "run; data.stats_path=%s is not used",
+                    self.stats_path,
+                )
             for plan, normalizer in zip(self.plans, self._normalizers):
                 fit_normalizer(normalizer, [plan], aux_names=self.aux_names, seed=self.seed)
         else:
@@ -327,13 +404,17 @@ class RadarDataModule(L.LightningDataModule):
         for normalizer in dict.fromkeys(self._normalizers):
             missing_aux = [a for a in self.aux_names if a not in normalizer.aux]
             if missing_aux:
-                raise BadValueError(f"the given normaliser (use_normalizer) lacks aux field(s) {missing_aux}; use "
-                                    "the data.aux the model was trained with.")
+                raise BadValueError(
+                    f"the given normaliser (use_normalizer) lacks aux field(s) {missing_aux}; use "
+                    "the data.aux the model was trained with."
+                )
 
     def _fit_or_load(self, rank: int) -> None:
         """Load the statistics file when it records these fit frames, else fit on them (and save)."""
-        fitted_on = {"stores": [plan.fit_record(plan.fit_frames()) for plan in self.plans],
-                     "max_rain_rate_mm_h": self.max_rain_rate_mm_h}
+        fitted_on = {
+            "stores": [plan.fit_record(plan.fit_frames()) for plan in self.plans],
+            "max_rain_rate_mm_h": self.max_rain_rate_mm_h,
+        }
         if self.stats_path is not None and self.stats_path.exists():
             loaded = Normalizer.load(self.stats_path)
             if loaded.kind != self.normalization:
@@ -347,13 +428,20 @@ class RadarDataModule(L.LightningDataModule):
                 self._normalizer.fitted_on = fitted_on
                 log.info("normalisation statistics loaded from %s", self.stats_path)
                 return
-            reason = (f"lack aux field(s) {missing_aux}" if loaded.fitted_on == fitted_on else
-                      "record no fit frames" if loaded.fitted_on is None else
-                      f"were fitted on {loaded.fitted_on}, this run fits on {fitted_on}")
+            reason = (
+                f"lack aux field(s) {missing_aux}"
+                if loaded.fitted_on == fitted_on
+                else "record no fit frames"
+                if loaded.fitted_on is None
+                else f"were fitted on {loaded.fitted_on}, this run fits on {fitted_on}"
+            )
             log.warning("normalisation statistics %s %s: refitting and overwriting them", self.stats_path, reason)
         if self.test_only:
-            log.warning("data.split=%s: the normalisation is fitted on the test frames (a network must bring its "
-                        "own, e.g. the checkpoint's via use_normalizer)", TEST_ONLY)
+            log.warning(
+                "data.split=%s: the normalisation is fitted on the test frames (a network must bring its "
+                "own, e.g. the checkpoint's via use_normalizer)",
+                TEST_ONLY,
+            )
         fit_normalizer(self._normalizer, self.plans, aux_names=self.aux_names, seed=self.seed)
         self._normalizer.fitted_on = fitted_on
         if self.stats_path is not None and rank == 0:
@@ -373,10 +461,17 @@ class RadarDataModule(L.LightningDataModule):
         weights = per_store[0] if len(per_store) == 1 else np.concatenate(per_store) / np.concatenate(per_store).mean()
         self.sampling_report = sampling_summary(weights)
         report = self.sampling_report
-        log.info("train windows sampled by wet fraction >= %g mm/h (floor %g): effective sample size %.1f of %d "
-                 "(%.0f%%), weights %.3g..%.3g (mean 1)", self.sampling_threshold_mm_h, self.sampling_floor,
-                 report["effective_sample_size"], report["windows"], 100 * report["effective_fraction"],
-                 report["min_weight"], report["max_weight"])
+        log.info(
+            "train windows sampled by wet fraction >= %g mm/h (floor %g): effective sample size %.1f of %d "
+            "(%.0f%%), weights %.3g..%.3g (mean 1)",
+            self.sampling_threshold_mm_h,
+            self.sampling_floor,
+            report["effective_sample_size"],
+            report["windows"],
+            100 * report["effective_fraction"],
+            report["min_weight"],
+            report["max_weight"],
+        )
         return weights
 
     def save_eval_masks(self, directory: str | Path) -> Path:
@@ -387,8 +482,12 @@ class RadarDataModule(L.LightningDataModule):
         spec = self.masks if isinstance(self.masks, Mapping) else self._mask_generator()
         assert spec is not None  # eval masks exist only for task=infill, whose setup() requires masks
         seed = int(self.eval_mask_spec["seed"])
-        paths = [save_mask_set(Path(directory) / ("eval_masks.npz" if k == 0 else f"eval_masks.store{k}.npz"),
-                               masks, spec, seed) for k, masks in enumerate(self.eval_mask_sets)]
+        paths = [
+            save_mask_set(
+                Path(directory) / ("eval_masks.npz" if k == 0 else f"eval_masks.store{k}.npz"), masks, spec, seed
+            )
+            for k, masks in enumerate(self.eval_mask_sets)
+        ]
         return paths[0]
 
     # -- loaders ----------------------------------------------------------------------------
@@ -396,17 +495,27 @@ class RadarDataModule(L.LightningDataModule):
         if not self._set_up:
             self.setup()
         if name not in self.datasets:
-            raise SplitUnavailableError(f"data.split={TEST_ONLY}: there is no {name} split; evaluate (test) only, "
-                                        "or give data.split fractions or dates.")
+            raise SplitUnavailableError(
+                f"data.split={TEST_ONLY}: there is no {name} split; evaluate (test) only, "
+                "or give data.split fractions or dates."
+            )
         dataset = self.datasets[name]
         world, this_rank = self._world()
         sampler = WindowSampler(
-            dataset, shuffle=name == "train", seed=self.seed, weights=self.train_weights if name == "train" else None,
-            num_replicas=world if num_replicas is None else num_replicas, rank=this_rank if rank is None else rank,
+            dataset,
+            shuffle=name == "train",
+            seed=self.seed,
+            weights=self.train_weights if name == "train" else None,
+            num_replicas=world if num_replicas is None else num_replicas,
+            rank=this_rank if rank is None else rank,
         )
         return DataLoader(
-            dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-            pin_memory=self.pin_memory, drop_last=name == "train" and len(sampler) > self.batch_size,
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            drop_last=name == "train" and len(sampler) > self.batch_size,
             persistent_workers=self.num_workers > 0,
         )
 

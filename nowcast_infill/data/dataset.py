@@ -119,7 +119,9 @@ class RadarWindowDataset(Dataset):
         self.tiles = list(tiles) if tiles is not None else None
         self.tile_owners = None if self.tiles is None else tile_owners(self.height, self.width, self.tiles)
         if (crop_size is None) == (self.tiles is None):
-            raise ValueError("RadarWindowDataset: give exactly one of crop_size (random crops) and tiles (fixed tiles).")
+            raise ValueError(
+                "RadarWindowDataset: give exactly one of crop_size (random crops) and tiles (fixed tiles)."
+            )
         self.aux_names, self.regridder = list(aux_names), regridder
         self.mask_generator, self.eval_masks = mask_generator, eval_masks
         self.mask_context, self.input_hole_prob = bool(mask_context), float(input_hole_prob)
@@ -134,12 +136,14 @@ class RadarWindowDataset(Dataset):
         key = [self.seed, SPLITS.index(self.split), epoch, index]
         return np.random.default_rng(key if self.stream is None else key + [self.stream])
 
-    def read_precip(self, start: int, y0: int, x0: int, h: int, w: int, frames: Sequence[int] | None = None) -> np.ndarray:
+    def read_precip(
+        self, start: int, y0: int, x0: int, h: int, w: int, frames: Sequence[int] | None = None
+    ) -> np.ndarray:
         """Window ``(L, h, w)`` float32 mm/h, NaN = no data (implausible values included);
         only the window's `frames` (offsets from `start`) when given."""
         arr = self.store[schema.PRECIP]
         times = slice(start, start + self.window_length) if frames is None else [start + int(f) for f in frames]
-        block = _writable(np.asarray(arr[times, y0:y0 + h, x0:x0 + w], dtype=np.float32))
+        block = _writable(np.asarray(arr[times, y0 : y0 + h, x0 : x0 + w], dtype=np.float32))
         block[schema.implausible_precip(block, self.max_rain_rate_mm_h)] = np.nan
         return block
 
@@ -161,7 +165,9 @@ class RadarWindowDataset(Dataset):
 
     def _draw_hidden(self, rng: np.random.Generator, valid: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
         if self.mask_generator is None:
-            raise RuntimeError(f"split {self.split}: a hole mask is needed but no mask generator is configured (set `masks`).")
+            raise RuntimeError(
+                f"split {self.split}: a hole mask is needed but no mask generator is configured (set `masks`)."
+            )
         hidden = np.asarray(self.mask_generator(rng, valid, self.lat[rows, cols], self.lon[rows, cols]), bool)
         return hole_targets(hidden, valid)  # no-data is never a target
 

@@ -43,7 +43,9 @@ def read_mask_file(path: str | Path, variable: str = MASK_VARIABLE) -> np.ndarra
             raise FileNotFoundError(f"{path}: file not found.")
         with np.load(path, allow_pickle=False) as npz:
             if variable not in npz.files:
-                raise ValueError(f"{path}: no array {variable!r}; arrays in the file: {npz.files}. Set variable=<name>.")
+                raise ValueError(
+                    f"{path}: no array {variable!r}; arrays in the file: {npz.files}. Set variable=<name>."
+                )
             values = npz[variable]
     else:
         ds = _open_dataset(path)
@@ -78,7 +80,9 @@ def nodata_patterns_from_store(source, max_frames: int = 256, variable: str = "p
     ds = source if isinstance(source, xr.Dataset) else _open_dataset(Path(source))
     where = "<dataset>" if isinstance(source, xr.Dataset) else str(source)
     if variable not in ds:
-        raise ValueError(f"{where}: no variable {variable!r} to take no-data patterns from; variables: {list(ds.data_vars)}.")
+        raise ValueError(
+            f"{where}: no variable {variable!r} to take no-data patterns from; variables: {list(ds.data_vars)}."
+        )
     n_time = ds.sizes.get("time", 1)
     keep = np.ones(n_time, dtype=bool)
     if "missing_frame" in ds:
@@ -110,8 +114,9 @@ class MaskSet(NamedTuple):
     seed: int
 
 
-def save_mask_set(path: str | Path, masks: np.ndarray, spec: Mapping[str, Any] | Callable[..., np.ndarray],
-                  seed: int) -> Path:
+def save_mask_set(
+    path: str | Path, masks: np.ndarray, spec: Mapping[str, Any] | Callable[..., np.ndarray], seed: int
+) -> Path:
     """Write masks (n, H, W) bool with the spec (JSON) and seed; format from the suffix.
 
     `.npz`, `.nc` (NetCDF4 via h5netcdf) or `.zarr` (Zarr v3); the variable is `mask`
@@ -161,5 +166,7 @@ def load_mask_set(path: str | Path) -> MaskSet:
             return MaskSet(masks, json.loads(str(npz["spec"])), int(npz["seed"]))
     ds = _open_dataset(path)
     if "mask_spec" not in ds.attrs or "mask_seed" not in ds.attrs:
-        raise ValueError(f"{path}: not a mask set (no 'mask_spec'/'mask_seed' attributes); write it with save_mask_set.")
+        raise ValueError(
+            f"{path}: not a mask set (no 'mask_spec'/'mask_seed' attributes); write it with save_mask_set."
+        )
     return MaskSet(masks, json.loads(ds.attrs["mask_spec"]), int(ds.attrs["mask_seed"]))

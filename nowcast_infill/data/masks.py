@@ -24,8 +24,14 @@ from typing import Any
 import numpy as np
 
 from nowcast_infill import registry
-from nowcast_infill.data.mask_io import (MASK_VARIABLE, MaskSet, load_mask_set, nodata_patterns_from_store,
-                                         read_mask_file, save_mask_set)
+from nowcast_infill.data.mask_io import (
+    MASK_VARIABLE,
+    MaskSet,
+    load_mask_set,
+    nodata_patterns_from_store,
+    read_mask_file,
+    save_mask_set,
+)
 from nowcast_infill.data.radar_sites import great_circle_km, sites_from_codes
 from nowcast_infill.errors import BadValueError
 
@@ -357,8 +363,13 @@ class Mixture:
 
 # ---------------------------------------------------------------- registry (kind "mask")
 
-for _name, _generator in (("radar_outage", RadarOutage), ("nodata_pattern", NodataPattern), ("freeform", FreeForm),
-                          ("file", FileMasks), ("mixture", Mixture)):
+for _name, _generator in (
+    ("radar_outage", RadarOutage),
+    ("nodata_pattern", NodataPattern),
+    ("freeform", FreeForm),
+    ("file", FileMasks),
+    ("mixture", Mixture),
+):
     registry.register("mask", _name, _generator)
 
 
@@ -383,8 +394,9 @@ def build_mask_generator(spec: Mapping[str, Any]) -> MaskGenerator:
     built by `registry.get_method("mask", name, **options)`."""
     spec = _plain(spec)
     if not isinstance(spec, Mapping) or "name" not in spec:
-        raise BadValueError(f"mask spec {spec!r} needs a 'name' key; valid names are "
-                            f"{', '.join(registry.method_names('mask'))}.")
+        raise BadValueError(
+            f"mask spec {spec!r} needs a 'name' key; valid names are {', '.join(registry.method_names('mask'))}."
+        )
     options = {k: v for k, v in spec.items() if k != "name"}
     return registry.get_method("mask", spec["name"], **options)
 
@@ -411,7 +423,19 @@ def make_eval_mask_set(
 
 # The mask files and sets of data/mask_io.py are part of this module's public interface.
 __all__ = [
-    "MASK_VARIABLE", "FileMasks", "FreeForm", "MaskGenerator", "MaskSet", "Mixture", "NodataPattern", "RadarOutage",
-    "build_mask_generator", "hole_targets", "load_mask_set", "make_eval_mask_set", "nodata_patterns_from_store",
-    "read_mask_file", "save_mask_set",
+    "MASK_VARIABLE",
+    "FileMasks",
+    "FreeForm",
+    "MaskGenerator",
+    "MaskSet",
+    "Mixture",
+    "NodataPattern",
+    "RadarOutage",
+    "build_mask_generator",
+    "hole_targets",
+    "load_mask_set",
+    "make_eval_mask_set",
+    "nodata_patterns_from_store",
+    "read_mask_file",
+    "save_mask_set",
 ]

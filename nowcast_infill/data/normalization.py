@@ -222,8 +222,10 @@ class Normalizer:
             )
         self.kind = state["kind"]
         self.mean, self.std, self.count = float(state["mean"]), float(state["std"]), int(state["count"])
-        self.aux = {k: {"mean": float(v["mean"]), "std": float(v["std"]), "count": int(v["count"])}
-                    for k, v in state.get("aux", {}).items()}
+        self.aux = {
+            k: {"mean": float(v["mean"]), "std": float(v["std"]), "count": int(v["count"])}
+            for k, v in state.get("aux", {}).items()
+        }
 
     def save(self, path: str | Path) -> Path:
         """Write the statistics (and `fitted_on`, when known) as JSON, atomically (a reader never sees half a file)."""

@@ -75,13 +75,24 @@ class WindowPrior:
         threshold, zerovalue_db, lk_options: the extrapolation baseline's options.
     """
 
-    def __init__(self, method: str, task: str, n_leads: int, cache_root=None, threshold: float = 0.1,
-                 zerovalue_db: float = -15.0, lk_options: dict | None = None):
+    def __init__(
+        self,
+        method: str,
+        task: str,
+        n_leads: int,
+        cache_root=None,
+        threshold: float = 0.1,
+        zerovalue_db: float = -15.0,
+        lk_options: dict | None = None,
+    ):
         self.method = check_prior(method, task)
         self.task, self.n_leads = task, int(n_leads)
         self.cache_root = cache_root
-        self.motion_options: dict[str, Any] = {"threshold": float(threshold), "zerovalue_db": float(zerovalue_db),
-                               "lk_options": dict(lk_options or {})}
+        self.motion_options: dict[str, Any] = {
+            "threshold": float(threshold),
+            "zerovalue_db": float(zerovalue_db),
+            "lk_options": dict(lk_options or {}),
+        }
         self._caches: dict[str, object] = {}
 
     def motion_cache(self, dataset):
@@ -96,8 +107,14 @@ class WindowPrior:
             self._caches[key] = MotionCache(self.cache_root or default_cache_root(), store, method)
         return self._caches[key]
 
-    def __call__(self, dataset, start: int, box: tuple[int, int, int, int], inputs_mm_h: np.ndarray,
-                 fill_mask: np.ndarray | None = None) -> np.ndarray:
+    def __call__(
+        self,
+        dataset,
+        start: int,
+        box: tuple[int, int, int, int],
+        inputs_mm_h: np.ndarray,
+        fill_mask: np.ndarray | None = None,
+    ) -> np.ndarray:
         """(T_out, h, w) float32 mm/h with NaN; `inputs_mm_h` (T_in, h, w) is what the network sees
         (NaN where hidden), `box` = (y0, x0, h, w) of the crop, `fill_mask` (h, w) the holes (infill)."""
         if self.method == "persistence":

@@ -10,14 +10,15 @@ later replaced Emden (`emd`) by the ASR Borkum site (`asb`), so both are kept.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 
 # The RADOLAN projection string is defined once, by the RADOLAN importer, so that
 # synthetic and converted stores carry the identical `crs.proj4`.
 from nowcast_infill.io.radolan import RADOLAN_PROJ4  # noqa: E402,F401
+
 # Lower-left corner (km) of the 900 x 900 national RADOLAN grid in RADOLAN_PROJ4;
 # wradlib.georef.get_radolan_grid(900, 900)[0, 0] gives the same point.
 RADOLAN_GRID_ORIGIN_KM = (-523.4621669218558, -4658.644724265572)

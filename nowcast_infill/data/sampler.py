@@ -20,8 +20,9 @@ from torch.utils.data import Dataset, DistributedSampler
 SAMPLINGS = ("uniform", "wet")
 
 
-def window_sample_weights(wet_fraction: np.ndarray, starts: np.ndarray, target_offsets: np.ndarray,
-                          floor: float) -> np.ndarray:
+def window_sample_weights(
+    wet_fraction: np.ndarray, starts: np.ndarray, target_offsets: np.ndarray, floor: float
+) -> np.ndarray:
     """Importance weights `(n_windows,)` of training windows, mean 1: the mean wet fraction of the
     target frames (`wet_fraction` `(T,)` per frame), at least `floor` so dry windows are still drawn."""
     wet = wet_fraction[np.asarray(starts)[:, None] + np.asarray(target_offsets)[None, :]].mean(axis=1)
@@ -38,12 +39,22 @@ class WindowSampler(DistributedSampler):
     padded, so each sample is scored exactly once over all ranks.
     """
 
-    def __init__(self, dataset: Dataset, *, shuffle: bool, seed: int, num_replicas: int = 1, rank: int = 0,
-                 weights: np.ndarray | None = None):
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        shuffle: bool,
+        seed: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        weights: np.ndarray | None = None,
+    ):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
         if weights is not None and (not shuffle or len(weights) != self._dataset_length()):
-            raise ValueError(f"WindowSampler: weights need shuffle=True and one weight per sample "
-                             f"({len(weights)} for {self._dataset_length()}).")
+            raise ValueError(
+                f"WindowSampler: weights need shuffle=True and one weight per sample "
+                f"({len(weights)} for {self._dataset_length()})."
+            )
         self.weights = None if weights is None else torch.as_tensor(np.asarray(weights, np.float64))
 
     def _dataset_length(self) -> int:
@@ -63,7 +74,7 @@ class WindowSampler(DistributedSampler):
             order = torch.randperm(n, generator=generator).tolist()
         total = math.ceil(n / self.num_replicas) * self.num_replicas
         order += (order * math.ceil(total / n))[: total - n]
-        return order[self.rank:total:self.num_replicas]
+        return order[self.rank : total : self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
         offset = self.epoch * self._dataset_length() if self.shuffle else 0
@@ -75,6 +86,11 @@ class WindowSampler(DistributedSampler):
 
 def sampling_summary(weights: np.ndarray) -> dict[str, float]:
     """Spread of importance weights `(n,)`: windows, effective sample size (Kish) and its fraction, min, max."""
-    ess = float(weights.sum() ** 2 / (weights ** 2).sum())
-    return {"windows": int(weights.size), "effective_sample_size": ess, "effective_fraction": ess / weights.size,
-            "min_weight": float(weights.min()), "max_weight": float(weights.max())}
+    ess = float(weights.sum() ** 2 / (weights**2).sum())
+    return {
+        "windows": int(weights.size),
+        "effective_sample_size": ess,
+        "effective_fraction": ess / weights.size,
+        "min_weight": float(weights.min()),
+        "max_weight": float(weights.max()),
+    }

@@ -53,21 +53,26 @@ def plan_splits(times: np.ndarray, split: Mapping | str | None, store: str = "<s
     n = len(times)
     if isinstance(split, str):
         if not is_test_only(split):
-            raise BadValueError(f"data.split={split!r} is unknown; use {TEST_ONLY}, {{fractions: [...], gap: N}} "
-                                "or {dates: {train: [first, last], val: ..., test: ...}}.")
+            raise BadValueError(
+                f"data.split={split!r} is unknown; use {TEST_ONLY}, {{fractions: [...], gap: N}} "
+                "or {dates: {train: [first, last], val: ..., test: ...}}."
+            )
         return {"train": (0, 0), "val": (0, 0), "test": (0, n)}
     split = dict(to_plain(split) or DEFAULT_SPLIT)
     unknown = set(split) - {"fractions", "gap", "dates"}
     if unknown:
-        raise BadValueError(f"data.split: unknown key(s) {sorted(unknown)}; use 'fractions' + 'gap', 'dates', "
-                            f"or data.split={TEST_ONLY}.")
+        raise BadValueError(
+            f"data.split: unknown key(s) {sorted(unknown)}; use 'fractions' + 'gap', 'dates', "
+            f"or data.split={TEST_ONLY}."
+        )
     if split.get("dates") is not None:
         return _blocks_by_dates(times, split["dates"], store)
     fractions = [float(f) for f in split.get("fractions", DEFAULT_SPLIT["fractions"])]
     gap = int(split.get("gap", DEFAULT_SPLIT["gap"]))
     if len(fractions) != 3 or min(fractions) < 0 or not 0 < sum(fractions) <= 1 + 1e-9:
-        raise BadValueError(f"split.fractions={fractions}: need three non-negative fractions (train, val, test) "
-                            "summing to <= 1.")
+        raise BadValueError(
+            f"split.fractions={fractions}: need three non-negative fractions (train, val, test) summing to <= 1."
+        )
     if gap < 0:
         raise BadValueError(f"split.gap={gap}: must be >= 0 frames.")
     usable = n - 2 * gap
@@ -88,7 +93,10 @@ def _blocks_by_dates(times: np.ndarray, dates: Mapping, store: str) -> dict[str,
         if bounds is None:
             raise BadValueError(f"split.dates.{name} is missing; give [first, last] ISO times for train, val and test.")
         first, last = (np.datetime64(str(v).replace("Z", ""), "ns") for v in bounds)
-        blocks[name] = (int(np.searchsorted(times, first, side="left")), int(np.searchsorted(times, last, side="right")))
+        blocks[name] = (
+            int(np.searchsorted(times, first, side="left")),
+            int(np.searchsorted(times, last, side="right")),
+        )
     ordered = sorted(blocks.items(), key=lambda kv: kv[1][0])
     for (a, (_, a_stop)), (b, (b_start, _)) in pairwise(ordered):
         if b_start < a_stop:
@@ -115,9 +123,19 @@ def window_offsets(task_name: str, past: int, future: int, context: int) -> tupl
     return past + future, np.arange(past), np.arange(past, past + future)
 
 
-def select_windows(block: tuple[int, int], length: int, target_offsets: np.ndarray, *, missing: np.ndarray,
-                   valid_fraction: np.ndarray, segment: np.ndarray, min_valid_fraction: float,
-                   split_name: str, store: str, task_name: str) -> tuple[np.ndarray, dict[str, int]]:
+def select_windows(
+    block: tuple[int, int],
+    length: int,
+    target_offsets: np.ndarray,
+    *,
+    missing: np.ndarray,
+    valid_fraction: np.ndarray,
+    segment: np.ndarray,
+    min_valid_fraction: float,
+    split_name: str,
+    store: str,
+    task_name: str,
+) -> tuple[np.ndarray, dict[str, int]]:
     """Window starts ``(n,)`` int of `block` and a report of the candidates skipped.
 
     A window never straddles a segment boundary (time that the store does not hold); one whose
@@ -141,14 +159,28 @@ def select_windows(block: tuple[int, int], length: int, target_offsets: np.ndarr
     missing_target = missing[targets].any(axis=1)
     low_valid = ~missing_target & (valid_fraction[targets].mean(axis=1) < min_valid_fraction)
     keep = ~missing_target & ~low_valid
-    report = {"candidates": int(candidates.size), "kept": int(keep.sum()),
-              "skipped_missing_target": int(missing_target.sum()), "skipped_low_valid": int(low_valid.sum()),
-              "across_segments": straddling}
+    report = {
+        "candidates": int(candidates.size),
+        "kept": int(keep.sum()),
+        "skipped_missing_target": int(missing_target.sum()),
+        "skipped_low_valid": int(low_valid.sum()),
+        "across_segments": straddling,
+    }
     level = logging.WARNING if report["kept"] < report["candidates"] else logging.INFO
-    log.log(level, "%s split of %s: %d of %d windows kept (%d with a missing target frame, %d with target valid "
-            "fraction < %.3g)", split_name, store, report["kept"], report["candidates"], report["skipped_missing_target"],
-            report["skipped_low_valid"], min_valid_fraction)
+    log.log(
+        level,
+        "%s split of %s: %d of %d windows kept (%d with a missing target frame, %d with target valid fraction < %.3g)",
+        split_name,
+        store,
+        report["kept"],
+        report["candidates"],
+        report["skipped_missing_target"],
+        report["skipped_low_valid"],
+        min_valid_fraction,
+    )
     if report["kept"] == 0:
-        raise EmptySplitError(f"{store}: every window of the {split_name} split was skipped ({report}); "
-                              "lower data.min_valid_fraction or choose other dates.")
+        raise EmptySplitError(
+            f"{store}: every window of the {split_name} split was skipped ({report}); "
+            "lower data.min_valid_fraction or choose other dates."
+        )
     return candidates[keep], report

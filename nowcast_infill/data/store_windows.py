@@ -41,7 +41,9 @@ def wait_for(ready: Callable[[], bool], *, what: str, timeout_s: float, poll_s: 
     deadline = time.monotonic() + float(timeout_s)
     while not ready():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout_s:g} s for the {what}; check rank 0's log, or raise data.stats_wait_s.")
+            raise TimeoutError(
+                f"waited {timeout_s:g} s for the {what}; check rank 0's log, or raise data.stats_wait_s."
+            )
         time.sleep(poll_s)
 
 
@@ -62,7 +64,9 @@ def resolve_aux(ds, aux: Sequence[str] | str | None, store: str) -> list[str]:
     return wanted
 
 
-def load_frame_stats(store: str, max_rain_rate_mm_h: float, *, rank: int, wait_s: float) -> frame_stats.StoredFrameStats:
+def load_frame_stats(
+    store: str, max_rain_rate_mm_h: float, *, rank: int, wait_s: float
+) -> frame_stats.StoredFrameStats:
     """The store's per-frame statistics (docs/schema.md § Per-frame statistics), reading no `precip`
     chunk when they are stored.
 
@@ -75,17 +79,26 @@ def load_frame_stats(store: str, max_rain_rate_mm_h: float, *, rank: int, wait_s
     if stored is not None and stored.complete and stored.max_mm_h == max_rain_rate_mm_h:
         return stored
     if stored is not None and stored.max_mm_h != max_rain_rate_mm_h:
-        log.info("%s: stored frame statistics use max_rain_rate_mm_h=%g, data.max_rain_rate_mm_h=%g: computing "
-                 "them in memory (reads every frame)", store, stored.max_mm_h, max_rain_rate_mm_h)
+        log.info(
+            "%s: stored frame statistics use max_rain_rate_mm_h=%g, data.max_rain_rate_mm_h=%g: computing "
+            "them in memory (reads every frame)",
+            store,
+            stored.max_mm_h,
+            max_rain_rate_mm_h,
+        )
         return frame_stats.stats_in_memory(store, max_mm_h=max_rain_rate_mm_h)
     if not frame_stats.store_is_writable(store):
-        log.warning("%s: no frame statistics stored and the store is read-only: computing them in memory on "
-                    "every start (reads every frame); run compute_frame_stats on a writable copy once.", store)
+        log.warning(
+            "%s: no frame statistics stored and the store is read-only: computing them in memory on "
+            "every start (reads every frame); run compute_frame_stats on a writable copy once.",
+            store,
+        )
         return frame_stats.stats_in_memory(store, max_mm_h=max_rain_rate_mm_h)
     if rank == 0:
         summary = frame_stats.compute_frame_stats(store, missing_only=True)
         log.info("frame statistics computed and stored once in %s (%d frames read)", store, summary["frames_read"])
     else:
+
         def complete() -> bool:
             got = frame_stats.load_frame_stats(store)
             return got is not None and got.complete
@@ -128,9 +141,21 @@ class StoreWindows:
         return self.stats.coverage
 
     @classmethod
-    def prepare(cls, path: str, *, split, aux, task_name: str, length: int, target_offsets: np.ndarray,
-                crop_size: int | None, min_valid_fraction: float, max_rain_rate_mm_h: float, rank: int,
-                stats_wait_s: float) -> StoreWindows:
+    def prepare(
+        cls,
+        path: str,
+        *,
+        split,
+        aux,
+        task_name: str,
+        length: int,
+        target_offsets: np.ndarray,
+        crop_size: int | None,
+        min_valid_fraction: float,
+        max_rain_rate_mm_h: float,
+        rank: int,
+        stats_wait_s: float,
+    ) -> StoreWindows:
         """Open, validate and plan the store at `path`: splits, windows, statistics, aux regridding.
 
         With `split=test_only` only the test split gets windows (train and val are empty).
@@ -143,21 +168,39 @@ class StoreWindows:
         lon = np.asarray(ds["lon"].values, np.float32)
         height, width = lat.shape
         if crop_size is not None and (crop_size > height or crop_size > width):
-            raise BadValueError(f"crop_size={crop_size} exceeds the frame {height} x {width} of {path}; "
-                                "lower data.crop_size.")
+            raise BadValueError(
+                f"crop_size={crop_size} exceeds the frame {height} x {width} of {path}; lower data.crop_size."
+            )
         regridder = None
         if aux_names:
             regridder = AuxRegridder(ds["y"].values, ds["x"].values, ds["y_aux"].values, ds["x_aux"].values)
         stats = load_frame_stats(path, max_rain_rate_mm_h, rank=rank, wait_s=stats_wait_s)
-        plan = cls(path=path, handle=StoreHandle(path), times=times, lat=lat, lon=lon, aux_names=aux_names,
-                   regridder=regridder, stats=stats, blocks=plan_splits(times, split, path))
+        plan = cls(
+            path=path,
+            handle=StoreHandle(path),
+            times=times,
+            lat=lat,
+            lon=lon,
+            aux_names=aux_names,
+            regridder=regridder,
+            stats=stats,
+            blocks=plan_splits(times, split, path),
+        )
         plan.implausible_report = plan._implausible(max_rain_rate_mm_h, rank)
         segment = schema.segment_ids(times, ds.attrs.get("time_step_s"))
         for name in ("test",) if is_test_only(split) else SPLITS:
             plan.starts[name], plan.window_report[name] = select_windows(
-                plan.blocks[name], length, target_offsets, missing=missing, valid_fraction=stats.valid_fraction,
-                segment=segment, min_valid_fraction=min_valid_fraction, split_name=name, store=path,
-                task_name=task_name)
+                plan.blocks[name],
+                length,
+                target_offsets,
+                missing=missing,
+                valid_fraction=stats.valid_fraction,
+                segment=segment,
+                min_valid_fraction=min_valid_fraction,
+                split_name=name,
+                store=path,
+                task_name=task_name,
+            )
         return plan
 
     def _implausible(self, max_rain_rate_mm_h: float, rank: int) -> dict[str, Any]:
@@ -173,10 +216,18 @@ class StoreWindows:
                 "%s: %d value(s) of %s are negative, infinite or above %g mm/h (first at %sZ); they are treated as "
                 "no data (masked), never trained or scored on. Re-convert the store with ni-convert, or raise "
                 "data.max_rain_rate_mm_h if such rates are real.",
-                self.path, count, schema.PRECIP, max_rain_rate_mm_h, first_time,
+                self.path,
+                count,
+                schema.PRECIP,
+                max_rain_rate_mm_h,
+                first_time,
             )
-        return {"count": count, "first_time": first_time, "variable": schema.PRECIP,
-                "max_rain_rate_mm_h": max_rain_rate_mm_h}
+        return {
+            "count": count,
+            "first_time": first_time,
+            "variable": schema.PRECIP,
+            "max_rain_rate_mm_h": max_rain_rate_mm_h,
+        }
 
     def fit_frames(self) -> np.ndarray:
         """Frame indices the normaliser is fitted on: the train block (the test block with split=test_only)."""
@@ -188,8 +239,11 @@ class StoreWindows:
     def fit_record(self, frames: np.ndarray) -> dict[str, Any]:
         """What a normaliser fitted on `frames` of this store was fitted on (plain types, JSON-ready):
         the store path, its frame count and the first/last fitted frame (index and time)."""
-        record: dict[str, Any] = {"store": str(Path(self.path).absolute()), "frames": int(self.times.size),
-                                  "fit_frames": int(frames.size)}
+        record: dict[str, Any] = {
+            "store": str(Path(self.path).absolute()),
+            "frames": int(self.times.size),
+            "fit_frames": int(frames.size),
+        }
         if frames.size:
             first, last = int(frames[0]), int(frames[-1])
             record["first"] = [first, str(np.datetime_as_string(self.times[first], unit="s"))]
@@ -201,26 +255,33 @@ def check_stores_agree(plans: Sequence[StoreWindows], *, crop_size: int | None, 
     """Several stores must give same-shaped batches (crops and tiles when grids differ) and the same aux fields."""
     shapes = {plan.path: plan.shape for plan in plans}
     if len(set(shapes.values())) > 1 and (crop_size is None or eval_tile is None):
-        raise BadValueError(f"data.stores have different grids {shapes}: set data.crop_size and data.eval_tile "
-                            "so that every batch has one shape.")
+        raise BadValueError(
+            f"data.stores have different grids {shapes}: set data.crop_size and data.eval_tile "
+            "so that every batch has one shape."
+        )
     for plan in plans[1:]:
         if plan.aux_names != plans[0].aux_names:
-            raise BadValueError(f"data.aux: {plan.path} has aux fields {plan.aux_names}, {plans[0].path} has "
-                                f"{plans[0].aux_names}; list the fields every store holds in data.aux.")
+            raise BadValueError(
+                f"data.aux: {plan.path} has aux fields {plan.aux_names}, {plans[0].path} has "
+                f"{plans[0].aux_names}; list the fields every store holds in data.aux."
+            )
 
 
 def combined_reports(plans: Sequence[StoreWindows]) -> tuple[dict[str, dict[str, int]], dict[str, Any]]:
     """(window report per split, implausible-value report) summed over the stores (one store: its own)."""
-    windows = {name: {key: sum(plan.window_report[name][key] for plan in plans) for key in report}
-               for name, report in plans[0].window_report.items()}
+    windows = {
+        name: {key: sum(plan.window_report[name][key] for plan in plans) for key in report}
+        for name, report in plans[0].window_report.items()
+    }
     reports = [plan.implausible_report for plan in plans]
     firsts = [r["first_time"] for r in reports if r["first_time"] is not None]
     implausible = {**reports[0], "count": sum(r["count"] for r in reports), "first_time": firsts[0] if firsts else None}
     return windows, implausible
 
 
-def fit_normalizer(normalizer: Normalizer, plans: Sequence[StoreWindows], *, aux_names: Sequence[str],
-                   seed: int) -> Normalizer:
+def fit_normalizer(
+    normalizer: Normalizer, plans: Sequence[StoreWindows], *, aux_names: Sequence[str], seed: int
+) -> Normalizer:
     """Fit `normalizer` on the fit frames of `plans` from their stored log1p moments (no precip read),
     merged over the stores; aux fields on up to AUX_FIT_FRAMES of those frames per store (a
     sample seeded by `seed`: bounded cost)."""
@@ -239,6 +300,9 @@ def fit_normalizer(normalizer: Normalizer, plans: Sequence[StoreWindows], *, aux
 
     aux = {a: chain.from_iterable(aux_values(plan, a) for plan in plans) for a in aux_names}
     normalizer.fit_moments(*moments[0], aux=aux)
-    log.info("normalisation fitted on %s (stored per-frame moments): %s",
-             ", ".join(f"{p.path} frames {p.fit_frames()[0]}..{p.fit_frames()[-1]}" for p in plans), normalizer)
+    log.info(
+        "normalisation fitted on %s (stored per-frame moments): %s",
+        ", ".join(f"{p.path} frames {p.fit_frames()[0]}..{p.fit_frames()[-1]}" for p in plans),
+        normalizer,
+    )
     return normalizer

@@ -29,8 +29,8 @@ import os
 import shutil
 import sys
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import xarray as xr
@@ -46,8 +46,8 @@ from nowcast_infill.data.radar_sites import (
     great_circle_km,
     sites_from_codes,
 )
-from nowcast_infill.io.importers import make_grid
 from nowcast_infill.errors import BadValueError, OutputExistsError
+from nowcast_infill.io.importers import make_grid
 
 # Lusatia / Polish border: two DWD radars (Prötzel, Dresden) inside a 256 km window and
 # ~23% of it beyond 150 km of any radar, i.e. a realistic coverage edge with no-data.
@@ -265,7 +265,9 @@ def generate_synthetic(
 
     def aux(values: np.ndarray, units: str, long_name: str) -> xr.DataArray:
         return xr.DataArray(
-            _block_mean(values, aux_factor).astype(np.float32), dims=aux_dims, attrs={"units": units, "long_name": long_name}
+            _block_mean(values, aux_factor).astype(np.float32),
+            dims=aux_dims,
+            attrs={"units": units, "long_name": long_name},
         )
 
     import nowcast_infill
@@ -282,7 +284,9 @@ def generate_synthetic(
                     "grid_mapping": schema.CRS,
                 },
             ),
-            schema.MISSING_FRAME: xr.DataArray(missing, dims=("time",), attrs={"long_name": "frame inserted for a gap (all NaN)"}),
+            schema.MISSING_FRAME: xr.DataArray(
+                missing, dims=("time",), attrs={"long_name": "frame inserted for a gap (all NaN)"}
+            ),
             schema.CRS: xr.DataArray(
                 np.int8(0),
                 attrs={"grid_mapping_name": grid.grid_mapping_name, "proj4": grid.proj4, "crs_wkt": grid.crs_wkt or ""},

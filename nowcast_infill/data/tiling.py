@@ -43,8 +43,10 @@ def eval_tiles(height: int, width: int, tile: int | None) -> list[Tile]:
     if tile is None:
         return [(0, 0, height, width)]
     if tile > height or tile > width:
-        raise BadValueError(f"eval_tile={tile} is larger than the frame ({height} x {width}); "
-                            "use data.eval_tile=null for full frames or a smaller tile.")
+        raise BadValueError(
+            f"eval_tile={tile} is larger than the frame ({height} x {width}); "
+            "use data.eval_tile=null for full frames or a smaller tile."
+        )
     return [(y0, x0, tile, tile) for y0 in tile_starts(height, tile) for x0 in tile_starts(width, tile)]
 
 
@@ -57,7 +59,7 @@ def tile_owners(height: int, width: int, tiles: Sequence[Tile]) -> np.ndarray:
     """
     owners = np.full((height, width), -1, dtype=np.int32)
     for index, (y0, x0, h, w) in enumerate(tiles):
-        block = owners[y0:y0 + h, x0:x0 + w]
+        block = owners[y0 : y0 + h, x0 : x0 + w]
         block[block < 0] = index
     return owners
 
@@ -146,19 +148,19 @@ def predict_tiled(
         if needed.shape != (height, width):
             raise ValueError(f"needed {tuple(needed.shape)} must be (H, W) = {(height, width)}.")
         needed = _pad(needed.to(device=x.device, dtype=torch.uint8)[None], pad_h, pad_w)[0].bool()
-        windows = [(r, c) for r, c in windows if bool(needed[r:r + tile_h, c:c + tile_w].any())]
+        windows = [(r, c) for r, c in windows if bool(needed[r : r + tile_h, c : c + tile_w].any())]
         if not windows:
             raise ValueError("needed has no True pixel: there is nothing to predict.")
     acc_dtype = torch.float64 if x.device.type != "mps" else torch.float32
-    weight = (_ramp(tile_h, overlap, acc_dtype, x.device)[:, None] * _ramp(tile_w, overlap, acc_dtype, x.device)[None, :])
+    weight = _ramp(tile_h, overlap, acc_dtype, x.device)[:, None] * _ramp(tile_w, overlap, acc_dtype, x.device)[None, :]
     total: torch.Tensor | None = None
     weight_sum = torch.zeros(full_h, full_w, dtype=acc_dtype, device=x.device)
     out_dtype = None
     for i in range(0, len(windows), batch_size):
-        chunk = windows[i:i + batch_size]
+        chunk = windows[i : i + batch_size]
 
         def cut(t, chunk=chunk):
-            return None if t is None else torch.stack([t[..., r:r + tile_h, c:c + tile_w] for r, c in chunk])
+            return None if t is None else torch.stack([t[..., r : r + tile_h, c : c + tile_w] for r, c in chunk])
 
         pred = fn(cut(x), cut(x_mask), cut(aux), cut(aux_mask))
         if pred.ndim != 5 or pred.shape[0] != len(chunk) or pred.shape[-2:] != (tile_h, tile_w):
@@ -169,8 +171,8 @@ def predict_tiled(
             out_dtype = pred.dtype
             total = torch.zeros(pred.shape[1], pred.shape[2], full_h, full_w, dtype=acc_dtype, device=x.device)
         for (r, c), p in zip(chunk, pred):
-            total[..., r:r + tile_h, c:c + tile_w] += p.to(acc_dtype) * weight
-            weight_sum[r:r + tile_h, c:c + tile_w] += weight
+            total[..., r : r + tile_h, c : c + tile_w] += p.to(acc_dtype) * weight
+            weight_sum[r : r + tile_h, c : c + tile_w] += weight
     assert total is not None  # windows is never empty (checked above when `needed` filters it)
     out = total / weight_sum
     if needed is not None:

@@ -50,7 +50,9 @@ class ClassicalModule(EvaluationMixin, L.LightningModule):
     ) -> None:
         super().__init__()
         if kind != "classical":
-            raise BadValueError(f"model.kind: is {kind!r} but {name!r} is a classical method; set model.kind=classical.")
+            raise BadValueError(
+                f"model.kind: is {kind!r} but {name!r} is a classical method; set model.kind=classical."
+            )
         self.save_hyperparameters(
             {
                 "name": name,
@@ -65,7 +67,9 @@ class ClassicalModule(EvaluationMixin, L.LightningModule):
         )
         self.configure_evaluation()
         if baseline_task(name) != task:
-            raise BadValueError(f"baseline {name!r} is a {baseline_task(name)} method but task={task}; set task={baseline_task(name)}.")
+            raise BadValueError(
+                f"baseline {name!r} is a {baseline_task(name)} method but task={task}; set task={baseline_task(name)}."
+            )
         method_options = dict(self.hparams.options)
         if task == "nowcast":
             method_options.setdefault("n_leads", self.task.out_frames)
@@ -78,7 +82,9 @@ class ClassicalModule(EvaluationMixin, L.LightningModule):
         for key in ("in_frames", "out_frames"):
             have = getattr(datamodule, key, None)
             if have is not None and int(have) != self.hparams[key]:
-                raise ValueError(f"baseline {key}={self.hparams[key]} but the DataModule yields {have}; set task.{key}.")
+                raise ValueError(
+                    f"baseline {key}={self.hparams[key]} but the DataModule yields {have}; set task.{key}."
+                )
 
     def predict_mm_h(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """`(B, T_out, 1, H, W)` mm/h; infill keeps observed pixels of the target frame."""
@@ -92,7 +98,9 @@ class ClassicalModule(EvaluationMixin, L.LightningModule):
         for i, sample in enumerate(x_np):
             out = self.method(sample, fill_mask=fill_masks[i]) if fill_masks is not None else self.method(sample)
             if out.shape != want:
-                raise ValueError(f"baseline {self.hparams.name!r} returned shape {out.shape}, expected {want} (T_out, H, W).")
+                raise ValueError(
+                    f"baseline {self.hparams.name!r} returned shape {out.shape}, expected {want} (T_out, H, W)."
+                )
             outputs.append(torch.as_tensor(out, dtype=batch["x"].dtype))
         pred = torch.stack(outputs)[:, :, None].to(batch["x"].device)
         return self.task.compose(pred, {"x": x_mm_h, "x_mask": batch["x_mask"]})

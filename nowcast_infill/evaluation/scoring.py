@@ -81,7 +81,9 @@ class EvaluationMixin:
         """0/1 `(B, T_out, 1, H, W)`: the pixels scored (the task's rule, see nowcast_infill/tasks)."""
         return self.task.score_mask(batch)
 
-    def evaluate_batch(self, stage: str, pred_mm_h: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def evaluate_batch(
+        self, stage: str, pred_mm_h: torch.Tensor, batch: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         """Score `pred_mm_h` `(B, T_out, 1, H, W)` mm/h against the batch's truth; returns the step
         output `{"pred_mm_h": ...}` that callbacks (FigureCallback) read."""
         target_mm_h = self.normalizer.decode(batch["y"])

@@ -28,8 +28,8 @@ from nowcast_infill.data.normalization import Normalizer
 from nowcast_infill.data.regrid import AuxRegridder
 from nowcast_infill.data.tiling import predict_tiled
 from nowcast_infill.io.files import file_sha256
-from nowcast_infill.training.module import RadarModule
 from nowcast_infill.schema import AUX_PREFIX, PRECIP
+from nowcast_infill.training.module import RadarModule
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ read of the bundle instead of one hash per member.
 from __future__ import annotations
 
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from nowcast_infill.io.files import file_sha256
 from nowcast_infill.io.importers import ConversionError
@@ -68,7 +68,9 @@ def bundle_members(bundle: Path) -> Iterator[WorkItem]:
     try:
         fh = open(bundle, "rb")
     except OSError as err:
-        raise ConversionError(bundle, f"cannot read the bundle ({type(err).__name__}: {err}); check the path and its permissions.") from err
+        raise ConversionError(
+            bundle, f"cannot read the bundle ({type(err).__name__}: {err}); check the path and its permissions."
+        ) from err
     with fh:
         yield from _stream(fh, str(bundle), "", digest)
 
@@ -95,5 +97,7 @@ def _stream(fileobj, shown: str, inner: str, digest: str) -> Iterator[WorkItem]:
     except (tarfile.TarError, EOFError, OSError, ValueError) as err:
         # zlib / bz2 / lzma errors are OSError or EOFError subclasses or wrapped by tarfile
         raise ConversionError(
-            current, f"the tar bundle is damaged or cut short ({type(err).__name__}: {err}); re-download it, "
-            "or pass skip_bad=true to skip what cannot be read.") from err
+            current,
+            f"the tar bundle is damaged or cut short ({type(err).__name__}: {err}); re-download it, "
+            "or pass skip_bad=true to skip what cannot be read.",
+        ) from err

@@ -58,13 +58,17 @@ def time_axis(ref: Frame, time_range, time_step_s, last_time) -> tuple[np.dateti
     """(first, last, step seconds) of the store: `time_range` or the inputs' first / `last_time()` frame."""
     step_s = int(time_step_s or ref.accumulation_interval_s)
     if step_s <= 0:
-        raise UserError(f"{ref.source}: product {ref.product} is instantaneous (no accumulation interval); "
-                        "pass time_step_s=<seconds between frames>.")
+        raise UserError(
+            f"{ref.source}: product {ref.product} is instantaneous (no accumulation interval); "
+            "pass time_step_s=<seconds between frames>."
+        )
     start = parse_time(time_range[0], "time_range[0]") if time_range else ref.time
     end = parse_time(time_range[1], "time_range[1]") if time_range else last_time()
     if end < start or (end - start) % np.timedelta64(step_s, "s"):
-        raise UserError(f"time_range=[{iso_time(start)}, {iso_time(end)}]: the end must be a whole number of {step_s} s "
-                        "steps after the start; fix time_range=.")
+        raise UserError(
+            f"time_range=[{iso_time(start)}, {iso_time(end)}]: the end must be a whole number of {step_s} s "
+            "steps after the start; fix time_range=."
+        )
     return start, end, step_s
 
 
@@ -79,9 +83,12 @@ def split_by_inputs(files, tasks, time_range, time_step_s, source, options):
     starts = [start] + [f.time for f in firsts[1:]]
     for k, (f, t) in enumerate(zip(firsts, starts)):
         if (f.time - start) % step or not (start <= f.time <= end) or (k and t <= starts[k - 1]):
-            raise ConversionError(f.source, f"first frame {iso_time(f.time)} of task {k} is not on the {step_s} s axis "
-                                  f"{iso_time(start)} to {iso_time(end)} after task {k - 1}'s; sort inputs= by time, or fix "
-                                  "time_range= / time_step_s=.")
+            raise ConversionError(
+                f.source,
+                f"first frame {iso_time(f.time)} of task {k} is not on the {step_s} s axis "
+                f"{iso_time(start)} to {iso_time(end)} after task {k - 1}'s; sort inputs= by time, or fix "
+                "time_range= / time_step_s=.",
+            )
     stops = [t - step for t in starts[1:]] + [end]
     # Fewer inputs than tasks (a day in one bundle, a month in 30 on 64 tasks): the time
     # range of each input is cut into several tasks, each reading the whole input and
@@ -91,9 +98,15 @@ def split_by_inputs(files, tasks, time_range, time_step_s, source, options):
     for run, a, b, parts in zip(runs, starts, stops, per_input):
         n_run = int((b - a) // step) + 1
         for piece in np.array_split(np.arange(n_run), min(parts, n_run)):
-            task_list.append({"task": len(task_list), "inputs": [str(files[i]) for i in run],
-                              "first": iso_time(a + int(piece[0]) * step), "last": iso_time(a + int(piece[-1]) * step),
-                              "select_by_time": parts > 1})
+            task_list.append(
+                {
+                    "task": len(task_list),
+                    "inputs": [str(files[i]) for i in run],
+                    "first": iso_time(a + int(piece[0]) * step),
+                    "last": iso_time(a + int(piece[-1]) * step),
+                    "select_by_time": parts > 1,
+                }
+            )
     return ref, start, end, step_s, task_list
 
 
@@ -102,16 +115,29 @@ def split_by_time(files, tasks, time_range, time_step_s, source, options):
     first, last = (parse_time(t, f"time_range[{k}]") for k, t in enumerate(time_range))
     dated = inputs_for_range(date_inputs(files), first, last)
     if not dated:
-        raise UserError(f"time_range=[{iso_time(first)}, {iso_time(last)}]: no input's name dates it within the range "
-                        f"({len(files)} input(s) matched); check inputs= and time_range=.")
+        raise UserError(
+            f"time_range=[{iso_time(first)}, {iso_time(last)}]: no input's name dates it within the range "
+            f"({len(files)} input(s) matched); check inputs= and time_range=."
+        )
     ref = first_frame([dated[0].path], source, options)  # grid, product and step of the store
     start, end, step_s = time_axis(ref, time_range, time_step_s, None)
     step = np.timedelta64(step_s, "s")
     if (ref.time - start) % step:
-        raise ConversionError(ref.source, f"time {iso_time(ref.time)} is not on the {step_s} s axis from {iso_time(start)}; "
-                              "fix time_range= / time_step_s=.")
+        raise ConversionError(
+            ref.source,
+            f"time {iso_time(ref.time)} is not on the {step_s} s axis from {iso_time(start)}; "
+            "fix time_range= / time_step_s=.",
+        )
     n_steps = int((end - start) // step) + 1
-    task_list = [{"task": k, "inputs": None, "find_inputs": True, "select_by_time": True,
-                  "first": iso_time(start + int(piece[0]) * step), "last": iso_time(start + int(piece[-1]) * step)}
-                 for k, piece in enumerate(np.array_split(np.arange(n_steps), min(max(1, tasks), n_steps)))]
+    task_list = [
+        {
+            "task": k,
+            "inputs": None,
+            "find_inputs": True,
+            "select_by_time": True,
+            "first": iso_time(start + int(piece[0]) * step),
+            "last": iso_time(start + int(piece[-1]) * step),
+        }
+        for k, piece in enumerate(np.array_split(np.arange(n_steps), min(max(1, tasks), n_steps)))
+    ]
     return ref, start, end, step_s, task_list

@@ -9,17 +9,25 @@ import multiprocessing as mp
 import os
 import time as _time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 from nowcast_infill.errors import MissingInputError
-from nowcast_infill.registry import get_method
 from nowcast_infill.io.bundles import MEMBER_SEPARATOR, WorkItem, is_bundle, work_items
 from nowcast_infill.io.files import file_sha256
 from nowcast_infill.io.importers import ConversionError, Frame, Importer
-from nowcast_infill.io.store import DEFAULT_MAX_GAP_S, DEFAULT_SHARDS, AppendResult, SourceRecord, StoreWriter, iso_time, precip_layout
+from nowcast_infill.io.store import (
+    DEFAULT_MAX_GAP_S,
+    DEFAULT_SHARDS,
+    AppendResult,
+    SourceRecord,
+    StoreWriter,
+    iso_time,
+    precip_layout,
+)
 from nowcast_infill.io.store_lock import DEFAULT_LOCK_TIMEOUT_S, StoreLock
+from nowcast_infill.registry import get_method
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +52,9 @@ def expand_inputs(inputs: str | Path | list) -> list[Path]:
         text = os.path.expanduser(str(pattern))
         hits = sorted(glob.glob(text)) if glob.has_magic(text) else ([text] if os.path.exists(text) else [])
         if not hits:
-            raise MissingInputError(f"{pattern}: no file matches this input; check the path or glob (relative to {os.getcwd()}).")
+            raise MissingInputError(
+                f"{pattern}: no file matches this input; check the path or glob (relative to {os.getcwd()})."
+            )
         found.extend(Path(h) for h in hits)
     # A file named twice (also through a symlink) is read once, under the first name given:
     # the name is kept as written, since times are read from it and messages must show it.
@@ -74,13 +84,21 @@ def read_item(source: str, options: dict, item: WorkItem) -> tuple[Path, list[Fr
             digest: str | None = file_sha256(path)
         else:
             if not hasattr(importer, "read_bytes"):
-                raise ConversionError(path, f"source={source} reads files only, not members of a tar bundle; "
-                                      "extract the bundle and pass its files as inputs=.")
+                raise ConversionError(
+                    path,
+                    f"source={source} reads files only, not members of a tar bundle; "
+                    "extract the bundle and pass its files as inputs=.",
+                )
             frames, digest = importer.read_bytes(path, item.content), item.provenance
     except ConversionError as err:
         return path, None, None, str(err)
     except Exception as err:  # an importer bug or odd file must still name the file
-        return path, None, None, f"{path}: unexpected {type(err).__name__}: {err}; check the file or pass skip_bad=true."
+        return (
+            path,
+            None,
+            None,
+            f"{path}: unexpected {type(err).__name__}: {err}; check the file or pass skip_bad=true.",
+        )
     return path, frames, digest, None
 
 
@@ -96,8 +114,9 @@ def iter_items(files: list[Path], skip_bad: bool, skipped: list[dict]) -> Iterat
             skipped.append({"name": source_name(err.path), "error": str(err)})
 
 
-def read_items(items: Iterator[WorkItem], source: str, options: dict, pool: ProcessPoolExecutor | None,
-               ahead: int) -> Iterator[tuple]:
+def read_items(
+    items: Iterator[WorkItem], source: str, options: dict, pool: ProcessPoolExecutor | None, ahead: int
+) -> Iterator[tuple]:
     """`read_item` of each item, in order; with a pool at most `ahead` items are read ahead (bounded memory)."""
     if pool is None:
         for item in items:
@@ -182,9 +201,17 @@ def convert(
             for path, got, digest, error in results:
                 bar.update(1)
                 if writer is None:
-                    writer = StoreWriter(output, source_name=source, chunks=chunks, shards=shards, compression=compression,
-                                         history=history, expected_frames=per_commit, lock_timeout=lock_timeout,
-                                         max_gap_s=max_gap_s)
+                    writer = StoreWriter(
+                        output,
+                        source_name=source,
+                        chunks=chunks,
+                        shards=shards,
+                        compression=compression,
+                        history=history,
+                        expected_frames=per_commit,
+                        lock_timeout=lock_timeout,
+                        max_gap_s=max_gap_s,
+                    )
                     n_in_commit = 0
                 if error is not None:
                     if not skip_bad:
@@ -215,8 +242,11 @@ def convert(
 
     seconds = _time.perf_counter() - started
     if not totals.written_times and not totals.already_present:
-        raise ConversionError(output, f"no frame could be converted from {len(files)} input file(s) "
-                              f"({len(skipped)} skipped as bad); nothing was written.")
+        raise ConversionError(
+            output,
+            f"no frame could be converted from {len(files)} input file(s) "
+            f"({len(skipped)} skipped as bad); nothing was written.",
+        )
     return {
         "output": str(output),
         "source": source,

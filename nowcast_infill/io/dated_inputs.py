@@ -75,15 +75,19 @@ def date_inputs(files: list[Path], option: str = "inputs") -> list[DatedInput]:
     for path in files:
         when = name_time(path)
         if when is None:
-            raise UserError(f"{path}: no date stamp in the name (split=time finds each task's inputs by the DWD time "
-                            f"or a YYYYMM[DD[HHMM]] stamp in their names); rename it, or split the {option}= list "
-                            "between tasks instead (split=inputs).")
+            raise UserError(
+                f"{path}: no date stamp in the name (split=time finds each task's inputs by the DWD time "
+                f"or a YYYYMM[DD[HHMM]] stamp in their names); rename it, or split the {option}= list "
+                "between tasks instead (split=inputs)."
+            )
         stamped.append((when, path))
     stamped.sort(key=lambda pair: pair[0])
     for (a, pa), (b, pb) in pairwise(stamped):
         if a == b:
-            raise UserError(f"{pa} and {pb}: the same date stamp in their names, so split=time cannot tell which holds "
-                            f"which times; keep one of them in {option}=, or use split=inputs.")
+            raise UserError(
+                f"{pa} and {pb}: the same date stamp in their names, so split=time cannot tell which holds "
+                f"which times; keep one of them in {option}=, or use split=inputs."
+            )
     ends = [b for b, _ in stamped[1:]] + [_NEVER]
     return [DatedInput(path, start, end) for (start, path), end in zip(stamped, ends)]
 
@@ -98,8 +102,11 @@ def outside_span_error(when: np.datetime64, owner: DatedInput) -> str | None:
     if owner.holds(when):
         return None
     span = f"{np.datetime_as_string(owner.start, 's')} to " + (
-        np.datetime_as_string(owner.end, "s") if not np.isnat(owner.end) else "the end")
+        np.datetime_as_string(owner.end, "s") if not np.isnat(owner.end) else "the end"
+    )
     kind = "bundle" if is_bundle(owner.path) else "file"
-    return (f"time {np.datetime_as_string(when, 's')} lies outside {span}, the span split=time gives the "
-            f"{kind} {owner.path} by the date stamps in the input names (each input up to the next one's stamp), so "
-            "another task may need it; plan again with split=inputs.")
+    return (
+        f"time {np.datetime_as_string(when, 's')} lies outside {span}, the span split=time gives the "
+        f"{kind} {owner.path} by the date stamps in the input names (each input up to the next one's stamp), so "
+        "another task may need it; plan again with split=inputs."
+    )

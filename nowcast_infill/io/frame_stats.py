@@ -77,8 +77,9 @@ class FrameStats:
         return self.wet_count / max(self.valid_count, 1)
 
 
-def frame_statistics(frame_mm_h: np.ndarray, *, max_mm_h: float = schema.MAX_RAIN_RATE_MM_H,
-                     thresholds=WET_THRESHOLDS_MM_H) -> FrameStats:
+def frame_statistics(
+    frame_mm_h: np.ndarray, *, max_mm_h: float = schema.MAX_RAIN_RATE_MM_H, thresholds=WET_THRESHOLDS_MM_H
+) -> FrameStats:
     """`FrameStats` of one `(H, W)` frame of rates in mm/h; implausible values count as no data.
 
     log1p moments: only the wet pixels' log1p is computed (log1p(0) = 0), which keeps this
@@ -100,8 +101,14 @@ def frame_statistics(frame_mm_h: np.ndarray, *, max_mm_h: float = schema.MAX_RAI
 
 def _empty_frame_stats(n_thresholds: int) -> dict:
     """Values of an all-NaN (missing) frame: done, nothing valid."""
-    return {VALID_COUNT: 0, WET_COUNT: np.zeros(n_thresholds, np.int64), LOG1P_MEAN: 0.0, LOG1P_M2: 0.0,
-            IMPLAUSIBLE_COUNT: 0, DONE: True}
+    return {
+        VALID_COUNT: 0,
+        WET_COUNT: np.zeros(n_thresholds, np.int64),
+        LOG1P_MEAN: 0.0,
+        LOG1P_M2: 0.0,
+        IMPLAUSIBLE_COUNT: 0,
+        DONE: True,
+    }
 
 
 # ---------------------------------------------------------------------------------- reading
@@ -136,8 +143,10 @@ class StoredFrameStats:
         """(T,) fraction of the valid pixels at or above `threshold_mm_h` (one of `thresholds`)."""
         hits = np.nonzero(np.isclose(self.thresholds, float(threshold_mm_h)))[0]
         if hits.size == 0:
-            raise ValueError(f"wet threshold {threshold_mm_h} mm/h is not stored; stored thresholds: "
-                             f"{[float(t) for t in self.thresholds]} mm/h.")
+            raise ValueError(
+                f"wet threshold {threshold_mm_h} mm/h is not stored; stored thresholds: "
+                f"{[float(t) for t in self.thresholds]} mm/h."
+            )
         return self.wet_count[:, hits[0]] / np.maximum(self.valid_count, 1)
 
     @property
@@ -194,7 +203,14 @@ def _create_arrays(group, n_time: int, shape: tuple[int, int], thresholds, max_m
         (VALID_COUNT, (n_time,), np.int32, 0, ("time",), "pixels with a plausible rate"),
         (WET_COUNT, (n_time, k), np.int32, 0, ("time", WET_THRESHOLD), "valid pixels with rate >= wet_threshold"),
         (LOG1P_MEAN, (n_time,), np.float64, np.nan, ("time",), "mean of log1p(rate / (mm/h)) over valid pixels"),
-        (LOG1P_M2, (n_time,), np.float64, np.nan, ("time",), "sum of squared deviations of log1p(rate) over valid pixels"),
+        (
+            LOG1P_M2,
+            (n_time,),
+            np.float64,
+            np.nan,
+            ("time",),
+            "sum of squared deviations of log1p(rate) over valid pixels",
+        ),
         (IMPLAUSIBLE_COUNT, (n_time,), np.int32, 0, ("time",), "pixels negative, infinite or above max_rain_rate_mm_h"),
         (DONE, (n_time,), bool, False, ("time",), "statistics of this frame computed"),
     )
@@ -203,15 +219,39 @@ def _create_arrays(group, n_time: int, shape: tuple[int, int], thresholds, max_m
         # Attributes as xarray writes them (a float's NaN `_FillValue`), so that xarray reads
         # the arrays back as stored and a round trip through xarray gives the same store.
         extra = {"_FillValue": schema.NAN_FILL_ATTR} if np.dtype(dtype).kind == "f" else {}
-        group.create_array(name, shape=shp, dtype=dtype, chunks=chunks, fill_value=fill, dimension_names=dims,
-                           attributes={"long_name": long_name, **common, **extra})
-    group.create_array(PIXEL_VALID_COUNT, shape=shape, dtype=np.int32, chunks=shape, fill_value=0,
-                       dimension_names=("y", "x"), attributes={
-                           "long_name": "frames with a plausible rate at this pixel (over frames with frame_stats_done)",
-                           **common, "coordinates": "lat lon"})
-    group.create_array(WET_THRESHOLD, data=np.asarray(thresholds, np.float32), dimension_names=(WET_THRESHOLD,),
-                       fill_value=np.nan, attributes={"units": schema.PRECIP_UNITS, "long_name": "wet-pixel thresholds",
-                                                      "_FillValue": schema.NAN_FILL_ATTR})
+        group.create_array(
+            name,
+            shape=shp,
+            dtype=dtype,
+            chunks=chunks,
+            fill_value=fill,
+            dimension_names=dims,
+            attributes={"long_name": long_name, **common, **extra},
+        )
+    group.create_array(
+        PIXEL_VALID_COUNT,
+        shape=shape,
+        dtype=np.int32,
+        chunks=shape,
+        fill_value=0,
+        dimension_names=("y", "x"),
+        attributes={
+            "long_name": "frames with a plausible rate at this pixel (over frames with frame_stats_done)",
+            **common,
+            "coordinates": "lat lon",
+        },
+    )
+    group.create_array(
+        WET_THRESHOLD,
+        data=np.asarray(thresholds, np.float32),
+        dimension_names=(WET_THRESHOLD,),
+        fill_value=np.nan,
+        attributes={
+            "units": schema.PRECIP_UNITS,
+            "long_name": "wet-pixel thresholds",
+            "_FillValue": schema.NAN_FILL_ATTR,
+        },
+    )
 
 
 def _consolidate(path: Path) -> None:
@@ -222,8 +262,15 @@ def _consolidate(path: Path) -> None:
         zarr.consolidate_metadata(str(path))
 
 
-def write_commit_stats(staging: Path, store: Path, n_old: int, n_new: int, new: dict[int, FrameStats],
-                       gap_indices, pixel_valid_add: np.ndarray | None) -> None:
+def write_commit_stats(
+    staging: Path,
+    store: Path,
+    n_old: int,
+    n_new: int,
+    new: dict[int, FrameStats],
+    gap_indices,
+    pixel_valid_add: np.ndarray | None,
+) -> None:
     """Write the statistics of one `StoreWriter` commit into `staging` (the store's next state).
 
     new: time index -> FrameStats of each written frame; gap_indices: inserted all-NaN
@@ -244,14 +291,26 @@ def write_commit_stats(staging: Path, store: Path, n_old: int, n_new: int, new: 
                 del staged[name]
         _create_arrays(staged, n_new, shape, thresholds, schema.MAX_RAIN_RATE_MM_H)
     values = {
-        VALID_COUNT: np.zeros(n_new, np.int32), WET_COUNT: np.zeros((n_new, len(thresholds)), np.int32),
-        LOG1P_MEAN: np.zeros(n_new), LOG1P_M2: np.zeros(n_new), IMPLAUSIBLE_COUNT: np.zeros(n_new, np.int32),
+        VALID_COUNT: np.zeros(n_new, np.int32),
+        WET_COUNT: np.zeros((n_new, len(thresholds)), np.int32),
+        LOG1P_MEAN: np.zeros(n_new),
+        LOG1P_M2: np.zeros(n_new),
+        IMPLAUSIBLE_COUNT: np.zeros(n_new, np.int32),
         DONE: np.zeros(n_new, bool),
     }
     pixels = np.zeros(shape, np.int64)
     if old_stats is not None:
-        for name, arr in zip(PER_FRAME, (old_stats.valid_count, old_stats.wet_count, old_stats.log1p_mean,
-                                         old_stats.log1p_m2, old_stats.implausible_count, old_stats.done)):
+        for name, arr in zip(
+            PER_FRAME,
+            (
+                old_stats.valid_count,
+                old_stats.wet_count,
+                old_stats.log1p_mean,
+                old_stats.log1p_m2,
+                old_stats.implausible_count,
+                old_stats.done,
+            ),
+        ):
             values[name][:n_old] = arr[:n_old]
         pixels += old_stats.pixel_valid_count
     for t in gap_indices:
@@ -277,12 +336,13 @@ def _frame_blocks(indices: np.ndarray, frames_per_block: int):
     breaks = np.nonzero(np.diff(indices) != 1)[0] + 1
     for run in np.split(indices, breaks):
         for i in range(0, run.size, frames_per_block):
-            part = run[i:i + frames_per_block]
+            part = run[i : i + frames_per_block]
             yield int(part[0]), int(part[-1]) + 1
 
 
-def compute_stats_arrays(precip, indices: np.ndarray, *, max_mm_h: float = schema.MAX_RAIN_RATE_MM_H,
-                         thresholds=WET_THRESHOLDS_MM_H) -> tuple[dict, np.ndarray]:
+def compute_stats_arrays(
+    precip, indices: np.ndarray, *, max_mm_h: float = schema.MAX_RAIN_RATE_MM_H, thresholds=WET_THRESHOLDS_MM_H
+) -> tuple[dict, np.ndarray]:
     """Statistics of frames `indices` (sorted) of the `(T, H, W)` array `precip`, read in bounded blocks.
 
     Returns ({array name: values for `indices`}, pixel valid count `(H, W)` over them).
@@ -291,9 +351,14 @@ def compute_stats_arrays(precip, indices: np.ndarray, *, max_mm_h: float = schem
     indices = np.asarray(indices, np.int64)
     h, w = precip.shape[1:]
     per_block = max(1, READ_BLOCK_BYTES // (4 * h * w))
-    out = {VALID_COUNT: np.zeros(indices.size, np.int64), WET_COUNT: np.zeros((indices.size, len(thresholds)), np.int64),
-           LOG1P_MEAN: np.zeros(indices.size), LOG1P_M2: np.zeros(indices.size),
-           IMPLAUSIBLE_COUNT: np.zeros(indices.size, np.int64), DONE: np.ones(indices.size, bool)}
+    out = {
+        VALID_COUNT: np.zeros(indices.size, np.int64),
+        WET_COUNT: np.zeros((indices.size, len(thresholds)), np.int64),
+        LOG1P_MEAN: np.zeros(indices.size),
+        LOG1P_M2: np.zeros(indices.size),
+        IMPLAUSIBLE_COUNT: np.zeros(indices.size, np.int64),
+        DONE: np.ones(indices.size, bool),
+    }
     pixels = np.zeros((h, w), np.int64)
     position = {int(t): i for i, t in enumerate(indices)}
     for start, stop in _frame_blocks(indices, per_block):
@@ -302,13 +367,18 @@ def compute_stats_arrays(precip, indices: np.ndarray, *, max_mm_h: float = schem
             s = frame_statistics(frame, max_mm_h=max_mm_h, thresholds=thresholds)
             i = position[start + k]
             out[VALID_COUNT][i], out[WET_COUNT][i] = s.valid_count, s.wet_count
-            out[LOG1P_MEAN][i], out[LOG1P_M2][i], out[IMPLAUSIBLE_COUNT][i] = s.log1p_mean, s.log1p_m2, s.implausible_count
+            out[LOG1P_MEAN][i], out[LOG1P_M2][i], out[IMPLAUSIBLE_COUNT][i] = (
+                s.log1p_mean,
+                s.log1p_m2,
+                s.implausible_count,
+            )
             pixels += s.valid
     return out, pixels
 
 
-def stats_in_memory(store_path: str | Path, *, max_mm_h: float = schema.MAX_RAIN_RATE_MM_H,
-                    frames: np.ndarray | None = None) -> StoredFrameStats:
+def stats_in_memory(
+    store_path: str | Path, *, max_mm_h: float = schema.MAX_RAIN_RATE_MM_H, frames: np.ndarray | None = None
+) -> StoredFrameStats:
     """Statistics of `frames` (default all) computed without writing the store; others are not done.
 
     For a store that cannot be written, or a `max_mm_h` other than the stored one.
@@ -321,13 +391,27 @@ def stats_in_memory(store_path: str | Path, *, max_mm_h: float = schema.MAX_RAIN
     frames = np.arange(n_time) if frames is None else np.asarray(frames, np.int64)
     values, pixels = compute_stats_arrays(precip, frames, max_mm_h=max_mm_h)
     k = len(WET_THRESHOLDS_MM_H)
-    full = {VALID_COUNT: np.zeros(n_time, np.int64), WET_COUNT: np.zeros((n_time, k), np.int64),
-            LOG1P_MEAN: np.zeros(n_time), LOG1P_M2: np.zeros(n_time), IMPLAUSIBLE_COUNT: np.zeros(n_time, np.int64),
-            DONE: np.zeros(n_time, bool)}
+    full = {
+        VALID_COUNT: np.zeros(n_time, np.int64),
+        WET_COUNT: np.zeros((n_time, k), np.int64),
+        LOG1P_MEAN: np.zeros(n_time),
+        LOG1P_M2: np.zeros(n_time),
+        IMPLAUSIBLE_COUNT: np.zeros(n_time, np.int64),
+        DONE: np.zeros(n_time, bool),
+    }
     for name in PER_FRAME:
         full[name][frames] = values[name]
-    return StoredFrameStats(full[VALID_COUNT], full[WET_COUNT], full[LOG1P_MEAN], full[LOG1P_M2],
-                            full[IMPLAUSIBLE_COUNT], full[DONE], pixels, np.asarray(WET_THRESHOLDS_MM_H), max_mm_h)
+    return StoredFrameStats(
+        full[VALID_COUNT],
+        full[WET_COUNT],
+        full[LOG1P_MEAN],
+        full[LOG1P_M2],
+        full[IMPLAUSIBLE_COUNT],
+        full[DONE],
+        pixels,
+        np.asarray(WET_THRESHOLDS_MM_H),
+        max_mm_h,
+    )
 
 
 def save_partial_stats(path: str | Path, indices: np.ndarray, values: dict, pixel_valid: np.ndarray) -> Path:
@@ -339,8 +423,12 @@ def save_partial_stats(path: str | Path, indices: np.ndarray, values: dict, pixe
     """
     path = Path(path)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}.npz")
-    np.savez(tmp, indices=np.asarray(indices, np.int64), pixel_valid=np.asarray(pixel_valid, np.int64),
-             **{name: np.asarray(values[name]) for name in PER_FRAME})
+    np.savez(
+        tmp,
+        indices=np.asarray(indices, np.int64),
+        pixel_valid=np.asarray(pixel_valid, np.int64),
+        **{name: np.asarray(values[name]) for name in PER_FRAME},
+    )
     os.replace(tmp, path)
     return path
 
@@ -374,12 +462,14 @@ class PartialStats:
         indices = np.array(sorted(self._by_index), np.int64)
         rows = [self._by_index[int(i)] for i in indices]
         k = len(WET_THRESHOLDS_MM_H)
-        values = {VALID_COUNT: np.array([s.valid_count for s in rows], np.int64),
-                  WET_COUNT: np.array([s.wet_count for s in rows], np.int64).reshape(len(rows), k),
-                  LOG1P_MEAN: np.array([s.log1p_mean for s in rows], np.float64),
-                  LOG1P_M2: np.array([s.log1p_m2 for s in rows], np.float64),
-                  IMPLAUSIBLE_COUNT: np.array([s.implausible_count for s in rows], np.int64),
-                  DONE: np.ones(len(rows), bool)}
+        values = {
+            VALID_COUNT: np.array([s.valid_count for s in rows], np.int64),
+            WET_COUNT: np.array([s.wet_count for s in rows], np.int64).reshape(len(rows), k),
+            LOG1P_MEAN: np.array([s.log1p_mean for s in rows], np.float64),
+            LOG1P_M2: np.array([s.log1p_m2 for s in rows], np.float64),
+            IMPLAUSIBLE_COUNT: np.array([s.implausible_count for s in rows], np.int64),
+            DONE: np.ones(len(rows), bool),
+        }
         return save_partial_stats(path, indices, values, self._pixel_valid)
 
 
@@ -388,8 +478,9 @@ def _load_partial(path: str | Path) -> tuple[np.ndarray, dict, np.ndarray]:
         return data["indices"], {name: data[name] for name in PER_FRAME}, data["pixel_valid"]
 
 
-def compute_frame_stats(store_path: str | Path, missing_only: bool = True, *, partials=(),
-                        lock_timeout: float = float("inf")) -> dict:
+def compute_frame_stats(
+    store_path: str | Path, missing_only: bool = True, *, partials=(), lock_timeout: float = float("inf")
+) -> dict:
     """Compute and store the per-frame statistics of the store at `store_path`; returns a summary.
 
     missing_only: only frames whose `frame_stats_done` is False (all frames of a store
@@ -423,9 +514,19 @@ def compute_frame_stats(store_path: str | Path, missing_only: bool = True, *, pa
                 group[name].resize((n_time,) + group[name].shape[1:])
             stats = _read_stats(group)
         todo = np.nonzero(~stats.done)[0] if missing_only else np.arange(n_time)
-        missing_frame = np.asarray(group[schema.MISSING_FRAME][:], bool) if schema.MISSING_FRAME in group else np.zeros(n_time, bool)
-        full = {VALID_COUNT: stats.valid_count, WET_COUNT: stats.wet_count, LOG1P_MEAN: stats.log1p_mean,
-                LOG1P_M2: stats.log1p_m2, IMPLAUSIBLE_COUNT: stats.implausible_count, DONE: stats.done.copy()}
+        missing_frame = (
+            np.asarray(group[schema.MISSING_FRAME][:], bool)
+            if schema.MISSING_FRAME in group
+            else np.zeros(n_time, bool)
+        )
+        full = {
+            VALID_COUNT: stats.valid_count,
+            WET_COUNT: stats.wet_count,
+            LOG1P_MEAN: stats.log1p_mean,
+            LOG1P_M2: stats.log1p_m2,
+            IMPLAUSIBLE_COUNT: stats.implausible_count,
+            DONE: stats.done.copy(),
+        }
         needed = np.zeros(n_time, bool)
         needed[todo] = True
         pixels_from_partials = np.zeros_like(stats.pixel_valid_count)
@@ -457,10 +558,20 @@ def compute_frame_stats(store_path: str | Path, missing_only: bool = True, *, pa
         group[DONE][...] = full[DONE]
         if created:
             _consolidate(path)
-    summary = {"store": str(store_path), "frames_read": int(read.size), "frames_from_partials": from_partials,
-               "missing_frames": int(gaps.size), "created_arrays": created}
-    log.info("frame statistics of %s: %d frame(s) read, %d from partial statistics, %d missing frame(s)", store_path,
-             read.size, from_partials, gaps.size)
+    summary = {
+        "store": str(store_path),
+        "frames_read": int(read.size),
+        "frames_from_partials": from_partials,
+        "missing_frames": int(gaps.size),
+        "created_arrays": created,
+    }
+    log.info(
+        "frame statistics of %s: %d frame(s) read, %d from partial statistics, %d missing frame(s)",
+        store_path,
+        read.size,
+        from_partials,
+        gaps.size,
+    )
     return summary
 
 

@@ -135,8 +135,9 @@ def value_range(bounds, option: str) -> tuple[float, float]:
     return low, high
 
 
-def check_physical_range(path: str | Path, values: np.ndarray, bounds: tuple[float, float], what: str,
-                         option: str) -> None:
+def check_physical_range(
+    path: str | Path, values: np.ndarray, bounds: tuple[float, float], what: str, option: str
+) -> None:
     """Raise ConversionError naming `path` when a value of `values` is infinite or outside `bounds`.
 
     NaN (no data) passes. `what` names the quantity and its unit for the message,
@@ -169,8 +170,9 @@ def accumulation_to_mm_h(depth_mm: np.ndarray, interval_s: int) -> np.ndarray:
     depth = np.asarray(depth_mm, dtype=np.float64)  # no copy when it is float64 already
     # Multiplied in float64 and cast on output: the same values as a float64 result cast
     # afterwards, without a frame-sized float64 temporary.
-    return np.multiply(depth, 3600.0 / interval_s, out=np.empty(depth.shape, dtype=np.float32),
-                       dtype=np.float64, casting="same_kind")
+    return np.multiply(
+        depth, 3600.0 / interval_s, out=np.empty(depth.shape, dtype=np.float32), dtype=np.float64, casting="same_kind"
+    )
 
 
 def describe_accumulation(interval_s: int) -> str:

@@ -42,8 +42,16 @@ _TIME_IN_NAME = re.compile(r"(?<!\d)(\d{8})[_T-]?(\d{4})(\d{2})?(?!\d)")
 _METADATA_TIME_KEYS = ("timestamp", "timestamps", "valid_time", "time")
 
 # strftime directives `fn_pattern` may use, as regular expressions.
-_DIRECTIVES = {"Y": r"\d{4}", "y": r"\d{2}", "m": r"\d{2}", "d": r"\d{2}", "j": r"\d{3}",
-               "H": r"\d{2}", "M": r"\d{2}", "S": r"\d{2}"}
+_DIRECTIVES = {
+    "Y": r"\d{4}",
+    "y": r"\d{2}",
+    "m": r"\d{2}",
+    "d": r"\d{2}",
+    "j": r"\d{3}",
+    "H": r"\d{2}",
+    "M": r"\d{2}",
+    "S": r"\d{2}",
+}
 
 # The transforms pySTEPS' `to_rainrate` undoes that are accepted here.
 TRANSFORMS = (None, "dB", "log", "BoxCox")
@@ -55,6 +63,7 @@ class PystepsOptionError(UserError, ValueError):
 
 
 # ---------------------------------------------------------------------------- time
+
 
 class FilenameTime:
     """Parses the time out of a file name laid out as pySTEPS' data source table does.
@@ -72,7 +81,7 @@ class FilenameTime:
         while i < len(text):
             char = text[i]
             if char == "%":
-                code = text[i + 1:i + 2]
+                code = text[i + 1 : i + 2]
                 if code == "%":
                     regex.append("%")
                 elif code in _DIRECTIVES:
@@ -81,7 +90,8 @@ class FilenameTime:
                 else:
                     raise PystepsOptionError(
                         f"importer.fn_pattern={self.fn_pattern!r}: directive %{code} is not supported; "
-                        f"use {', '.join('%' + c for c in _DIRECTIVES)} (as in pySTEPS' data source table).")
+                        f"use {', '.join('%' + c for c in _DIRECTIVES)} (as in pySTEPS' data source table)."
+                    )
                 i += 2
                 continue
             regex.append("." if char == "?" else ".*?" if char == "*" else re.escape(char))
@@ -89,7 +99,8 @@ class FilenameTime:
         if not ({"%Y", "%y"} & set(formats)) or "%H" not in formats:
             raise PystepsOptionError(
                 f"importer.fn_pattern={self.fn_pattern!r} holds no year (%Y or %y) or hour (%H); "
-                "give the pattern of the whole name, e.g. AQC%y%j%H%M?_00005.801 with fn_ext=gif.")
+                "give the pattern of the whole name, e.g. AQC%y%j%H%M?_00005.801 with fn_ext=gif."
+            )
         ext = r"(\..*)?" if fn_ext in (None, "") else r"\." + re.escape(str(fn_ext).lstrip("."))
         self._regex = re.compile("".join(regex) + ext)
         self._format = "".join(formats)
@@ -97,14 +108,18 @@ class FilenameTime:
     def __call__(self, path: Path) -> np.datetime64:
         match = self._regex.fullmatch(path.name)
         if match is None:
-            raise ConversionError(path, f"the file name does not match importer.fn_pattern={self.fn_pattern!r} "
-                                        f"fn_ext={self.fn_ext!r}; fix the pattern or rename the file.")
-        digits = "".join(g for g in match.groups()[:len(self._format) // 2])
+            raise ConversionError(
+                path,
+                f"the file name does not match importer.fn_pattern={self.fn_pattern!r} "
+                f"fn_ext={self.fn_ext!r}; fix the pattern or rename the file.",
+            )
+        digits = "".join(g for g in match.groups()[: len(self._format) // 2])
         try:
             return np.datetime64(datetime.strptime(digits, self._format), "ns")
         except ValueError as err:
-            raise ConversionError(path, f"time {digits!r} read with fn_pattern {self.fn_pattern!r} is not a valid date "
-                                        f"({err}).") from err
+            raise ConversionError(
+                path, f"time {digits!r} read with fn_pattern {self.fn_pattern!r} is not a valid date ({err})."
+            ) from err
 
 
 def time_from_filename(path: Path) -> np.datetime64:
@@ -132,7 +147,9 @@ def time_from_metadata(path: Path, meta: dict) -> np.datetime64 | None:
             continue
         values = np.ravel(np.asarray(value, dtype=object))
         if values.size != 1:
-            raise ConversionError(path, f"importer metadata {key!r} holds {values.size} times; one file must be one time.")
+            raise ConversionError(
+                path, f"importer metadata {key!r} holds {values.size} times; one file must be one time."
+            )
         value = values[0]
         try:
             if isinstance(value, datetime) and value.tzinfo is not None:
@@ -144,6 +161,7 @@ def time_from_metadata(path: Path, meta: dict) -> np.datetime64 | None:
 
 
 # ---------------------------------------------------------------------------- values
+
 
 def _inverse_transform(values: np.ndarray, transform, meta: dict) -> np.ndarray:
     """Linear values from `transform`-scaled ones; below the metadata threshold -> 0 (pySTEPS' rule)."""
@@ -172,18 +190,26 @@ def field_to_mm_h(path: Path, values: np.ndarray, meta: dict, zr: tuple[float | 
     transform = meta.get("transform")
     transform = None if transform in (None, "None", "none", "") else str(transform)
     if unit not in UNITS:
-        raise ConversionError(path, f"metadata unit {unit!r} is not one of {', '.join(UNITS)}; this field is not "
-                                    "precipitation (or pysteps_importer= reads another quantity).")
+        raise ConversionError(
+            path,
+            f"metadata unit {unit!r} is not one of {', '.join(UNITS)}; this field is not "
+            "precipitation (or pysteps_importer= reads another quantity).",
+        )
     if transform not in TRANSFORMS:
-        raise ConversionError(path, f"metadata transform {transform!r} cannot be undone; only "
-                                    f"{', '.join(map(str, TRANSFORMS))} are supported.")
+        raise ConversionError(
+            path,
+            f"metadata transform {transform!r} cannot be undone; only {', '.join(map(str, TRANSFORMS))} are supported.",
+        )
     scale = "" if transform is None else f"{transform}-transformed "
     zr_used, interval_s = None, 0
     if unit == "dBR":
         # The unit itself is the dB scale of a rain rate; a dB transform only restates it.
         if transform not in (None, "dB"):
-            raise ConversionError(path, f"metadata unit dBR with transform {transform!r} is contradictory "
-                                        "(dBR is already a dB scale); fix the importer's metadata.")
+            raise ConversionError(
+                path,
+                f"metadata unit dBR with transform {transform!r} is contradictory "
+                "(dBR is already a dB scale); fix the importer's metadata.",
+            )
         precip = _inverse_transform(values, "dB", meta)
         conversion = "mm/h from dBR"
     else:
@@ -194,8 +220,10 @@ def field_to_mm_h(path: Path, values: np.ndarray, meta: dict, zr: tuple[float | 
         elif unit == "mm":
             accutime_min = float(meta.get("accutime") or 0)
             if accutime_min <= 0:
-                raise ConversionError(path, "unit is mm but the metadata has no accutime; pass "
-                                            "++importer.importer_kwargs.accutime=MINUTES.")
+                raise ConversionError(
+                    path,
+                    "unit is mm but the metadata has no accutime; pass ++importer.importer_kwargs.accutime=MINUTES.",
+                )
             interval_s = int(round(accutime_min * 60))
             precip = accumulation_to_mm_h(linear, interval_s)
             conversion = describe_accumulation(interval_s) + (f" from {scale}mm" if scale else "")
@@ -221,6 +249,7 @@ def field_to_mm_h(path: Path, values: np.ndarray, meta: dict, zr: tuple[float | 
 
 
 # ---------------------------------------------------------------------------- importer
+
 
 class PystepsImporter:
     """Reads one file with `pysteps.io.get_method(pysteps_importer, "importer")`.
@@ -304,8 +333,11 @@ class PystepsImporter:
             match = _TIME_IN_NAME.search(path.name)
             from_name = time_from_filename(path) if match else None
         if from_meta is not None and from_name is not None and from_meta != from_name:
-            raise ConversionError(path, f"the importer's metadata says {from_meta} but the file name says {from_name}; "
-                                        "rename the file or fix importer.fn_pattern.")
+            raise ConversionError(
+                path,
+                f"the importer's metadata says {from_meta} but the file name says {from_name}; "
+                "rename the file or fix importer.fn_pattern.",
+            )
         found = from_meta if from_meta is not None else from_name
         assert found is not None  # no metadata time: from_name was read from the file name (or raised)
         return found
@@ -316,14 +348,21 @@ class PystepsImporter:
         example = _data_source_kwargs(self.pysteps_importer)
         keyword = _keyword_in_error(self._read, err, path, self.importer_kwargs, example)
         if keyword is None:
-            return (f"pysteps importer {self.pysteps_importer} cannot read it ({what}); check "
-                    "importer.pysteps_importer and importer.importer_kwargs, or pass skip_bad=true.")
+            return (
+                f"pysteps importer {self.pysteps_importer} cannot read it ({what}); check "
+                "importer.pysteps_importer and importer.importer_kwargs, or pass skip_bad=true."
+            )
         given = self.importer_kwargs.get(keyword, "<not given>")
         hint = f" (pySTEPS' data source table uses {example} for {self.pysteps_importer})" if example else ""
-        action = (f"remove importer.importer_kwargs.{keyword}" if "unexpected keyword" in str(err)
-                  else f"pass ++importer.importer_kwargs.{keyword}=VALUE")
-        return (f"pysteps importer {self.pysteps_importer} failed on keyword {keyword!r} (given: {given}; {what}); "
-                f"{action}{hint}.")
+        action = (
+            f"remove importer.importer_kwargs.{keyword}"
+            if "unexpected keyword" in str(err)
+            else f"pass ++importer.importer_kwargs.{keyword}=VALUE"
+        )
+        return (
+            f"pysteps importer {self.pysteps_importer} failed on keyword {keyword!r} (given: {given}; {what}); "
+            f"{action}{hint}."
+        )
 
 
 def _keyword_in_error(read, err: Exception, path: Path, given: dict, table: dict | None) -> str | None:
@@ -339,8 +378,11 @@ def _keyword_in_error(read, err: Exception, path: Path, given: dict, table: dict
         if named:
             return named.group(1) or named.group(2)
     try:
-        params = [p.name for p in inspect.signature(inspect.unwrap(read)).parameters.values()
-                  if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "filename"]
+        params = [
+            p.name
+            for p in inspect.signature(inspect.unwrap(read)).parameters.values()
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "filename"
+        ]
     except (TypeError, ValueError):
         params = []
     known = set(params) | set(given) | set(table or {})
@@ -370,6 +412,7 @@ def _data_source_kwargs(importer: str) -> dict | None:
 
 # ---------------------------------------------------------------------------- grid / product
 
+
 def _axis_centres(first: float, last: float, n: int, pixelsize) -> np.ndarray:
     """Pixel-centre coordinates from pySTEPS' x1/x2 (or y1/y2).
 
@@ -392,7 +435,9 @@ def _grid_from_metadata(path: Path, meta: dict, shape: tuple[int, int]):
         x1, x2, y1, y2 = (float(meta[k]) for k in ("x1", "x2", "y1", "y2"))
         projection = str(meta["projection"])
     except (KeyError, TypeError, ValueError) as err:
-        raise ConversionError(path, f"pysteps metadata lacks the grid ({err}); this importer cannot give coordinates.") from err
+        raise ConversionError(
+            path, f"pysteps metadata lacks the grid ({err}); this importer cannot give coordinates."
+        ) from err
     nrows, ncols = shape
     unit = meta.get("cartesian_unit", "m")
     to_km = 1.0 if unit == "km" else 1e-3
@@ -409,6 +454,7 @@ def _projection_in_km(projection: str) -> str:
     KNMI's metadata gives the ellipsoid in km (+a=6378.137) to make PROJ output km;
     current PROJ refuses such a "non-Earth" body, so the axes go back to metres.
     """
+
     def metres(match: re.Match) -> str:
         value = float(match.group(2))
         return f"+{match.group(1)}={value * 1000 if value < 1e5 else value:.6f}"
@@ -423,6 +469,6 @@ def _product_name(path: Path, meta: dict) -> str:
     stem = stem.rsplit(".", 1)[0] if "." in stem else stem
     match = _TIME_IN_NAME.search(stem)
     if match:
-        parts = (stem[:match.start()].rstrip("._-"), stem[match.end():].lstrip("._-"))
+        parts = (stem[: match.start()].rstrip("._-"), stem[match.end() :].lstrip("._-"))
         stem = "_".join(p for p in parts if p)
     return stem or str(meta.get("institution", "pysteps"))

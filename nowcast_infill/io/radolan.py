@@ -43,11 +43,26 @@ RADOLAN_PROJ4 = "+proj=stere +lat_0=90 +lat_ts=60 +lon_0=10 +x_0=0 +y_0=0 +a=637
 # Precipitation depths (mm over the interval): product -> nominal interval in seconds.
 # Used when the header carries no interval and to cross-check the header.
 ACCUMULATION_PRODUCTS: dict[str, int] = {
-    "RW": 3600, "RH": 3600, "RB": 3600, "RL": 3600, "RU": 3600,
-    "RY": 300, "RZ": 300, "YW": 300,
-    "SF": 86400, "SH": 43200, "SQ": 21600,
-    "W1": 7 * 86400, "W2": 14 * 86400, "W3": 21 * 86400, "W4": 30 * 86400,
-    "EB": 3600, "EH": 3600, "EW": 3600, "EY": 300, "EZ": 300,
+    "RW": 3600,
+    "RH": 3600,
+    "RB": 3600,
+    "RL": 3600,
+    "RU": 3600,
+    "RY": 300,
+    "RZ": 300,
+    "YW": 300,
+    "SF": 86400,
+    "SH": 43200,
+    "SQ": 21600,
+    "W1": 7 * 86400,
+    "W2": 14 * 86400,
+    "W3": 21 * 86400,
+    "W4": 30 * 86400,
+    "EB": 3600,
+    "EH": 3600,
+    "EW": 3600,
+    "EY": 300,
+    "EZ": 300,
 }
 # One byte per pixel in RVP6 units: dBZ = value / 2 - 32.5 (instantaneous).
 REFLECTIVITY_PRODUCTS = frozenset({"RX", "EX", "WX"})
@@ -72,7 +87,10 @@ _NATIONAL_GRIDS = frozenset({(900, 900), (1100, 900), (1200, 1100)})
 _EXTENDED_GRIDS = frozenset({(1100, 900), (1200, 1100)})
 _EUROPEAN_GRIDS = frozenset({(1500, 1400)})
 DOCUMENTED_GRIDS: dict[str, frozenset[tuple[int, int]]] = {
-    **{p: _NATIONAL_GRIDS for p in ("RW", "RH", "RB", "RL", "RU", "RY", "RZ", "RX", "SF", "SH", "SQ", "W1", "W2", "W3", "W4")},
+    **{
+        p: _NATIONAL_GRIDS
+        for p in ("RW", "RH", "RB", "RL", "RU", "RY", "RZ", "RX", "SF", "SH", "SQ", "W1", "W2", "W3", "W4")
+    },
     **{p: _EXTENDED_GRIDS for p in ("YW", "WX")},
     **{p: _EUROPEAN_GRIDS for p in ("EB", "EH", "EW", "EY", "EZ", "EX")},
 }
@@ -173,14 +191,18 @@ def check_radolan_header(path: Path, blob: bytes, allow_nonstandard_grid: bool =
     end = blob.find(b"\x03")
     if end < 0:
         raise ConversionError(
-            path, "not a readable RADOLAN binary composite: no end of header (byte 0x03) found; "
-            "check the file and source=, or pass skip_bad=true.")
+            path,
+            "not a readable RADOLAN binary composite: no end of header (byte 0x03) found; "
+            "check the file and source=, or pass skip_bad=true.",
+        )
     try:
         text = blob[:end].decode("ascii")
     except UnicodeDecodeError as err:
         raise ConversionError(
-            path, f"not a readable RADOLAN binary composite: the {end} bytes before the end of header "
-            f"(byte 0x03) are not ASCII text ({err}); check the file and source=, or pass skip_bad=true.") from err
+            path,
+            f"not a readable RADOLAN binary composite: the {end} bytes before the end of header "
+            f"(byte 0x03) are not ASCII text ({err}); check the file and source=, or pass skip_bad=true.",
+        ) from err
     product = text[:2]
     _refuse_product(path, product)  # first: a classification product is refused before anything else
 
@@ -189,11 +211,18 @@ def check_radolan_header(path: Path, blob: bytes, allow_nonstandard_grid: bool =
     try:
         attrs = parse_dwd_composite_header(text)
     except Exception as err:  # a damaged field: wradlib raises ValueError, IndexError, KeyError, ...
-        raise ConversionError(path, f"RADOLAN header {text[:40]!r}... is unreadable ({type(err).__name__}: {err}); {_FIX}.") from err
-    absent = [token for token, key in (("BY", "datasize"), ("PR", "precision"), ("INT", "intervalseconds"), ("GP", None))
-              if (key is None and token not in text) or (key is not None and key not in attrs)]
+        raise ConversionError(
+            path, f"RADOLAN header {text[:40]!r}... is unreadable ({type(err).__name__}: {err}); {_FIX}."
+        ) from err
+    absent = [
+        token
+        for token, key in (("BY", "datasize"), ("PR", "precision"), ("INT", "intervalseconds"), ("GP", None))
+        if (key is None and token not in text) or (key is not None and key not in attrs)
+    ]
     if absent:
-        raise ConversionError(path, f"RADOLAN header lacks the field(s) {', '.join(absent)}; the header is corrupt; {_FIX}.")
+        raise ConversionError(
+            path, f"RADOLAN header lacks the field(s) {', '.join(absent)}; the header is corrupt; {_FIX}."
+        )
 
     nrows, ncols = int(attrs["nrow"]), int(attrs["ncol"])
     bytes_per_pixel = 1 if product in REFLECTIVITY_PRODUCTS else 2
@@ -202,42 +231,62 @@ def check_radolan_header(path: Path, blob: bytes, allow_nonstandard_grid: bool =
     announced = int(attrs["datasize"])  # BY (the whole file) minus the header and its 0x03
     if nrows <= 0 or ncols <= 0 or announced != pixel_bytes:
         raise ConversionError(
-            path, f"header fields disagree: BY {announced + body_offset} leaves {announced} bytes of pixels after the "
+            path,
+            f"header fields disagree: BY {announced + body_offset} leaves {announced} bytes of pixels after the "
             f"{body_offset}-byte header, GP {nrows}x{ncols} at {bytes_per_pixel} byte(s) per pixel needs {pixel_bytes}; "
-            f"the header is corrupt; {_FIX}.")
+            f"the header is corrupt; {_FIX}.",
+        )
     held = len(blob) - body_offset
     if held < pixel_bytes:
         raise ConversionError(
-            path, f"file is truncated: the header announces {pixel_bytes} bytes of pixels (GP {nrows}x{ncols}), "
-            f"the file holds {held}; {_FIX}.")
+            path,
+            f"file is truncated: the header announces {pixel_bytes} bytes of pixels (GP {nrows}x{ncols}), "
+            f"the file holds {held}; {_FIX}.",
+        )
     if held > pixel_bytes and product not in _TRAILER_AFTER_BY:
         raise ConversionError(
-            path, f"{held - pixel_bytes} bytes follow the last pixel the header announces (GP {nrows}x{ncols}, "
-            f"BY {announced + body_offset}): the header's grid does not fit the file; {_FIX}.")
+            path,
+            f"{held - pixel_bytes} bytes follow the last pixel the header announces (GP {nrows}x{ncols}, "
+            f"BY {announced + body_offset}): the header's grid does not fit the file; {_FIX}.",
+        )
     if not allow_nonstandard_grid and (nrows, ncols) not in DOCUMENTED_GRIDS[product]:
         sizes = " or ".join(f"{r}x{c}" for r, c in sorted(DOCUMENTED_GRIDS[product]))
         raise ConversionError(
-            path, f"header grid GP {nrows}x{ncols} is not a size of product {product} ({sizes}); the header is "
-            f"corrupt ({_FIX}), or pass importer.allow_nonstandard_grid=true for a composite of another size.")
+            path,
+            f"header grid GP {nrows}x{ncols} is not a size of product {product} ({sizes}); the header is "
+            f"corrupt ({_FIX}), or pass importer.allow_nonstandard_grid=true for a composite of another size.",
+        )
 
     interval_s = int(attrs["intervalseconds"]) * (10 if product in _INT_FIELD_IN_10_MIN else 1)
     nominal_s = ACCUMULATION_PRODUCTS.get(product, REFLECTIVITY_INTERVAL_S)
     if interval_s != nominal_s:
         raise ConversionError(
-            path, f"header INT gives an interval of {interval_s} s, product {product} is defined over {nominal_s} s; "
-            f"the header is corrupt (the rates would be off by a factor {nominal_s / max(interval_s, 1):g}); {_FIX}.")
+            path,
+            f"header INT gives an interval of {interval_s} s, product {product} is defined over {nominal_s} s; "
+            f"the header is corrupt (the rates would be off by a factor {nominal_s / max(interval_s, 1):g}); {_FIX}.",
+        )
     precision = float(attrs["precision"])
     if not math.isclose(precision, DOCUMENTED_PRECISION[product], rel_tol=1e-9):
         raise ConversionError(
-            path, f"header PR gives a value unit of {precision:g}, product {product} uses "
-            f"{DOCUMENTED_PRECISION[product]:g}; the header is corrupt; {_FIX}.")
+            path,
+            f"header PR gives a value unit of {precision:g}, product {product} uses "
+            f"{DOCUMENTED_PRECISION[product]:g}; the header is corrupt; {_FIX}.",
+        )
     when = attrs.get("datetime")
     if not isinstance(when, datetime):
         raise ConversionError(path, f"header has no valid time stamp; the file is corrupt; {_FIX}.")
     when = when.replace(tzinfo=None)
     _check_dwd_name(path, product, when)
-    return RadolanHeader(product=product, time=when, nrows=nrows, ncols=ncols, bytes_per_pixel=bytes_per_pixel,
-                         interval_s=interval_s, body_offset=body_offset, attrs=attrs)
+    return RadolanHeader(
+        product=product,
+        time=when,
+        nrows=nrows,
+        ncols=ncols,
+        bytes_per_pixel=bytes_per_pixel,
+        interval_s=interval_s,
+        body_offset=body_offset,
+        attrs=attrs,
+    )
 
 
 def time_from_dwd_name(name: str) -> datetime | None:
@@ -259,18 +308,24 @@ def _check_dwd_name(path: Path, product: str, when: datetime) -> None:
     named_product = match["product"].upper()
     if named_product != product:
         raise ConversionError(
-            path, f"header product {product} differs from the file name's {named_product}; the file was relabelled "
-            f"or its header is corrupt; {_FIX}.")
+            path,
+            f"header product {product} differs from the file name's {named_product}; the file was relabelled "
+            f"or its header is corrupt; {_FIX}.",
+        )
     try:
         named = datetime.strptime(match["stamp"], "%y%m%d%H%M")
     except ValueError as err:
         raise ConversionError(
-            path, f"file name time stamp {match['stamp']} is not a valid YYMMDDHHMM ({err}); rename the file to "
-            "DWD's pattern or to a name without one.") from err
+            path,
+            f"file name time stamp {match['stamp']} is not a valid YYMMDDHHMM ({err}); rename the file to "
+            "DWD's pattern or to a name without one.",
+        ) from err
     if named != when:
         raise ConversionError(
-            path, f"header time {when:%Y-%m-%d %H:%M} UTC differs from the file name's {named:%Y-%m-%d %H:%M} UTC "
-            f"({match['stamp']}); the header or the name is wrong; {_FIX}.")
+            path,
+            f"header time {when:%Y-%m-%d %H:%M} UTC differs from the file name's {named:%Y-%m-%d %H:%M} UTC "
+            f"({match['stamp']}); the header or the name is wrong; {_FIX}.",
+        )
 
 
 class RadolanImporter:
@@ -334,8 +389,9 @@ class RadolanImporter:
             precip = accumulation_to_mm_h(values, interval_s)
             conversion = describe_accumulation(interval_s)
             zr = None
-        check_physical_range(path, precip, self.rate_range_mm_h, f"rain rate (mm/h; {conversion})",
-                             "importer.rate_range_mm_h")
+        check_physical_range(
+            path, precip, self.rate_range_mm_h, f"rain rate (mm/h; {conversion})", "importer.rate_range_mm_h"
+        )
         return [
             Frame(
                 time=np.datetime64(header.time, "ns"),
@@ -370,7 +426,9 @@ def _decode_pixels(path: Path, blob: bytes, header: RadolanHeader) -> np.ndarray
         raise ConversionError(path, _describe_read_error(err, "pixel data")) from err
     if values.shape != (header.nrows, header.ncols):
         raise ConversionError(
-            path, f"pixel array {values.shape} does not match header {header.nrows}x{header.ncols}; the file is corrupt; {_FIX}.")
+            path,
+            f"pixel array {values.shape} does not match header {header.nrows}x{header.ncols}; the file is corrupt; {_FIX}.",
+        )
     if clutter.size:
         # wradlib strips the clutter bit and keeps the value; a clutter echo is not rain.
         values.reshape(-1)[clutter] = np.nan
@@ -381,7 +439,9 @@ def _file_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as err:
-        raise ConversionError(path, f"cannot read the file ({type(err).__name__}: {err}); check the path and its permissions.") from err
+        raise ConversionError(
+            path, f"cannot read the file ({type(err).__name__}: {err}); check the path and its permissions."
+        ) from err
 
 
 def _decompressed_bytes(path: Path, blob: bytes) -> bytes:
@@ -399,8 +459,10 @@ def _decompressed_bytes(path: Path, blob: bytes) -> bytes:
             return bz2.decompress(blob)
     except Exception as err:  # zlib.error, EOFError, OSError (BadGzipFile), ValueError
         raise ConversionError(
-            path, f"not a readable RADOLAN binary composite: its {path.suffix} compression is damaged or cut short "
-            f"({type(err).__name__}: {err}); {_FIX}.") from err
+            path,
+            f"not a readable RADOLAN binary composite: its {path.suffix} compression is damaged or cut short "
+            f"({type(err).__name__}: {err}); {_FIX}.",
+        ) from err
     return blob
 
 
@@ -475,8 +537,9 @@ class RadolanAsciiImporter:
         interval_s = ACCUMULATION_PRODUCTS[product]
         precip = accumulation_to_mm_h(depth_mm, interval_s)
         conversion = describe_accumulation(interval_s) + f" (ASCII integers * {self.precision_mm:g} mm)"
-        check_physical_range(path, precip, self.rate_range_mm_h, f"rain rate (mm/h; {conversion})",
-                             "importer.rate_range_mm_h")
+        check_physical_range(
+            path, precip, self.rate_range_mm_h, f"rain rate (mm/h; {conversion})", "importer.rate_range_mm_h"
+        )
         x_km = (header["xllcorner"] + (np.arange(ncols) + 0.5) * cell_m) / 1000.0
         y_km = (header["yllcorner"] + (np.arange(nrows) + 0.5) * cell_m) / 1000.0
         return [

@@ -55,8 +55,18 @@ from nowcast_infill.io.dated_inputs import date_inputs, inputs_for_range, outsid
 from nowcast_infill.io.frame_stats import PartialStats, compute_frame_stats
 from nowcast_infill.io.importers import ConversionError, Frame
 from nowcast_infill.io.radolan import time_from_dwd_name
-from nowcast_infill.io.store import (DEFAULT_SHARDS, SourceRecord, check_consistent, create_skeleton, encode_times,
-                                     iso_time, new_store_attrs, precip_layout, read_state, whole_frame_chunk_writer)
+from nowcast_infill.io.store import (
+    DEFAULT_SHARDS,
+    SourceRecord,
+    check_consistent,
+    create_skeleton,
+    encode_times,
+    iso_time,
+    new_store_attrs,
+    precip_layout,
+    read_state,
+    whole_frame_chunk_writer,
+)
 from nowcast_infill.io.store_lock import DEFAULT_LOCK_TIMEOUT_S, StoreLock
 from nowcast_infill.registry import get_method
 
@@ -92,14 +102,28 @@ def load_plan(output: str | Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"{output}: no conversion plan ({path} is absent); run `ni-convert step=plan inputs=... "
-                        f"output={output} tasks=N` first (or the store was finalised already).") from None
+        raise UserError(
+            f"{output}: no conversion plan ({path} is absent); run `ni-convert step=plan inputs=... "
+            f"output={output} tasks=N` first (or the store was finalised already)."
+        ) from None
 
 
-def plan_store(inputs, output: str | Path, source: str, tasks: int = 1, time_range=None, time_step_s: int | None = None,
-               skip_bad: bool = False, chunks: dict | None = None, shards: dict | None = DEFAULT_SHARDS,
-               compression: dict | None = None, history: str | None = None,
-               lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S, split: str = "inputs", **importer_options) -> dict:
+def plan_store(
+    inputs,
+    output: str | Path,
+    source: str,
+    tasks: int = 1,
+    time_range=None,
+    time_step_s: int | None = None,
+    skip_bad: bool = False,
+    chunks: dict | None = None,
+    shards: dict | None = DEFAULT_SHARDS,
+    compression: dict | None = None,
+    history: str | None = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+    split: str = "inputs",
+    **importer_options,
+) -> dict:
     """Create the store `output` sized for its whole time range and split it into `tasks` (see the module doc).
 
     split="inputs": inputs (sorted by time, as DWD names sort) are cut into `tasks`
@@ -114,24 +138,41 @@ def plan_store(inputs, output: str | Path, source: str, tasks: int = 1, time_ran
     if split not in SPLITS:
         raise UserError(f"split={split!r}: must be one of {', '.join(SPLITS)}.")
     if split == "time" and not time_range:
-        raise UserError("split=time: needs time_range=[first, last] (the range the tasks share out); pass it, or "
-                        "split=inputs to split the input list.")
+        raise UserError(
+            "split=time: needs time_range=[first, last] (the range the tasks share out); pass it, or "
+            "split=inputs to split the input list."
+        )
     get_method("source", source, **importer_options)
     files = expand_inputs(inputs)
     output = Path(output)
-    history = history or f"nowcast_infill.io.region_writer.plan_store(source={source!r}, inputs={inputs!r}, output={str(output)!r})"
+    history = (
+        history
+        or f"nowcast_infill.io.region_writer.plan_store(source={source!r}, inputs={inputs!r}, output={str(output)!r})"
+    )
     with StoreLock(output, timeout=lock_timeout, command=history):
         if output.exists():
-            raise UserError(f"{output}: exists already; step=plan creates a new store: choose another output= or delete it "
-                            f"(to finish a planned store run step=write for its tasks, then step=finalise).")
+            raise UserError(
+                f"{output}: exists already; step=plan creates a new store: choose another output= or delete it "
+                f"(to finish a planned store run step=write for its tasks, then step=finalise)."
+            )
         split_tasks = split_by_time if split == "time" else split_by_inputs
-        ref, start, end, step_s, task_list = split_tasks(files, int(tasks), time_range, time_step_s, source, importer_options)
+        ref, start, end, step_s, task_list = split_tasks(
+            files, int(tasks), time_range, time_step_s, source, importer_options
+        )
         n_steps = int((end - start) // np.timedelta64(step_s, "s")) + 1
         _create_planned_store(output, ref, n_steps, start, step_s, source, chunks, shards, compression, history)
         plan = {
-            "store": str(output), "source": source, "importer_options": importer_options, "skip_bad": bool(skip_bad),
-            "time_step_s": step_s, "start": iso_time(start), "end": iso_time(end), "n_time": n_steps, "history": history,
-            "split": split, "inputs": [str(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)],
+            "store": str(output),
+            "source": source,
+            "importer_options": importer_options,
+            "skip_bad": bool(skip_bad),
+            "time_step_s": step_s,
+            "start": iso_time(start),
+            "end": iso_time(end),
+            "n_time": n_steps,
+            "history": history,
+            "split": split,
+            "inputs": [str(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)],
             "tasks": task_list,
         }
         conv = conversion_dir(output)
@@ -142,17 +183,29 @@ def plan_store(inputs, output: str | Path, source: str, tasks: int = 1, time_ran
     return plan
 
 
-def _create_planned_store(output: Path, ref: Frame, n_steps: int, start: np.datetime64, step_s: int, source: str,
-                          chunks, shards, compression, history: str) -> None:
+def _create_planned_store(
+    output: Path,
+    ref: Frame,
+    n_steps: int,
+    start: np.datetime64,
+    step_s: int,
+    source: str,
+    chunks,
+    shards,
+    compression,
+    history: str,
+) -> None:
     import zarr
 
     building = output.with_name(output.name + ".planning")
     shutil.rmtree(building, ignore_errors=True)
     precip_chunks, precip_shards = precip_layout(ref.grid.shape, chunks, shards)
     if (precip_shards or precip_chunks)[0] != 1:
-        raise UserError(f"chunks.time={precip_chunks[0]} / shards.time: a store written by many writers holds one time "
-                        "step per stored file (so writers never share a file); use chunks.time=1 and shards=null "
-                        "(or shards.time=1), or convert in one process.")
+        raise UserError(
+            f"chunks.time={precip_chunks[0]} / shards.time: a store written by many writers holds one time "
+            "step per stored file (so writers never share a file); use chunks.time=1 and shards=null "
+            "(or shards.time=1), or convert in one process."
+        )
     create_skeleton(building, ref, chunks, compression, shards)
     group = zarr.open_group(building, mode="r+")
     group[schema.PRECIP].resize((n_steps, *ref.grid.shape))
@@ -163,8 +216,13 @@ def _create_planned_store(output: Path, ref: Frame, n_steps: int, start: np.date
     group[schema.MISSING_FRAME].resize((n_steps,))
     group[schema.MISSING_FRAME][:] = True  # nothing is there until finalise says so
     attrs = new_store_attrs({}, [ref], [], {ref.source: SourceRecord("", "", "")}, source, [], history, step_s)
-    attrs.update(source_files=[], **{INCOMPLETE_ATTR: "planned for many writers and not finalised: every frame reads as "
-                                     "missing until `ni-convert step=finalise` succeeds"})
+    attrs.update(
+        source_files=[],
+        **{
+            INCOMPLETE_ATTR: "planned for many writers and not finalised: every frame reads as "
+            "missing until `ni-convert step=finalise` succeeds"
+        },
+    )
     group.attrs.put(attrs)
     _consolidate(building)
 
@@ -178,7 +236,9 @@ def _consolidate(path: Path) -> None:
         zarr.consolidate_metadata(path)
 
 
-def write_region(output: str | Path, task: int, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S, progress: bool = False) -> dict:
+def write_region(
+    output: str | Path, task: int, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S, progress: bool = False
+) -> dict:
     """Read task `task`'s inputs and write their frames into the planned store `output`; returns its record.
 
     Raises ConversionError naming the file (or `bundle!member`) for an unreadable input
@@ -191,7 +251,9 @@ def write_region(output: str | Path, task: int, lock_timeout: float = DEFAULT_LO
     output = Path(output)
     plan = load_plan(output)
     if not 0 <= int(task) < len(plan["tasks"]):
-        raise UserError(f"task_id={task}: the plan of {output} has tasks 0 to {len(plan['tasks']) - 1}; fix task_id= (or --array).")
+        raise UserError(
+            f"task_id={task}: the plan of {output} has tasks 0 to {len(plan['tasks']) - 1}; fix task_id= (or --array)."
+        )
     entry = plan["tasks"][int(task)]
     conv = conversion_dir(output)
     record_path = conv / f"task-{task}.json"
@@ -232,29 +294,49 @@ def write_region(output: str | Path, task: int, lock_timeout: float = DEFAULT_LO
                     continue
                 check_consistent([f], state, output)
                 if not first <= f.time <= last or (f.time - store_start) % step:
-                    raise ConversionError(path, f"time {iso_time(f.time)} is not a step of task {task}'s range {entry['first']} "
-                                          f"to {entry['last']} ({plan['time_step_s']} s); sort inputs= by time or widen "
-                                          "time_range=, and plan again.")
+                    raise ConversionError(
+                        path,
+                        f"time {iso_time(f.time)} is not a step of task {task}'s range {entry['first']} "
+                        f"to {entry['last']} ({plan['time_step_s']} s); sort inputs= by time or widen "
+                        "time_range=, and plan again.",
+                    )
                 index = int((f.time - store_start) // step)
                 if index in written:
-                    raise ConversionError(path, f"duplicate time {iso_time(f.time)}: {written[index]['name']} has the same time; "
-                                          "drop one of them.")
+                    raise ConversionError(
+                        path,
+                        f"duplicate time {iso_time(f.time)}: {written[index]['name']} has the same time; "
+                        "drop one of them.",
+                    )
                 if write_chunk is not None:
                     write_chunk(index, f.precip)
                 else:
                     precip[index] = f.precip
                 stats.add(index, f.precip)
-                written[index] = {"index": index, "time": iso_time(f.time), "name": source_name(path), "sha256": digest,
-                                  "product": f.product, "accumulation_interval_s": int(f.accumulation_interval_s),
-                                  "conversion": f.conversion, "zr": list(f.zr) if f.zr else None,
-                                  "radar_sites": list(f.radar_sites)}
+                written[index] = {
+                    "index": index,
+                    "time": iso_time(f.time),
+                    "name": source_name(path),
+                    "sha256": digest,
+                    "product": f.product,
+                    "accumulation_interval_s": int(f.accumulation_interval_s),
+                    "conversion": f.conversion,
+                    "zr": list(f.zr) if f.zr else None,
+                    "radar_sites": list(f.radar_sites),
+                }
         if len(stats):
             stats.save(stats_path)  # before the record: a task with a record has its statistics beside it
-        record = {"task": int(task), "first": entry["first"], "last": entry["last"], "inputs": [str(p) for p in inputs],
-                  "frames": [written[i] for i in sorted(written)], "skipped_files": skipped,
-                  "frame_stats": stats_path.name if len(stats) else None,
-                  "seconds": round(_time.perf_counter() - started, 3),
-                  "cpu_seconds": round(_time.process_time() - cpu_started, 3), "host": os.uname().nodename}
+        record = {
+            "task": int(task),
+            "first": entry["first"],
+            "last": entry["last"],
+            "inputs": [str(p) for p in inputs],
+            "frames": [written[i] for i in sorted(written)],
+            "skipped_files": skipped,
+            "frame_stats": stats_path.name if len(stats) else None,
+            "seconds": round(_time.perf_counter() - started, 3),
+            "cpu_seconds": round(_time.process_time() - cpu_started, 3),
+            "host": os.uname().nodename,
+        }
         _write_json_atomic(record_path, record)
     return record
 
@@ -308,7 +390,11 @@ def finalise_store(output: str | Path, history: str = "", lock_timeout: float = 
             if path.exists():
                 records.append(json.loads(path.read_text()))
             else:
-                state = "still running" if _task_running(output, entry["task"]) else "not finished (killed, failed or never run)"
+                state = (
+                    "still running"
+                    if _task_running(output, entry["task"])
+                    else "not finished (killed, failed or never run)"
+                )
                 incomplete.append((entry["task"], entry["first"], entry["last"], state))
         if incomplete:
             ranges = "; ".join(f"task {k}: {a} to {b} {s}" for k, a, b, s in incomplete)
@@ -316,7 +402,9 @@ def finalise_store(output: str | Path, history: str = "", lock_timeout: float = 
             raise IncompleteConversionError(
                 f"{output}: incomplete, {len(incomplete)} of {len(plan['tasks'])} task(s) have no record: {ranges}; rerun "
                 f"them (`ni-convert step=write output={output} task_id=K`, or sbatch --array={tasks} "
-                f"slurm/convert_array.sbatch {output}), then step=finalise again.", incomplete)
+                f"slurm/convert_array.sbatch {output}), then step=finalise again.",
+                incomplete,
+            )
         frames = sorted((f for r in records for f in r["frames"]), key=lambda f: f["index"])
         n_time = int(plan["n_time"])
         missing = np.ones(n_time, dtype=bool)
@@ -328,18 +416,35 @@ def finalise_store(output: str | Path, history: str = "", lock_timeout: float = 
         group = zarr.open_group(output, mode="r+")
         group[schema.MISSING_FRAME][:] = missing
         times = np.datetime64(plan["start"], "ns") + np.arange(n_time) * np.timedelta64(int(plan["time_step_s"]), "s")
-        shown = [SimpleNamespace(source=f["name"], product=f["product"], accumulation_interval_s=f["accumulation_interval_s"],
-                                 conversion=f["conversion"], zr=tuple(f["zr"]) if f["zr"] else None,
-                                 radar_sites=f["radar_sites"]) for f in frames]
+        shown = [
+            SimpleNamespace(
+                source=f["name"],
+                product=f["product"],
+                accumulation_interval_s=f["accumulation_interval_s"],
+                conversion=f["conversion"],
+                zr=tuple(f["zr"]) if f["zr"] else None,
+                radar_sites=f["radar_sites"],
+            )
+            for f in frames
+        ]
         sources = {f["name"]: SourceRecord(name=f["name"], sha256=f["sha256"], time=f["time"]) for f in frames}
         skipped = [s for r in records for s in r["skipped_files"]]
         old = {"history": group.attrs.get("history", "")}
         attrs = dict(group.attrs)
         attrs.pop(INCOMPLETE_ATTR, None)
         if shown:
-            attrs.update(new_store_attrs(old, shown, times[missing], sources, plan["source"], skipped,
-                                    history or f"nowcast_infill.io.region_writer.finalise_store({str(output)!r})",
-                                    int(plan["time_step_s"])))
+            attrs.update(
+                new_store_attrs(
+                    old,
+                    shown,
+                    times[missing],
+                    sources,
+                    plan["source"],
+                    skipped,
+                    history or f"nowcast_infill.io.region_writer.finalise_store({str(output)!r})",
+                    int(plan["time_step_s"]),
+                )
+            )
             # A pre-sized store materialises every step of its range: one segment, every gap
             # an explicit missing frame, as an append with max_gap_s=null makes it.
             attrs["max_gap_s"] = None
@@ -347,9 +452,17 @@ def finalise_store(output: str | Path, history: str = "", lock_timeout: float = 
         stats = _merge_frame_stats(output, records)
         _consolidate(output)
         shutil.rmtree(conv)
-    return {"output": str(output), "n_time_total": n_time, "n_frames_written": len(frames),
-            "missing_times": [iso_time(t) for t in times[missing]], "skipped_files": skipped, "frame_stats": stats,
-            "task_seconds": [r["seconds"] for r in records], "task_cpu_seconds": [r.get("cpu_seconds") for r in records], "seconds": round(_time.perf_counter() - started, 3)}
+    return {
+        "output": str(output),
+        "n_time_total": n_time,
+        "n_frames_written": len(frames),
+        "missing_times": [iso_time(t) for t in times[missing]],
+        "skipped_files": skipped,
+        "frame_stats": stats,
+        "task_seconds": [r["seconds"] for r in records],
+        "task_cpu_seconds": [r.get("cpu_seconds") for r in records],
+        "seconds": round(_time.perf_counter() - started, 3),
+    }
 
 
 def _merge_frame_stats(output: Path, records: list[dict]) -> dict:
@@ -366,10 +479,17 @@ def _merge_frame_stats(output: Path, records: list[dict]) -> dict:
             lacking.append(r["task"])
     summary = compute_frame_stats(output, partials=partials)
     if summary["frames_read"]:
-        log.warning("%s: %d frame(s) had no task statistics (task(s) %s); read them from precip to compute them",
-                    output, summary["frames_read"], ",".join(map(str, lacking)) or "-")
-    return {"frames_from_tasks": summary["frames_from_partials"], "frames_read": summary["frames_read"],
-            "tasks_without_statistics": lacking}
+        log.warning(
+            "%s: %d frame(s) had no task statistics (task(s) %s); read them from precip to compute them",
+            output,
+            summary["frames_read"],
+            ",".join(map(str, lacking)) or "-",
+        )
+    return {
+        "frames_from_tasks": summary["frames_from_partials"],
+        "frames_read": summary["frames_read"],
+        "tasks_without_statistics": lacking,
+    }
 
 
 def _run_task(output: str, task: int) -> None:
@@ -391,8 +511,10 @@ def convert_parallel(inputs, output: str | Path, source: str, processes: int = 2
     # Spawned, not forked: a forked child of a process whose zarr event-loop thread runs
     # (any that has read or written a store) waits forever on that thread's lock.
     ctx = mp.get_context("spawn")
-    workers = [ctx.Process(target=_run_task, args=(str(output), k), name=f"ni-convert-task-{k}")
-               for k in range(len(plan["tasks"]))]
+    workers = [
+        ctx.Process(target=_run_task, args=(str(output), k), name=f"ni-convert-task-{k}")
+        for k in range(len(plan["tasks"]))
+    ]
     for w in workers:
         w.start()
     for w in workers:

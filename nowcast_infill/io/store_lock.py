@@ -75,8 +75,10 @@ def check_lock_timeout(timeout) -> float:
     except (TypeError, ValueError):
         seconds = float("nan")
     if isinstance(timeout, bool) or math.isnan(seconds) or seconds < 0:
-        raise StoreLockError(f"lock_timeout={timeout!r}: must be seconds >= 0 (0 = fail at once when another writer "
-                             "holds the store, inf = wait for it as long as it takes).")
+        raise StoreLockError(
+            f"lock_timeout={timeout!r}: must be seconds >= 0 (0 = fail at once when another writer "
+            "holds the store, inf = wait for it as long as it takes)."
+        )
     return seconds
 
 
@@ -84,7 +86,9 @@ def _describe(holder: dict) -> str:
     if not holder:
         return "a writer that has not yet recorded itself"
     command = f": {holder['command']}" if holder.get("command") else ""
-    return f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, since {holder.get('started', '?')}{command}"
+    return (
+        f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, since {holder.get('started', '?')}{command}"
+    )
 
 
 # Locks this process holds: realpath of the lock file -> [fd, depth]. POSIX locks belong to
@@ -108,13 +112,13 @@ class StoreLock:
         self.path = lock_file_of(store)
         self._key: str | None = None
 
-    def __enter__(self) -> "StoreLock":
+    def __enter__(self) -> StoreLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
 
-    def acquire(self) -> "StoreLock":
+    def acquire(self) -> StoreLock:
         if self._key is not None:
             return self
         key = os.path.realpath(self.path)
@@ -133,9 +137,12 @@ class StoreLock:
                     # Its holder finished and removed it while we waited: lock the current file instead.
                     os.close(fd)
                     continue
-                holder = {"pid": os.getpid(), "host": socket.gethostname(),
-                          "started": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                          "command": self.command[:300]}
+                holder = {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "started": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "command": self.command[:300],
+                }
                 os.ftruncate(fd, 0)  # a killed holder's line, if any
                 os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
             except BaseException:
@@ -171,8 +178,10 @@ class StoreLock:
         try:
             return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError as err:
-            raise StoreLockError(f"{self.store}: cannot create its lock file {self.path} ({err.strerror}); "
-                                 "the folder of the store must be writable: choose another output.") from None
+            raise StoreLockError(
+                f"{self.store}: cannot create its lock file {self.path} ({err.strerror}); "
+                "the folder of the store must be writable: choose another output."
+            ) from None
 
     def _try_lock(self, fd: int) -> bool:
         try:
@@ -209,8 +218,13 @@ class StoreLock:
             return waiting_logged
         holder = self._holder(fd)
         if self.timeout > 0 and not waiting_logged:
-            log.warning("%s: waiting up to %g s for the store lock %s held by %s", self.store, self.timeout, self.path,
-                        _describe(holder))
+            log.warning(
+                "%s: waiting up to %g s for the store lock %s held by %s",
+                self.store,
+                self.timeout,
+                self.path,
+                _describe(holder),
+            )
             waiting_logged = True
         while time.monotonic() < deadline:
             time.sleep(min(_POLL_S, max(0.0, deadline - time.monotonic())))

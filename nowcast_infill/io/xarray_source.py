@@ -22,8 +22,17 @@ from nowcast_infill.io.importers import (
     make_grid,
 )
 
-_RATE_UNITS = {"mm h-1": 1.0, "mm/h": 1.0, "mm hr-1": 1.0, "mm h**-1": 1.0, "mm/hr": 1.0,
-               "kg m-2 s-1": 3600.0, "mm s-1": 3600.0, "mm/s": 3600.0, "m s-1": 3.6e6}
+_RATE_UNITS = {
+    "mm h-1": 1.0,
+    "mm/h": 1.0,
+    "mm hr-1": 1.0,
+    "mm h**-1": 1.0,
+    "mm/hr": 1.0,
+    "kg m-2 s-1": 3600.0,
+    "mm s-1": 3600.0,
+    "mm/s": 3600.0,
+    "m s-1": 3.6e6,
+}
 _DEPTH_UNITS = {"mm": 1.0, "kg m-2": 1.0, "m": 1000.0}
 _LENGTH_TO_KM = {"km": 1.0, "m": 1e-3, "metre": 1e-3, "meter": 1e-3, "metres": 1e-3, "meters": 1e-3}
 
@@ -83,13 +92,16 @@ class XarrayImporter:
         t_name, y_name, x_name = self.dims
         if set(var.dims) != {t_name, y_name, x_name}:
             raise ConversionError(
-                path, f"variable {self.variable!r} has dims {var.dims}; expected ({t_name}, {y_name}, {x_name}) "
-                "(set time=, y=, x= to the names used in the file)."
+                path,
+                f"variable {self.variable!r} has dims {var.dims}; expected ({t_name}, {y_name}, {x_name}) "
+                "(set time=, y=, x= to the names used in the file).",
             )
         var = var.transpose(t_name, y_name, x_name)
         units = self.units or var.attrs.get("units")
         if not units:
-            raise ConversionError(path, f"variable {self.variable!r} has no units attribute; pass units= (e.g. units='mm h-1').")
+            raise ConversionError(
+                path, f"variable {self.variable!r} has no units attribute; pass units= (e.g. units='mm h-1')."
+            )
         x_km = self._coord_km(path, ds, x_name)
         y_km = self._coord_km(path, ds, y_name)
         grid = make_grid(x_km, y_km, self._projection(path, ds, var))
@@ -99,9 +111,17 @@ class XarrayImporter:
         for i, when in enumerate(times):
             precip, interval_s, conversion, zr = self._to_mm_h(path, np.asarray(var[i].values, dtype=np.float64), units)
             frames.append(
-                Frame(time=when, precip=precip, grid=grid, product=product, accumulation_interval_s=interval_s,
-                      conversion=conversion, source=path, zr=zr,
-                      radar_sites=[str(s) for s in np.atleast_1d(ds.attrs.get("radar_sites", []))])
+                Frame(
+                    time=when,
+                    precip=precip,
+                    grid=grid,
+                    product=product,
+                    accumulation_interval_s=interval_s,
+                    conversion=conversion,
+                    source=path,
+                    zr=zr,
+                    radar_sites=[str(s) for s in np.atleast_1d(ds.attrs.get("radar_sites", []))],
+                )
             )
         return frames
 
@@ -112,14 +132,22 @@ class XarrayImporter:
             return (values * factor).astype(np.float32), int(self.interval_s or 0), f"{key} * {factor:g}", None
         if key in _DEPTH_UNITS:
             if not self.interval_s:
-                raise ConversionError(path, f"units {key!r} is a depth; pass accumulation_interval_s=<seconds> to make it a rate.")
+                raise ConversionError(
+                    path, f"units {key!r} is a depth; pass accumulation_interval_s=<seconds> to make it a rate."
+                )
             depth_mm = values * _DEPTH_UNITS[key]
-            return accumulation_to_mm_h(depth_mm, int(self.interval_s)), int(self.interval_s), describe_accumulation(int(self.interval_s)), None
+            return (
+                accumulation_to_mm_h(depth_mm, int(self.interval_s)),
+                int(self.interval_s),
+                describe_accumulation(int(self.interval_s)),
+                None,
+            )
         if key.lower() == "dbz":
             return dbz_to_mm_h(values, *self.zr), 0, f"Z={self.zr[0]:g}*R^{self.zr[1]:g} from dBZ", self.zr
         raise ConversionError(
-            path, f"units {key!r} cannot be converted to mm/h; known: {sorted(_RATE_UNITS) + sorted(_DEPTH_UNITS) + ['dBZ']}. "
-            "Pass units= if the attribute is wrong."
+            path,
+            f"units {key!r} cannot be converted to mm/h; known: {sorted(_RATE_UNITS) + sorted(_DEPTH_UNITS) + ['dBZ']}. "
+            "Pass units= if the attribute is wrong.",
         )
 
     @staticmethod

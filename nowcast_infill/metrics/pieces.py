@@ -20,7 +20,13 @@ from typing import ClassVar
 import torch
 
 from nowcast_infill.metrics.scores import MIN_PATTERN_STD_MM_H, format_threshold
-from nowcast_infill.metrics.window_sums import box_sums_of_padded, ratio_or_nan, row_dots, weighted_row_sums, window_sum_dtype
+from nowcast_infill.metrics.window_sums import (
+    box_sums_of_padded,
+    ratio_or_nan,
+    row_dots,
+    weighted_row_sums,
+    window_sum_dtype,
+)
 
 F64 = torch.float64
 # Integer-valued float32 arithmetic is exact while every value stays below 2**24.
@@ -49,8 +55,14 @@ class ScoredFrames:
     Raises ValueError for NaN/inf at scored pixels before any sum is kept.
     """
 
-    def __init__(self, pred: torch.Tensor, target: torch.Tensor, scored: torch.Tensor, thresholds: torch.Tensor,
-                 fss_scales: Sequence[int]) -> None:
+    def __init__(
+        self,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        scored: torch.Tensor,
+        thresholds: torch.Tensor,
+        fss_scales: Sequence[int],
+    ) -> None:
         n, h, w = pred.shape
         k = thresholds.numel()
         self.pred, self.target, self.scored, self.thresholds = pred, target, scored, thresholds
@@ -62,9 +74,13 @@ class ScoredFrames:
         # NaN/inf anywhere makes the frame sum non-finite, so a finite sum clears the frame
         # without a full isfinite pass; only a non-finite sum (or an overflow) is looked at closely.
         if not bool(torch.isfinite(self.sum_t).all()) and not bool(torch.isfinite(self.t).all()):
-            raise ValueError("RadarMetrics.update: target_mm_h is NaN/inf at scored pixels; no-data pixels must be 0 in mask.")
+            raise ValueError(
+                "RadarMetrics.update: target_mm_h is NaN/inf at scored pixels; no-data pixels must be 0 in mask."
+            )
         if not bool(torch.isfinite(self.sum_p).all()) and not bool(torch.isfinite(self.p).all()):
-            raise ValueError("RadarMetrics.update: pred_mm_h is NaN/inf at scored pixels; the model output must be finite.")
+            raise ValueError(
+                "RadarMetrics.update: pred_mm_h is NaN/inf at scored pixels; the model output must be finite."
+            )
         self.pad = pad = max(self.fss_scales) // 2
         # float32 counts of 0/1 planes are exact while every (window) total stays below 2**24
         self.plane_dtype = torch.float32 if (h + 2 * pad) * (w + 2 * pad) < FLOAT32_EXACT_INT else F64
@@ -103,8 +119,9 @@ class ScorePiece:
         """Add the chunk's per-frame sums into `sums[name]` (float64 `(N, *dims)` views)."""
         raise NotImplementedError
 
-    def scores(self, state: Mapping[str, torch.Tensor], thresholds: Sequence[float],
-               fss_scales: Sequence[int]) -> dict[str, torch.Tensor]:
+    def scores(
+        self, state: Mapping[str, torch.Tensor], thresholds: Sequence[float], fss_scales: Sequence[int]
+    ) -> dict[str, torch.Tensor]:
         """Scores from summed states (over one lead or all leads; no lead axis)."""
         raise NotImplementedError
 
@@ -121,7 +138,12 @@ def threshold_tag(threshold: float) -> str:
 class ContinuousScores(ScorePiece):
     """rmse, mae, bias (mean pred - truth) over scored pixels, mm/h; total `scored_pixels`."""
 
-    states: ClassVar[Mapping[str, tuple[str, ...]]] = {"n_pixels": (), "sum_error": (), "sum_abs_error": (), "sum_sq_error": ()}
+    states: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        "n_pixels": (),
+        "sum_error": (),
+        "sum_abs_error": (),
+        "sum_sq_error": (),
+    }
     position = 10
 
     def accumulate(self, frames, sums):
@@ -133,8 +155,11 @@ class ContinuousScores(ScorePiece):
 
     def scores(self, state, thresholds, fss_scales):
         n = state["n_pixels"]
-        return {"rmse": ratio_or_nan(state["sum_sq_error"], n).sqrt(), "mae": ratio_or_nan(state["sum_abs_error"], n),
-                "bias": ratio_or_nan(state["sum_error"], n)}
+        return {
+            "rmse": ratio_or_nan(state["sum_sq_error"], n).sqrt(),
+            "mae": ratio_or_nan(state["sum_abs_error"], n),
+            "bias": ratio_or_nan(state["sum_error"], n),
+        }
 
     def totals(self, state):
         return {"scored_pixels": state["n_pixels"].sum()}
@@ -143,8 +168,15 @@ class ContinuousScores(ScorePiece):
 class FieldMeanScores(ScorePiece):
     """ame (mean |field-mean difference|) and temporal_corr (of the frames' field means)."""
 
-    states: ClassVar[Mapping[str, tuple[str, ...]]] = {"n_frames": (), "sum_abs_mean_diff": (), "sum_mean_t": (), "sum_mean_p": (), "sum_mean_t2": (),
-              "sum_mean_p2": (), "sum_mean_tp": ()}
+    states: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        "n_frames": (),
+        "sum_abs_mean_diff": (),
+        "sum_mean_t": (),
+        "sum_mean_p": (),
+        "sum_mean_t2": (),
+        "sum_mean_p2": (),
+        "sum_mean_tp": (),
+    }
     position = 20
 
     def accumulate(self, frames, sums):
@@ -178,7 +210,11 @@ class PatternCorrelation(ScorePiece):
     """spatial_corr: mean per-frame pattern correlation; total `spatial_corr_skipped_frames`
     (frames with < 2 scored pixels or a flat field in either input)."""
 
-    states: ClassVar[Mapping[str, tuple[str, ...]]] = {"sum_pattern_corr": (), "n_pattern_frames": (), "n_pattern_skipped": ()}
+    states: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        "sum_pattern_corr": (),
+        "n_pattern_frames": (),
+        "n_pattern_skipped": (),
+    }
     position = 30
 
     def accumulate(self, frames, sums):
@@ -257,7 +293,9 @@ class FractionsSkillScore(ScorePiece):
         window_dtype = window_sum_dtype(max(big_scales))
         # squares of window sums (<= 2 scale^4) stay exact in float32 up to scale 53
         square_dtype = frames.plane_dtype if 2 * max(big_scales) ** 4 < FLOAT32_EXACT_INT else F64
-        band_elements = BAND_ELEMENTS_PER_THREAD * torch.get_num_threads() if device.type == "cpu" else BAND_ELEMENTS_GPU
+        band_elements = (
+            BAND_ELEMENTS_PER_THREAD * torch.get_num_threads() if device.type == "cpu" else BAND_ELEMENTS_GPU
+        )
         band = max(1, band_elements // (n * (2 * k + 1) * (w + 2 * pad)))
         for y0 in range(0, h, band):
             rows = min(band, h - y0)
@@ -284,9 +322,19 @@ class FractionsSkillScore(ScorePiece):
         out = {}
         for i, thr in enumerate(thresholds):
             for j, scale in enumerate(fss_scales):
-                out[f"fss{threshold_tag(thr)}_{scale}px"] = 1.0 - ratio_or_nan(state["fss_num"][i, j], state["fss_den"][i, j])
+                out[f"fss{threshold_tag(thr)}_{scale}px"] = 1.0 - ratio_or_nan(
+                    state["fss_num"][i, j], state["fss_den"][i, j]
+                )
         return out
 
 
-__all__ = ["CategoricalScores", "ContinuousScores", "FieldMeanScores", "FractionsSkillScore", "PatternCorrelation",
-           "ScorePiece", "ScoredFrames", "threshold_tag"]
+__all__ = [
+    "CategoricalScores",
+    "ContinuousScores",
+    "FieldMeanScores",
+    "FractionsSkillScore",
+    "PatternCorrelation",
+    "ScorePiece",
+    "ScoredFrames",
+    "threshold_tag",
+]

@@ -84,7 +84,9 @@ class RadarMetrics(Metric):
         super().__init__(**kwargs)
         thresholds = [float(t) for t in thresholds]
         if not thresholds or any(not torch.isfinite(torch.tensor(t)) for t in thresholds):
-            raise ValueError(f"RadarMetrics(thresholds=...) must be a non-empty list of finite mm/h values, got {thresholds}.")
+            raise ValueError(
+                f"RadarMetrics(thresholds=...) must be a non-empty list of finite mm/h values, got {thresholds}."
+            )
         if len({format_threshold(t) for t in thresholds}) != len(thresholds):
             raise ValueError(f"RadarMetrics(thresholds=...) has duplicates: {thresholds}.")
         scales = [int(s) for s in fss_scales]
@@ -167,8 +169,13 @@ class RadarMetrics(Metric):
         for start in range(0, n_frames, chunk):
             part = slice(start, min(start + chunk, n_frames))
             sums = {name: value[part] for name, value in per_frame.items()}
-            frames = ScoredFrames(pred_frames[part].to(compare_dtype), target_frames[part].to(compare_dtype),
-                                  mask_frames[part] > 0.5, thresholds, self.fss_scales)
+            frames = ScoredFrames(
+                pred_frames[part].to(compare_dtype),
+                target_frames[part].to(compare_dtype),
+                mask_frames[part] > 0.5,
+                thresholds,
+                self.fss_scales,
+            )
             for piece in self.pieces:
                 piece.accumulate(frames, sums)
         for name, value in per_frame.items():

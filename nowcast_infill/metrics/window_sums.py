@@ -132,5 +132,13 @@ def ratio_or_nan(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num / den.clamp(min=1e-300), torch.full_like(num, float("nan")))
 
 
-__all__ = ["box_sum", "box_sums", "box_sums_of_padded", "ratio_or_nan", "row_dots", "weighted_row_sums", "window_sum_dtype",
-           "window_sums_along"]
+__all__ = [
+    "box_sum",
+    "box_sums",
+    "box_sums_of_padded",
+    "ratio_or_nan",
+    "row_dots",
+    "weighted_row_sums",
+    "window_sum_dtype",
+    "window_sums_along",
+]

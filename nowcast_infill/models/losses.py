@@ -188,7 +188,9 @@ class InfillLoss(RadarLoss):
         if self.weights["perceptual"] > 0 or self.weights["style"] > 0:
             h, w = pred.shape[-2:]
             if h < 8 or w < 8:
-                raise ValueError(f"InfillLoss: perceptual/style need frames of at least 8x8 pixels (VGG pool3), got {h}x{w}.")
+                raise ValueError(
+                    f"InfillLoss: perceptual/style need frames of at least 8x8 pixels (VGG pool3), got {h}x{w}."
+                )
             n = composite.shape[0]
             feats = self._features(torch.cat([pred_v.flatten(0, 1), composite, y_v.flatten(0, 1)]))
             perceptual = style = pred.new_zeros(())

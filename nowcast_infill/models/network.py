@@ -67,8 +67,11 @@ class RadarNetwork(Protocol):
 
 def check_network(net: object, where: str = "model.net") -> RadarNetwork:
     """`net` when it satisfies `RadarNetwork`, else a TypeError naming the missing members."""
-    missing = [name for name in ("in_frames", "out_frames", "aux_channels", "output_floor", "size_multiple",
-                                 "set_output_floor") if not hasattr(net, name)]
+    missing = [
+        name
+        for name in ("in_frames", "out_frames", "aux_channels", "output_floor", "size_multiple", "set_output_floor")
+        if not hasattr(net, name)
+    ]
     if missing or not callable(net):
         raise TypeError(
             f"{where}: {type(net).__name__} does not satisfy the network contract "

@@ -230,8 +230,7 @@ def check_values(plain: Mapping, rules: Mapping[str, tuple]) -> None:
 
 
 def _check_model(model: Mapping) -> None:
-    from nowcast_infill.training.lr import OPTIMIZER_RESERVED, SCHEDULER_RESERVED
-    from nowcast_infill.training.lr import LR_SCALING_RULES
+    from nowcast_infill.training.lr import LR_SCALING_RULES, OPTIMIZER_RESERVED, SCHEDULER_RESERVED
 
     model = dict(model)
     if model.get("aux_channels", 0) is None:

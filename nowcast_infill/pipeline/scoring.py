@@ -28,9 +28,9 @@ from nowcast_infill.pipeline.build import (
     model_kind,
 )
 from nowcast_infill.pipeline.config_checks import validate_targets, validate_values
-from nowcast_infill.training.callbacks import FigureCallback
 from nowcast_infill.pipeline.inputs import check_run_inputs, writable_output_dir
 from nowcast_infill.pipeline.task_choice import adopt_checkpoint_task, given_task_keys
+from nowcast_infill.training.callbacks import FigureCallback
 from nowcast_infill.utils.config import (
     output_dir_outside_hydra,
     print_config_tree,

@@ -128,7 +128,9 @@ def get_task(name: str, past: int | None = None, future: int | None = None, cont
     """The task `name` (`infill`: `context`; `nowcast`: `past`, `future`); other keys are ignored
     (a task config carries all three). A missing key takes the task's default."""
     if name not in TASKS:
-        raise BadValueError(f"task.name: {name!r} is not one of {', '.join(TASKS)}; choose task=infill or task=nowcast.")
+        raise BadValueError(
+            f"task.name: {name!r} is not one of {', '.join(TASKS)}; choose task=infill or task=nowcast."
+        )
     if name == "infill":
         return InfillTask(**({} if context is None else {"context": context}))
     return NowcastTask(**{k: v for k, v in (("past", past), ("future", future)) if v is not None})
@@ -141,11 +143,15 @@ def task_from_frames(name: str, in_frames: int, out_frames: int, where: str = "m
         raise BadValueError(f"{where}.task={name!r} is not one of {', '.join(TASKS)}; set task=infill or task=nowcast.")
     if name == "infill":
         if int(in_frames) % 2 != 1 or int(in_frames) < 1:
-            raise BadValueError(f"{where}.in_frames={in_frames} but task=infill needs an odd in_frames (2*context+1); check task.context.")
+            raise BadValueError(
+                f"{where}.in_frames={in_frames} but task=infill needs an odd in_frames (2*context+1); check task.context."
+            )
         task: Task = InfillTask(context=(int(in_frames) - 1) // 2)
     else:
         if int(in_frames) < 1 or int(out_frames) < 1:
-            raise BadValueError(f"{where}.in_frames/out_frames: are {in_frames}/{out_frames}; task=nowcast needs both >= 1.")
+            raise BadValueError(
+                f"{where}.in_frames/out_frames: are {in_frames}/{out_frames}; task=nowcast needs both >= 1."
+            )
         task = NowcastTask(past=int(in_frames), future=int(out_frames))
     task.check_frames(in_frames, out_frames, where)
     return task

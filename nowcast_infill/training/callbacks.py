@@ -89,7 +89,9 @@ class LineProgress(ProgressBar):
         total_text = f"/{int(total)} ({100 * done / total:.0f}%)" if finite else ""
         rate = done / max(now - self._stage_start.get(stage, now), 1e-9)
         epoch = f" epoch {self.trainer.current_epoch + 1}/{self.trainer.max_epochs}" if stage == "train" else ""
-        metrics = {k: v for k, v in self.get_metrics(self.trainer, self.trainer.lightning_module).items() if k != "v_num"}
+        metrics = {
+            k: v for k, v in self.get_metrics(self.trainer, self.trainer.lightning_module).items() if k != "v_num"
+        }
         shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
         print(f"{stage}{epoch} step {done}{total_text} {rate:.2f} it/s {shown}".rstrip(), flush=True)
 
@@ -189,7 +191,9 @@ class FigureCallback(Callback):
         for i, score in enumerate(self.window_scores(pl_module, pred_mm_h, batch).tolist()):
             if len(self._pool) >= need and score <= self._pool[-1][0]:
                 continue
-            kept = {k: v[i : i + 1].detach().cpu() for k, v in batch.items() if isinstance(v, torch.Tensor) and v.ndim == 5}
+            kept = {
+                k: v[i : i + 1].detach().cpu() for k, v in batch.items() if isinstance(v, torch.Tensor) and v.ndim == 5
+            }
             kept["pred_mm_h"] = pred_mm_h[i : i + 1].detach().cpu()
             self._pool.append((score, kept))
             self._pool.sort(key=lambda item: -item[0])  # stable: among equals the earlier window stays first

@@ -76,8 +76,13 @@ def scaled_learning_rate(base_lr: float, global_batch: int, reference_global_bat
     return float(base_lr) * (math.sqrt(ratio) if rule == "sqrt" else ratio)
 
 
-def warmup_steps_for(total_steps: int, warmup_steps: int = 0, warmup_samples: int = 0, warmup_fraction: float = 0.0,
-                     global_batch: int | None = None) -> int:
+def warmup_steps_for(
+    total_steps: int,
+    warmup_steps: int = 0,
+    warmup_samples: int = 0,
+    warmup_fraction: float = 0.0,
+    global_batch: int | None = None,
+) -> int:
     """Length of the warm-up in optimiser steps, from the first of these that is set:
 
     - `warmup_steps`: that many optimiser steps;
@@ -88,16 +93,21 @@ def warmup_steps_for(total_steps: int, warmup_steps: int = 0, warmup_samples: in
 
     Clipped to [0, total_steps].
     """
-    for name, value in (("warmup_steps", warmup_steps), ("warmup_samples", warmup_samples),
-                        ("warmup_fraction", warmup_fraction)):
+    for name, value in (
+        ("warmup_steps", warmup_steps),
+        ("warmup_samples", warmup_samples),
+        ("warmup_fraction", warmup_fraction),
+    ):
         if value is not None and value < 0:
             raise ValueError(f"scheduler.{name} must be >= 0, got {value}")
     if warmup_steps:
         warmup = int(warmup_steps)
     elif warmup_samples:
         if not global_batch or int(global_batch) < 1:
-            raise ValueError("scheduler.warmup_samples needs the global batch (the module passes it); got "
-                             f"global_batch={global_batch!r}. Use scheduler.warmup_steps outside a RadarModule.")
+            raise ValueError(
+                "scheduler.warmup_samples needs the global batch (the module passes it); got "
+                f"global_batch={global_batch!r}. Use scheduler.warmup_steps outside a RadarModule."
+            )
         warmup = math.ceil(int(warmup_samples) / int(global_batch))
     else:
         warmup = int(round((warmup_fraction or 0.0) * total_steps))
@@ -134,8 +144,9 @@ def warmup_cosine_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def build_optimizers(optimizer: Mapping | None, scheduler: Mapping | None, parameters: Iterable[torch.nn.Parameter],
-                     trainer) -> Any:
+def build_optimizers(
+    optimizer: Mapping | None, scheduler: Mapping | None, parameters: Iterable[torch.nn.Parameter], trainer
+) -> Any:
     """What `LightningModule.configure_optimizers` returns, from the model's config nodes.
 
     optimizer: partial `_target_` node of a torch optimiser plus `lr_scaling` (`linear`|`sqrt`|
@@ -176,7 +187,11 @@ def build_optimizers(optimizer: Mapping | None, scheduler: Mapping | None, param
         # for a warm-up stated in samples (scheduler.warmup_samples)
         sched_kwargs["global_batch"] = trainer_global_batch(trainer)
     lr_scheduler = hydra.utils.instantiate(sched_kwargs, optimizer=built)
-    config = {"scheduler": lr_scheduler, "interval": lightning_keys["interval"], "frequency": lightning_keys["frequency"]}
+    config = {
+        "scheduler": lr_scheduler,
+        "interval": lightning_keys["interval"],
+        "frequency": lightning_keys["frequency"],
+    }
     if isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         config["monitor"] = lightning_keys["monitor"]
     return {"optimizer": built, "lr_scheduler": config}

@@ -36,6 +36,7 @@ from nowcast_infill.registry import get_method
 from nowcast_infill.training.lr import build_optimizers, trainer_global_batch
 from nowcast_infill.utils.instantiate import to_plain
 
+
 def normalizer_from_payload(payload: Mapping[str, Any]) -> Normalizer:
     """The `Normalizer` stored in a checkpoint payload."""
     state = payload["normalizer"]
@@ -96,8 +97,10 @@ class RadarModule(EvaluationMixin, L.LightningModule):
     ) -> None:
         super().__init__()
         if kind != "network":
-            raise BadValueError(f"model.kind: is {kind!r} but RadarModule trains networks; set model.kind=network "
-                                "(classical methods use nowcast_infill.evaluation.classical.ClassicalModule).")
+            raise BadValueError(
+                f"model.kind: is {kind!r} but RadarModule trains networks; set model.kind=network "
+                "(classical methods use nowcast_infill.evaluation.classical.ClassicalModule)."
+            )
         prior = check_prior(prior, task)
         if detection_limit_mm_h is not None and not float(detection_limit_mm_h) >= 0:
             raise ValueError(f"model.detection_limit_mm_h={detection_limit_mm_h!r}; it must be >= 0 mm/h or null.")
@@ -133,20 +136,24 @@ class RadarModule(EvaluationMixin, L.LightningModule):
         if "_target_" not in node:
             raise ValueError("model.net has no _target_; point it at a network class such as PConvUNet.")
         node.pop("_partial_", None)
-        self.net: RadarNetwork = check_network(hydra.utils.instantiate(
-            node,
-            in_frames=self.task.in_frames,
-            out_frames=self.task.out_frames,
-            aux_channels=self.hparams.aux_channels,
-            task=self.task.name,
-            **({"prior_frames": self.task.out_frames} if self.hparams.get("prior") else {}),
-        ))
+        self.net: RadarNetwork = check_network(
+            hydra.utils.instantiate(
+                node,
+                in_frames=self.task.in_frames,
+                out_frames=self.task.out_frames,
+                aux_channels=self.hparams.aux_channels,
+                task=self.task.name,
+                **({"prior_frames": self.task.out_frames} if self.hparams.get("prior") else {}),
+            )
+        )
 
     def configure_losses(self) -> None:
         """Build `self.criterion`: the registered loss `hparams.loss.name` with its other keys as options."""
         spec = dict(self.hparams.loss or {})
         if "name" not in spec:
-            raise ValueError("model.loss has no 'name'; e.g. loss: {name: infill, preset: liu} or {name: nowcast, kind: mse}.")
+            raise ValueError(
+                "model.loss has no 'name'; e.g. loss: {name: infill, preset: liu} or {name: nowcast, kind: mse}."
+            )
         self.criterion = get_method("loss", spec.pop("name"), **spec)
 
     # --------------------------------------------------------- data coupling
@@ -180,8 +187,9 @@ class RadarModule(EvaluationMixin, L.LightningModule):
         if not self.hparams.get("prior"):
             return None
         if self._window_prior is None:
-            self._window_prior = WindowPrior(self.hparams.prior, self.task.name, self.task.out_frames,
-                                             cache_root=self.hparams.get("prior_cache_dir"))
+            self._window_prior = WindowPrior(
+                self.hparams.prior, self.task.name, self.task.out_frames, cache_root=self.hparams.get("prior_cache_dir")
+            )
         return self._window_prior
 
     def setup(self, stage: str) -> None:
@@ -237,8 +245,14 @@ class RadarModule(EvaluationMixin, L.LightningModule):
                     f"model.prior={self.hparams.prior} but the batch has no 'prior'; run through a Trainer with the "
                     "RadarDataModule (the module's setup attaches the prior to it)."
                 )
-            return self.net(batch["x"], batch["x_mask"], batch.get("aux"), batch.get("aux_mask"),
-                            prior=batch["prior"], prior_mask=batch["prior_valid"])
+            return self.net(
+                batch["x"],
+                batch["x_mask"],
+                batch.get("aux"),
+                batch.get("aux_mask"),
+                prior=batch["prior"],
+                prior_mask=batch["prior_valid"],
+            )
         return self.net(batch["x"], batch["x_mask"], batch.get("aux"), batch.get("aux_mask"))
 
     def compose(self, raw: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

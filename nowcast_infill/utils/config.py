@@ -154,8 +154,10 @@ def variants(form: str = "list") -> list[str] | str:
         return list(VARIANTS)
     if form in separators:
         return separators[form].join(VARIANTS)
-    raise ValueError(f"${{ni.variants:{form}}}: unknown form {form!r}; use ${{ni.variants:}} (a list), "
-                     "${ni.variants:csv} or ${ni.variants:choices}.")
+    raise ValueError(
+        f"${{ni.variants:{form}}}: unknown form {form!r}; use ${{ni.variants:}} (a list), "
+        "${ni.variants:csv} or ${ni.variants:choices}."
+    )
 
 
 def metric_defaults(key: str) -> list:
@@ -216,7 +218,11 @@ def print_config_tree(cfg: DictConfig, save_to: str | Path | None = None, resolv
     container = OmegaConf.to_container(cfg, resolve=resolve, throw_on_missing=False)
     blocks = []
     for key, value in container.items():
-        body = OmegaConf.to_yaml(OmegaConf.create({key: value})) if isinstance(value, (dict, list)) else f"{key}: {value}\n"
+        body = (
+            OmegaConf.to_yaml(OmegaConf.create({key: value}))
+            if isinstance(value, (dict, list))
+            else f"{key}: {value}\n"
+        )
         blocks.append(body)
     text = "".join(blocks)
     rank_zero_print("----- configuration -----\n" + text + "-------------------------")
@@ -256,7 +262,9 @@ def _config_dir() -> str:
     for folder in (package / "conf", package.parent / "conf"):
         if (folder / "train.yaml").is_file():
             return str(folder)
-    raise FileNotFoundError(f"no Hydra configs in {package / 'conf'} or {package.parent / 'conf'}: reinstall nowcast_infill")
+    raise FileNotFoundError(
+        f"no Hydra configs in {package / 'conf'} or {package.parent / 'conf'}: reinstall nowcast_infill"
+    )
 
 
 # Absolute: a relative `config_path` inside an installed console script is taken by Hydra as

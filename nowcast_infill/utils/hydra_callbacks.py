@@ -57,5 +57,8 @@ class SweepSummary(Callback):
         if not records:
             log.warning(f"no run of {sweep_dir} wrote metrics.json (test=false, or every run failed): no summary")
             return
-        print(f"\n{markdown}\nsweep summary of {len(records)} runs: {md_path} (+ summary.csv, runs.csv); "
-              f"rebuild with `ni-compare {sweep_dir}`", flush=True)
+        print(
+            f"\n{markdown}\nsweep summary of {len(records)} runs: {md_path} (+ summary.csv, runs.csv); "
+            f"rebuild with `ni-compare {sweep_dir}`",
+            flush=True,
+        )

@@ -27,11 +27,26 @@ RUN_METRICS_FILE = "metrics.json"
 # Overrides that place or shorten a run but do not change what is compared: left out of
 # variant labels (the Hydra sweep sub-folder names leave out the same keys, see
 # conf/hydra/default.yaml `exclude_keys`).
-NOISE_KEYS = frozenset({
-    "ckpt_path", "run_name", "paths.data_dir", "paths.log_dir", "paths.output_dir", "data.store", "data.stats_path",
-    "data.num_workers", "trainer.devices", "trainer.num_nodes", "logger", "callbacks", "callbacks.progress_bar",
-    "trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.limit_test_batches",
-})
+NOISE_KEYS = frozenset(
+    {
+        "ckpt_path",
+        "run_name",
+        "paths.data_dir",
+        "paths.log_dir",
+        "paths.output_dir",
+        "data.store",
+        "data.stats_path",
+        "data.num_workers",
+        "trainer.devices",
+        "trainer.num_nodes",
+        "logger",
+        "callbacks",
+        "callbacks.progress_bar",
+        "trainer.limit_train_batches",
+        "trainer.limit_val_batches",
+        "trainer.limit_test_batches",
+    }
+)
 # Keys already shown by the task / model columns of a row.
 LABEL_KEYS = frozenset({"task", "model", "experiment", "seed"})
 # Environment variables through which a sweep tells its runs what it sweeps (read by
@@ -47,10 +62,17 @@ def git_commit(folder: str | Path | None = None) -> str | None:
     '-dirty' when tracked files are modified; None outside a git checkout (an installed wheel)."""
     folder = Path(folder) if folder is not None else Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, check=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
-                               capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return sha + ("-dirty" if dirty else "") if sha else None
@@ -150,9 +172,14 @@ def _is_number(value) -> bool:
 
 def record_row(record: Mapping[str, Any]) -> dict[str, Any]:
     """Flat table row of a run record: labels, then metrics without their `{split}/` prefix."""
-    label = {"model": record["model"], "task": record["task"], "seed": record["seed"],
-             "sweep": record.get("sweep") or "", "run": record.get("run", ""),
-             "checkpoint": Path(record["checkpoint"]).name if record.get("checkpoint") else ""}
+    label = {
+        "model": record["model"],
+        "task": record["task"],
+        "seed": record["seed"],
+        "sweep": record.get("sweep") or "",
+        "run": record.get("run", ""),
+        "checkpoint": Path(record["checkpoint"]).name if record.get("checkpoint") else "",
+    }
     return metrics_row(label, record.get("metrics", {}), record.get("split", "test"))
 
 
@@ -185,7 +212,11 @@ def headline_table(metrics: Mapping[str, float], stage: str = "test") -> str:
     rows = []
     for lead in leads:
         suffix = f"/lead{lead}"
-        rows.append(metrics_row({"lead": str(lead)}, {k[: -len(suffix)]: v for k, v in metrics.items() if k.endswith(suffix)}, stage))
+        rows.append(
+            metrics_row(
+                {"lead": str(lead)}, {k[: -len(suffix)]: v for k, v in metrics.items() if k.endswith(suffix)}, stage
+            )
+        )
     rows.append(row)
     columns = (["lead"] if leads else []) + [c for c in HEADLINE if c in row]
     return markdown_table(rows, columns)
@@ -226,7 +257,9 @@ def find_run_records(paths: Iterable[str | Path], sweep: str | None = None) -> l
         elif folder.is_dir():
             files = sorted(folder.rglob(RUN_METRICS_FILE))
         else:
-            raise MissingInputError(f"{given}: no such run or sweep folder; pass folders that hold <run>/{RUN_METRICS_FILE}.")
+            raise MissingInputError(
+                f"{given}: no such run or sweep folder; pass folders that hold <run>/{RUN_METRICS_FILE}."
+            )
         for file in files:
             if file.resolve() in seen:
                 continue
@@ -234,7 +267,9 @@ def find_run_records(paths: Iterable[str | Path], sweep: str | None = None) -> l
             try:
                 record = json.loads(file.read_text())
             except (OSError, ValueError) as err:
-                raise BadValueError(f"{file}: not a readable run record ({err}); delete it or rerun that run.") from None
+                raise BadValueError(
+                    f"{file}: not a readable run record ({err}); delete it or rerun that run."
+                ) from None
             if sweep is not None and str(record.get("sweep")) != str(sweep):
                 continue
             record["path"] = str(file.parent)
@@ -267,7 +302,9 @@ def variant_label(record: Mapping[str, Any], keys: Sequence[str]) -> str:
     return f"{record['task']}_{record['model']}" + (f" {extra}" if extra else "")
 
 
-def summarize(records: Sequence[Mapping[str, Any]], metrics: Sequence[str] = HEADLINE) -> tuple[list[dict], list[dict], str]:
+def summarize(
+    records: Sequence[Mapping[str, Any]], metrics: Sequence[str] = HEADLINE
+) -> tuple[list[dict], list[dict], str]:
     """(one row per run, one row per variant with mean and std over seeds, Markdown of both)."""
     keys = _variant_keys(records)
     run_rows = []
@@ -293,9 +330,11 @@ def summarize(records: Sequence[Mapping[str, Any]], metrics: Sequence[str] = HEA
     run_columns = ["variant", "seed", *(["sweep"] if len(sweeps) > 1 else []), "run", *present]
     markdown = (
         f"## Variants: mean ± std over seeds ({len(records)} runs"
-        + (f", sweep {', '.join(sweeps)}" if sweeps else "") + ")\n\n"
+        + (f", sweep {', '.join(sweeps)}" if sweeps else "")
+        + ")\n\n"
         + markdown_table(shown, ["variant", "runs", "seeds", *present])
-        + "\n## Runs\n\n" + markdown_table(run_rows, run_columns)
+        + "\n## Runs\n\n"
+        + markdown_table(run_rows, run_columns)
     )
     return run_rows, variant_rows, markdown
 

@@ -9,8 +9,18 @@ from pathlib import Path
 
 # Shown in the Markdown table, in this order, when present (the CSV has every column).
 HEADLINE = (
-    "rmse", "mae", "bias", "ame", "temporal_corr", "spatial_corr", "csi@1mmh", "pod@1mmh", "far@1mmh", "fss@1mmh_5px",
-    "n_pixels", "fallbacks",
+    "rmse",
+    "mae",
+    "bias",
+    "ame",
+    "temporal_corr",
+    "spatial_corr",
+    "csi@1mmh",
+    "pod@1mmh",
+    "far@1mmh",
+    "fss@1mmh_5px",
+    "n_pixels",
+    "fallbacks",
 )
 LABELS = ("model", "task", "split", "checkpoint")
 
@@ -21,7 +31,7 @@ def metrics_row(label: Mapping[str, str], metrics: Mapping[str, float], stage: s
     prefix = f"{stage}/"
     for key, value in metrics.items():
         if key.startswith(prefix):
-            row[key[len(prefix):]] = float(value)
+            row[key[len(prefix) :]] = float(value)
     if "scored_pixels" in row:
         # The pixel-time samples scored: methods of one comparison must show the same number.
         row["n_pixels"] = int(row["scored_pixels"])

@@ -119,10 +119,10 @@ def _publish(staging: Path, path: Path) -> None:
         os.replace(staging / "zarr.json", path / "zarr.json")  # the switch for readers
     shutil.rmtree(staging, ignore_errors=True)
 
+
 def mark_and_publish(staging: Path, path: Path) -> None:
     """Mark the complete staging directory `staging` as committed (atomically), then publish it into `path`."""
     part = staging / (COMMIT_MARKER + ".part")
     part.write_text(json.dumps({"store": str(path), "pid": os.getpid()}))
     os.replace(part, staging / COMMIT_MARKER)
     _publish(staging, path)
-

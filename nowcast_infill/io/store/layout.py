@@ -38,8 +38,9 @@ def _positive_sizes(option: str, given: dict, null_time: bool) -> dict:
     return given
 
 
-def precip_layout(shape: tuple[int, int], chunks: dict | None = None,
-                  shards: dict | None = DEFAULT_SHARDS) -> tuple[tuple[int, int, int], tuple[int, int, int] | None]:
+def precip_layout(
+    shape: tuple[int, int], chunks: dict | None = None, shards: dict | None = DEFAULT_SHARDS
+) -> tuple[tuple[int, int, int], tuple[int, int, int] | None]:
     """(chunks, shards) of `precip` on a grid of `shape` (H, W) pixels, as Zarr shapes `(time, y, x)`.
 
     Missing chunk sizes come from `DEFAULT_CHUNKS`; a null `y` / `x` (chunk or shard)
@@ -85,27 +86,75 @@ def create_skeleton(path: Path, ref: Frame, chunks: dict | None, compression: di
     crs_attrs = {"grid_mapping_name": ref.grid.grid_mapping_name, "proj4": ref.grid.proj4, "crs_wkt": ref.grid.crs_wkt}
     group = zarr.create_group(path, zarr_format=3)
     group.create_array(
-        schema.PRECIP, shape=(0, h, w), dtype=np.float32, chunks=precip_chunks, shards=precip_shards,
-        compressors=[codec], fill_value=np.nan, dimension_names=schema.PRECIP_DIMS,
-        attributes={"units": schema.PRECIP_UNITS, "long_name": "precipitation rate", "standard_name": "rainfall_rate",
-                    "grid_mapping": schema.CRS, "coordinates": "lat lon", "_FillValue": schema.NAN_FILL_ATTR})
+        schema.PRECIP,
+        shape=(0, h, w),
+        dtype=np.float32,
+        chunks=precip_chunks,
+        shards=precip_shards,
+        compressors=[codec],
+        fill_value=np.nan,
+        dimension_names=schema.PRECIP_DIMS,
+        attributes={
+            "units": schema.PRECIP_UNITS,
+            "long_name": "precipitation rate",
+            "standard_name": "rainfall_rate",
+            "grid_mapping": schema.CRS,
+            "coordinates": "lat lon",
+            "_FillValue": schema.NAN_FILL_ATTR,
+        },
+    )
     group.create_array(
-        schema.MISSING_FRAME, shape=(0,), dtype=bool, chunks=time_chunks, fill_value=False, dimension_names=("time",),
-        attributes={"long_name": "time step inserted for a gap in the source (all-NaN)"})
+        schema.MISSING_FRAME,
+        shape=(0,),
+        dtype=bool,
+        chunks=time_chunks,
+        fill_value=False,
+        dimension_names=("time",),
+        attributes={"long_name": "time step inserted for a gap in the source (all-NaN)"},
+    )
     group.create_array(
-        "time", shape=(0,), dtype=np.int64, chunks=time_chunks, fill_value=0, dimension_names=("time",),
-        attributes={"timezone": "UTC", "long_name": "end of accumulation interval / scan time",
-                    "units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian"})
+        "time",
+        shape=(0,),
+        dtype=np.int64,
+        chunks=time_chunks,
+        fill_value=0,
+        dimension_names=("time",),
+        attributes={
+            "timezone": "UTC",
+            "long_name": "end of accumulation interval / scan time",
+            "units": "seconds since 1970-01-01",
+            "calendar": "proleptic_gregorian",
+        },
+    )
     for dim, values in (("y", ref.grid.y), ("x", ref.grid.x)):
-        group.create_array(dim, data=values, chunks=values.shape, fill_value=np.nan, dimension_names=(dim,), attributes={
-            "units": "km", "standard_name": f"projection_{dim}_coordinate", "_FillValue": schema.NAN_FILL_ATTR})
-    for name, values, units, long_name in (("lat", ref.grid.lat, "degrees_north", "latitude"),
-                                           ("lon", ref.grid.lon, "degrees_east", "longitude")):
-        group.create_array(name, data=values, chunks=values.shape, compressors=[grid_codec], fill_value=np.nan,
-                           dimension_names=("y", "x"),
-                           attributes={"units": units, "long_name": long_name, "_FillValue": schema.NAN_FILL_ATTR})
-    group.create_array(schema.CRS, data=np.array(0, dtype=np.int8), fill_value=0,
-                       attributes={k: v for k, v in crs_attrs.items() if v})
+        group.create_array(
+            dim,
+            data=values,
+            chunks=values.shape,
+            fill_value=np.nan,
+            dimension_names=(dim,),
+            attributes={
+                "units": "km",
+                "standard_name": f"projection_{dim}_coordinate",
+                "_FillValue": schema.NAN_FILL_ATTR,
+            },
+        )
+    for name, values, units, long_name in (
+        ("lat", ref.grid.lat, "degrees_north", "latitude"),
+        ("lon", ref.grid.lon, "degrees_east", "longitude"),
+    ):
+        group.create_array(
+            name,
+            data=values,
+            chunks=values.shape,
+            compressors=[grid_codec],
+            fill_value=np.nan,
+            dimension_names=("y", "x"),
+            attributes={"units": units, "long_name": long_name, "_FillValue": schema.NAN_FILL_ATTR},
+        )
+    group.create_array(
+        schema.CRS, data=np.array(0, dtype=np.int8), fill_value=0, attributes={k: v for k, v in crs_attrs.items() if v}
+    )
 
 
 def storage_unit(array) -> tuple[int, ...]:
@@ -130,9 +179,13 @@ def whole_frame_chunk_writer(array):
         from zarr.core.buffer import default_buffer_prototype
     except ImportError:
         return None
-    if (array.metadata.zarr_format != 3 or array.shards is not None or tuple(array.chunks) != (1, *array.shape[1:])
-            or not all(isinstance(c, SupportsSyncCodec) for c in array.metadata.codecs)
-            or not isinstance(array.store_path.store, SupportsSetSync)):
+    if (
+        array.metadata.zarr_format != 3
+        or array.shards is not None
+        or tuple(array.chunks) != (1, *array.shape[1:])
+        or not all(isinstance(c, SupportsSyncCodec) for c in array.metadata.codecs)
+        or not isinstance(array.store_path.store, SupportsSetSync)
+    ):
         return None
     prototype = default_buffer_prototype()
     spec = array.metadata.get_chunk_spec((0,) * array.ndim, array.config, prototype)

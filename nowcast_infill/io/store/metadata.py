@@ -30,16 +30,20 @@ def open_store(path: str | Path, **open_zarr_options):
 
     shown, path = str(path), Path(path)
     if not path.exists():
-        raise MissingInputError(f"{shown}: radar store not found; create it with `ni-convert ... output={shown}` "
-                                f"(real data) or `ni-synth output={shown}` (synthetic data).")
+        raise MissingInputError(
+            f"{shown}: radar store not found; create it with `ni-convert ... output={shown}` "
+            f"(real data) or `ni-synth output={shown}` (synthetic data)."
+        )
     try:
         with warnings.catch_warnings():
             # Stores without consolidated metadata (allowed by the schema) open fine, just slower.
             warnings.filterwarnings("ignore", message=".*consolidated metadata.*", category=RuntimeWarning)
             ds = xr.open_zarr(path, **open_zarr_options)
     except Exception as err:  # zarr raises several types for a folder that is not a store
-        raise schema.StoreSchemaError(f"{shown}: not a readable Zarr store ({type(err).__name__}: {err}); "
-                                      "re-create it with ni-convert, or name another store.") from err
+        raise schema.StoreSchemaError(
+            f"{shown}: not a readable Zarr store ({type(err).__name__}: {err}); "
+            "re-create it with ni-convert, or name another store."
+        ) from err
     try:
         schema.validate_store(ds, shown)
     except BaseException:

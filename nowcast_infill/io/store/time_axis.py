@@ -37,8 +37,9 @@ def _time_step_s(frames: list[Frame], old_times: np.ndarray, old_step_s: int) ->
     return int(frames[0].accumulation_interval_s)
 
 
-def place_on_time_axis(fresh: list[Frame], old_times: np.ndarray, old_step_s: int, path: Path,
-                       max_gap_s: float | None = DEFAULT_MAX_GAP_S) -> tuple[list, list, int, list]:
+def place_on_time_axis(
+    fresh: list[Frame], old_times: np.ndarray, old_step_s: int, path: Path, max_gap_s: float | None = DEFAULT_MAX_GAP_S
+) -> tuple[list, list, int, list]:
     """Validate the time order of `fresh` (sorted) against the store; return (filled, missing, step_s, breaks).
 
     old_times: (T,) datetime64[ns], the store's time axis (empty for a new store);
@@ -49,7 +50,9 @@ def place_on_time_axis(fresh: list[Frame], old_times: np.ndarray, old_step_s: in
     """
     for a, b in zip(fresh, fresh[1:]):
         if a.time == b.time:
-            raise ConversionError(b.source, f"duplicate time {iso_time(b.time)}: {a.source.name} has the same time; drop one of them.")
+            raise ConversionError(
+                b.source, f"duplicate time {iso_time(b.time)}: {a.source.name} has the same time; drop one of them."
+            )
     if old_times.size and fresh[0].time <= old_times[-1]:
         f = fresh[0]
         clash = "duplicates a time already in" if f.time in set(old_times) else "is before the end of"
@@ -65,8 +68,9 @@ def place_on_time_axis(fresh: list[Frame], old_times: np.ndarray, old_step_s: in
         for f in fresh:
             if (f.time - start) % step:
                 raise ConversionError(
-                    f.source, f"time {iso_time(f.time)} is off the regular {step_s} s time axis that starts {iso_time(start)}; "
-                    "a store holds one time step: convert it into its own output=."
+                    f.source,
+                    f"time {iso_time(f.time)} is off the regular {step_s} s time axis that starts {iso_time(start)}; "
+                    "a store holds one time step: convert it into its own output=.",
                 )
     filled, missing, breaks = [], [], []
     prev = old_times[-1] if old_times.size else None
@@ -111,7 +115,8 @@ def checked_max_gap(max_gap_s) -> float | None:
     except (TypeError, ValueError):
         seconds = float("nan")
     if isinstance(max_gap_s, bool) or not seconds >= 0:
-        raise BadValueError(f"max_gap_s={max_gap_s!r}: must be seconds >= 0 (gaps longer than it start a new segment) "
-                         "or null (fill every gap with missing frames).")
+        raise BadValueError(
+            f"max_gap_s={max_gap_s!r}: must be seconds >= 0 (gaps longer than it start a new segment) "
+            "or null (fill every gap with missing frames)."
+        )
     return seconds
-

@@ -22,8 +22,20 @@ from nowcast_infill.io import frame_stats
 from nowcast_infill.io.importers import Frame
 from nowcast_infill.io.store.commit import mark_and_publish, recover_store
 from nowcast_infill.io.store.layout import DEFAULT_SHARDS, create_skeleton, storage_unit, whole_frame_chunk_writer
-from nowcast_infill.io.store.metadata import SourceRecord, check_consistent, new_store_attrs, package_versions, read_state
-from nowcast_infill.io.store.time_axis import DEFAULT_MAX_GAP_S, checked_max_gap, encode_times, iso_time, place_on_time_axis
+from nowcast_infill.io.store.metadata import (
+    SourceRecord,
+    check_consistent,
+    new_store_attrs,
+    package_versions,
+    read_state,
+)
+from nowcast_infill.io.store.time_axis import (
+    DEFAULT_MAX_GAP_S,
+    checked_max_gap,
+    encode_times,
+    iso_time,
+    place_on_time_axis,
+)
 from nowcast_infill.io.store_lock import DEFAULT_LOCK_TIMEOUT_S, StoreLock
 
 if TYPE_CHECKING:
@@ -72,10 +84,19 @@ class StoreWriter:
     `StoreLockedError` naming the holder (nowcast_infill/io/store_lock.py).
     """
 
-    def __init__(self, path: str | Path, *, source_name: str, chunks: dict | None = None,
-                 shards: dict | None = DEFAULT_SHARDS, compression: dict | None = None, history: str = "",
-                 expected_frames: int = 16, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
-                 max_gap_s: float | None = DEFAULT_MAX_GAP_S):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        source_name: str,
+        chunks: dict | None = None,
+        shards: dict | None = DEFAULT_SHARDS,
+        compression: dict | None = None,
+        history: str = "",
+        expected_frames: int = 16,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+        max_gap_s: float | None = DEFAULT_MAX_GAP_S,
+    ):
         self.path = Path(path)
         self.max_gap_s = checked_max_gap(max_gap_s)
         self.source_name = source_name
@@ -93,7 +114,9 @@ class StoreWriter:
         self.n_old = 0 if self.state is None else int(self.state.times.size)
         self.staging = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
         self.result = AppendResult(store=self.path)
-        self._known = {(d["name"], d["sha256"]) for d in (self.state.attrs.get("source_files", []) if self.state else [])}
+        self._known = {
+            (d["name"], d["sha256"]) for d in (self.state.attrs.get("source_files", []) if self.state else [])
+        }
         self._fresh: list[Frame] = []  # metadata of each written frame, precip dropped, in arrival order
         self._records: dict[Path, SourceRecord] = {}
         self._skips: list[dict] = []
@@ -112,7 +135,7 @@ class StoreWriter:
         self._stats: dict[int, frame_stats.FrameStats] = {}
         self._pixel_valid: np.ndarray | None = None  # (H, W) frames valid per pixel, this commit
 
-    def __enter__(self) -> "StoreWriter":
+    def __enter__(self) -> StoreWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -176,16 +199,24 @@ class StoreWriter:
         key_encoding = precip.metadata.chunk_key_encoding
         # One file (chunk or shard) per time step under `c/<t>/`: arrivals can go straight
         # into `precip` and be put in time order by renaming directories.
-        self._in_place = (storage_unit(precip)[0] == 1 and key_encoding.name == "default"
-                          and getattr(key_encoding, "separator", "/") == "/")
+        self._in_place = (
+            storage_unit(precip)[0] == 1
+            and key_encoding.name == "default"
+            and getattr(key_encoding, "separator", "/") == "/"
+        )
         if self._in_place:
             self._arrivals, self._arrival_offset = precip, self.n_old
         else:
             storage = storage_unit(precip)
             self._arrivals = zarr.create_array(
-                self.staging / _ARRIVALS, shape=(self._capacity, *precip.shape[1:]), dtype=precip.dtype,
-                chunks=(1, *precip.chunks[1:]), shards=(1, *storage[1:]) if precip.shards else None,
-                fill_value=np.nan, compressors=precip.compressors, zarr_format=3,
+                self.staging / _ARRIVALS,
+                shape=(self._capacity, *precip.shape[1:]),
+                dtype=precip.dtype,
+                chunks=(1, *precip.chunks[1:]),
+                shards=(1, *storage[1:]) if precip.shards else None,
+                fill_value=np.nan,
+                compressors=precip.compressors,
+                zarr_format=3,
             )
         self._resize_arrivals(self._capacity)
         self._write_chunk = whole_frame_chunk_writer(self._arrivals)
@@ -282,8 +313,15 @@ class StoreWriter:
             self._rewrite_from_arrivals(zarr.open_array(self.staging / schema.PRECIP, mode="r+"), final_index, n_new)
         self._write_time_axis(filled, n_new)
         gaps = [self.n_old + k for k, f in enumerate(filled) if not isinstance(f, Frame)]
-        frame_stats.write_commit_stats(self.staging, self.path, self.n_old, n_new,
-                                       {final_index[a]: s for a, s in self._stats.items()}, gaps, self._pixel_valid)
+        frame_stats.write_commit_stats(
+            self.staging,
+            self.path,
+            self.n_old,
+            n_new,
+            {final_index[a]: s for a, s in self._stats.items()},
+            gaps,
+            self._pixel_valid,
+        )
         self._finish_metadata([f for f in filled if isinstance(f, Frame)], missing, step_s)
         mark_and_publish(self.staging, self.path)
         result.written_times = [iso_time(f.time) for f in fresh]
@@ -325,7 +363,7 @@ class StoreWriter:
             block = np.full((stop - start, *precip.shape[1:]), np.nan, dtype=precip.dtype)
             if start < self.n_old:
                 assert old is not None  # opened above whenever the store has frames (n_old > 0)
-                block[: self.n_old - start] = old[start:self.n_old]
+                block[: self.n_old - start] = old[start : self.n_old]
             for t in range(max(start, self.n_old), stop):
                 if t in arrival_at:
                     assert self._arrivals is not None  # frames were added, so staging was opened
@@ -358,7 +396,9 @@ class StoreWriter:
 
         group = zarr.open_group(self.staging, mode="r+")
         attrs = dict(self.state.attrs) if self.state is not None else {}
-        attrs.update(new_store_attrs(attrs, frames, missing, self._records, self.source_name, self._skips, self.history, step_s))
+        attrs.update(
+            new_store_attrs(attrs, frames, missing, self._records, self.source_name, self._skips, self.history, step_s)
+        )
         if frames:
             attrs["max_gap_s"] = self.max_gap_s  # gaps longer than this are segment boundaries (null: none)
         group.attrs.put(attrs)
@@ -366,4 +406,3 @@ class StoreWriter:
             # zarr 3 flags consolidated metadata as not yet in the v3 spec; xarray reads it.
             warnings.simplefilter("ignore", category=UserWarning)
             zarr.consolidate_metadata(self.staging)
-

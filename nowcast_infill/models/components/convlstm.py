@@ -122,7 +122,9 @@ class PartialConvLSTMCell(nn.Module):
             gates = self.gate_norm(gates, mask)
         in_gate, forget_gate, out_gate, candidate = gates.chunk(4, dim=1)
         keep = mask.to(gates.dtype) if mask.shape[1] == 1 else mask[:, : self.hidden_channels].to(gates.dtype)
-        c = (torch.sigmoid(forget_gate) * state.c.to(gates.dtype) + torch.sigmoid(in_gate) * torch.tanh(candidate)) * keep
+        c = (
+            torch.sigmoid(forget_gate) * state.c.to(gates.dtype) + torch.sigmoid(in_gate) * torch.tanh(candidate)
+        ) * keep
         h = torch.sigmoid(out_gate) * torch.tanh(c)
         return LSTMState(h, c, mask if mask.shape[1] == 1 else mask[:, : self.hidden_channels])
 
@@ -144,7 +146,9 @@ class PartialConvLSTM(nn.Module):
         gate_norm: bool = True,
     ) -> None:
         super().__init__()
-        self.cell = PartialConvLSTMCell(input_channels, hidden_channels, kernel_size, input_mask_groups, conv_cls, gate_norm)
+        self.cell = PartialConvLSTMCell(
+            input_channels, hidden_channels, kernel_size, input_mask_groups, conv_cls, gate_norm
+        )
 
     def forward(
         self, x: torch.Tensor, x_mask: torch.Tensor, state: LSTMState | None = None

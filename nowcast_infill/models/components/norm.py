@@ -27,8 +27,12 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
                     unbiased = var * count / (count - 1).clamp(min=1.0)
                     seen = count > 1
                     momentum = 0.1 if self.momentum is None else self.momentum
-                    self.running_mean.copy_(torch.where(seen, torch.lerp(self.running_mean, mean, momentum), self.running_mean))
-                    self.running_var.copy_(torch.where(seen, torch.lerp(self.running_var, unbiased, momentum), self.running_var))
+                    self.running_mean.copy_(
+                        torch.where(seen, torch.lerp(self.running_mean, mean, momentum), self.running_mean)
+                    )
+                    self.running_var.copy_(
+                        torch.where(seen, torch.lerp(self.running_var, unbiased, momentum), self.running_var)
+                    )
                     self.num_batches_tracked.add_(1)
         else:
             mean, var = self.running_mean, self.running_var

@@ -125,8 +125,10 @@ class PartialConv2d(nn.Conv2d):
             scale = self.window_size / count.clamp(min=1.0) * new_mask
         if not self.input_is_masked:
             groups = resolve_mask_groups(self.in_channels, self.mask_groups, mask.shape[1], type(self).__name__)
-            per_channel = mask if len(groups) in (1, self.in_channels) else torch.repeat_interleave(
-                mask, torch.tensor(groups, device=mask.device), dim=1
+            per_channel = (
+                mask
+                if len(groups) in (1, self.in_channels)
+                else torch.repeat_interleave(mask, torch.tensor(groups, device=mask.device), dim=1)
             )
             x = x * per_channel.to(x.dtype)
         raw = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation)

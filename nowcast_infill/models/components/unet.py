@@ -112,7 +112,9 @@ class PConvUNet(nn.Module):
                 f"got in_frames={in_frames}, out_frames={out_frames}."
             )
         if attention and aux_channels < 1:
-            raise ValueError("PConvUNet: attention=True needs aux_channels >= 1 (the attention is driven by aux fields).")
+            raise ValueError(
+                "PConvUNet: attention=True needs aux_channels >= 1 (the attention is driven by aux fields)."
+            )
         if not encoder_channels:
             raise ValueError("PConvUNet: encoder_channels is empty; give at least one layer width.")
         kernels = tuple(default_kernel_sizes(len(encoder_channels)) if kernel_sizes is None else kernel_sizes)
@@ -141,8 +143,12 @@ class PConvUNet(nn.Module):
 
         self.encoder = nn.ModuleList(
             conv(
-                levels[i], levels[i + 1], kernels[i], stride=2,
-                mask_groups=(1,) * levels[0] if i == 0 else None, input_is_masked=True,
+                levels[i],
+                levels[i + 1],
+                kernels[i],
+                stride=2,
+                mask_groups=(1,) * levels[0] if i == 0 else None,
+                input_is_masked=True,
             )
             for i in range(self.depth)
         )
@@ -150,18 +156,31 @@ class PConvUNet(nn.Module):
             MaskedBatchNorm2d(levels[i + 1]) if batch_norm and i > 0 else nn.Identity() for i in range(self.depth)
         )
         if lstm:
-            self.encoder_lstm = nn.ModuleList(PartialConvLSTM(w, w, 3, conv_cls=conv, gate_norm=batch_norm) for w in widths)
+            self.encoder_lstm = nn.ModuleList(
+                PartialConvLSTM(w, w, 3, conv_cls=conv, gate_norm=batch_norm) for w in widths
+            )
             # Decoder level i (resolution H / 2**(i-1)) is a cell seeded by encoder level i-1.
             self.decoder_cells = nn.ModuleList(
-                PartialConvLSTMCell(levels[i] + levels[i - 1], levels[i - 1], decoder_kernel_size,
-                                    input_mask_groups=(levels[i], levels[i - 1]), conv_cls=conv, gate_norm=batch_norm)
+                PartialConvLSTMCell(
+                    levels[i] + levels[i - 1],
+                    levels[i - 1],
+                    decoder_kernel_size,
+                    input_mask_groups=(levels[i], levels[i - 1]),
+                    conv_cls=conv,
+                    gate_norm=batch_norm,
+                )
                 for i in range(self.depth, 1, -1)
             )
             head_out = 1
         else:
             self.decoder = nn.ModuleList(
-                conv(levels[i] + levels[i - 1], levels[i - 1], decoder_kernel_size,
-                     mask_groups=(levels[i], levels[i - 1]), input_is_masked=True)
+                conv(
+                    levels[i] + levels[i - 1],
+                    levels[i - 1],
+                    decoder_kernel_size,
+                    mask_groups=(levels[i], levels[i - 1]),
+                    input_is_masked=True,
+                )
                 for i in range(self.depth, 1, -1)
             )
             self.decoder_norm = nn.ModuleList(
@@ -173,12 +192,16 @@ class PConvUNet(nn.Module):
         # evidence (the LSTM variant's own features start at half resolution).
         head_skip = levels[0] * (in_frames if lstm else 1)
         self.head = conv(
-            levels[1] + head_skip, head_out, decoder_kernel_size,
-            mask_groups=(levels[1], *(1,) * head_skip), input_is_masked=True,
+            levels[1] + head_skip,
+            head_out,
+            decoder_kernel_size,
+            mask_groups=(levels[1], *(1,) * head_skip),
+            input_is_masked=True,
         )
         if attention:
-            aux_widths = tuple(
-                max(8, w // 4) for w in widths) if aux_encoder_channels is None else tuple(aux_encoder_channels)
+            aux_widths = (
+                tuple(max(8, w // 4) for w in widths) if aux_encoder_channels is None else tuple(aux_encoder_channels)
+            )
             if len(aux_widths) != self.depth:
                 raise ValueError(
                     f"PConvUNet: aux_encoder_channels {aux_widths} needs one width per level ({self.depth})."
@@ -201,9 +224,7 @@ class PConvUNet(nn.Module):
     # -- input handling -------------------------------------------------------------
     def _check_inputs(self, x, x_mask, aux, aux_mask) -> None:
         if x.dim() != 5 or x.shape[1] != self.in_frames or x.shape[2] != 1:
-            raise ValueError(
-                f"PConvUNet: x has shape {tuple(x.shape)}, expected (B, T_in={self.in_frames}, 1, H, W)."
-            )
+            raise ValueError(f"PConvUNet: x has shape {tuple(x.shape)}, expected (B, T_in={self.in_frames}, 1, H, W).")
         if x_mask.shape != x.shape:
             raise ValueError(f"PConvUNet: x_mask shape {tuple(x_mask.shape)} differs from x shape {tuple(x.shape)}.")
         h, w = x.shape[-2:]
@@ -222,7 +243,9 @@ class PConvUNet(nn.Module):
                     f"(B={x.shape[0]}, T_in={self.in_frames}, A={self.aux_channels}, h, w)."
                 )
             if aux_mask is not None and aux_mask.shape != aux.shape:
-                raise ValueError(f"PConvUNet: aux_mask shape {tuple(aux_mask.shape)} differs from aux {tuple(aux.shape)}.")
+                raise ValueError(
+                    f"PConvUNet: aux_mask shape {tuple(aux_mask.shape)} differs from aux {tuple(aux.shape)}."
+                )
         elif aux is not None:
             raise ValueError(
                 f"PConvUNet: got aux with shape {tuple(aux.shape)} but the network was built with aux_channels=0."
@@ -270,7 +293,10 @@ class PConvUNet(nn.Module):
         else:
             inp, inp_mask = frames.flatten(1, 2), frame_masks.flatten(1, 2)
             if prior is not None:
-                inp, inp_mask = torch.cat([inp, prior.flatten(1, 2)], 1), torch.cat([inp_mask, prior_mask.flatten(1, 2)], 1)
+                inp, inp_mask = (
+                    torch.cat([inp, prior.flatten(1, 2)], 1),
+                    torch.cat([inp_mask, prior_mask.flatten(1, 2)], 1),
+                )
             raw = self._forward_stacked(inp, inp_mask, aux_levels)
         raw = raw.float().reshape(b, self.out_frames, 1, h, w)
         if prior is None:
@@ -285,7 +311,9 @@ class PConvUNet(nn.Module):
                 "the DataModule adds it when the module's prior is attached (RadarModule.setup)."
             )
         if not self.prior_frames and prior is not None:
-            raise ValueError("PConvUNet: got a prior but the network was built with prior_frames=0 (model.prior: null).")
+            raise ValueError(
+                "PConvUNet: got a prior but the network was built with prior_frames=0 (model.prior: null)."
+            )
         if prior is not None:
             want = (x.shape[0], self.prior_frames, 1, *x.shape[-2:])
             if tuple(prior.shape) != want or prior_mask is None or prior_mask.shape != prior.shape:

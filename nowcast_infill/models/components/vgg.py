@@ -60,16 +60,24 @@ class VGG16Features(nn.Module):
         Extra keys (deeper layers, the classifier) are ignored.
         """
         if path is None or str(path) == "":
-            raise FileNotFoundError(f"`{option}` is not set but the perceptual/style loss needs VGG16 weights. {HOW_TO_GET_WEIGHTS}")
+            raise FileNotFoundError(
+                f"`{option}` is not set but the perceptual/style loss needs VGG16 weights. {HOW_TO_GET_WEIGHTS}"
+            )
         path = Path(path).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: VGG16 weights file given as `{option}` does not exist. {HOW_TO_GET_WEIGHTS}")
+            raise FileNotFoundError(
+                f"{path}: VGG16 weights file given as `{option}` does not exist. {HOW_TO_GET_WEIGHTS}"
+            )
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # any unreadable file gets the same actionable message
-            raise ValueError(f"{path}: cannot read `{option}` as a torch state dict ({err}). {HOW_TO_GET_WEIGHTS}") from err
+            raise ValueError(
+                f"{path}: cannot read `{option}` as a torch state dict ({err}). {HOW_TO_GET_WEIGHTS}"
+            ) from err
         if not isinstance(state, dict):
-            raise ValueError(f"{path}: `{option}` holds a {type(state).__name__}, expected a state dict. {HOW_TO_GET_WEIGHTS}")
+            raise ValueError(
+                f"{path}: `{option}` holds a {type(state).__name__}, expected a state dict. {HOW_TO_GET_WEIGHTS}"
+            )
         model = cls()
         wanted = model.state_dict()
         missing = [k for k in wanted if k not in state]
@@ -78,9 +86,13 @@ class VGG16Features(nn.Module):
                 f"{path}: `{option}` lacks the VGG16 keys {missing[:4]}{'...' if len(missing) > 4 else ''} "
                 f"(expected torchvision vgg16 keys `features.N.weight/bias`). {HOW_TO_GET_WEIGHTS}"
             )
-        wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in wanted.items() if state[k].shape != v.shape]
+        wrong = [
+            f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in wanted.items() if state[k].shape != v.shape
+        ]
         if wrong:
-            raise ValueError(f"{path}: `{option}` has VGG16 tensors of the wrong shape: {wrong[:3]}. {HOW_TO_GET_WEIGHTS}")
+            raise ValueError(
+                f"{path}: `{option}` has VGG16 tensors of the wrong shape: {wrong[:3]}. {HOW_TO_GET_WEIGHTS}"
+            )
         model.load_state_dict({k: state[k] for k in wanted})
         model.requires_grad_(False)
         return model.eval()

@@ -423,13 +423,18 @@ class RadarDataModule(L.LightningDataModule):
                     f"config asks {self.normalization!r}; delete the file to refit or fix data.normalization."
                 )
             missing_aux = [a for a in self.aux_names if a not in loaded.aux]
-            if loaded.fitted_on == fitted_on and not missing_aux:
+            # Files written before 2026-11-30 gave every aux field the last field's statistics
+            # (aux_t in K then reached the network as z ~ 100 and silenced its output).
+            shared_aux = loaded.aux_fields_sharing_stats()
+            if loaded.fitted_on == fitted_on and not missing_aux and not shared_aux:
                 self._normalizer.load_state_dict(loaded.state_dict())
                 self._normalizer.fitted_on = fitted_on
                 log.info("normalisation statistics loaded from %s", self.stats_path)
                 return
             reason = (
-                f"lack aux field(s) {missing_aux}"
+                f"give aux fields {shared_aux} identical statistics (fitted on one field)"
+                if shared_aux
+                else f"lack aux field(s) {missing_aux}"
                 if loaded.fitted_on == fitted_on
                 else "record no fit frames"
                 if loaded.fitted_on is None

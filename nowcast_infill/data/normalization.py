@@ -145,6 +145,14 @@ class Normalizer:
         self.aux[name] = {"mean": moments.mean, "std": moments.std if moments.std > 0 else 1.0, "count": moments.count}
         return self
 
+    def aux_fields_sharing_stats(self) -> list[str]:
+        """Aux fields whose (mean, std, count) equal another field's, sorted: two distinct physical
+        fields never agree to the last bit, so such statistics were fitted on the wrong field."""
+        by_stats: dict[tuple[float, float, int], list[str]] = {}
+        for name, stats in self.aux.items():
+            by_stats.setdefault((stats["mean"], stats["std"], stats["count"]), []).append(name)
+        return sorted(name for names in by_stats.values() if len(names) > 1 for name in names)
+
     @property
     def fitted(self) -> bool:
         return self.std is not None

@@ -298,7 +298,12 @@ def fit_normalizer(
             frames = np.sort(np.random.default_rng(seed).choice(frames, AUX_FIT_FRAMES, replace=False))
         return (np.asarray(plan.handle[schema.AUX_PREFIX + name][int(t)], np.float32) for t in frames)
 
-    aux = {a: chain.from_iterable(aux_values(plan, a) for plan in plans) for a in aux_names}
+    def field_values(name: str):
+        # A function call binds `name` now: a generator written inside the dict comprehension would
+        # read the loop variable only when consumed, after the loop, and fit every field on the last.
+        return chain.from_iterable(aux_values(plan, name) for plan in plans)
+
+    aux = {a: field_values(a) for a in aux_names}
     normalizer.fit_moments(*moments[0], aux=aux)
     log.info(
         "normalisation fitted on %s (stored per-frame moments): %s",

@@ -133,7 +133,7 @@ def plot_frames_with_masks(ds, times: Sequence, masks: np.ndarray | None, path: 
     extent = [float(ds["x"].min()), float(ds["x"].max()), float(ds["y"].min()), float(ds["y"].max())]
     origin = "lower" if ds["y"].values[-1] > ds["y"].values[0] else "upper"
     image = None
-    for col, (idx, frame) in enumerate(zip(indices, frames)):
+    for col, (idx, frame) in enumerate(zip(indices, frames, strict=True)):
         shown = np.where(frame > 0, frame, 0.01)  # dry below vmin -> white, NaN stays NaN -> grey
         shown[np.isnan(frame)] = np.nan
         ax = axes[0, col]
@@ -152,6 +152,7 @@ def plot_frames_with_masks(ds, times: Sequence, masks: np.ndarray | None, path: 
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
+    assert image is not None  # plt.subplots rejects 0 columns, so the loop drew at least one frame
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="mm/h")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -216,7 +217,7 @@ def lead_time_plot(
     """PNG with one panel per `(y label, series)`; a series is `(name, lead minutes, mean, std,
     shaded)`: solid with a shaded +- std band when `shaded` (networks), dashed otherwise."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), constrained_layout=True, squeeze=False)
-    for ax, (label, series) in zip(axes[0], panels):
+    for ax, (label, series) in zip(axes[0], panels, strict=True):
         for name, minutes, mean, std, shaded in series:
             ax.plot(minutes, mean, "-" if shaded else "--", marker="o", ms=3, label=name)
             if shaded:

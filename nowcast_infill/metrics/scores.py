@@ -140,7 +140,7 @@ def spatial_correlation(pred, target, mask=None) -> tuple[float, int]:
     """
     _, _, p, t, m = _frame_means(pred, target, mask)
     correlations, skipped = [], 0
-    for pf, tf, mf in zip(p, t, m):
+    for pf, tf, mf in zip(p, t, m, strict=True):
         a, b = pf[mf], tf[mf]
         r = pearson(a, b, min_std=MIN_PATTERN_STD_MM_H)
         if np.isnan(r):
@@ -209,7 +209,7 @@ def fss_sums(pred, target, threshold: float, scale: int, mask=None) -> tuple[flo
     p, t, m = _scored(pred, target, mask)
     h, w = p.shape[-2:]
     num = den = 0.0
-    for pf, tf, mf in zip(p.reshape(-1, h, w), t.reshape(-1, h, w), m.reshape(-1, h, w)):
+    for pf, tf, mf in zip(p.reshape(-1, h, w), t.reshape(-1, h, w), m.reshape(-1, h, w), strict=True):
         frac_f = neighbourhood_fraction(pf >= threshold, mf, scale)[mf]
         frac_o = neighbourhood_fraction(tf >= threshold, mf, scale)[mf]
         num += float(np.sum((frac_f - frac_o) ** 2))

@@ -44,6 +44,7 @@ def window_sums_along(values: torch.Tensor, dim: int, scales: Sequence[int], pad
                 else:
                     total, owned = total + term, True
                 offset += width
+        assert total is not None  # an odd scale has the 1 bit, so at least the width-1 block was added
         sums.append(total)
     return sums
 
@@ -73,7 +74,7 @@ def box_sums_of_padded(padded: torch.Tensor, scales: Sequence[int], pad: int) ->
     larger field can be passed as views that include `pad` halo rows from their neighbours.
     """
     out = []
-    for scale, along_w in zip(scales, window_sums_along(padded, -1, scales, pad)):
+    for scale, along_w in zip(scales, window_sums_along(padded, -1, scales, pad), strict=True):
         # along_w still has `pad` halo rows on each side; keep the ones this scale reaches
         extra = pad - scale // 2
         rows = along_w.narrow(-2, extra, along_w.shape[-2] - 2 * extra)
@@ -112,7 +113,7 @@ def weighted_row_sums(values: torch.Tensor, weight: torch.Tensor) -> torch.Tenso
     faster than `bmm` with a single column; many small batches go through `bmm`.
     """
     if values.shape[0] <= 16:
-        return torch.stack([torch.mv(v, w) for v, w in zip(values, weight)])
+        return torch.stack([torch.mv(v, w) for v, w in zip(values, weight, strict=True)])
     return torch.bmm(values, weight.unsqueeze(2))[..., 0]
 
 
@@ -123,7 +124,7 @@ def row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     and sum (there the temporary is small and the per-call overhead dominates).
     """
     if a.shape[0] <= 64:
-        return torch.stack([torch.dot(x, y) for x, y in zip(a, b)])
+        return torch.stack([torch.dot(x, y) for x, y in zip(a, b, strict=True)])
     return (a * b).sum(1)
 
 

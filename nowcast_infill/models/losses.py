@@ -158,6 +158,7 @@ class InfillLoss(RadarLoss):
 
     def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
         vgg = self._vgg
+        assert vgg is not None  # built in __init__ whenever a perceptual/style weight is > 0
         if next(vgg.parameters()).device != images.device:
             vgg.to(images.device)
         return vgg(radar_to_vgg_input(images))
@@ -206,6 +207,7 @@ class InfillLoss(RadarLoss):
                 terms["style"] = style
 
         total = sum(self.weights[name] * value for name, value in terms.items())
+        assert isinstance(total, torch.Tensor)  # __init__ rejects all-zero weights, so terms is not empty
         return total, {name: value.detach() for name, value in terms.items()}
 
 
@@ -223,6 +225,9 @@ class NowcastLoss(RadarLoss):
     """
 
     KINDS = ("mse", "mae", "mse+mae")
+    # buffers registered in __init__
+    thresholds_mm_h: torch.Tensor
+    rate_weights: torch.Tensor
 
     def __init__(
         self,
@@ -241,7 +246,7 @@ class NowcastLoss(RadarLoss):
                 f"NowcastLoss: need one more weight than thresholds (a weight below the first threshold), "
                 f"got thresholds={thresholds}, weights={weights}."
             )
-        if any(b <= a for a, b in zip(thresholds, thresholds[1:])):
+        if any(b <= a for a, b in zip(thresholds, thresholds[1:], strict=False)):
             raise ValueError(f"NowcastLoss: thresholds must be strictly increasing mm/h values, got {thresholds}.")
         if any(w < 0 for w in weights):
             raise ValueError(f"NowcastLoss: weights must be >= 0, got {weights}.")

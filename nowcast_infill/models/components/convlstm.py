@@ -102,7 +102,8 @@ class PartialConvLSTMCell(nn.Module):
         self.gate_norm = MaskedGroupNorm(4, 4 * hidden_channels) if gate_norm else None
         forget = slice(hidden_channels, 2 * hidden_channels)
         with torch.no_grad():
-            shift = self.gate_norm.bias if gate_norm else self.gates.bias
+            shift = self.gate_norm.bias if self.gate_norm is not None else self.gates.bias
+            assert shift is not None  # the conv has a bias exactly when there is no gate norm
             shift[forget] = FORGET_BIAS
 
     def initial_state(self, x: torch.Tensor, x_mask: torch.Tensor) -> LSTMState:

@@ -24,7 +24,7 @@ class NaivePartialConv2d(PartialConv2d):
     (the reference always multiplies).
     """
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         groups = resolve_mask_groups(self.in_channels, self.mask_groups, mask.shape[1], type(self).__name__)
         if mask.shape[1] != self.in_channels:
             mask = torch.repeat_interleave(mask, torch.tensor(groups, device=mask.device), dim=1)

@@ -23,6 +23,9 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
             mean = (xf * m).sum(dim=(0, 2, 3)) / denom
             var = ((xf - mean.view(1, -1, 1, 1)).square() * m).sum(dim=(0, 2, 3)) / denom
             if self.training and self.track_running_stats:
+                # nn.BatchNorm2d allocates these buffers whenever track_running_stats is set
+                assert self.running_mean is not None and self.running_var is not None
+                assert self.num_batches_tracked is not None
                 with torch.no_grad():
                     unbiased = var * count / (count - 1).clamp(min=1.0)
                     seen = count > 1
@@ -35,6 +38,7 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
                     )
                     self.num_batches_tracked.add_(1)
         else:
+            assert self.running_mean is not None and self.running_var is not None
             mean, var = self.running_mean, self.running_var
         scale = torch.rsqrt(var + self.eps)
         shift = -mean * scale

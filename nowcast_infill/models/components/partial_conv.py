@@ -39,7 +39,7 @@ def _pair(value: int | Sequence[int]) -> tuple[int, int]:
     pair = tuple(int(v) for v in value)
     if len(pair) != 2:
         raise ValueError(f"expected an int or a pair of ints, got {value!r}")
-    return pair  # type: ignore[return-value]
+    return pair
 
 
 def resolve_mask_groups(
@@ -97,8 +97,8 @@ class PartialConv2d(nn.Conv2d):
     ) -> None:
         kernel = _pair(kernel_size)
         dil = _pair(dilation)
-        pad = tuple(d * (k - 1) // 2 for d, k in zip(dil, kernel)) if padding is None else _pair(padding)
-        super().__init__(in_channels, out_channels, kernel, stride=stride, padding=pad, dilation=dil, bias=bias)
+        pad = (dil[0] * (kernel[0] - 1) // 2, dil[1] * (kernel[1] - 1) // 2) if padding is None else _pair(padding)
+        super().__init__(in_channels, out_channels, kernel, stride=_pair(stride), padding=pad, dilation=dil, bias=bias)
         groups = (in_channels,) if mask_groups is None else tuple(int(g) for g in mask_groups)
         if sum(groups) != in_channels or any(g <= 0 for g in groups):
             raise ValueError(
@@ -117,7 +117,8 @@ class PartialConv2d(nn.Conv2d):
         with torch.autocast(device_type=mask.device.type, enabled=False):
             return F.conv2d(mask.float(), kernel, None, self.stride, self.padding, self.dilation)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # The override takes the mask too (nn.Conv2d.forward takes one input): the point of a partial conv.
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         with torch.no_grad():
             count = self.valid_count(mask)
             new_mask = (count > 0).float()

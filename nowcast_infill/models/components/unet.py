@@ -83,6 +83,8 @@ class PConvUNet(nn.Module):
             a clamp whose gradient dies below the floor).
     """
 
+    output_floor: torch.Tensor  # 0-d buffer, registered in __init__
+
     def __init__(
         self,
         in_frames: int,
@@ -208,7 +210,7 @@ class PConvUNet(nn.Module):
                 )
             self.aux_encoder = AuxEncoder(in_frames * aux_channels, aux_widths, conv_cls=conv)
             self.skip_attention = nn.ModuleList(
-                AuxChannelSpatialAttention(w, a, conv_cls=conv) for w, a in zip(widths, aux_widths)
+                AuxChannelSpatialAttention(w, a, conv_cls=conv) for w, a in zip(widths, aux_widths, strict=True)
             )
         self.register_buffer("output_floor", torch.tensor(float(output_floor)))
 
@@ -283,9 +285,11 @@ class PConvUNet(nn.Module):
                 frames = torch.cat([x, aux_grid.unflatten(0, (b, t_in))], dim=2)
                 frame_masks = torch.cat([x_mask, aux_grid_mask.unflatten(0, (b, t_in))], dim=2)
         if prior is not None:
+            assert prior_mask is not None  # _check_prior requires it beside a prior
             prior, prior_mask = self._masked(prior.to(x.dtype), prior_mask)
         if self.lstm:
             if prior is not None:
+                assert prior_mask is not None
                 per_step = (b, t_in, self.prior_frames, h, w)
                 frames = torch.cat([frames, prior[:, None, :, 0].expand(per_step)], dim=2)
                 frame_masks = torch.cat([frame_masks, prior_mask[:, None, :, 0].expand(per_step)], dim=2)
@@ -293,6 +297,7 @@ class PConvUNet(nn.Module):
         else:
             inp, inp_mask = frames.flatten(1, 2), frame_masks.flatten(1, 2)
             if prior is not None:
+                assert prior_mask is not None
                 inp, inp_mask = (
                     torch.cat([inp, prior.flatten(1, 2)], 1),
                     torch.cat([inp_mask, prior_mask.flatten(1, 2)], 1),
@@ -301,6 +306,7 @@ class PConvUNet(nn.Module):
         raw = raw.float().reshape(b, self.out_frames, 1, h, w)
         if prior is None:
             return self.output_floor + F.softplus(raw)
+        assert prior_mask is not None
         base = torch.where(prior_mask > 0, prior.float(), self.output_floor.expand_as(raw))
         return self.output_floor + F.relu(base + raw - self.output_floor)
 
@@ -339,7 +345,7 @@ class PConvUNet(nn.Module):
             feat, mask = self._encode_layer(i, feat, mask)
             skips.append((self._attend(i, feat, mask, aux_levels), mask))
         feat, mask = skips.pop()
-        for layer, norm in zip(self.decoder, self.decoder_norm):
+        for layer, norm in zip(self.decoder, self.decoder_norm, strict=True):
             skip, skip_mask = skips.pop()
             feat, mask = layer(*self._up_and_cat(feat, mask, skip, skip_mask))
             if isinstance(norm, MaskedBatchNorm2d):

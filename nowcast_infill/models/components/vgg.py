@@ -10,13 +10,25 @@ directly. Weights are never downloaded at run time; they come from a local file.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
 
 # (in_channels, out_channels) of each 3x3 conv, "M" = 2x2 max pool; the VGG16
 # configuration "D" up to and including the third pooling layer.
-_VGG16_BLOCKS_1_TO_3 = [(3, 64), (64, 64), "M", (64, 128), (128, 128), "M", (128, 256), (256, 256), (256, 256), "M"]
+_VGG16_BLOCKS_1_TO_3: list[tuple[int, int] | Literal["M"]] = [
+    (3, 64),
+    (64, 64),
+    "M",
+    (64, 128),
+    (128, 128),
+    "M",
+    (128, 256),
+    (256, 256),
+    (256, 256),
+    "M",
+]
 
 # ImageNet statistics the torchvision VGG16 weights were trained with (RGB in [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -189,5 +189,5 @@ def test_checkpoint_payload_of_old_and_foreign_formats():
     from nowcast_infill.training.module import checkpoint_payload
 
     assert checkpoint_payload({"state_dict": {}}) is None  # the old layout: readers fall back to it
-    with pytest.raises(CheckpointError, match=r"^models/x.ckpt: its 'nowcast_infill' entry has format 3 .*retrain"):
+    with pytest.raises(CheckpointError, match=r"^models/x.ckpt: 'nowcast_infill' is of format 3, this version reads format 2; .*retrain"):
         checkpoint_payload({"nowcast_infill": {"format": 3}}, "models/x.ckpt")

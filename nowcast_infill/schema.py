@@ -10,10 +10,14 @@ from __future__ import annotations
 import base64
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from nowcast_infill.errors import UserError
+
+if TYPE_CHECKING:
+    import zarr
 
 # Version 2 adds separate time segments (gaps longer than `max_gap_s` are not filled)
 # and the per-frame statistics `frame_*` (nowcast_infill/io/frame_stats.py). A version 1
@@ -39,6 +43,15 @@ NAN_FILL_ATTR = base64.standard_b64encode(struct.pack("<d", float("nan"))).decod
 
 class StoreSchemaError(UserError, ValueError):
     """A store does not follow docs/schema.md."""
+
+
+def store_array(group: zarr.Group, name: str) -> zarr.Array:
+    """The array `name` of the open store `group` (each variable of the schema is an array, not a group)."""
+    import zarr
+
+    array = group[name]
+    assert isinstance(array, zarr.Array), f"{name!r} is a zarr group, not an array"
+    return array
 
 
 def implausible_precip(values: np.ndarray, max_mm_h: float = MAX_RAIN_RATE_MM_H) -> np.ndarray:

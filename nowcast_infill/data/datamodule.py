@@ -272,7 +272,7 @@ class RadarDataModule(L.LightningDataModule):
         objects); before setup this is `use_normalizer`: setup then fits and reads nothing."""
         if "normalizer" in state_dict:
             self._load_normalizer_state(state_dict["normalizer"])
-        for own, state in zip(self._normalizers, state_dict.get("normalizers", [])):
+        for own, state in zip(self._normalizers, state_dict.get("normalizers", []), strict=False):
             own.load_state_dict(state)
             self._normalizer_given = True
 
@@ -348,7 +348,7 @@ class RadarDataModule(L.LightningDataModule):
 
     def _split_dataset(self, name: str, generator: MaskGenerator | None) -> RadarWindowDataset | MultiStoreDataset:
         parts = []
-        for index, (plan, normalizer) in enumerate(zip(self.plans, self._normalizers)):
+        for index, (plan, normalizer) in enumerate(zip(self.plans, self._normalizers, strict=True)):
             shape: dict[str, Any]
             if name == "train":
                 shape = (
@@ -397,7 +397,7 @@ class RadarDataModule(L.LightningDataModule):
                     "run; data.stats_path=%s is not used",
                     self.stats_path,
                 )
-            for plan, normalizer in zip(self.plans, self._normalizers):
+            for plan, normalizer in zip(self.plans, self._normalizers, strict=True):
                 fit_normalizer(normalizer, [plan], aux_names=self.aux_names, seed=self.seed)
         else:
             self._fit_or_load(rank)

@@ -133,9 +133,9 @@ def save_mask_set(
     tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
     if path.suffix == ".npz":
         with open(tmp, "wb") as fh:
-            arrays = {MASK_VARIABLE: masks, "spec": np.array(spec_json), "seed": np.array(int(seed))}
-            # numpy's stub types **kwds beside allow_pickle: bool, so mypy checks a **dict against both.
-            np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
+            # Any: numpy's stub types **kwds beside allow_pickle: bool, so mypy checks a **dict against both.
+            arrays: dict[str, Any] = {MASK_VARIABLE: masks, "spec": np.array(spec_json), "seed": np.array(int(seed))}
+            np.savez_compressed(fh, **arrays)
     elif path.suffix in (".nc", ".zarr"):
         ds = xr.Dataset(
             {MASK_VARIABLE: (("sample", "y", "x"), masks.astype(np.int8), {"long_name": "hidden pixel (1) mask"})},

@@ -148,7 +148,7 @@ class Normalizer:
     def aux_fields_sharing_stats(self) -> list[str]:
         """Aux fields whose (mean, std, count) equal another field's, sorted: two distinct physical
         fields never agree to the last bit, so such statistics were fitted on the wrong field."""
-        by_stats: dict[tuple[float, float, int], list[str]] = {}
+        by_stats: dict[tuple[float, float, float], list[str]] = {}
         for name, stats in self.aux.items():
             by_stats.setdefault((stats["mean"], stats["std"], stats["count"]), []).append(name)
         return sorted(name for names in by_stats.values() if len(names) > 1 for name in names)

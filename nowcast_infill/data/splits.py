@@ -80,7 +80,7 @@ def plan_splits(times: np.ndarray, split: Mapping | str | None, store: str = "<s
         raise BadValueError(f"{store}: {n} frames cannot hold two gaps of {gap} frames; lower split.gap.")
     sizes = [math.floor(f * usable) for f in fractions]
     blocks, start = {}, 0
-    for name, size in zip(SPLITS, sizes):
+    for name, size in zip(SPLITS, sizes, strict=True):
         blocks[name] = (start, start + size)
         start += size + gap
     return blocks

@@ -170,7 +170,7 @@ def predict_tiled(
         if total is None:
             out_dtype = pred.dtype
             total = torch.zeros(pred.shape[1], pred.shape[2], full_h, full_w, dtype=acc_dtype, device=x.device)
-        for (r, c), p in zip(chunk, pred):
+        for (r, c), p in zip(chunk, pred, strict=True):
             total[..., r : r + tile_h, c : c + tile_w] += p.to(acc_dtype) * weight
             weight_sum[r : r + tile_h, c : c + tile_w] += weight
     assert total is not None  # windows is never empty (checked above when `needed` filters it)

@@ -41,6 +41,7 @@ def last_time(path: Path, source: str, options: dict) -> np.datetime64:
     got, _, error = read_item(source, options, last)[1:]
     if error is not None:
         raise ConversionError(last.path, error.removeprefix(f"{last.path}: "))
+    assert got is not None  # read_item returns frames whenever it returns no error
     return max(f.time for f in got)
 
 
@@ -81,7 +82,7 @@ def split_by_inputs(files, tasks, time_range, time_step_s, source, options):
     start, end, step_s = time_axis(ref, time_range, time_step_s, lambda: last_time(files[-1], source, options))
     step = np.timedelta64(step_s, "s")
     starts = [start] + [f.time for f in firsts[1:]]
-    for k, (f, t) in enumerate(zip(firsts, starts)):
+    for k, (f, t) in enumerate(zip(firsts, starts, strict=True)):
         if (f.time - start) % step or not (start <= f.time <= end) or (k and t <= starts[k - 1]):
             raise ConversionError(
                 f.source,
@@ -94,8 +95,8 @@ def split_by_inputs(files, tasks, time_range, time_step_s, source, options):
     # range of each input is cut into several tasks, each reading the whole input and
     # keeping its own steps (members outside are passed over by their DWD file name).
     per_input = [len(share) for share in np.array_split(np.arange(max(tasks, n_tasks)), n_tasks)]
-    task_list = []
-    for run, a, b, parts in zip(runs, starts, stops, per_input):
+    task_list: list[dict] = []
+    for run, a, b, parts in zip(runs, starts, stops, per_input, strict=True):
         n_run = int((b - a) // step) + 1
         for piece in np.array_split(np.arange(n_run), min(parts, n_run)):
             task_list.append(

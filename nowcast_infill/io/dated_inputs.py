@@ -60,10 +60,10 @@ class DatedInput:
     end: np.datetime64
 
     def meets(self, first: np.datetime64, last: np.datetime64) -> bool:
-        return self.start <= last and (np.isnat(self.end) or self.end >= first)
+        return bool(self.start <= last and (np.isnat(self.end) or self.end >= first))
 
     def holds(self, when: np.datetime64) -> bool:
-        return self.start <= when and (np.isnat(self.end) or when <= self.end)
+        return bool(self.start <= when and (np.isnat(self.end) or when <= self.end))
 
 
 def date_inputs(files: list[Path], option: str = "inputs") -> list[DatedInput]:
@@ -89,7 +89,7 @@ def date_inputs(files: list[Path], option: str = "inputs") -> list[DatedInput]:
                 f"which times; keep one of them in {option}=, or use split=inputs."
             )
     ends = [b for b, _ in stamped[1:]] + [_NEVER]
-    return [DatedInput(path, start, end) for (start, path), end in zip(stamped, ends)]
+    return [DatedInput(path, start, end) for (start, path), end in zip(stamped, ends, strict=True)]
 
 
 def inputs_for_range(dated: list[DatedInput], first: np.datetime64, last: np.datetime64) -> list[DatedInput]:

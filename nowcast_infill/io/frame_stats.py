@@ -7,10 +7,11 @@ plus one `(y, x)` count:
 |---|---|---|---|
 | `frame_valid_count` | `(time,)` | int32 | pixels with a plausible rate (finite, 0..`max_rain_rate_mm_h`) |
 | `frame_wet_count` | `(time, wet_threshold)` | int32 | valid pixels with rate >= each `wet_threshold` (mm/h) |
-| `frame_log1p_mean`, `frame_log1p_m2` | `(time,)` | float64 | mean and sum of squared deviations of log1p(rate) over the valid pixels |
+| `frame_log1p_mean` | `(time,)` | float64 | mean of log1p(rate) over the valid pixels |
+| `frame_log1p_m2` | `(time,)` | float64 | sum of squared deviations of log1p(rate) from that mean, over the valid pixels |
 | `frame_implausible_count` | `(time,)` | int32 | pixels negative, +-inf or above `max_rain_rate_mm_h` (read as no data) |
 | `frame_stats_done` | `(time,)` | bool | the statistics of this frame are computed (False: not yet, e.g. a version 1 store) |
-| `pixel_valid_count` | `(y, x)` | int32 | frames in which the pixel is valid, over the frames with `frame_stats_done` (coverage: > 0) |
+| `pixel_valid_count` | `(y, x)` | int32 | frames (of those with `frame_stats_done`) in which the pixel is valid (coverage: > 0) |
 | `wet_threshold` | `(wet_threshold,)` | float32 | thresholds in mm/h |
 
 Why these: the DataModule needs valid fractions (window selection), coverage (evaluation
@@ -33,6 +34,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +66,7 @@ class FrameStats:
     log1p_mean: float
     log1p_m2: float
     implausible_count: int
-    valid: np.ndarray
+    valid: np.ndarray | None  # None once a writer has summed it (`pop_valid`): it keeps only the scalars
     n_pixels: int
 
     @property
@@ -75,6 +77,13 @@ class FrameStats:
     def wet_fraction(self) -> np.ndarray:
         """Fraction of the valid pixels at or above each threshold (0 when none is valid)."""
         return self.wet_count / max(self.valid_count, 1)
+
+    def pop_valid(self) -> np.ndarray:
+        """The `(H, W)` bool valid mask, dropped from this object (a writer sums it and keeps the scalars)."""
+        valid = self.valid
+        assert valid is not None, "the valid mask of this frame was already taken"
+        self.valid = None
+        return valid
 
 
 def frame_statistics(
@@ -284,13 +293,14 @@ def write_commit_stats(
     old = zarr.open_group(str(store), mode="r") if n_old and store.exists() else None
     old_stats = _read_stats(old) if old is not None and has_frame_stats(old) else None
     thresholds = old_stats.thresholds if old_stats is not None else np.asarray(WET_THRESHOLDS_MM_H)
-    shape = tuple(staged[schema.PRECIP].shape[1:])
+    _, height, width = schema.store_array(staged, schema.PRECIP).shape
+    shape = (height, width)
     if not has_frame_stats(staged):
         for name in ALL_ARRAYS:  # partial leftovers of another layout: start clean
             if name in staged:
                 del staged[name]
         _create_arrays(staged, n_new, shape, thresholds, schema.MAX_RAIN_RATE_MM_H)
-    values = {
+    values: dict[str, np.ndarray] = {
         VALID_COUNT: np.zeros(n_new, np.int32),
         WET_COUNT: np.zeros((n_new, len(thresholds)), np.int32),
         LOG1P_MEAN: np.zeros(n_new),
@@ -300,7 +310,7 @@ def write_commit_stats(
     }
     pixels = np.zeros(shape, np.int64)
     if old_stats is not None:
-        for name, arr in zip(
+        for name, old_values in zip(
             PER_FRAME,
             (
                 old_stats.valid_count,
@@ -310,8 +320,9 @@ def write_commit_stats(
                 old_stats.implausible_count,
                 old_stats.done,
             ),
+            strict=True,
         ):
-            values[name][:n_old] = arr[:n_old]
+            values[name][:n_old] = old_values[:n_old]
         pixels += old_stats.pixel_valid_count
     for t in gap_indices:
         for name, v in _empty_frame_stats(len(thresholds)).items():
@@ -323,10 +334,10 @@ def write_commit_stats(
     if pixel_valid_add is not None:
         pixels += pixel_valid_add
     for name in PER_FRAME:
-        arr = staged[name]
+        arr = schema.store_array(staged, name)
         arr.resize(values[name].shape)
         arr[...] = values[name]
-    staged[PIXEL_VALID_COUNT][...] = pixels.astype(np.int32)
+    schema.store_array(staged, PIXEL_VALID_COUNT)[...] = pixels.astype(np.int32)
 
 
 def _frame_blocks(indices: np.ndarray, frames_per_block: int):
@@ -372,7 +383,7 @@ def compute_stats_arrays(
                 s.log1p_m2,
                 s.implausible_count,
             )
-            pixels += s.valid
+            pixels += s.pop_valid()
     return out, pixels
 
 
@@ -386,7 +397,7 @@ def stats_in_memory(
     import zarr
 
     group = zarr.open_group(str(store_path), mode="r")
-    precip = group[schema.PRECIP]
+    precip = schema.store_array(group, schema.PRECIP)
     n_time = precip.shape[0]
     frames = np.arange(n_time) if frames is None else np.asarray(frames, np.int64)
     values, pixels = compute_stats_arrays(precip, frames, max_mm_h=max_mm_h)
@@ -423,12 +434,12 @@ def save_partial_stats(path: str | Path, indices: np.ndarray, values: dict, pixe
     """
     path = Path(path)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}.npz")
-    np.savez(
-        tmp,
-        indices=np.asarray(indices, np.int64),
-        pixel_valid=np.asarray(pixel_valid, np.int64),
+    arrays: dict[str, Any] = {  # np.savez's stub types **kwds as its allow_pickle flag
+        "indices": np.asarray(indices, np.int64),
+        "pixel_valid": np.asarray(pixel_valid, np.int64),
         **{name: np.asarray(values[name]) for name in PER_FRAME},
-    )
+    }
+    np.savez(tmp, **arrays)
     os.replace(tmp, path)
     return path
 
@@ -451,10 +462,10 @@ class PartialStats:
     def add(self, index: int, frame_mm_h: np.ndarray) -> None:
         """Statistics of `frame_mm_h` (`(H, W)` mm/h, as stored) for time index `index`."""
         stats = frame_statistics(frame_mm_h)
+        valid = stats.pop_valid()
         if self._pixel_valid is None:
-            self._pixel_valid = np.zeros(stats.valid.shape, np.int64)
-        self._pixel_valid += stats.valid
-        stats.valid = None  # summed above; keep only the scalars per frame
+            self._pixel_valid = np.zeros(valid.shape, np.int64)
+        self._pixel_valid += valid
         self._by_index[int(index)] = stats
 
     def save(self, path: str | Path) -> Path:
@@ -470,6 +481,7 @@ class PartialStats:
             IMPLAUSIBLE_COUNT: np.array([s.implausible_count for s in rows], np.int64),
             DONE: np.ones(len(rows), bool),
         }
+        assert self._pixel_valid is not None, "save() needs at least one add()"
         return save_partial_stats(path, indices, values, self._pixel_valid)
 
 
@@ -486,7 +498,8 @@ def compute_frame_stats(
     missing_only: only frames whose `frame_stats_done` is False (all frames of a store
     without statistics); False recomputes every frame. Frames flagged `missing_frame` are
     not read. partials: files of `save_partial_stats`; one whose frames all need
-    statistics is used instead of reading them (one that is not is ignored, with a log line). `precip` is read in blocks of at most `READ_BLOCK_BYTES`. Runs under the
+    statistics is used instead of reading them (one that is not is ignored, with a log line).
+    `precip` is read in blocks of at most `READ_BLOCK_BYTES`. Runs under the
     store's lock (waits `lock_timeout` s for another writer). The `frame_stats_done`
     flags are written last, so a killed run leaves its frames not done and the next run
     computes them again (`pixel_valid_count` may then count them twice: coverage, > 0,
@@ -500,22 +513,24 @@ def compute_frame_stats(
     with StoreLock(str(store_path), timeout=lock_timeout, command="compute_frame_stats"):
         # Not through consolidated metadata: it does not list arrays created here until the end.
         group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
-        precip = group[schema.PRECIP]
+        precip = schema.store_array(group, schema.PRECIP)
         n_time = precip.shape[0]
         created = not has_frame_stats(group)
         if created:
             for name in ALL_ARRAYS:
                 if name in group:
                     del group[name]
-            _create_arrays(group, n_time, tuple(precip.shape[1:]), WET_THRESHOLDS_MM_H, schema.MAX_RAIN_RATE_MM_H)
+            _, height, width = precip.shape
+            _create_arrays(group, n_time, (height, width), WET_THRESHOLDS_MM_H, schema.MAX_RAIN_RATE_MM_H)
         stats = _read_stats(group)
         if stats.done.size != n_time:  # arrays left shorter by a writer of another tool: extend, not done
             for name in PER_FRAME:
-                group[name].resize((n_time,) + group[name].shape[1:])
+                arr = schema.store_array(group, name)
+                arr.resize((n_time,) + arr.shape[1:])
             stats = _read_stats(group)
         todo = np.nonzero(~stats.done)[0] if missing_only else np.arange(n_time)
         missing_frame = (
-            np.asarray(group[schema.MISSING_FRAME][:], bool)
+            np.asarray(schema.store_array(group, schema.MISSING_FRAME)[:], bool)
             if schema.MISSING_FRAME in group
             else np.zeros(n_time, bool)
         )
@@ -553,9 +568,9 @@ def compute_frame_stats(
         base = np.zeros_like(stats.pixel_valid_count) if not missing_only else stats.pixel_valid_count
         for name in PER_FRAME:
             if name != DONE:
-                group[name][...] = full[name]
-        group[PIXEL_VALID_COUNT][...] = (base + pixels).astype(np.int32)
-        group[DONE][...] = full[DONE]
+                schema.store_array(group, name)[...] = full[name]
+        schema.store_array(group, PIXEL_VALID_COUNT)[...] = (base + pixels).astype(np.int32)
+        schema.store_array(group, DONE)[...] = full[DONE]
         if created:
             _consolidate(path)
     summary = {

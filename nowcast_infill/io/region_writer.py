@@ -43,6 +43,7 @@ import time as _time
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
+from typing import cast
 
 import numpy as np
 
@@ -208,13 +209,15 @@ def _create_planned_store(
         )
     create_skeleton(building, ref, chunks, compression, shards)
     group = zarr.open_group(building, mode="r+")
-    group[schema.PRECIP].resize((n_steps, *ref.grid.shape))
+    schema.store_array(group, schema.PRECIP).resize((n_steps, *ref.grid.shape))
     times = start + np.arange(n_steps) * np.timedelta64(step_s, "s")
-    time_arr = group["time"]
+    time_arr = schema.store_array(group, "time")
     time_arr.resize((n_steps,))
-    time_arr[:] = encode_times(times, time_arr.attrs["units"], time_arr.attrs["calendar"], np.dtype(time_arr.dtype))
-    group[schema.MISSING_FRAME].resize((n_steps,))
-    group[schema.MISSING_FRAME][:] = True  # nothing is there until finalise says so
+    units, calendar = cast(str, time_arr.attrs["units"]), cast(str, time_arr.attrs["calendar"])
+    time_arr[:] = encode_times(times, units, calendar, np.dtype(time_arr.dtype))
+    missing_frame = schema.store_array(group, schema.MISSING_FRAME)
+    missing_frame.resize((n_steps,))
+    missing_frame[:] = True  # nothing is there until finalise says so
     attrs = new_store_attrs({}, [ref], [], {ref.source: SourceRecord("", "", "")}, source, [], history, step_s)
     attrs.update(
         source_files=[],
@@ -262,6 +265,7 @@ def write_region(
         record_path.unlink(missing_ok=True)  # a rerun: the range is unfinished until this run's record is written
         stats_path.unlink(missing_ok=True)
         state = read_state(output)
+        assert state is not None  # plan_store wrote the store before the plan beside it
         precip = zarr.open_array(output / schema.PRECIP, mode="r+")
         write_chunk = whole_frame_chunk_writer(precip)
         store_start = state.times[0]
@@ -347,9 +351,9 @@ def _may_be_in(path: Path, first: np.datetime64, last: np.datetime64, spans: dic
     when = time_from_dwd_name(Path(str(path).rsplit(MEMBER_SEPARATOR, 1)[-1]).name)
     if when is None:
         return True
-    when = np.datetime64(when, "ns")
-    _check_span(path, when, spans)
-    return first <= when <= last
+    stamp = np.datetime64(when, "ns")
+    _check_span(path, stamp, spans)
+    return bool(first <= stamp <= last)
 
 
 def _check_span(path: Path, when: np.datetime64, spans: dict) -> None:
@@ -414,7 +418,7 @@ def finalise_store(output: str | Path, history: str = "", lock_timeout: float = 
             stale = output / schema.PRECIP / precip.metadata.encode_chunk_key((int(index), 0, 0))
             stale.unlink(missing_ok=True)
         group = zarr.open_group(output, mode="r+")
-        group[schema.MISSING_FRAME][:] = missing
+        schema.store_array(group, schema.MISSING_FRAME)[:] = missing
         times = np.datetime64(plan["start"], "ns") + np.arange(n_time) * np.timedelta64(int(plan["time_step_s"]), "s")
         shown = [
             SimpleNamespace(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -183,7 +184,7 @@ def deprecated_alias(group: str, old: str, new: str, value):
     return value
 
 
-_RESOLVERS = {
+_RESOLVERS: dict[str, Callable[..., Any]] = {
     "ni.variants": variants,
     "ni.metric_defaults": metric_defaults,
     "ni.deprecated_alias": deprecated_alias,
@@ -215,7 +216,8 @@ def print_config_tree(cfg: DictConfig, save_to: str | Path | None = None, resolv
 
     Returns the printed text (on every rank) so callers can log it elsewhere.
     """
-    container = OmegaConf.to_container(cfg, resolve=resolve, throw_on_missing=False)
+    # A DictConfig's container is a dict; a Hydra config's keys are strings.
+    container = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=resolve, throw_on_missing=False))
     blocks = []
     for key, value in container.items():
         body = (
@@ -248,7 +250,8 @@ def output_dir_outside_hydra(cfg: DictConfig, run_dir: str | None = None) -> Non
 
     if HydraConfig.initialized() or "paths" not in cfg or "output_dir" not in cfg.paths:
         return
-    raw = OmegaConf.to_container(cfg.paths, resolve=False).get("output_dir")
+    paths = cast(dict[str, Any], OmegaConf.to_container(cfg.paths, resolve=False))  # cfg.paths is a DictConfig
+    raw = paths.get("output_dir")
     if isinstance(raw, str) and "${hydra:" in raw:
         with open_dict(cfg):
             cfg.paths.output_dir = run_dir or DEFAULT_RUN_DIR

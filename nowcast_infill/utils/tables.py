@@ -27,7 +27,7 @@ LABELS = ("model", "task", "split", "checkpoint")
 
 def metrics_row(label: Mapping[str, str], metrics: Mapping[str, float], stage: str) -> dict:
     """Strip the `{stage}/` prefix: {'test/rmse': 1.2} -> {'rmse': 1.2}, with the labels first."""
-    row = dict(label)
+    row: dict[str, str | float] = dict(label)
     prefix = f"{stage}/"
     for key, value in metrics.items():
         if key.startswith(prefix):

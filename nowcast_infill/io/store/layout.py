@@ -57,7 +57,7 @@ def precip_layout(
         return inner, None
     given = _positive_sizes("shards", dict(shards), null_time=True)
     outer = []
-    for dim, chunk in zip(schema.PRECIP_DIMS, inner):
+    for dim, chunk in zip(schema.PRECIP_DIMS, inner, strict=True):
         size = given.get(dim)
         if size is None:
             size = chunk if dim == "time" else sizes[dim]

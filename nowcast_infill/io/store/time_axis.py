@@ -48,7 +48,7 @@ def place_on_time_axis(
     A gap of more than `max_gap_s` seconds of missing time steps is not filled: the next
     frame starts a new segment (its time is listed in `breaks`); None fills every gap.
     """
-    for a, b in zip(fresh, fresh[1:]):
+    for a, b in zip(fresh, fresh[1:], strict=False):
         if a.time == b.time:
             raise ConversionError(
                 b.source, f"duplicate time {iso_time(b.time)}: {a.source.name} has the same time; drop one of them."

@@ -237,9 +237,7 @@ class StoreWriter:
         stats = frame_stats.frame_statistics(precip)
         if self._pixel_valid is None:
             self._pixel_valid = np.zeros(precip.shape, np.int64)
-        self._pixel_valid += stats.valid
-        # FrameStats.valid is typed ndarray (io/frame_stats.py); None here only drops the mask.
-        stats.valid = None  # type: ignore[assignment]  # the mask is summed above; keep only the scalars per frame
+        self._pixel_valid += stats.pop_valid()  # summed here; the stats keep only the scalars per frame
         self._stats[index] = stats
 
     def _copy_metadata(self) -> None:

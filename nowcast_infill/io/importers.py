@@ -110,7 +110,7 @@ class Importer(Protocol):
 # Registered lazily ("module:Class") so that looking one up does not import wradlib, pysteps
 # and xarray at once; each is only loaded when asked for.
 register("source", "radolan", "nowcast_infill.io.radolan:RadolanImporter")
-register("source", "radolan_ascii", "nowcast_infill.io.radolan:RadolanAsciiImporter")
+register("source", "radolan_ascii", "nowcast_infill.io.radolan_ascii:RadolanAsciiImporter")
 register("source", "pysteps", "nowcast_infill.io.pysteps_source:PystepsImporter")
 register("source", "xarray", "nowcast_infill.io.xarray_source:XarrayImporter")
 

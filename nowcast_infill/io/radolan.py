@@ -1,9 +1,9 @@
-"""DWD RADOLAN composites: the binary format (read by wradlib) and DWD's ESRI ASCII grids.
+"""DWD RADOLAN binary composites (plain, .gz or .bz2): the header check and the importer (pixels by wradlib).
 
-Both importers store rows south to north (row 0 = southern edge, `y` increasing),
-which is the order wradlib returns binary composites in; ASCII grids, written north
-to south, are flipped on reading so that a binary and an ASCII file of the same
-product land in a store with identical orientation and coordinates.
+Rows are stored south to north (row 0 = southern edge, `y` increasing), the order
+wradlib returns binary composites in; the product tables this module checks headers
+against are nowcast_infill/io/radolan_products.py, DWD's ASCII grids are read by
+nowcast_infill/io/radolan_ascii.py.
 """
 
 from __future__ import annotations
@@ -35,100 +35,25 @@ from nowcast_infill.io.importers import (
     make_grid,
     value_range,
 )
-
-# The RADOLAN polar-stereographic projection on a sphere, in km, as in the DWD
-# format description (wradlib's default `get_radolan_coordinates` uses the same).
-RADOLAN_PROJ4 = "+proj=stere +lat_0=90 +lat_ts=60 +lon_0=10 +x_0=0 +y_0=0 +a=6370040 +b=6370040 +units=km +no_defs"
-
-# Precipitation depths (mm over the interval): product -> nominal interval in seconds.
-# Used when the header carries no interval and to cross-check the header.
-ACCUMULATION_PRODUCTS: dict[str, int] = {
-    "RW": 3600,
-    "RH": 3600,
-    "RB": 3600,
-    "RL": 3600,
-    "RU": 3600,
-    "RY": 300,
-    "RZ": 300,
-    "YW": 300,
-    "SF": 86400,
-    "SH": 43200,
-    "SQ": 21600,
-    "W1": 7 * 86400,
-    "W2": 14 * 86400,
-    "W3": 21 * 86400,
-    "W4": 30 * 86400,
-    "EB": 3600,
-    "EH": 3600,
-    "EW": 3600,
-    "EY": 300,
-    "EZ": 300,
-}
-# One byte per pixel in RVP6 units: dBZ = value / 2 - 32.5 (instantaneous).
-REFLECTIVITY_PRODUCTS = frozenset({"RX", "EX", "WX"})
-# Products that carry something other than precipitation.
-NON_PRECIPITATION_PRODUCTS = {
-    "PG": "a precipitation-type/cloud classification (run-length coded), not a precipitation amount",
-    "PC": "a precipitation-type/cloud classification (run-length coded), not a precipitation amount",
-    "PZ": "a hail/convection classification product, not a precipitation amount",
-    "RD": "a difference product (may be negative), not a precipitation amount",
-}
-# The W products write the 4-character INT field in units of 10 minutes (INT1008 =
-# 7 days); wradlib reads it as minutes, so its `intervalseconds` is 10x too small.
-_INT_FIELD_IN_10_MIN = frozenset({"W1", "W2", "W3", "W4"})
-# Reflectivity composites are 5-minute scans; their INT field says 5.
-REFLECTIVITY_INTERVAL_S = 300
-
-# Grid sizes (rows, cols) of each product (DWD RADOLAN format description; wradlib's
-# `get_radolan_coordinates` knows each): the national composite 900x900, the extended
-# national grid 1100x900 (RADKLIM, YW, WX), the DE1200 grid 1200x1100 DWD has moved
-# national products to, and the European composite 1500x1400.
-_NATIONAL_GRIDS = frozenset({(900, 900), (1100, 900), (1200, 1100)})
-_EXTENDED_GRIDS = frozenset({(1100, 900), (1200, 1100)})
-_EUROPEAN_GRIDS = frozenset({(1500, 1400)})
-DOCUMENTED_GRIDS: dict[str, frozenset[tuple[int, int]]] = {
-    **{
-        p: _NATIONAL_GRIDS
-        for p in ("RW", "RH", "RB", "RL", "RU", "RY", "RZ", "RX", "SF", "SH", "SQ", "W1", "W2", "W3", "W4")
-    },
-    **{p: _EXTENDED_GRIDS for p in ("YW", "WX")},
-    **{p: _EUROPEAN_GRIDS for p in ("EB", "EH", "EW", "EY", "EZ", "EX")},
-}
-# The value unit each product's PR field gives: depths in 0.1 mm or 0.01 mm steps,
-# reflectivity in RVP6 units (PR E+00). Any other PR scales every pixel wrongly.
-DOCUMENTED_PRECISION: dict[str, float] = {
-    **{p: 0.1 for p in ("RW", "RH", "RB", "RL", "RU", "EB", "EH", "EW", "SF", "SH", "SQ", "W1", "W2", "W3", "W4")},
-    **{p: 0.01 for p in ("RY", "RZ", "YW", "EY", "EZ")},
-    **{p: 1.0 for p in REFLECTIVITY_PRODUCTS},
-}
-# DWD's W3 and W4 files (wradlib-data showcase, 2014) carry 6527 and 9656 bytes after
-# the BY bytes their header announces; every other product ends exactly at BY.
-_TRAILER_AFTER_BY = frozenset({"W3", "W4"})
-# RVP6 reflectivity: byte 0..255 -> -32.5..95 dBZ.
-DEFAULT_DBZ_RANGE = (-32.5, 95.0)
+from nowcast_infill.io.radolan_products import (
+    ACCUMULATION_PRODUCTS,
+    DEFAULT_DBZ_RANGE,
+    DOCUMENTED_GRIDS,
+    DOCUMENTED_PRECISION,
+    INT_FIELD_IN_10_MIN,
+    RADOLAN_PROJ4,
+    REFLECTIVITY_INTERVAL_S,
+    REFLECTIVITY_PRODUCTS,
+    TRAILER_AFTER_BY,
+    check_precipitation_product,
+)
 
 # DWD file names: raa01-rw_10000-1811220050-dwd---bin(.gz|.bz2), RADKLIM
 # raa01-yw2017.002_10000-1708160055-dwd---bin: product, site (10000 = composite) and
 # the header's time stamp as YYMMDDHHMM (UTC).
 _DWD_NAME = re.compile(r"^raa\d\d-(?P<product>[a-z0-9]{2})[^_]*_\d{5}-(?P<stamp>\d{10})-dwd", re.IGNORECASE)
 
-_SUPPORTED_TEXT = ", ".join(sorted(ACCUMULATION_PRODUCTS) + sorted(REFLECTIVITY_PRODUCTS))
 _FIX = "re-download it or pass skip_bad=true"
-
-
-def _refuse_product(path: Path, product: str) -> None:
-    if product in NON_PRECIPITATION_PRODUCTS:
-        raise ConversionError(
-            path,
-            f"RADOLAN product {product} is {NON_PRECIPITATION_PRODUCTS[product]}; "
-            f"remove it from the inputs (precipitation products: {_SUPPORTED_TEXT}).",
-        )
-    if product not in ACCUMULATION_PRODUCTS and product not in REFLECTIVITY_PRODUCTS:
-        raise ConversionError(
-            path,
-            f"RADOLAN product {product!r} is not a precipitation product known to nowcast_infill; "
-            f"use one of {_SUPPORTED_TEXT}, or remove the file from the inputs.",
-        )
 
 
 def radolan_grid(nrows: int, ncols: int, path: Path | None = None) -> GridInfo:
@@ -204,7 +129,7 @@ def check_radolan_header(path: Path, blob: bytes, allow_nonstandard_grid: bool =
             f"(byte 0x03) are not ASCII text ({err}); check the file and source=, or pass skip_bad=true.",
         ) from err
     product = text[:2]
-    _refuse_product(path, product)  # first: a classification product is refused before anything else
+    check_precipitation_product(path, product)  # first: a classification product is refused before anything else
 
     from wradlib.io.radolan import parse_dwd_composite_header
 
@@ -243,7 +168,7 @@ def check_radolan_header(path: Path, blob: bytes, allow_nonstandard_grid: bool =
             f"file is truncated: the header announces {pixel_bytes} bytes of pixels (GP {nrows}x{ncols}), "
             f"the file holds {held}; {_FIX}.",
         )
-    if held > pixel_bytes and product not in _TRAILER_AFTER_BY:
+    if held > pixel_bytes and product not in TRAILER_AFTER_BY:
         raise ConversionError(
             path,
             f"{held - pixel_bytes} bytes follow the last pixel the header announces (GP {nrows}x{ncols}, "
@@ -257,7 +182,7 @@ def check_radolan_header(path: Path, blob: bytes, allow_nonstandard_grid: bool =
             f"corrupt ({_FIX}), or pass importer.allow_nonstandard_grid=true for a composite of another size.",
         )
 
-    interval_s = int(attrs["intervalseconds"]) * (10 if product in _INT_FIELD_IN_10_MIN else 1)
+    interval_s = int(attrs["intervalseconds"]) * (10 if product in INT_FIELD_IN_10_MIN else 1)
     nominal_s = ACCUMULATION_PRODUCTS.get(product, REFLECTIVITY_INTERVAL_S)
     if interval_s != nominal_s:
         raise ConversionError(
@@ -473,136 +398,3 @@ def _describe_read_error(err: Exception, what: str) -> str:
     if isinstance(err, OSError) and ("not enough data" in str(err).lower() or "corrupt" in str(err).lower()):
         return f"file is truncated: fewer pixels than the header announces ({text}); {_FIX}."
     return f"not a readable RADOLAN binary composite ({text}); check the file and source=, or pass skip_bad=true."
-
-
-# ------------------------------------------------------------------ ASCII grids
-
-_ASCII_NAME = re.compile(r"(?P<product>[A-Za-z0-9]{2})[_-](?P<date>\d{8})-(?P<hhmm>\d{4})(?:\.asc)?$")
-_ASCII_KEYS = ("ncols", "nrows", "xllcorner", "yllcorner", "cellsize", "nodata_value")
-
-
-class RadolanAsciiImporter:
-    """DWD RADOLAN ESRI ASCII grids, e.g. `RW_20221018-0050.asc`.
-
-    Header `ncols / nrows / xllcorner / yllcorner / cellsize / NODATA_value` (corner and
-    cell size in metres), then `nrows` lines of integers in units of `precision_mm`
-    (0.1 mm), north to south. Time stamp (UTC, end of interval) and product come from
-    the file name. Rows are flipped to south-to-north to match `RadolanImporter`.
-    A rate outside `rate_range_mm_h` refuses the file.
-    """
-
-    name = "radolan_ascii"
-
-    def __init__(self, precision_mm: float = 0.1, rate_range_mm_h: tuple[float, float] = DEFAULT_RATE_RANGE_MM_H):
-        if precision_mm <= 0:
-            raise ValueError(f"precision_mm must be positive, got {precision_mm}")
-        self.precision_mm = float(precision_mm)
-        self.rate_range_mm_h = value_range(rate_range_mm_h, "importer.rate_range_mm_h")
-
-    def read(self, path: str | Path) -> list[Frame]:
-        return self.read_bytes(path, None)
-
-    def read_bytes(self, path: str | Path, raw: bytes | None) -> list[Frame]:
-        """The frames of the file content `raw` (as stored: plain or .gz), named `path`; None: read `path`."""
-        path = Path(path)
-        match = _ASCII_NAME.search(path.name.removesuffix(".gz"))
-        if not match:
-            raise ConversionError(
-                path,
-                "file name carries no product and time stamp; name it like RW_20221018-0050.asc "
-                "(PRODUCT_YYYYMMDD-HHMM, UTC).",
-            )
-        product = match["product"].upper()
-        if product not in ACCUMULATION_PRODUCTS:
-            _refuse_product(path, product)
-            raise ConversionError(
-                path,
-                f"RADOLAN ASCII grids hold precipitation depths; product {product} is reflectivity. "
-                "Convert its binary file with source=radolan.",
-            )
-        try:
-            when = datetime.strptime(match["date"] + match["hhmm"], "%Y%m%d%H%M")
-        except ValueError as err:
-            raise ConversionError(path, f"invalid time stamp in the file name ({err}); use YYYYMMDD-HHMM.") from err
-
-        header, values = _read_esri_ascii(path, raw)
-        nodata = header["nodata_value"]
-        ncols, nrows, cell_m = int(header["ncols"]), int(header["nrows"]), header["cellsize"]
-        missing = values == nodata
-        if np.any((values < 0) & ~missing):
-            raise ConversionError(
-                path, f"negative values other than NODATA_value {nodata:g}; not a precipitation depth grid."
-            )
-        depth_mm = np.where(missing, np.nan, values * self.precision_mm)[::-1]  # north->south to south->north
-        interval_s = ACCUMULATION_PRODUCTS[product]
-        precip = accumulation_to_mm_h(depth_mm, interval_s)
-        conversion = describe_accumulation(interval_s) + f" (ASCII integers * {self.precision_mm:g} mm)"
-        check_physical_range(
-            path, precip, self.rate_range_mm_h, f"rain rate (mm/h; {conversion})", "importer.rate_range_mm_h"
-        )
-        x_km = (header["xllcorner"] + (np.arange(ncols) + 0.5) * cell_m) / 1000.0
-        y_km = (header["yllcorner"] + (np.arange(nrows) + 0.5) * cell_m) / 1000.0
-        return [
-            Frame(
-                time=np.datetime64(when, "ns"),
-                precip=precip,
-                grid=make_grid(x_km, y_km, RADOLAN_PROJ4),
-                product=product,
-                accumulation_interval_s=interval_s,
-                conversion=conversion,
-                source=path,
-            )
-        ]
-
-
-def _read_esri_ascii(path: Path, raw: bytes | None = None) -> tuple[dict[str, float], np.ndarray]:
-    """Header dict (lower-case keys) and (nrows, ncols) float64 values as written (north first).
-
-    raw: the file's bytes as stored (plain or .gz by `path`'s suffix); None: read `path`.
-    """
-    import gzip
-
-    try:
-        if raw is None:
-            opener = gzip.open if path.suffix == ".gz" else open
-            with opener(path, "rt", encoding="ascii") as fh:
-                lines = fh.read().splitlines()
-        else:
-            lines = (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode("ascii").splitlines()
-    except (OSError, UnicodeDecodeError, EOFError, zlib.error) as err:
-        raise ConversionError(path, f"not a readable text file ({type(err).__name__}: {err}); re-download it.") from err
-    if not lines:
-        raise ConversionError(path, "file is empty; re-download it or pass skip_bad=true.")
-    header: dict[str, float] = {}
-    for line_no, line in enumerate(lines[:6], start=1):
-        parts = line.split()
-        if len(parts) != 2 or parts[0].lower() not in _ASCII_KEYS:
-            raise ConversionError(
-                path,
-                f"line {line_no} {line[:60]!r} is not an ESRI ASCII header line; expected the six keys "
-                f"{', '.join(_ASCII_KEYS)} (case-insensitive).",
-            )
-        try:
-            header[parts[0].lower()] = float(parts[1])
-        except ValueError as err:
-            raise ConversionError(path, f"header {parts[0]} value {parts[1]!r} is not a number.") from err
-    absent = [k for k in _ASCII_KEYS if k not in header]
-    if absent:
-        raise ConversionError(path, f"header lacks {', '.join(absent)}; an ESRI ASCII grid has all six keys.")
-    ncols, nrows = int(header["ncols"]), int(header["nrows"])
-    rows = [line for line in lines[6:] if line.strip()]
-    if len(rows) != nrows:
-        raise ConversionError(
-            path, f"header announces nrows={nrows} but {len(rows)} data rows follow; the file is truncated or corrupt."
-        )
-    try:
-        values = np.array([np.array(r.split(), dtype=np.float64) for r in rows], dtype=object)
-        widths = {v.size for v in values}
-        if widths != {ncols}:
-            raise ConversionError(
-                path, f"rows hold {sorted(widths)} values, header announces ncols={ncols}; the file is corrupt."
-            )
-        grid = np.stack(list(values))
-    except ValueError as err:
-        raise ConversionError(path, f"non-numeric pixel value ({err}); the file is corrupt.") from err
-    return header, grid

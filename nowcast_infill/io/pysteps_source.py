@@ -4,14 +4,8 @@ The importer is chosen by `pysteps_importer=<name>` and looked up with
 `pysteps.io.get_method(name, "importer")`; its metadata (unit, transform, accutime,
 projection, corner coordinates) decides how the field becomes mm/h.
 
-pySTEPS describes a field by two metadata keys: `unit` is the physical quantity
-(`mm/h` rate, `mm` depth over `accutime` minutes, `dBZ` reflectivity) and `transform`
-the scale the values are in (`None` linear, `"dB"` 10*log10, `"log"`/`"BoxCox"`).
-So `unit="dBZ", transform="dB"` (what fmi_pgm and odim_hdf5 DBZH return) holds dBZ,
-and `unit="dBZ", transform=None` holds linear Z (mm^6 m^-3), exactly as
-`pysteps.utils.conversion.to_rainrate` reads them. `dBR` (dB of a rain rate in mm/h,
-used by some pySTEPS outputs) is accepted too. The inverse transforms set values
-below the metadata `threshold` to 0 (no rain), as pySTEPS does.
+How the field becomes mm/h is nowcast_infill/io/pysteps_units.py; how a file's time is
+found, nowcast_infill/io/pysteps_time.py.
 """
 
 from __future__ import annotations
@@ -19,234 +13,19 @@ from __future__ import annotations
 import inspect
 import re
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from nowcast_infill.errors import UserError
-from nowcast_infill.io.importers import (
-    DBZ_TO_MM_H_DEFAULT_ZR,
-    ConversionError,
-    Frame,
-    accumulation_to_mm_h,
-    describe_accumulation,
-    make_grid,
+from nowcast_infill.io.importers import ConversionError, Frame, make_grid
+from nowcast_infill.io.pysteps_time import (
+    TIME_IN_NAME,
+    FilenameTime,
+    PystepsOptionError,
+    time_from_filename,
+    time_from_metadata,
 )
-
-# The default when neither the importer's metadata nor `fn_pattern` gives the time:
-# YYYYMMDDHHMM[SS], optionally with _, T or - between date and clock (KNMI, RMI, BOM names).
-_TIME_IN_NAME = re.compile(r"(?<!\d)(\d{8})[_T-]?(\d{4})(\d{2})?(?!\d)")
-
-# Metadata keys a (custom) importer may use for the time of the field.
-_METADATA_TIME_KEYS = ("timestamp", "timestamps", "valid_time", "time")
-
-# strftime directives `fn_pattern` may use, as regular expressions.
-_DIRECTIVES = {
-    "Y": r"\d{4}",
-    "y": r"\d{2}",
-    "m": r"\d{2}",
-    "d": r"\d{2}",
-    "j": r"\d{3}",
-    "H": r"\d{2}",
-    "M": r"\d{2}",
-    "S": r"\d{2}",
-}
-
-# The transforms pySTEPS' `to_rainrate` undoes that are accepted here.
-TRANSFORMS = (None, "dB", "log", "BoxCox")
-UNITS = ("mm/h", "mm", "dBZ", "dBR")
-
-
-class PystepsOptionError(UserError, ValueError):
-    """An option of the pysteps importer (`pysteps_importer`, `fn_pattern`, ...) is wrong."""
-
-
-# ---------------------------------------------------------------------------- time
-
-
-class FilenameTime:
-    """Parses the time out of a file name laid out as pySTEPS' data source table does.
-
-    `fn_pattern` is a `datetime.strftime` format as in pySTEPS' `pystepsrc` (e.g. MeteoSwiss
-    `AQC%y%j%H%M?_00005.801`, where `?` is one arbitrary character and `*` any run of
-    them, as `pysteps.io.archive.find_by_date` globs), `fn_ext` the extension after the
-    last dot of the pattern (e.g. `gif`, `pgm.gz`); null `fn_ext` accepts any extension.
-    """
-
-    def __init__(self, fn_pattern: str, fn_ext: str | None = None):
-        self.fn_pattern, self.fn_ext = str(fn_pattern), fn_ext
-        regex, formats, i = [], [], 0
-        text = self.fn_pattern
-        while i < len(text):
-            char = text[i]
-            if char == "%":
-                code = text[i + 1 : i + 2]
-                if code == "%":
-                    regex.append("%")
-                elif code in _DIRECTIVES:
-                    regex.append(f"({_DIRECTIVES[code]})")
-                    formats.append("%" + code)
-                else:
-                    raise PystepsOptionError(
-                        f"importer.fn_pattern={self.fn_pattern!r}: directive %{code} is not supported; "
-                        f"use {', '.join('%' + c for c in _DIRECTIVES)} (as in pySTEPS' data source table)."
-                    )
-                i += 2
-                continue
-            regex.append("." if char == "?" else ".*?" if char == "*" else re.escape(char))
-            i += 1
-        if not ({"%Y", "%y"} & set(formats)) or "%H" not in formats:
-            raise PystepsOptionError(
-                f"importer.fn_pattern={self.fn_pattern!r} holds no year (%Y or %y) or hour (%H); "
-                "give the pattern of the whole name, e.g. AQC%y%j%H%M?_00005.801 with fn_ext=gif."
-            )
-        ext = r"(\..*)?" if fn_ext in (None, "") else r"\." + re.escape(str(fn_ext).lstrip("."))
-        self._regex = re.compile("".join(regex) + ext)
-        self._format = "".join(formats)
-
-    def __call__(self, path: Path) -> np.datetime64:
-        match = self._regex.fullmatch(path.name)
-        if match is None:
-            raise ConversionError(
-                path,
-                f"the file name does not match importer.fn_pattern={self.fn_pattern!r} "
-                f"fn_ext={self.fn_ext!r}; fix the pattern or rename the file.",
-            )
-        digits = "".join(g for g in match.groups()[: len(self._format) // 2])
-        try:
-            return np.datetime64(datetime.strptime(digits, self._format), "ns")
-        except ValueError as err:
-            raise ConversionError(
-                path, f"time {digits!r} read with fn_pattern {self.fn_pattern!r} is not a valid date ({err})."
-            ) from err
-
-
-def time_from_filename(path: Path) -> np.datetime64:
-    """UTC time YYYYMMDDHHMM[SS] (also YYYYMMDD_HHMM[SS]) found in the file name."""
-    match = _TIME_IN_NAME.search(path.name)
-    if not match:
-        raise ConversionError(
-            path,
-            "no time in the file name and none in the importer's metadata; set importer.fn_pattern (and fn_ext) "
-            "to the pySTEPS data source pattern of these files (e.g. AQC%y%j%H%M?_00005.801 / gif), "
-            "or rename them to hold YYYYMMDDHHMM.",
-        )
-    digits = match.group(1) + match.group(2) + (match.group(3) or "00")
-    try:
-        return np.datetime64(datetime.strptime(digits, "%Y%m%d%H%M%S"), "ns")
-    except ValueError as err:
-        raise ConversionError(path, f"time stamp {digits} in the file name is not a valid date ({err}).") from err
-
-
-def time_from_metadata(path: Path, meta: dict) -> np.datetime64 | None:
-    """The field's time from the importer's metadata (UTC), or None when it gives none."""
-    for key in _METADATA_TIME_KEYS:
-        value = meta.get(key)
-        if value is None:
-            continue
-        values = np.ravel(np.asarray(value, dtype=object))
-        if values.size != 1:
-            raise ConversionError(
-                path, f"importer metadata {key!r} holds {values.size} times; one file must be one time."
-            )
-        value = values[0]
-        try:
-            if isinstance(value, datetime) and value.tzinfo is not None:
-                value = value.astimezone(timezone.utc).replace(tzinfo=None)
-            return np.datetime64(value, "ns")
-        except (TypeError, ValueError) as err:
-            raise ConversionError(path, f"importer metadata {key}={value!r} is not a time ({err}).") from err
-    return None
-
-
-# ---------------------------------------------------------------------------- values
-
-
-def _inverse_transform(values: np.ndarray, transform, meta: dict) -> np.ndarray:
-    """Linear values from `transform`-scaled ones; below the metadata threshold -> 0 (pySTEPS' rule)."""
-    threshold = meta.get("threshold")
-    threshold = -10.0 if threshold is None else float(threshold)  # pySTEPS' default
-    if transform == "dB":
-        forward = lambda v: np.power(10.0, v / 10.0)  # noqa: E731
-    else:  # log = Box-Cox with lambda 0
-        lam = float(meta.get("BoxCox_lambda") or 0.0)
-        forward = np.exp if lam == 0.0 else (lambda v: np.exp(np.log(lam * v + 1.0) / lam))  # noqa: E731
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        linear = forward(values)
-        linear[linear < forward(np.float64(threshold))] = 0.0  # NaN compares False: no-data stays NaN
-    return linear
-
-
-def field_to_mm_h(path: Path, values: np.ndarray, meta: dict, zr: tuple[float | None, float | None] = (None, None)):
-    """Rain rate `(H, W)` float32 mm/h of a pySTEPS field and its metadata.
-
-    values: `(H, W)` float64 as the importer returned it, NaN = no data.
-    Returns (precip, accumulation_interval_s, conversion text, (zr_a, zr_b) or None).
-    Raises ConversionError naming `path` for a unit/transform it cannot convert or when
-    a value that was not no-data becomes non-finite.
-    """
-    unit = str(meta.get("unit", "")).strip()
-    transform = meta.get("transform")
-    transform = None if transform in (None, "None", "none", "") else str(transform)
-    if unit not in UNITS:
-        raise ConversionError(
-            path,
-            f"metadata unit {unit!r} is not one of {', '.join(UNITS)}; this field is not "
-            "precipitation (or pysteps_importer= reads another quantity).",
-        )
-    if transform not in TRANSFORMS:
-        raise ConversionError(
-            path,
-            f"metadata transform {transform!r} cannot be undone; only {', '.join(map(str, TRANSFORMS))} are supported.",
-        )
-    scale = "" if transform is None else f"{transform}-transformed "
-    zr_used, interval_s = None, 0
-    if unit == "dBR":
-        # The unit itself is the dB scale of a rain rate; a dB transform only restates it.
-        if transform not in (None, "dB"):
-            raise ConversionError(
-                path,
-                f"metadata unit dBR with transform {transform!r} is contradictory "
-                "(dBR is already a dB scale); fix the importer's metadata.",
-            )
-        precip = _inverse_transform(values, "dB", meta)
-        conversion = "mm/h from dBR"
-    else:
-        linear = values if transform is None else _inverse_transform(values, transform, meta)
-        if unit == "mm/h":
-            precip = linear
-            conversion = f"mm/h from {scale}mm/h" if scale else "mm/h as read"
-        elif unit == "mm":
-            accutime_min = float(meta.get("accutime") or 0)
-            if accutime_min <= 0:
-                raise ConversionError(
-                    path,
-                    "unit is mm but the metadata has no accutime; pass ++importer.importer_kwargs.accutime=MINUTES.",
-                )
-            interval_s = int(round(accutime_min * 60))
-            precip = accumulation_to_mm_h(linear, interval_s)
-            conversion = describe_accumulation(interval_s) + (f" from {scale}mm" if scale else "")
-        else:  # dBZ: `linear` is Z in mm^6 m^-3
-            a = zr[0] or float(meta.get("zr_a") or DBZ_TO_MM_H_DEFAULT_ZR[0])
-            b = zr[1] or float(meta.get("zr_b") or DBZ_TO_MM_H_DEFAULT_ZR[1])
-            zr_used = (a, b)
-            with np.errstate(invalid="ignore"):
-                precip = np.power(linear / a, 1.0 / b)
-            source = "dBZ" if transform == "dB" else f"{scale}Z" if scale else "linear Z"
-            conversion = f"Z={a:g}*R^{b:g} from {source}"
-    precip = np.asarray(precip, dtype=np.float32)
-    broken = ~np.isfinite(precip) & ~np.isnan(values)
-    if broken.any():
-        row, col = (int(i) for i in np.argwhere(broken)[0])
-        raise ConversionError(
-            path,
-            f"{int(broken.sum())} pixel(s) are not finite after converting unit {unit} / transform {transform} to mm/h "
-            f"(first at row {row}, column {col}: value {values[row, col]!r}); the metadata does not describe the values: "
-            "check pysteps_importer= and importer.importer_kwargs (unit, accutime, zr), or pass skip_bad=true.",
-        )
-    return precip, interval_s, conversion, zr_used
-
+from nowcast_infill.io.pysteps_units import field_to_mm_h
 
 # ---------------------------------------------------------------------------- importer
 
@@ -330,7 +109,7 @@ class PystepsImporter:
         elif from_meta is None:
             from_name = time_from_filename(path)
         else:
-            match = _TIME_IN_NAME.search(path.name)
+            match = TIME_IN_NAME.search(path.name)
             from_name = time_from_filename(path) if match else None
         if from_meta is not None and from_name is not None and from_meta != from_name:
             raise ConversionError(
@@ -467,7 +246,7 @@ def _product_name(path: Path, meta: dict) -> str:
     """The file name without its extension (and .gz) and its time stamp, e.g. RAD_NL25_RAP_5min."""
     stem = re.sub(r"\.(gz|bz2|xz|zip)$", "", path.name)
     stem = stem.rsplit(".", 1)[0] if "." in stem else stem
-    match = _TIME_IN_NAME.search(stem)
+    match = TIME_IN_NAME.search(stem)
     if match:
         parts = (stem[: match.start()].rstrip("._-"), stem[match.end() :].lstrip("._-"))
         stem = "_".join(p for p in parts if p)

@@ -153,6 +153,34 @@ def test_lower_floors_never_import_higher_floors():
     assert not edges, f"{len(edges)} imports go up a floor:\n" + "\n".join(map(str, edges))
 
 
+def private_imports(root: Path, package: str = PACKAGE) -> list[str]:
+    """`module:line imports name from other` for every `_name` (not dunder) imported from another
+    module of the package, at any depth of the file."""
+    found = []
+    for name, path in package_modules(root, package).items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(package) and not node.level:
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__") and node.module != name:
+                        found.append(f"{name}:{node.lineno} imports {alias.name} from {node.module}")
+    return found
+
+
+def test_no_private_name_crosses_a_module():
+    """Shared code has a public name: a `_private` import from another module is a hidden contract."""
+    found = private_imports(REPO / PACKAGE)
+    assert not found, "private names imported across modules:\n" + "\n".join(found)
+
+
+def test_the_private_name_check_can_fail(tmp_path):
+    root = tmp_path / PACKAGE
+    root.mkdir()
+    (root / "__init__.py").write_text("")
+    (root / "a.py").write_text("_hidden = 1\n__version__ = '0'\n")
+    (root / "b.py").write_text(f"def f():\n    from {PACKAGE}.a import _hidden, __version__\n    return _hidden\n")
+    assert private_imports(root) == [f"{PACKAGE}.b:2 imports _hidden from {PACKAGE}.a"]
+
+
 def test_the_floor_check_sees_relative_and_function_level_imports(tmp_path):
     """The checker itself: a nested relative import, a function-level one, one in an except
     block and an import_module call going up are found; imports sideways, down, of the root's

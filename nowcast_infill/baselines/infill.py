@@ -26,7 +26,7 @@ class NothingToInfillFromError(ValueError):
     """The frame has no observed pixel a spatial method could fill the holes from."""
 
 
-def _prepare(
+def prepare_fill(
     x_mm_h: np.ndarray, fill_mask: np.ndarray | None, need_known: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validate the input; return (centre frame (H, W), fill (H, W) bool, known (H, W) bool).
@@ -55,7 +55,7 @@ def _prepare(
     return centre, fill, known
 
 
-def _finish(centre: np.ndarray, fill: np.ndarray, values: np.ndarray) -> np.ndarray:
+def finish_fill(centre: np.ndarray, fill: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Return (1, H, W) float32: `centre` with `values` (one per fill pixel) put in, clamped to >= 0 mm/h."""
     out = centre.copy()
     # Interpolants of non-negative data can undershoot (biharmonic); rain is >= 0.
@@ -70,10 +70,10 @@ def _nearest_values(centre: np.ndarray, fill: np.ndarray, known: np.ndarray) -> 
 
 def infill_nearest(x_mm_h: np.ndarray, *, fill_mask: np.ndarray | None = None) -> np.ndarray:
     """Fill each hidden pixel with the nearest observed value (Euclidean). Returns (1, H, W) mm/h."""
-    centre, fill, known = _prepare(x_mm_h, fill_mask)
+    centre, fill, known = prepare_fill(x_mm_h, fill_mask)
     if not fill.any():
         return centre.copy()[None]
-    return _finish(centre, fill, _nearest_values(centre, fill, known))
+    return finish_fill(centre, fill, _nearest_values(centre, fill, known))
 
 
 def _ring(fill: np.ndarray, known: np.ndarray, width: int) -> np.ndarray:
@@ -94,7 +94,7 @@ def make_linear(ring_width: int = 2) -> Callable:
 
     def infill_linear(x_mm_h: np.ndarray, *, fill_mask: np.ndarray | None = None) -> np.ndarray:
         """(T_in, H, W) mm/h with NaN -> (1, H, W) mm/h, hidden pixels linearly interpolated."""
-        centre, fill, known = _prepare(x_mm_h, fill_mask)
+        centre, fill, known = prepare_fill(x_mm_h, fill_mask)
         if not fill.any():
             return centre.copy()[None]
         ring = _ring(fill, known, ring_width)
@@ -109,7 +109,7 @@ def make_linear(ring_width: int = 2) -> Callable:
         outside_hull = ~np.isfinite(values)
         if outside_hull.any():
             values[outside_hull] = _nearest_values(centre, fill, known)[outside_hull]
-        return _finish(centre, fill, values)
+        return finish_fill(centre, fill, values)
 
     return infill_linear
 
@@ -255,10 +255,10 @@ def make_inpaint(method: str, margin: int = 8, max_unknowns: int = 40_000) -> Ca
 
     def infill_inpaint(x_mm_h: np.ndarray, *, fill_mask: np.ndarray | None = None) -> np.ndarray:
         """(T_in, H, W) mm/h with NaN -> (1, H, W) mm/h, hidden pixels inpainted."""
-        centre, fill, known = _prepare(x_mm_h, fill_mask)
+        centre, fill, known = prepare_fill(x_mm_h, fill_mask)
         if not fill.any():
             return centre.copy()[None]
-        return _finish(centre, fill, _per_hole(solver, centre, fill, known, margin, max_unknowns))
+        return finish_fill(centre, fill, _per_hole(solver, centre, fill, known, margin, max_unknowns))
 
     infill_inpaint.__name__ = f"infill_{method}"
     return infill_inpaint

@@ -81,7 +81,7 @@ def make_persistence(n_leads: int) -> Callable:
 # Errors pySTEPS (and our motion step) raise on windows they cannot forecast: LK on a nearly
 # dry or nearly all-NaN field ("x contains non-finite values"), S-PROG's nonstationary AR fit,
 # too few frames with data. Input-shape mistakes are checked before and still raise.
-_FORECAST_FAILURES = (ValueError, RuntimeError, FloatingPointError, np.linalg.LinAlgError, IndexError)
+FORECAST_FAILURES = (ValueError, RuntimeError, FloatingPointError, np.linalg.LinAlgError, IndexError)
 
 
 def _with_fallback(name: str, forecast: Callable, n_leads: int, fill_outside: bool, min_frames: int) -> Callable:
@@ -101,7 +101,7 @@ def _with_fallback(name: str, forecast: Callable, n_leads: int, fill_outside: bo
         last = x[int(np.nonzero(has_data)[0][-1])]
         try:
             out = np.asarray(forecast(x), dtype=np.float32)
-        except _FORECAST_FAILURES as err:
+        except FORECAST_FAILURES as err:
             counted.fallbacks += 1
             log.warning(
                 "%s: %s: %s; Eulerian persistence for this window (counted in fallbacks).",
@@ -132,7 +132,7 @@ def _check_leads(n_leads: int) -> None:
         raise ValueError(f"n_leads={n_leads!r}; it must be a positive integer (number of forecast frames).")
 
 
-def _to_db(x: np.ndarray, threshold: float, zerovalue_db: float) -> np.ndarray:
+def to_db(x: np.ndarray, threshold: float, zerovalue_db: float) -> np.ndarray:
     """mm/h -> dBR (10 log10 R); rain below `threshold` -> `zerovalue_db`; NaN stays NaN."""
     out = np.full(x.shape, np.nan, dtype=np.float64)
     finite = np.isfinite(x)
@@ -142,7 +142,7 @@ def _to_db(x: np.ndarray, threshold: float, zerovalue_db: float) -> np.ndarray:
     return out
 
 
-def _motion(x_db: np.ndarray, lk_options: dict) -> np.ndarray:
+def motion_field(x_db: np.ndarray, lk_options: dict) -> np.ndarray:
     """Lucas–Kanade motion (2, H, W) in pixels per time step from (T, H, W) dBR with NaN."""
     from pysteps import motion
 
@@ -174,7 +174,7 @@ def extrapolation_motion(
     (nowcast_infill/data/priors.py), which caches its result per window.
     """
     x = _check_input(x_mm_h, "extrapolation", 2)
-    velocity = _motion(_to_db(x, threshold, zerovalue_db), dict(lk_options or {}))
+    velocity = motion_field(to_db(x, threshold, zerovalue_db), dict(lk_options or {}))
     return velocity, _last_valid_index(x, "extrapolation")
 
 
@@ -233,8 +233,8 @@ def make_sprog(
         """(T_in >= ar_order + 1, H, W) mm/h -> (n_leads, H, W) mm/h."""
         from pysteps import nowcasts
 
-        x_db = _to_db(x, threshold, zerovalue_db)
-        velocity = _motion(x_db, lk_options)
+        x_db = to_db(x, threshold, zerovalue_db)
+        velocity = motion_field(x_db, lk_options)
         last = x[_last_valid_index(x, "sprog")].astype(np.float64)
         nodata = ~np.isfinite(_advect(np.where(np.isfinite(last), 0.0, np.nan), velocity, n_leads))
         recent = x_db[-need:]
@@ -267,7 +267,7 @@ def make_sprog(
                 # Lag correlations of 1 (a field that only translates) make the AR fit
                 # nonstationary; S-PROG's limit for such a field is Lagrangian persistence.
                 log.warning("sprog: %s; falling back to Lagrangian persistence for this window.", err)
-                forecast_db = _advect(_to_db(last, threshold, zerovalue_db), velocity, n_leads)
+                forecast_db = _advect(to_db(last, threshold, zerovalue_db), velocity, n_leads)
         forecast_db = np.asarray(forecast_db, dtype=np.float64)
         rain = np.where(forecast_db > zerovalue_db + 1e-6, 10.0 ** (forecast_db / 10.0), 0.0)
         rain[(rain < threshold)] = 0.0

@@ -37,8 +37,8 @@ from typing import cast
 
 import numpy as np
 
-from nowcast_infill.baselines.infill import _finish, _prepare, infill_nearest, make_inpaint, make_linear
-from nowcast_infill.baselines.nowcast import _FORECAST_FAILURES, CountsFallbacks, _motion, _to_db
+from nowcast_infill.baselines.infill import finish_fill, infill_nearest, make_inpaint, make_linear, prepare_fill
+from nowcast_infill.baselines.nowcast import FORECAST_FAILURES, CountsFallbacks, motion_field, to_db
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def _make_temporal(name: str, estimate: Callable, spatial: str | None) -> Callab
             )
         # The target frame may be entirely hidden (a tile inside a radar outage): the
         # neighbours still answer, so no observed target pixel is required here.
-        centre, fill, known = _prepare(x, fill_mask, need_known=False)
+        centre, fill, known = prepare_fill(x, fill_mask, need_known=False)
         if not fill.any():
             return centre.copy()[None]
         c = x.shape[0] // 2
@@ -93,7 +93,7 @@ def _make_temporal(name: str, estimate: Callable, spatial: str | None) -> Callab
                 # the neighbour that has the pixel (NaN, i.e. unscored and counted as such,
                 # where neither has it).
                 values[missing] = np.where(np.isfinite(x[c - 1][rest]), x[c - 1][rest], x[c + 1][rest])
-        return _finish(centre, fill, values)
+        return finish_fill(centre, fill, values)
 
     counted = cast(CountsFallbacks, infill)
     counted.fallbacks = 0
@@ -124,8 +124,8 @@ def make_temporal_flow(
         pair = np.stack([prev, nxt])
         try:
             # (2, H, W) pixels per interval prev -> next
-            velocity = _motion(_to_db(pair, threshold, zerovalue_db), lk_options)
-        except _FORECAST_FAILURES as err:
+            velocity = motion_field(to_db(pair, threshold, zerovalue_db), lk_options)
+        except FORECAST_FAILURES as err:
             log.info("temporal_flow: no motion (%s); zero motion, i.e. linear in time, for this window.", err)
             velocity = np.zeros((2,) + prev.shape)
         advect = extrapolation.get_method("semilagrangian")

@@ -108,24 +108,12 @@ class ClassicalModule(EvaluationMixin, L.LightningModule):
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return self.predict_mm_h(batch)
 
-    def validation_step(self, batch, batch_idx):
-        return self.evaluate_batch("val", self.predict_mm_h(batch), batch)
-
-    def test_step(self, batch, batch_idx):
-        return self.evaluate_batch("test", self.predict_mm_h(batch), batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_stage("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_stage("test")
-
-    def _log_stage(self, stage: str) -> None:
+    def log_stage_metrics(self, stage: str) -> None:
         # Windows (nowcast) or pixels (temporal infill) the method answered with its documented
         # fallback since the last report (see nowcast_infill/baselines); 0 for methods without one.
         total = int(getattr(self.method, "fallbacks", 0))
         fallbacks, self._fallbacks_reported = total - self._fallbacks_reported, total
-        self.log_stage_metrics(stage)
+        super().log_stage_metrics(stage)
         if fallbacks:
             log.warning(f"{stage}: {self.hparams.name} used its fallback {fallbacks} time(s).")
         self.log(f"{stage}/fallbacks", float(fallbacks), sync_dist=True, reduce_fx="sum")

@@ -31,8 +31,9 @@ class EvaluationMixin:
     """Metric bookkeeping of a LightningModule whose `hparams` have `task`, `in_frames`,
     `out_frames` and `metrics` (`RadarMetrics` options: `thresholds` mm/h, `fss_scales` px).
 
-    Call `configure_evaluation()` in `__init__` (after `save_hyperparameters`), `evaluate_batch`
-    from `validation_step`/`test_step`, and `log_stage_metrics` at the end of an epoch.
+    Call `configure_evaluation()` in `__init__` (after `save_hyperparameters`) and define
+    `predict_mm_h`: the mixin's `validation_step`/`test_step` score its answer with
+    `evaluate_batch`, and the epoch-end hooks log the stage with `log_stage_metrics`.
     """
 
     hparams: Any
@@ -99,6 +100,23 @@ class EvaluationMixin:
         self._scored[stage] = self._scored.get(stage, 0) + int((mask > 0).sum())
         self.metric(stage).update(scored_pred, target_mm_h, mask)
         return {"pred_mm_h": pred_mm_h}
+
+    # ------------------------------------------------------- Lightning hooks
+    def predict_mm_h(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The final answer `(B, T_out, 1, H, W)` mm/h for `batch` (each module defines it)."""
+        raise NotImplementedError
+
+    def validation_step(self, batch, batch_idx):
+        return self.evaluate_batch("val", self.predict_mm_h(batch), batch)
+
+    def test_step(self, batch, batch_idx):
+        return self.evaluate_batch("test", self.predict_mm_h(batch), batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_stage_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_stage_metrics("test")
 
     def log_stage_metrics(self, stage: str) -> None:
         """Log `{stage}/<score>` for every score and `{stage}/unscored_pixels`; reset the stage."""

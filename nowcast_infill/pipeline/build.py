@@ -12,6 +12,7 @@ import hydra
 from omegaconf import DictConfig, open_dict
 
 from nowcast_infill.errors import ConfigSchemaError
+from nowcast_infill.tasks import get_task
 from nowcast_infill.utils.logging import rank_zero_print
 
 if TYPE_CHECKING:
@@ -38,11 +39,14 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     # Plain containers, not DictConfig: the DataModule's hyperparameters go into checkpoints,
     # which torch.load(weights_only=True) must be able to read back.
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    task = get_task(
+        cfg.task.name, past=cfg.task.get("past"), future=cfg.task.get("future"), context=cfg.task.get("context")
+    )
     for name in ("in_frames", "out_frames"):
-        have = getattr(datamodule, name, None)
-        if have is not None and int(have) != int(cfg.task[name]):
+        have, want = getattr(datamodule, name, None), getattr(task, name)
+        if have is not None and int(have) != want:
             raise ValueError(
-                f"task.{name}={cfg.task[name]} but data ({cfg.data._target_}) yields {name}={have}; "
+                f"task.{name}={want} but data ({cfg.data._target_}) yields {name}={have}; "
                 f"data takes task.past/future/context: check task.{name} matches them."
             )
     return datamodule

@@ -35,7 +35,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nowcast_infill.errors import ConfigSchemaError
+from nowcast_infill.errors import BadValueError, ConfigSchemaError
+from nowcast_infill.tasks import get_task
 
 __all__ = [
     "ConfigSchemaError",
@@ -167,25 +168,14 @@ def _first_line(err: Exception) -> str:
 
 
 def _check_task(task: Mapping) -> None:
-    name = task.get("name")
-    if name not in ("infill", "nowcast"):
-        raise ConfigSchemaError(
-            f"task.name: {name!r} is not 'infill' or 'nowcast'; choose task=infill or task=nowcast."
+    """`task.name` and `task.in_frames`/`out_frames` against the task's rule (owned by nowcast_infill.tasks)."""
+    try:
+        rule = get_task(
+            task.get("name", ""), past=task.get("past"), future=task.get("future"), context=task.get("context")
         )
-    if name == "infill":
-        expected = {"in_frames": 2 * int(task.get("context", 0)) + 1, "out_frames": 1}
-    else:
-        expected = {"in_frames": int(task.get("past", 0)), "out_frames": int(task.get("future", 0))}
-    rules = {
-        "infill": {"in_frames": "2*context+1", "out_frames": "1"},
-        "nowcast": {"in_frames": "past", "out_frames": "future"},
-    }
-    for key, value in expected.items():
-        if int(task.get(key, -1)) != value:
-            rule = rules[name][key]
-            raise ConfigSchemaError(
-                f"task.{key}: is {task.get(key)} but task={name} needs {rule} = {value}; set task.{key}={value}."
-            )
+        rule.check_frames(task.get("in_frames", -1), task.get("out_frames", -1), where="task")
+    except BadValueError as err:
+        raise ConfigSchemaError(str(err)) from None
 
 
 # key -> (minimum, maximum, integer?, null allowed?); checked when the key is present.

@@ -123,25 +123,10 @@ def _many_writers(cfg: DictConfig, step: str, history: str) -> dict:
         )
     time_step_s = config_int(cfg, "time_step_s", minimum=1, none_ok=True, meaning="seconds between frames")
     options["split"] = cfg.get("split") or "inputs"
+    options.update(time_range=time_range, time_step_s=time_step_s, history=history)
     if step == "plan":
-        return region_writer.plan_store(
-            _inputs(cfg),
-            cfg.output,
-            tasks=tasks,
-            time_range=time_range,
-            time_step_s=time_step_s,
-            history=history,
-            **options,
-        )
-    return region_writer.convert_parallel(
-        _inputs(cfg),
-        cfg.output,
-        processes=tasks,
-        time_range=time_range,
-        time_step_s=time_step_s,
-        history=history,
-        **options,
-    )
+        return region_writer.plan_store(_inputs(cfg), cfg.output, tasks=tasks, **options)
+    return region_writer.convert_parallel(_inputs(cfg), cfg.output, processes=tasks, **options)
 
 
 def convert(cfg: DictConfig, history: str = "ni-convert") -> dict:

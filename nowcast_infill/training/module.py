@@ -292,15 +292,6 @@ class RadarModule(EvaluationMixin, L.LightningModule):
         self.log("val/loss", total, prog_bar=True, batch_size=batch["x"].shape[0], sync_dist=True)
         return self.evaluate_batch("val", self.decode_answer(self.compose(raw, batch)), batch)
 
-    def test_step(self, batch, batch_idx):
-        return self.evaluate_batch("test", self.predict_mm_h(batch), batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self.log_stage_metrics("val")
-
-    def on_test_epoch_end(self) -> None:
-        self.log_stage_metrics("test")
-
     # ------------------------------------------------------------ optimiser
     def global_batch(self) -> int:
         """Per-device batch x devices x nodes x accumulation of the attached Trainer."""

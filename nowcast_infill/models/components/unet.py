@@ -54,9 +54,10 @@ class PConvUNet(nn.Module):
             a masked group norm of the gate pre-activations of every ConvLSTM cell.
         output_floor: lower bound of the output in normalised units (the encoded 0 mm/h,
             ``Normalizer.floor``); a buffer, see :meth:`set_output_floor`.
-        task: ``"infill"`` (``out_frames == 1``, odd ``in_frames``, the centre frame is the
-            target) or ``"nowcast"`` (the last input frame is the newest); decides the order
-            in which the LSTM reads the frames.
+        task: ``"infill"`` (the centre frame is the target) or ``"nowcast"`` (the last input
+            frame is the newest); decides the order in which the LSTM reads the frames. The
+            task's frame counts are checked by ``nowcast_infill.tasks`` (``task_from_frames``,
+            called by the module that builds this network), not here.
         decoder_kernel_size: kernel of the decoder layers.
         aux_encoder_channels: auxiliary encoder widths per level, default
             ``max(8, c // 4)`` for each encoder width ``c``.
@@ -108,11 +109,6 @@ class PConvUNet(nn.Module):
             raise ValueError(f"PConvUNet: in_frames={in_frames} and out_frames={out_frames} must be >= 1.")
         if task not in TASKS:
             raise ValueError(f"PConvUNet: task={task!r}; choose one of {TASKS}.")
-        if task == "infill" and (out_frames != 1 or in_frames % 2 != 1):
-            raise ValueError(
-                f"PConvUNet: task='infill' needs out_frames=1 and an odd in_frames (2*context+1), "
-                f"got in_frames={in_frames}, out_frames={out_frames}."
-            )
         if attention and aux_channels < 1:
             raise ValueError(
                 "PConvUNet: attention=True needs aux_channels >= 1 (the attention is driven by aux fields)."
@@ -157,6 +153,9 @@ class PConvUNet(nn.Module):
         self.encoder_norm = nn.ModuleList(
             MaskedBatchNorm2d(levels[i + 1]) if batch_norm and i > 0 else nn.Identity() for i in range(self.depth)
         )
+        # Decoder level i, deepest first, upsamples level i and concatenates the skip of level
+        # i-1: its input mask groups (one per part) and its output width levels[i-1].
+        decoder_levels = [((levels[i], levels[i - 1]), levels[i - 1]) for i in range(self.depth, 1, -1)]
         if lstm:
             self.encoder_lstm = nn.ModuleList(
                 PartialConvLSTM(w, w, 3, conv_cls=conv, gate_norm=batch_norm) for w in widths
@@ -164,29 +163,23 @@ class PConvUNet(nn.Module):
             # Decoder level i (resolution H / 2**(i-1)) is a cell seeded by encoder level i-1.
             self.decoder_cells = nn.ModuleList(
                 PartialConvLSTMCell(
-                    levels[i] + levels[i - 1],
-                    levels[i - 1],
+                    sum(groups),
+                    width,
                     decoder_kernel_size,
-                    input_mask_groups=(levels[i], levels[i - 1]),
+                    input_mask_groups=groups,
                     conv_cls=conv,
                     gate_norm=batch_norm,
                 )
-                for i in range(self.depth, 1, -1)
+                for groups, width in decoder_levels
             )
             head_out = 1
         else:
             self.decoder = nn.ModuleList(
-                conv(
-                    levels[i] + levels[i - 1],
-                    levels[i - 1],
-                    decoder_kernel_size,
-                    mask_groups=(levels[i], levels[i - 1]),
-                    input_is_masked=True,
-                )
-                for i in range(self.depth, 1, -1)
+                conv(sum(groups), width, decoder_kernel_size, mask_groups=groups, input_is_masked=True)
+                for groups, width in decoder_levels
             )
             self.decoder_norm = nn.ModuleList(
-                MaskedBatchNorm2d(levels[i - 1]) if batch_norm else nn.Identity() for i in range(self.depth, 1, -1)
+                MaskedBatchNorm2d(width) if batch_norm else nn.Identity() for _, width in decoder_levels
             )
             head_out = out_frames
         # The head sees every input frame at full resolution, each channel with its own mask:

@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import torch
 
+from nowcast_infill.data.splits import window_offsets
 from nowcast_infill.errors import BadValueError
 
 
@@ -73,8 +74,9 @@ class InfillTask(Task):
         if int(context) != context or context < 0:
             raise BadValueError(f"task.context: is {context!r}; it must be an integer >= 0 (frames on each side).")
         self.context = int(context)
-        self.in_frames = 2 * self.context + 1
-        self.out_frames = 1
+        # the window arithmetic lives once, in data/ (the DataModule cuts windows with it)
+        _, inputs, targets = window_offsets(self.name, past=0, future=0, context=self.context)
+        self.in_frames, self.out_frames = len(inputs), len(targets)
 
     @property
     def target_index(self) -> int:
@@ -110,7 +112,8 @@ class NowcastTask(Task):
             if int(value) != value or value < 1:
                 raise BadValueError(f"task.{key}: is {value!r}; it must be an integer >= 1 (frames).")
         self.past, self.future = int(past), int(future)
-        self.in_frames, self.out_frames = self.past, self.future
+        _, inputs, targets = window_offsets(self.name, past=self.past, future=self.future, context=0)
+        self.in_frames, self.out_frames = len(inputs), len(targets)
 
     def _scored_pixels(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         observed = batch["x_mask"] > 0  # (B, T_in, 1, H, W)

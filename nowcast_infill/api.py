@@ -20,9 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from nowcast_infill.pipeline import evaluate, train
+from nowcast_infill.pipeline.inputs import config_dict
 from nowcast_infill.schema import PRECIP
 from nowcast_infill.utils.config import CONFIG_DIR, compose_config, output_dir_outside_hydra
 
@@ -37,7 +38,7 @@ def compose(name: str = "train", overrides: Sequence[str] = ()) -> DictConfig:
     from Hydra's run directory, gets the same folder here.
     """
     cfg = compose_config(name, overrides, return_hydra_config=True)
-    run_dir = OmegaConf.to_container(cfg.hydra.run, resolve=False).get("dir")
+    run_dir = config_dict(cfg.hydra.run, resolve=False).get("dir")
     with open_dict(cfg):
         del cfg["hydra"]
         output_dir_outside_hydra(cfg, run_dir)

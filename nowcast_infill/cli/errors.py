@@ -24,7 +24,7 @@ import functools
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import hydra
@@ -94,7 +94,8 @@ def require_set(cfg: DictConfig) -> None:
 def _missing_keys(node: DictConfig | ListConfig, prefix: str) -> Iterator[str]:
     # Not OmegaConf.missing_keys: it resolves interpolations, and some configs hold ones
     # (e.g. ${task.name} in a model node of ni-infill) that only resolve where they are used.
-    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    # Any: OmegaConf types its accessors narrower than the keys a DictConfig holds (DictKeyType).
+    keys: Iterable[Any] = node.keys() if isinstance(node, DictConfig) else range(len(node))
     for key in keys:
         full = f"{prefix}{key}" if isinstance(node, DictConfig) else f"{prefix.rstrip('.')}[{key}]"
         if OmegaConf.is_missing(node, key):

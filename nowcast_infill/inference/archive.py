@@ -94,7 +94,7 @@ def derive_coverage(ds: xr.Dataset, min_fraction: float = 0.5) -> np.ndarray:
     return counts >= min_fraction * n_used
 
 
-def load_coverage(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
+def load_coverage(path: str | Path, shape: tuple[int, ...]) -> np.ndarray:
     """Read a coverage mask `(y, x)` bool from a `.npy` file or a NetCDF/Zarr variable `coverage`."""
     path = Path(path)
     if not path.exists():

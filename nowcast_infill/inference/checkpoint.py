@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,6 +82,12 @@ def _aux_names(n_aux: int, trained: TrainedModel, normalizer: Normalizer, given:
     return names
 
 
+def _aux_block_reader(aux_array, t: int) -> Callable[[slice, slice], np.ndarray]:
+    """`read(aux_rows, aux_cols)` for `AuxRegridder.regrid`: the `(1, h_aux, w_aux)` block of
+    time step `t` of `aux_array` (an xarray variable of the store, in its own units)."""
+    return lambda aux_rows, aux_cols: aux_array[t : t + 1, aux_rows, aux_cols].values
+
+
 class CheckpointPredictor:
     """A trained `RadarModule` applied to full grids of a store.
 
@@ -125,7 +132,8 @@ class CheckpointPredictor:
         self.aux_names = list(aux_names)
         self.device = torch.device(device)
         self.path = Path(path)
-        self._aux = None  # (regridder, zarr arrays by name, n_time) once bound
+        # (regridder, aux variables of the store by name, n_time, (height, width)) once bound
+        self._aux: tuple[AuxRegridder, dict[str, Any], int, tuple[int, int]] | None = None
 
     # -- store binding -----------------------------------------------------------------
     def bind(self, ds, store_path: str | Path) -> None:
@@ -158,9 +166,7 @@ class CheckpointPredictor:
         for a, name in enumerate(self.aux_names):
             arr = arrays[name]
             for i, t in inside:
-                values = regridder.regrid(
-                    lambda r, c, a_=arr, t_=t: a_[t_ : t_ + 1, r, c].values, slice(0, height), slice(0, width)
-                )
+                values = regridder.regrid(_aux_block_reader(arr, t), slice(0, height), slice(0, width))
                 out[i, a] = self.normalizer.encode_aux(name, values[0])
         valid = np.isfinite(out)
         return torch.from_numpy(np.where(valid, out, 0.0).astype(np.float32)), torch.from_numpy(

@@ -64,6 +64,13 @@ def predictor_kwargs(predictor, frame_index: np.ndarray) -> dict:
     return {"frame_index": frame_index} if getattr(predictor, "wants_frame_index", False) else {}
 
 
+def _array(group: zarr.Group, name: str) -> zarr.Array:
+    """`group[name]`: an array, never a subgroup, in the infill stores `archive.py` creates."""
+    node = group[name]
+    assert isinstance(node, zarr.Array), f"{name} is a zarr group, not an array"
+    return node
+
+
 class FrameInfiller:
     """Computes and commits single frames of an infill store; one per process.
 
@@ -86,7 +93,9 @@ class FrameInfiller:
         coverage = out[COVERAGE].values.astype(bool)
         self.fill_region = np.ones(self.shape, dtype=bool) if infill_outside_coverage else coverage
         group = zarr.open_group(str(output_store), mode="r+")
-        self.precip_out, self.infilled_out, self.status_out = group[PRECIP], group[INFILLED], group[STATUS]
+        self.precip_out, self.infilled_out, self.status_out = (
+            _array(group, name) for name in (PRECIP, INFILLED, STATUS)
+        )
         self.cache = FrameCache(
             self.src[PRECIP],
             self.src[MISSING_FRAME].values,

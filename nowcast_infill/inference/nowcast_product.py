@@ -77,10 +77,10 @@ def issue_indices(
         bounds = list(issue_times)
         if len(bounds) != 2:
             raise BadValueError(f"issue_times={bounds}: give [start, end] (two ISO times), all or null.")
-        start, end = (np.datetime64(str(b), "ns") for b in bounds)
-        if end < start:
+        first_time, last_time = (np.datetime64(str(b), "ns") for b in bounds)
+        if last_time < first_time:
             raise BadValueError(f"issue_times=[{bounds[0]}, {bounds[1]}]: the end is before the start; swap them.")
-        wanted = np.nonzero((times >= start) & (times <= end))[0]
+        wanted = np.nonzero((times >= first_time) & (times <= last_time))[0]
         if wanted.size and wanted[0] < first_possible:
             raise BadValueError(
                 f"issue_times starts at {bounds[0]}, but a nowcast needs past={past} frames up to its "

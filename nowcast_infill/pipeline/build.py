@@ -18,6 +18,8 @@ from nowcast_infill.utils.logging import rank_zero_print
 if TYPE_CHECKING:
     import lightning as L
 
+    from nowcast_infill.data.datamodule import RadarDataModule
+
 # `model.kind` (conf/model/*.yaml): a network is trained and restored from checkpoints, a
 # classical method is built from its config alone.
 NETWORK, CLASSICAL = "network", "classical"
@@ -34,7 +36,7 @@ def model_kind(cfg: DictConfig) -> str:
     return str(kind)
 
 
-def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+def build_datamodule(cfg: DictConfig) -> RadarDataModule:
     """The DataModule of `cfg.data`, checked against `cfg.task`."""
     # Plain containers, not DictConfig: the DataModule's hyperparameters go into checkpoints,
     # which torch.load(weights_only=True) must be able to read back.
@@ -52,7 +54,7 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     return datamodule
 
 
-def build_module(cfg: DictConfig, datamodule: L.LightningDataModule | None = None) -> L.LightningModule:
+def build_module(cfg: DictConfig, datamodule: RadarDataModule | None = None) -> L.LightningModule:
     """The LightningModule of `cfg.model`; `aux_channels: null` is taken from the DataModule."""
     model_cfg = cfg.model
     if "aux_channels" in model_cfg and model_cfg.aux_channels is None:

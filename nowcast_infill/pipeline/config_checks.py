@@ -29,6 +29,7 @@ import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nowcast_infill.errors import BadValueError, ConfigSchemaError
+from nowcast_infill.pipeline.inputs import config_dict
 from nowcast_infill.tasks import get_task
 
 __all__ = [
@@ -111,13 +113,13 @@ def validate_config(cfg: DictConfig, kind: str = "train") -> None:
     validate_targets(validate_values(cfg, kind))
 
 
-def validate_values(cfg: DictConfig, kind: str = "train") -> dict:
+def validate_values(cfg: DictConfig, kind: str = "train") -> dict[str, Any]:
     """The checks that import nothing heavy (top-level keys, task, VALUE_RULES); returns the
     resolved config as plain containers, for `validate_targets`."""
     if kind not in SCHEMAS:
         raise ValueError(f"kind must be one of {sorted(SCHEMAS)}, got {kind!r}")
     try:
-        plain = OmegaConf.to_container(cfg, resolve=True)
+        plain = config_dict(cfg)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         raise ConfigSchemaError(f"{key}: cannot be resolved ({err.msg if hasattr(err, 'msg') else err}).") from None
@@ -267,8 +269,8 @@ def _resolve_target(node: Mapping, where: str):
 def check_target_node(
     node: Mapping,
     where: str,
-    provided: set[str] = frozenset(),
-    reserved: set[str] = frozenset(),
+    provided: AbstractSet[str] = frozenset(),
+    reserved: AbstractSet[str] = frozenset(),
     skip_nested: bool = False,
 ) -> None:
     """Check the keys and value types of an instantiable node against its target's signature.

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from nowcast_infill.checkpoint_io import read_checkpoint
 from nowcast_infill.errors import BadValueError, MissingInputError
@@ -19,7 +20,7 @@ from nowcast_infill.pipeline.build import (
     report_global_batch,
 )
 from nowcast_infill.pipeline.config_checks import validate_targets, validate_values
-from nowcast_infill.pipeline.inputs import check_run_inputs, writable_output_dir
+from nowcast_infill.pipeline.inputs import check_run_inputs, config_dict, writable_output_dir
 from nowcast_infill.training.callbacks import FigureCallback
 from nowcast_infill.utils.config import (
     output_dir_outside_hydra,
@@ -42,7 +43,7 @@ log = get_logger(__name__)
 register_resolvers()
 
 
-def _scalars(metrics: dict) -> dict[str, float]:
+def _scalars(metrics: Mapping) -> dict[str, float]:
     out = {}
     for key, value in metrics.items():
         try:
@@ -126,7 +127,7 @@ def _fit_and_test(
 ) -> dict[str, Any]:
     report_global_batch(cfg, trainer)
     for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(config_dict(cfg))
 
     results: dict[str, Any] = {}
     if cfg.get("fit", True):

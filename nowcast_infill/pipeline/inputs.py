@@ -11,7 +11,7 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,6 +28,14 @@ ZARR_ROOT_FILES = ("zarr.json", ".zgroup", ".zattrs", ".zarray")
 
 def config_value(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, throw_on_missing=True)
+
+
+def config_dict(node: DictConfig, resolve: bool = True) -> dict[str, Any]:
+    """A mapping node of a composed config as a plain dict, nested nodes plain too; its keys are
+    the YAML / override keys, so strings."""
+    plain = OmegaConf.to_container(node, resolve=resolve)
+    assert isinstance(plain, dict), f"a {type(node).__name__} converted to {type(plain).__name__}, not a dict"
+    return cast(dict[str, Any], plain)
 
 
 def config_int(

@@ -14,6 +14,7 @@ from nowcast_infill.errors import BadValueError
 from nowcast_infill.pipeline.inputs import (
     check_checkpoint,
     config_bool,
+    config_dict,
     config_float,
     config_int,
     existing_input,
@@ -27,9 +28,9 @@ def model_choice(cfg: DictConfig) -> tuple[str, dict]:
     """(baseline name or checkpoint path, its options) from the `model` group, `ckpt_path` and `checkpoint`."""
     if cfg.get("ckpt_path"):
         options = cfg.get("checkpoint")
-        return str(cfg.ckpt_path), dict(OmegaConf.to_container(options, resolve=True)) if options else {}
+        return str(cfg.ckpt_path), config_dict(options) if options else {}
     options = cfg.model.get("options")
-    return str(cfg.model.name), dict(OmegaConf.to_container(options, resolve=True)) if options else {}
+    return str(cfg.model.name), config_dict(options) if options else {}
 
 
 INPUT_FIX = "write it with `ni-convert` (radar files) or `ni-synth` (synthetic data), or fix input="
@@ -64,6 +65,10 @@ def infill(cfg: DictConfig) -> dict:
     predictor, info = load_predictor(model, "infill", **options)
     context = cfg.get("context")
     if cfg.get("ckpt_path"):
+        from nowcast_infill.inference.checkpoint import CheckpointPredictor
+
+        # check_infill_config made ckpt_path an existing file, which load_predictor loads as a checkpoint
+        assert isinstance(predictor, CheckpointPredictor)
         trained = (predictor.in_frames - 1) // 2
         if context is not None and int(context) != trained:
             raise BadValueError(

@@ -102,7 +102,7 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[st
 
     datamodule = build_datamodule(cfg)
     module = _module(cfg, datamodule, trained)
-    module.hparams.n_log_images = int(cfg.get("n_figures", module.hparams.get("n_log_images", 2)))
+    module.hparams["n_log_images"] = int(cfg.get("n_figures", module.hparams.get("n_log_images", 2)))
     loggers = instantiate_loggers(cfg.get("logger"))
     try:
         split = cfg.get("split", "test")

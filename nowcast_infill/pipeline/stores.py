@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from nowcast_infill.errors import BadValueError
 from nowcast_infill.pipeline.inputs import (
     config_bool,
+    config_dict,
     config_float,
     config_int,
     writable_output_store,
@@ -35,9 +36,9 @@ _TOP_LEVEL_OPTIONS = (
 
 def importer_options(cfg: DictConfig) -> dict:
     """Importer keyword arguments from `cfg.importer` and top-level shortcuts, nulls dropped."""
-    options = {
-        k: v for k, v in OmegaConf.to_container(cfg.get("importer") or {}, resolve=True).items() if v is not None
-    }
+    given = OmegaConf.to_container(cfg.get("importer") or {}, resolve=True)
+    assert isinstance(given, dict), f"importer converted to a {type(given).__name__}"
+    options = {k: v for k, v in given.items() if v is not None}
     for key in _TOP_LEVEL_OPTIONS:
         if cfg.get(key) is not None:
             options[key] = cfg.get(key)
@@ -85,7 +86,11 @@ def _check(cfg: DictConfig) -> dict:
 def _inputs(cfg: DictConfig) -> str | list:
     if cfg.get("inputs") is None:
         raise BadValueError("inputs: required but not set; pass inputs=<glob, file or bundle> or a list of them.")
-    return OmegaConf.to_container(cfg.inputs) if OmegaConf.is_list(cfg.inputs) else cfg.inputs
+    if OmegaConf.is_list(cfg.inputs):
+        listed = OmegaConf.to_container(cfg.inputs)
+        assert isinstance(listed, list)  # a ListConfig converts to a list
+        return listed
+    return cfg.inputs
 
 
 _STEPS = ("plan", "write", "finalise", "all")
@@ -116,6 +121,7 @@ def _many_writers(cfg: DictConfig, step: str, history: str) -> dict:
     for key in ("workers", "commit_every", "progress", "max_gap_s"):
         options.pop(key)
     tasks = config_int(cfg, "tasks", minimum=1, meaning="writers the inputs are split between")
+    assert tasks is not None  # none_ok is off
     time_range = OmegaConf.to_container(cfg.time_range) if cfg.get("time_range") is not None else None
     if time_range is not None and len(time_range) != 2:
         raise BadValueError(
@@ -172,7 +178,7 @@ def synth(cfg: DictConfig) -> Path:
     from nowcast_infill.data.synthetic import write_synthetic_store
 
     options = {k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in GENERATOR_KEYS}
-    chunks = OmegaConf.to_container(cfg.chunks) if cfg.chunks is not None else None
+    chunks = config_dict(cfg.chunks, resolve=False) if cfg.chunks is not None else None
     # Hydra leaves the working directory alone (version_base 1.3), so a relative output
     # is relative to where the command was run.
     path = write_synthetic_store(Path(cfg.output), chunks=chunks, overwrite=bool(cfg.overwrite), **options)

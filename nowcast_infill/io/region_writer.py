@@ -5,13 +5,8 @@ The engine of `ni-convert step=plan|write|finalise|all` and slurm/convert_array.
 the inputs into N tasks, and anything that runs `write` for each task number (a Slurm
 array, N local processes, a shell loop) fills the store.
 
-* `plan_store` (exclusive store lock): reads the first item of each task's inputs (and
-  the last input, unless `time_range` is given), creates the whole store at once, sized
-  for the time range: coordinates, `time`, `missing_frame` all True, `precip` with no
-  chunk written; and writes the plan `NAME.zarr.conversion/plan.json` beside it: each
-  task's inputs and the time range it owns (the ranges tile the time axis). With
-  split="time" the time range is cut into equal runs and the plan holds no file list:
-  each task finds its inputs by the date stamps in their names (io/dated_inputs.py).
+* `plan_store` (io/region_plan.py) creates the whole store at once, sized for its time
+  range, and writes the plan `NAME.zarr.conversion/plan.json` beside it.
 * `write_region` (task k): reads its inputs in order and writes each frame as its own
   `precip` chunk (one time step per stored file is required, so two tasks never write the
   same file: no store lock is taken; a per-task lock `task-k.lock` keeps a rerun from
@@ -20,13 +15,8 @@ array, N local processes, a shell loop) fills the store.
   frames (`task-k.stats.npz`), then the task's record `task-k.json` (frames written with
   their provenance, files skipped) are written atomically. A killed task leaves no
   record, and rerunning it rewrites its chunks.
-* `finalise_store` (exclusive store lock): a task without a record makes it fail with
-  `IncompleteConversionError` naming each unfinished task's time range; otherwise every
-  step of a finished range without a frame is a gap (`missing_frame`, its chunk deleted
-  if a killed run left one), provenance is merged into `source_files` in time order,
-  the tasks' per-frame statistics are merged (nowcast_infill.io.frame_stats; `precip` is
-  read only for the frames of a task without them), and the metadata is consolidated.
-  The plan folder is then removed.
+* `finalise_store` (io/region_finalise.py) checks that every task left a record, flags
+  the gaps, merges provenance and statistics, and removes the plan folder.
 
 Until finalised, the store reads as all missing (`missing_frame` True everywhere) and
 carries the attribute `conversion_incomplete`.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -187,6 +189,22 @@ def test_a_frame_outside_its_task_range_is_refused_naming_the_member(tmp_path):
     with pytest.raises(IncompleteConversionError) as err:
         finalise_store(out)
     assert err.value.incomplete == [(0, "2017-08-16T00:05:00", "2017-08-16T00:15:00", "not finished (killed, failed or never run)")]
+
+
+def test_a_deleted_planned_store_with_its_plan_left_is_a_user_error_naming_the_store_and_the_fix(tmp_path):
+    bundles = write_synthetic_archive(tmp_path / "a", n_frames=2, shape=TINY)
+    out = tmp_path / "s.zarr"
+    plan_store(bundles, out, "radolan", **TINY_OPTIONS)
+    shutil.rmtree(out)  # the store is deleted, its s.zarr.conversion folder stays
+    fix = (re.escape(f"{out}: ") + r"the store is absent but its conversion plan .*s\.zarr\.conversion remains"
+           r".*re-run `ni-convert step=plan")
+    with pytest.raises(UserError, match=fix):
+        write_region(out, 0)
+    with pytest.raises(UserError, match=fix):
+        finalise_store(out)
+    plan_store(bundles, out, "radolan", **TINY_OPTIONS)  # the fix: plan again (the old plan is replaced)
+    write_region(out, 0)
+    assert finalise_store(out)["n_frames_written"] == 2
 
 
 def test_one_bundle_is_split_between_several_tasks_by_time(tmp_path, monkeypatch):

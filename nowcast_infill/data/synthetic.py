@@ -48,6 +48,7 @@ from nowcast_infill.data.radar_sites import (
 )
 from nowcast_infill.errors import BadValueError, OutputExistsError
 from nowcast_infill.io.importers import make_grid
+from nowcast_infill.io.store import PRECIP_ATTRS
 
 # Lusatia / Polish border: two DWD radars (Prötzel, Dresden) inside a 256 km window and
 # ~23% of it beyond 150 km of any radar, i.e. a realistic coverage edge with no-data.
@@ -277,12 +278,7 @@ def generate_synthetic(
             schema.PRECIP: xr.DataArray(
                 precip,
                 dims=schema.PRECIP_DIMS,
-                attrs={
-                    "units": schema.PRECIP_UNITS,
-                    "long_name": "precipitation rate",
-                    "standard_name": "rainfall_rate",
-                    "grid_mapping": schema.CRS,
-                },
+                attrs=dict(PRECIP_ATTRS),
             ),
             schema.MISSING_FRAME: xr.DataArray(
                 missing, dims=("time",), attrs={"long_name": "frame inserted for a gap (all NaN)"}

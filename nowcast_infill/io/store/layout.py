@@ -21,6 +21,14 @@ DEFAULT_CHUNKS = {"time": 1, "y": None, "x": None}
 # sharding, one file per chunk.
 DEFAULT_SHARDS: dict | None = None
 DEFAULT_COMPRESSION = {"cname": "zstd", "clevel": 1}
+# The CF attributes of `precip` in every store, however it is written (zarr here, xarray
+# in data/synthetic.py); zarr writers add `coordinates` and `_FillValue` as xarray does.
+PRECIP_ATTRS = {
+    "units": schema.PRECIP_UNITS,
+    "long_name": "precipitation rate",
+    "standard_name": "rainfall_rate",
+    "grid_mapping": schema.CRS,
+}
 
 
 def _positive_sizes(option: str, given: dict, null_time: bool) -> dict:
@@ -95,10 +103,7 @@ def create_skeleton(path: Path, ref: Frame, chunks: dict | None, compression: di
         fill_value=np.nan,
         dimension_names=schema.PRECIP_DIMS,
         attributes={
-            "units": schema.PRECIP_UNITS,
-            "long_name": "precipitation rate",
-            "standard_name": "rainfall_rate",
-            "grid_mapping": schema.CRS,
+            **PRECIP_ATTRS,
             "coordinates": "lat lon",
             "_FillValue": schema.NAN_FILL_ATTR,
         },

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import warnings
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,6 +18,7 @@ import numpy as np
 
 from nowcast_infill import schema
 from nowcast_infill.io import frame_stats
+from nowcast_infill.io.consolidated import consolidate
 from nowcast_infill.io.importers import Frame
 from nowcast_infill.io.store.commit import mark_and_publish, recover_store
 from nowcast_infill.io.store.layout import DEFAULT_SHARDS, create_skeleton, storage_unit, whole_frame_chunk_writer
@@ -400,7 +400,4 @@ class StoreWriter:
         if frames:
             attrs["max_gap_s"] = self.max_gap_s  # gaps longer than this are segment boundaries (null: none)
         group.attrs.put(attrs)
-        with warnings.catch_warnings():
-            # zarr 3 flags consolidated metadata as not yet in the v3 spec; xarray reads it.
-            warnings.simplefilter("ignore", category=UserWarning)
-            zarr.consolidate_metadata(self.staging)
+        consolidate(self.staging)

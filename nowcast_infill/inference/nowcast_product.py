@@ -19,6 +19,7 @@ import zarr
 from nowcast_infill.errors import BadValueError, OutputExistsError
 from nowcast_infill.inference.frame_infiller import predictor_kwargs
 from nowcast_infill.inference.outputs import grid_vars, iso_time, open_radar_store, product_attrs, quiet_consolidated
+from nowcast_infill.io.consolidated import consolidate
 from nowcast_infill.io.store_lock import DEFAULT_LOCK_TIMEOUT_S, StoreLock
 from nowcast_infill.schema import PRECIP, segment_ids
 
@@ -251,7 +252,7 @@ def write_nowcast(
                         "issue_times_without_data": without_data,
                     }
                 )
-                zarr.consolidate_metadata(staging)
+                consolidate(staging)
         if without_data:
             log.warning(
                 "%s: %d of %d issue times have no data in their %d past frames: their forecasts are NaN.",

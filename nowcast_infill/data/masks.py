@@ -1,4 +1,4 @@
-"""Hole masks for infilling: one registry of generators and fixed evaluation sets.
+"""Hole masks for infilling: one registry of generators (fixed evaluation sets: data/eval_masks.py).
 
 A generator is called as `gen(rng, valid, lat, lon) -> hidden`:
   rng: np.random.Generator (all randomness comes from it, so a seed fixes the mask);
@@ -401,26 +401,6 @@ def build_mask_generator(spec: Mapping[str, Any]) -> MaskGenerator:
     return registry.get_method("mask", spec["name"], **options)
 
 
-# ---------------------------------------------------------------- fixed evaluation sets
-
-
-def make_eval_mask_set(
-    spec: Mapping[str, Any] | MaskGenerator,
-    n: int,
-    seed: int,
-    valid: np.ndarray,
-    lat: np.ndarray,
-    lon: np.ndarray,
-) -> np.ndarray:
-    """n masks (n, H, W) bool drawn with np.random.default_rng(seed): the same for the same inputs.
-
-    Masks are returned as drawn (not and-ed with `valid`); score `hole_targets(mask, valid_of_frame)`.
-    """
-    gen = spec if callable(spec) else build_mask_generator(spec)
-    rng = np.random.default_rng(seed)
-    return np.stack([np.asarray(gen(rng, valid, lat, lon), dtype=bool) for _ in range(int(n))])
-
-
 # The mask files and sets of data/mask_io.py are part of this module's public interface.
 __all__ = [
     "MASK_VARIABLE",
@@ -434,7 +414,6 @@ __all__ = [
     "build_mask_generator",
     "hole_targets",
     "load_mask_set",
-    "make_eval_mask_set",
     "nodata_patterns_from_store",
     "read_mask_file",
     "save_mask_set",

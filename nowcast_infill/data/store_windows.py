@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ import numpy as np
 
 from nowcast_infill import schema
 from nowcast_infill.data.dataset import StoreHandle
-from nowcast_infill.data.normalization import Normalizer, RunningMoments
 from nowcast_infill.data.regrid import AuxRegridder
 from nowcast_infill.data.splits import SPLITS, is_test_only, plan_splits, select_windows
 from nowcast_infill.errors import BadValueError
@@ -31,9 +29,6 @@ from nowcast_infill.io import frame_stats
 from nowcast_infill.io.store import open_store
 
 log = logging.getLogger(__name__)
-
-# Aux fields are fitted on at most this many train frames per store (a seeded sample): bounded start-up.
-AUX_FIT_FRAMES = 256
 
 
 def wait_for(ready: Callable[[], bool], *, what: str, timeout_s: float, poll_s: float = 0.5) -> None:
@@ -45,6 +40,22 @@ def wait_for(ready: Callable[[], bool], *, what: str, timeout_s: float, poll_s: 
                 f"waited {timeout_s:g} s for the {what}; check rank 0's log, or raise data.stats_wait_s."
             )
         time.sleep(poll_s)
+
+
+def store_paths(store: str | Path | None, stores: Sequence[str | Path] | str | Path | None) -> list[str]:
+    """The store paths of a run: data.stores when set (a list), else [data.store]."""
+    if stores:
+        if isinstance(stores, (str, Path)):
+            raise BadValueError(f"data.stores={stores!r} must be a list of store paths; for one store set data.store.")
+        listed = [str(s) for s in stores]
+        if store is not None and str(store) not in listed:
+            log.info("data.stores is set: training on %s; data.store=%s is not used", listed, store)
+        return listed
+    if store is None:
+        raise BadValueError(
+            "data.store is not set; give a radar store path (data.store=...) or a list (data.stores=[...])."
+        )
+    return [str(store)]
 
 
 def resolve_aux(ds, aux: Sequence[str] | str | None, store: str) -> list[str]:
@@ -277,37 +288,3 @@ def combined_reports(plans: Sequence[StoreWindows]) -> tuple[dict[str, dict[str,
     firsts = [r["first_time"] for r in reports if r["first_time"] is not None]
     implausible = {**reports[0], "count": sum(r["count"] for r in reports), "first_time": firsts[0] if firsts else None}
     return windows, implausible
-
-
-def fit_normalizer(
-    normalizer: Normalizer, plans: Sequence[StoreWindows], *, aux_names: Sequence[str], seed: int
-) -> Normalizer:
-    """Fit `normalizer` on the fit frames of `plans` from their stored log1p moments (no precip read),
-    merged over the stores; aux fields on up to AUX_FIT_FRAMES of those frames per store (a
-    sample seeded by `seed`: bounded cost)."""
-    moments = [plan.stats.log1p_moments(plan.fit_frames()) for plan in plans]
-    if len(moments) > 1:
-        merged = RunningMoments()
-        for count, mean, m2 in moments:
-            merged.merge(count, mean, m2)
-        moments = [(merged.count, merged.mean, merged.m2)]
-
-    def aux_values(plan: StoreWindows, name: str):
-        frames = plan.fit_frames()
-        if frames.size > AUX_FIT_FRAMES:
-            frames = np.sort(np.random.default_rng(seed).choice(frames, AUX_FIT_FRAMES, replace=False))
-        return (np.asarray(plan.handle[schema.AUX_PREFIX + name][int(t)], np.float32) for t in frames)
-
-    def field_values(name: str):
-        # A function call binds `name` now: a generator written inside the dict comprehension would
-        # read the loop variable only when consumed, after the loop, and fit every field on the last.
-        return chain.from_iterable(aux_values(plan, name) for plan in plans)
-
-    aux = {a: field_values(a) for a in aux_names}
-    normalizer.fit_moments(*moments[0], aux=aux)
-    log.info(
-        "normalisation fitted on %s (stored per-frame moments): %s",
-        ", ".join(f"{p.path} frames {p.fit_frames()[0]}..{p.fit_frames()[-1]}" for p in plans),
-        normalizer,
-    )
-    return normalizer

@@ -43,7 +43,6 @@ from nowcast_infill.data.store_windows import (
     resolve_aux,
     store_paths,
 )
-from nowcast_infill.data.tiling import eval_tiles
 from nowcast_infill.errors import BadValueError, UserError
 from nowcast_infill.io.store import open_store
 from nowcast_infill.utils.instantiate import to_plain
@@ -96,38 +95,16 @@ class RadarDataModule(L.LightningDataModule):
         stores: Sequence[str | Path] | None = None,
         normalize_per_store: bool = False,
     ):
+        # The arguments as given, in signature order (taken before any other local exists).
+        init_args = {name: value for name, value in locals().items() if name not in ("self", "__class__")}
         super().__init__()
         # Checkpoints then carry crop size, aux names and split, so inference needs no run folder.
         # Plain containers only: torch's weights-only checkpoint loading refuses OmegaConf objects.
-        init_args = dict(
+        init_args.update(
             store=None if store is None else str(store),
-            task=task,
-            past=past,
-            future=future,
-            context=context,
-            crop_size=crop_size,
-            eval_tile=eval_tile,
-            split=split,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            seed=seed,
             masks=masks if masks is None or isinstance(masks, Mapping) else None,
-            eval_masks=eval_masks,
-            mask_context=mask_context,
-            input_hole_prob=input_hole_prob,
-            aux=aux,
-            normalization=normalization,
             stats_path=None if stats_path is None else str(stats_path),
-            min_valid_fraction=min_valid_fraction,
-            crop_attempts=crop_attempts,
-            max_rain_rate_mm_h=max_rain_rate_mm_h,
-            sampling=sampling,
-            sampling_threshold_mm_h=sampling_threshold_mm_h,
-            sampling_floor=sampling_floor,
-            stats_wait_s=stats_wait_s,
             stores=None if stores is None else [str(s) for s in stores],
-            normalize_per_store=normalize_per_store,
         )
         self.save_hyperparameters(to_plain(init_args), logger=False)
         self.stores = store_paths(store, to_plain(stores))
@@ -321,43 +298,30 @@ class RadarDataModule(L.LightningDataModule):
         self._set_up = True
 
     def _split_dataset(self, name: str, generator: MaskGenerator | None) -> RadarWindowDataset | MultiStoreDataset:
-        parts = []
-        for index, (plan, normalizer) in enumerate(zip(self.plans, self._norms.each, strict=True)):
-            shape: dict[str, Any]
-            if name == "train":
-                shape = (
-                    {"crop_size": self.crop_size} if self.crop_size is not None else {"tiles": [(0, 0, *plan.shape)]}
-                )
-            else:
-                shape = {
-                    "tiles": eval_tiles(*plan.shape, self.eval_tile),
-                    "eval_masks": self.eval_mask_sets[index] if self.eval_mask_sets else None,
-                }
-            parts.append(
-                RadarWindowDataset(
-                    plan.handle,
-                    name,
-                    plan.starts[name],
-                    task=self.task,
-                    input_offsets=self.input_offsets,
-                    target_offsets=self.target_offsets,
-                    times_ns=plan.times.astype(np.int64),
-                    normalizer=normalizer,
-                    lat=plan.lat,
-                    lon=plan.lon,
-                    seed=self.seed,
-                    aux_names=plan.aux_names,
-                    regridder=plan.regridder,
-                    mask_generator=generator,
-                    mask_context=self.mask_context,
-                    input_hole_prob=self.input_hole_prob,
-                    min_valid_fraction=self.min_valid_fraction,
-                    crop_attempts=self.crop_attempts,
-                    max_rain_rate_mm_h=self.max_rain_rate_mm_h,
-                    stream=index or None,
-                    **shape,
-                )
+        options = dict(
+            task=self.task,
+            input_offsets=self.input_offsets,
+            target_offsets=self.target_offsets,
+            seed=self.seed,
+            mask_generator=generator,
+            mask_context=self.mask_context,
+            input_hole_prob=self.input_hole_prob,
+            min_valid_fraction=self.min_valid_fraction,
+            crop_attempts=self.crop_attempts,
+            max_rain_rate_mm_h=self.max_rain_rate_mm_h,
+        )
+        parts = [
+            plan.dataset(
+                name,
+                crop_size=self.crop_size,
+                eval_tile=self.eval_tile,
+                eval_masks=self.eval_mask_sets[index] if self.eval_mask_sets else None,
+                normalizer=normalizer,
+                stream=index or None,
+                **options,
             )
+            for index, (plan, normalizer) in enumerate(zip(self.plans, self._norms.each, strict=True))
+        ]
         return parts[0] if len(parts) == 1 else MultiStoreDataset(parts)
 
     def _sample_weights(self) -> np.ndarray | None:

@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 
 from nowcast_infill import schema
-from nowcast_infill.data.dataset import StoreHandle
+from nowcast_infill.data.dataset import RadarWindowDataset, StoreHandle
 from nowcast_infill.data.regrid import AuxRegridder
 from nowcast_infill.data.splits import SPLITS, is_test_only, plan_splits, select_windows
+from nowcast_infill.data.tiling import eval_tiles
 from nowcast_infill.errors import BadValueError
 from nowcast_infill.io import frame_stats
 from nowcast_infill.io.store import open_store
@@ -239,6 +240,31 @@ class StoreWindows:
             "variable": schema.PRECIP,
             "max_rain_rate_mm_h": max_rain_rate_mm_h,
         }
+
+    def dataset(
+        self, split_name: str, *, crop_size: int | None, eval_tile: int | None, eval_masks: np.ndarray | None, **options
+    ) -> RadarWindowDataset:
+        """The samples of split `split_name` of this store: train windows as random `crop_size`
+        crops (whole frames when None), val/test windows in `eval_tile` tiles (whole frames when
+        None) with the fixed `eval_masks` `(n, H, W)`; `options`: the RadarWindowDataset keywords
+        that are the run's, not the store's (task, offsets, normalizer, seed, masks, ...)."""
+        shape: dict[str, Any]
+        if split_name == "train":
+            shape = {"crop_size": crop_size} if crop_size is not None else {"tiles": [(0, 0, *self.shape)]}
+        else:
+            shape = {"tiles": eval_tiles(*self.shape, eval_tile), "eval_masks": eval_masks}
+        return RadarWindowDataset(
+            self.handle,
+            split_name,
+            self.starts[split_name],
+            times_ns=self.times.astype(np.int64),
+            lat=self.lat,
+            lon=self.lon,
+            aux_names=self.aux_names,
+            regridder=self.regridder,
+            **shape,
+            **options,
+        )
 
     def fit_frames(self) -> np.ndarray:
         """Frame indices the normaliser is fitted on: the train block (the test block with split=test_only)."""

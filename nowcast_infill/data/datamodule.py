@@ -38,6 +38,7 @@ from nowcast_infill.data.splits import DEFAULT_SPLIT, SPLITS, TEST_ONLY, is_test
 from nowcast_infill.data.store_normalizers import StoreNormalizers
 from nowcast_infill.data.store_windows import (
     StoreWindows,
+    WindowRules,
     check_stores_agree,
     combined_reports,
     resolve_aux,
@@ -252,17 +253,21 @@ class RadarDataModule(L.LightningDataModule):
                 "run; evaluate (test) only, or give data.split fractions or dates."
             )
         rank = self._world()[1]
+        rules = WindowRules(
+            self.task,
+            self.window_length,
+            self.input_offsets,
+            self.target_offsets,
+            self.min_valid_fraction,
+            self.max_rain_rate_mm_h,
+        )
         self.plans = [
             StoreWindows.prepare(
                 path,
+                rules,
                 split=self.split,
                 aux=self.aux,
-                task_name=self.task,
-                length=self.window_length,
-                target_offsets=self.target_offsets,
                 crop_size=self.crop_size,
-                min_valid_fraction=self.min_valid_fraction,
-                max_rain_rate_mm_h=self.max_rain_rate_mm_h,
                 rank=rank,
                 stats_wait_s=self.stats_wait_s,
             )
@@ -271,13 +276,7 @@ class RadarDataModule(L.LightningDataModule):
         check_stores_agree(self.plans, crop_size=self.crop_size, eval_tile=self.eval_tile)
         self._aux_names = list(self.plans[0].aux_names)
         self.window_report, self.implausible_report = combined_reports(self.plans)
-        self._norms.prepare(
-            self.plans,
-            aux_names=self.aux_names,
-            seed=self.seed,
-            test_only=self.test_only,
-            rank=rank,
-        )
+        self._norms.prepare(self.plans, aux_names=self.aux_names, seed=self.seed, test_only=self.test_only, rank=rank)
         self.train_weights = None if self.test_only else self._sample_weights()
 
         generator = self._mask_generator()
@@ -298,18 +297,7 @@ class RadarDataModule(L.LightningDataModule):
         self._set_up = True
 
     def _split_dataset(self, name: str, generator: MaskGenerator | None) -> RadarWindowDataset | MultiStoreDataset:
-        options = dict(
-            task=self.task,
-            input_offsets=self.input_offsets,
-            target_offsets=self.target_offsets,
-            seed=self.seed,
-            mask_generator=generator,
-            mask_context=self.mask_context,
-            input_hole_prob=self.input_hole_prob,
-            min_valid_fraction=self.min_valid_fraction,
-            crop_attempts=self.crop_attempts,
-            max_rain_rate_mm_h=self.max_rain_rate_mm_h,
-        )
+        masking = dict(mask_generator=generator, mask_context=self.mask_context, input_hole_prob=self.input_hole_prob)
         parts = [
             plan.dataset(
                 name,
@@ -317,8 +305,10 @@ class RadarDataModule(L.LightningDataModule):
                 eval_tile=self.eval_tile,
                 eval_masks=self.eval_mask_sets[index] if self.eval_mask_sets else None,
                 normalizer=normalizer,
+                seed=self.seed,
+                crop_attempts=self.crop_attempts,
                 stream=index or None,
-                **options,
+                **masking,
             )
             for index, (plan, normalizer) in enumerate(zip(self.plans, self._norms.each, strict=True))
         ]

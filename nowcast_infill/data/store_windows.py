@@ -122,6 +122,25 @@ def load_frame_stats(
     return loaded
 
 
+@dataclass(frozen=True)
+class WindowRules:
+    """How a run cuts windows and which it keeps, the same for every store and for both window
+    selection (`StoreWindows.prepare`) and samples (`StoreWindows.dataset`).
+
+    `input_offsets` `(T_in,)`, `target_offsets` `(T_out,)`: frames from the window start
+    (`splits.window_offsets`); `length` frames a window spans; a window (or crop) needs at
+    least `min_valid_fraction` valid target pixels; values above `max_rain_rate_mm_h` are
+    implausible (masked as no-data).
+    """
+
+    task: str
+    length: int
+    input_offsets: np.ndarray
+    target_offsets: np.ndarray
+    min_valid_fraction: float
+    max_rain_rate_mm_h: float
+
+
 @dataclass
 class StoreWindows:
     """A store ready for sampling (built by `prepare`).
@@ -140,6 +159,7 @@ class StoreWindows:
     regridder: AuxRegridder | None
     stats: frame_stats.StoredFrameStats
     blocks: dict[str, tuple[int, int]]
+    rules: WindowRules
     starts: dict[str, np.ndarray] = field(default_factory=dict)
     window_report: dict[str, dict[str, int]] = field(default_factory=dict)
     implausible_report: dict[str, Any] = field(default_factory=dict)
@@ -156,15 +176,11 @@ class StoreWindows:
     def prepare(
         cls,
         path: str,
+        rules: WindowRules,
         *,
         split,
         aux,
-        task_name: str,
-        length: int,
-        target_offsets: np.ndarray,
         crop_size: int | None,
-        min_valid_fraction: float,
-        max_rain_rate_mm_h: float,
         rank: int,
         stats_wait_s: float,
     ) -> StoreWindows:
@@ -186,7 +202,7 @@ class StoreWindows:
         regridder = None
         if aux_names:
             regridder = AuxRegridder(ds["y"].values, ds["x"].values, ds["y_aux"].values, ds["x_aux"].values)
-        stats = load_frame_stats(path, max_rain_rate_mm_h, rank=rank, wait_s=stats_wait_s)
+        stats = load_frame_stats(path, rules.max_rain_rate_mm_h, rank=rank, wait_s=stats_wait_s)
         plan = cls(
             path=path,
             handle=StoreHandle(path),
@@ -197,21 +213,22 @@ class StoreWindows:
             regridder=regridder,
             stats=stats,
             blocks=plan_splits(times, split, path),
+            rules=rules,
         )
-        plan.implausible_report = plan._implausible(max_rain_rate_mm_h, rank)
+        plan.implausible_report = plan._implausible(rules.max_rain_rate_mm_h, rank)
         segment = schema.segment_ids(times, ds.attrs.get("time_step_s"))
         for name in ("test",) if is_test_only(split) else SPLITS:
             plan.starts[name], plan.window_report[name] = select_windows(
                 plan.blocks[name],
-                length,
-                target_offsets,
+                rules.length,
+                rules.target_offsets,
                 missing=missing,
                 valid_fraction=stats.valid_fraction,
                 segment=segment,
-                min_valid_fraction=min_valid_fraction,
+                min_valid_fraction=rules.min_valid_fraction,
                 split_name=name,
                 store=path,
-                task_name=task_name,
+                task_name=rules.task,
             )
         return plan
 
@@ -246,8 +263,8 @@ class StoreWindows:
     ) -> RadarWindowDataset:
         """The samples of split `split_name` of this store: train windows as random `crop_size`
         crops (whole frames when None), val/test windows in `eval_tile` tiles (whole frames when
-        None) with the fixed `eval_masks` `(n, H, W)`; `options`: the RadarWindowDataset keywords
-        that are the run's, not the store's (task, offsets, normalizer, seed, masks, ...)."""
+        None) with the fixed `eval_masks` `(n, H, W)`, cut and kept by the rules of `prepare`;
+        `options`: the other RadarWindowDataset keywords (normalizer, seed, masks, ...)."""
         shape: dict[str, Any]
         if split_name == "train":
             shape = {"crop_size": crop_size} if crop_size is not None else {"tiles": [(0, 0, *self.shape)]}
@@ -262,6 +279,11 @@ class StoreWindows:
             lon=self.lon,
             aux_names=self.aux_names,
             regridder=self.regridder,
+            task=self.rules.task,
+            input_offsets=self.rules.input_offsets,
+            target_offsets=self.rules.target_offsets,
+            min_valid_fraction=self.rules.min_valid_fraction,
+            max_rain_rate_mm_h=self.rules.max_rain_rate_mm_h,
             **shape,
             **options,
         )

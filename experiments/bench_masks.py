@@ -37,7 +37,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from nowcast_infill.data.masks import build_mask_generator, make_eval_mask_set
+    from nowcast_infill.data.eval_masks import make_eval_mask_set
+    from nowcast_infill.data.masks import build_mask_generator
 
     lat, lon = radolan_lat_lon()
     valid = np.ones(lat.shape, bool)

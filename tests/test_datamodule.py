@@ -177,7 +177,7 @@ def test_stats_file_of_another_split_or_store_is_refitted(store, tmp_path, caplo
     other_split = {"fractions": [0.3, 0.3, 0.3], "gap": 1}
     fresh = make_dm(store, split=other_split).normalizer.state_dict()  # no statistics file involved
     make_dm(store, stats_path=stats)
-    with caplog.at_level("WARNING", logger="nowcast_infill.data.datamodule"):
+    with caplog.at_level("WARNING", logger="nowcast_infill.data.store_normalizers"):
         refit = make_dm(store, stats_path=stats, split=other_split)
     assert refit.normalizer.state_dict() == fresh, "a file fitted on another split must not be reused"
     assert "refitting" in caplog.text and "fit_frames" in caplog.text

@@ -86,6 +86,22 @@ def test_per_store_normalizers_give_each_store_its_own_samples(stores):
     assert set(dm.state_dict()) == {"normalizers"}
 
 
+def test_per_store_normalizer_state_must_match_the_stores_and_setting(stores, tmp_path):
+    trained = make_dm(stores, normalize_per_store=True).state_dict()
+    restored = RadarDataModule(stores=[str(s) for s in stores], normalize_per_store=True)
+    restored.load_state_dict(trained)
+    assert [n.state_dict() for n in restored.normalizers] == trained["normalizers"]
+    # Three stores named, two normalisers saved: no store may silently keep an unfitted one.
+    third = write_test_store(tmp_path / "c.zarr", n_time=30, seed=7)
+    with pytest.raises(UserError, match=r"2 per-store normalisers but data.stores lists 3 stores; set data.stores"):
+        RadarDataModule(stores=[*map(str, stores), str(third)], normalize_per_store=True).load_state_dict(trained)
+    # A run with one shared normaliser cannot take per-store ones (which one would it use?).
+    with pytest.raises(UserError, match=r"data.normalize_per_store=true.*set data.normalize_per_store=true"):
+        RadarDataModule(stores=[str(s) for s in stores]).load_state_dict(trained)
+    with pytest.raises(UserError, match=r"data.normalize_per_store"):
+        RadarDataModule(store=str(stores[0]), normalize_per_store=True).load_state_dict(trained)
+
+
 def test_different_grids_need_crops_and_tiles(stores, tmp_path):
     with pytest.raises(UserError, match="different grids.*data.eval_tile"):
         make_dm(stores, eval_tile=None)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from nowcast_infill import registry
+from nowcast_infill.data import mask_generators
 from nowcast_infill.data import masks as masks_module
 from nowcast_infill.data.tiling import eval_tiles, tile_owners
 from nowcast_infill.metrics.radar_metrics import RadarMetrics
@@ -177,8 +178,8 @@ def test_radar_outage_computes_site_distances_once_per_grid(monkeypatch):
     uncached = np.stack([masks_module.build_mask_generator(spec)(np.random.default_rng(s), valid, lat, lon)
                          for s in range(6)])
     calls = []
-    real = masks_module.great_circle_km
-    monkeypatch.setattr(masks_module, "great_circle_km", lambda *a: calls.append(1) or real(*a))
+    real = mask_generators.great_circle_km
+    monkeypatch.setattr(mask_generators, "great_circle_km", lambda *a: calls.append(1) or real(*a))
     generator = masks_module.build_mask_generator(spec)
     cached = np.stack([generator(np.random.default_rng(s), valid, lat, lon) for s in range(6)])
     assert len(calls) == 3  # one distance field per site, not per site and mask

@@ -7,11 +7,11 @@ import pytest
 import xarray as xr
 
 from nowcast_infill import registry
+from nowcast_infill.data.eval_masks import make_eval_mask_set
 from nowcast_infill.data.masks import (
     build_mask_generator,
     hole_targets,
     load_mask_set,
-    make_eval_mask_set,
     nodata_patterns_from_store,
     read_mask_file,
     save_mask_set,

@@ -4,7 +4,8 @@ Reads radar stores of docs/schema.md and yields the sample dicts of docs/schema.
 § "Samples produced by the DataModule". The jobs live beside it: splits and windows
 (data/splits.py), one store's preparation (data/store_windows.py), samples
 (data/dataset.py), aux regridding (data/regrid.py), tiles (data/tiling.py), the sampler
-(data/sampler.py) and the normaliser (data/normalization.py).
+(data/sampler.py), the normaliser (data/normalization.py, data/store_normalizers.py)
+and the fixed evaluation masks (data/eval_masks.py).
 
 Several stores (`stores=[...]`): each keeps its own grid, splits, windows, frame statistics
 and evaluation masks; windows of a split are drawn across all stores; batches stay
@@ -12,10 +13,7 @@ same-shaped because training uses crops and evaluation tiles (required when grid
 One normaliser is fitted over the train frames of all stores (default), or one per store
 (`normalize_per_store=True`: samples then carry `store`, the index that picks it).
 
-The normaliser comes from, in this order: `use_normalizer` (e.g. a checkpoint's: nothing is
-fitted, read or written), the statistics file `stats_path` when it records exactly the
-frames this run would fit on, else a fit on the train frames (from the stored per-frame
-moments, no precipitation read), then saved to `stats_path` with that record.
+Where the normaliser comes from: data/store_normalizers.py.
 """
 
 from __future__ import annotations
@@ -32,18 +30,20 @@ from torch.utils.data import DataLoader
 
 from nowcast_infill import schema
 from nowcast_infill.data.dataset import MultiStoreDataset, RadarWindowDataset
-from nowcast_infill.data.masks import MaskGenerator, build_mask_generator, make_eval_mask_set, save_mask_set
+from nowcast_infill.data.eval_masks import save_store_eval_masks, store_eval_mask_sets
+from nowcast_infill.data.masks import MaskGenerator, build_mask_generator
 from nowcast_infill.data.normalization import Normalizer
-from nowcast_infill.data.sampler import SAMPLINGS, WindowSampler, sampling_summary, window_sample_weights
+from nowcast_infill.data.sampler import SAMPLINGS, WindowSampler, wet_window_weights
 from nowcast_infill.data.splits import DEFAULT_SPLIT, SPLITS, TEST_ONLY, is_test_only, window_offsets
+from nowcast_infill.data.store_normalizers import StoreNormalizers
 from nowcast_infill.data.store_windows import (
     StoreWindows,
+    WindowRules,
     check_stores_agree,
     combined_reports,
-    fit_normalizer,
     resolve_aux,
+    store_paths,
 )
-from nowcast_infill.data.tiling import eval_tiles
 from nowcast_infill.errors import BadValueError, UserError
 from nowcast_infill.io.store import open_store
 from nowcast_infill.utils.instantiate import to_plain
@@ -96,41 +96,19 @@ class RadarDataModule(L.LightningDataModule):
         stores: Sequence[str | Path] | None = None,
         normalize_per_store: bool = False,
     ):
+        # The arguments as given, in signature order (taken before any other local exists).
+        init_args = {name: value for name, value in locals().items() if name not in ("self", "__class__")}
         super().__init__()
         # Checkpoints then carry crop size, aux names and split, so inference needs no run folder.
         # Plain containers only: torch's weights-only checkpoint loading refuses OmegaConf objects.
-        init_args = dict(
+        init_args.update(
             store=None if store is None else str(store),
-            task=task,
-            past=past,
-            future=future,
-            context=context,
-            crop_size=crop_size,
-            eval_tile=eval_tile,
-            split=split,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            seed=seed,
             masks=masks if masks is None or isinstance(masks, Mapping) else None,
-            eval_masks=eval_masks,
-            mask_context=mask_context,
-            input_hole_prob=input_hole_prob,
-            aux=aux,
-            normalization=normalization,
             stats_path=None if stats_path is None else str(stats_path),
-            min_valid_fraction=min_valid_fraction,
-            crop_attempts=crop_attempts,
-            max_rain_rate_mm_h=max_rain_rate_mm_h,
-            sampling=sampling,
-            sampling_threshold_mm_h=sampling_threshold_mm_h,
-            sampling_floor=sampling_floor,
-            stats_wait_s=stats_wait_s,
             stores=None if stores is None else [str(s) for s in stores],
-            normalize_per_store=normalize_per_store,
         )
         self.save_hyperparameters(to_plain(init_args), logger=False)
-        self.stores = self._store_list(store, to_plain(stores))
+        self.stores = store_paths(store, to_plain(stores))
         self.store = self.stores[0]
         self.task = task
         self.past, self.future, self.context = int(past), int(future), int(context)
@@ -173,11 +151,13 @@ class RadarDataModule(L.LightningDataModule):
         self.sampling_report: dict[str, float] = {}
         # One normaliser per store (the same object for all unless normalize_per_store); datasets
         # built in setup() hold these objects, so loading a state later updates them in place.
-        self._normalizer = Normalizer(normalization)
-        self._normalizers = [self._normalizer] + [
-            Normalizer(normalization) if self.normalize_per_store else self._normalizer for _ in self.stores[1:]
-        ]
-        self._normalizer_given = False
+        self._norms = StoreNormalizers(
+            normalization,
+            len(self.stores),
+            per_store=self.normalize_per_store,
+            stats_path=self.stats_path,
+            max_rain_rate_mm_h=self.max_rain_rate_mm_h,
+        )
         self._aux_names: list[str] | None = None
         self.plans: list[StoreWindows] = []
         self.datasets: dict[str, RadarWindowDataset | MultiStoreDataset] = {}
@@ -190,23 +170,6 @@ class RadarDataModule(L.LightningDataModule):
         self.eval_masks: np.ndarray | None = None
         self._prior = None
         self._set_up = False
-
-    @staticmethod
-    def _store_list(store, stores) -> list[str]:
-        if stores:
-            if isinstance(stores, (str, Path)):
-                raise BadValueError(
-                    f"data.stores={stores!r} must be a list of store paths; for one store set data.store."
-                )
-            listed = [str(s) for s in stores]
-            if store is not None and str(store) not in listed:
-                log.info("data.stores is set: training on %s; data.store=%s is not used", listed, store)
-            return listed
-        if store is None:
-            raise BadValueError(
-                "data.store is not set; give a radar store path (data.store=...) or a list (data.stores=[...])."
-            )
-        return [str(store)]
 
     # -- public properties -----------------------------------------------------------------
     @property
@@ -235,17 +198,17 @@ class RadarDataModule(L.LightningDataModule):
     @property
     def normalizer(self) -> Normalizer:
         """The normaliser of every sample (with normalize_per_store and several stores: see `normalizers`)."""
-        if self.normalize_per_store and len(self.stores) > 1:
+        if self._norms.per_store:
             raise BadValueError(
                 "data.normalize_per_store=true gives one normaliser per store: use "
                 "RadarDataModule.normalizers[sample['store']], or set data.normalize_per_store=false."
             )
-        return self._normalizer
+        return self._norms.shared
 
     @property
     def normalizers(self) -> list[Normalizer]:
         """The normaliser of each store, in `stores` order (all the same object unless normalize_per_store)."""
-        return list(self._normalizers)
+        return list(self._norms.each)
 
     def use_normalizer(self, normalizer: Normalizer) -> None:
         """Normalise every store with `normalizer` (e.g. a checkpoint's, for zero-shot evaluation).
@@ -253,28 +216,16 @@ class RadarDataModule(L.LightningDataModule):
         Called before `setup`, setup then neither fits nor reads nor writes a statistics file;
         called after, the datasets switch to it in place.
         """
-        self._load_normalizer_state(normalizer.state_dict())
-
-    def _load_normalizer_state(self, state: Mapping[str, Any]) -> None:
-        for own in dict.fromkeys(self._normalizers):
-            own.load_state_dict(state)
-        self._normalizer_given = True
+        self._norms.use(normalizer.state_dict())
 
     def state_dict(self) -> dict[str, Any]:
-        if not self._normalizer.fitted:
-            return {}
-        if self.normalize_per_store and len(self.stores) > 1:
-            return {"normalizers": [n.state_dict() for n in self._normalizers]}
-        return {"normalizer": self._normalizer.state_dict()}
+        return self._norms.state_dict()
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore the normaliser(s) of a checkpoint, in place (datasets built in setup() hold these
-        objects); before setup this is `use_normalizer`: setup then fits and reads nothing."""
-        if "normalizer" in state_dict:
-            self._load_normalizer_state(state_dict["normalizer"])
-        for own, state in zip(self._normalizers, state_dict.get("normalizers", []), strict=False):
-            own.load_state_dict(state)
-            self._normalizer_given = True
+        objects); before setup this is `use_normalizer`: setup then fits and reads nothing. A
+        per-store list must match data.stores and data.normalize_per_store (else BadValueError)."""
+        self._norms.load_state_dict(state_dict)
 
     def _mask_generator(self) -> MaskGenerator | None:
         if self.masks is None:
@@ -302,17 +253,21 @@ class RadarDataModule(L.LightningDataModule):
                 "run; evaluate (test) only, or give data.split fractions or dates."
             )
         rank = self._world()[1]
+        rules = WindowRules(
+            self.task,
+            self.window_length,
+            self.input_offsets,
+            self.target_offsets,
+            self.min_valid_fraction,
+            self.max_rain_rate_mm_h,
+        )
         self.plans = [
             StoreWindows.prepare(
                 path,
+                rules,
                 split=self.split,
                 aux=self.aux,
-                task_name=self.task,
-                length=self.window_length,
-                target_offsets=self.target_offsets,
                 crop_size=self.crop_size,
-                min_valid_fraction=self.min_valid_fraction,
-                max_rain_rate_mm_h=self.max_rain_rate_mm_h,
                 rank=rank,
                 stats_wait_s=self.stats_wait_s,
             )
@@ -321,7 +276,7 @@ class RadarDataModule(L.LightningDataModule):
         check_stores_agree(self.plans, crop_size=self.crop_size, eval_tile=self.eval_tile)
         self._aux_names = list(self.plans[0].aux_names)
         self.window_report, self.implausible_report = combined_reports(self.plans)
-        self._prepare_normalizers(rank)
+        self._norms.prepare(self.plans, aux_names=self.aux_names, seed=self.seed, test_only=self.test_only, rank=rank)
         self.train_weights = None if self.test_only else self._sample_weights()
 
         generator = self._mask_generator()
@@ -334,12 +289,7 @@ class RadarDataModule(L.LightningDataModule):
         if self.task == "infill":
             assert generator is not None  # task=infill without masks raised above
             n, seed = int(self.eval_mask_spec["n"]), int(self.eval_mask_spec["seed"])
-            # Drawn on each store's coverage (pixels valid in any frame); each sample then keeps
-            # only the hidden pixels valid in its own target frame.
-            self.eval_mask_sets = [
-                np.asarray(make_eval_mask_set(generator, n, seed, plan.coverage, plan.lat, plan.lon), bool)
-                for plan in self.plans
-            ]
+            self.eval_mask_sets = store_eval_mask_sets(generator, n, seed, self.plans)
             self.eval_masks = self.eval_mask_sets[0]
         splits = ("test",) if self.test_only else SPLITS
         self.datasets = {name: self._split_dataset(name, generator) for name in splits}
@@ -347,135 +297,39 @@ class RadarDataModule(L.LightningDataModule):
         self._set_up = True
 
     def _split_dataset(self, name: str, generator: MaskGenerator | None) -> RadarWindowDataset | MultiStoreDataset:
-        parts = []
-        for index, (plan, normalizer) in enumerate(zip(self.plans, self._normalizers, strict=True)):
-            shape: dict[str, Any]
-            if name == "train":
-                shape = (
-                    {"crop_size": self.crop_size} if self.crop_size is not None else {"tiles": [(0, 0, *plan.shape)]}
-                )
-            else:
-                shape = {
-                    "tiles": eval_tiles(*plan.shape, self.eval_tile),
-                    "eval_masks": self.eval_mask_sets[index] if self.eval_mask_sets else None,
-                }
-            parts.append(
-                RadarWindowDataset(
-                    plan.handle,
-                    name,
-                    plan.starts[name],
-                    task=self.task,
-                    input_offsets=self.input_offsets,
-                    target_offsets=self.target_offsets,
-                    times_ns=plan.times.astype(np.int64),
-                    normalizer=normalizer,
-                    lat=plan.lat,
-                    lon=plan.lon,
-                    seed=self.seed,
-                    aux_names=plan.aux_names,
-                    regridder=plan.regridder,
-                    mask_generator=generator,
-                    mask_context=self.mask_context,
-                    input_hole_prob=self.input_hole_prob,
-                    min_valid_fraction=self.min_valid_fraction,
-                    crop_attempts=self.crop_attempts,
-                    max_rain_rate_mm_h=self.max_rain_rate_mm_h,
-                    stream=index or None,
-                    **shape,
-                )
+        masking = dict(mask_generator=generator, mask_context=self.mask_context, input_hole_prob=self.input_hole_prob)
+        parts = [
+            plan.dataset(
+                name,
+                crop_size=self.crop_size,
+                eval_tile=self.eval_tile,
+                eval_masks=self.eval_mask_sets[index] if self.eval_mask_sets else None,
+                normalizer=normalizer,
+                seed=self.seed,
+                crop_attempts=self.crop_attempts,
+                stream=index or None,
+                **masking,
             )
+            for index, (plan, normalizer) in enumerate(zip(self.plans, self._norms.each, strict=True))
+        ]
         return parts[0] if len(parts) == 1 else MultiStoreDataset(parts)
 
-    # -- normalisation ----------------------------------------------------------------------
-    def _prepare_normalizers(self, rank: int) -> None:
-        if self._normalizer_given:
-            log.info("normalisation given (use_normalizer), no statistics fitted or read: %s", self._normalizer)
-        elif self.normalize_per_store and len(self.plans) > 1:
-            if self.stats_path is not None:
-                log.info(
-                    "data.normalize_per_store: each store's normaliser is fitted on its own train frames every "
-                    "run; data.stats_path=%s is not used",
-                    self.stats_path,
-                )
-            for plan, normalizer in zip(self.plans, self._normalizers, strict=True):
-                fit_normalizer(normalizer, [plan], aux_names=self.aux_names, seed=self.seed)
-        else:
-            self._fit_or_load(rank)
-        for normalizer in dict.fromkeys(self._normalizers):
-            missing_aux = [a for a in self.aux_names if a not in normalizer.aux]
-            if missing_aux:
-                raise BadValueError(
-                    f"the given normaliser (use_normalizer) lacks aux field(s) {missing_aux}; use "
-                    "the data.aux the model was trained with."
-                )
-
-    def _fit_or_load(self, rank: int) -> None:
-        """Load the statistics file when it records these fit frames, else fit on them (and save)."""
-        fitted_on = {
-            "stores": [plan.fit_record(plan.fit_frames()) for plan in self.plans],
-            "max_rain_rate_mm_h": self.max_rain_rate_mm_h,
-        }
-        if self.stats_path is not None and self.stats_path.exists():
-            loaded = Normalizer.load(self.stats_path)
-            if loaded.kind != self.normalization:
-                raise BadValueError(
-                    f"{self.stats_path}: statistics are for normalization={loaded.kind!r}, "
-                    f"config asks {self.normalization!r}; delete the file to refit or fix data.normalization."
-                )
-            missing_aux = [a for a in self.aux_names if a not in loaded.aux]
-            # Files written before 2026-11-30 gave every aux field the last field's statistics
-            # (aux_t in K then reached the network as z ~ 100 and silenced its output).
-            shared_aux = loaded.aux_fields_sharing_stats()
-            if loaded.fitted_on == fitted_on and not missing_aux and not shared_aux:
-                self._normalizer.load_state_dict(loaded.state_dict())
-                self._normalizer.fitted_on = fitted_on
-                log.info("normalisation statistics loaded from %s", self.stats_path)
-                return
-            reason = (
-                f"give aux fields {shared_aux} identical statistics (fitted on one field)"
-                if shared_aux
-                else f"lack aux field(s) {missing_aux}"
-                if loaded.fitted_on == fitted_on
-                else "record no fit frames"
-                if loaded.fitted_on is None
-                else f"were fitted on {loaded.fitted_on}, this run fits on {fitted_on}"
-            )
-            log.warning("normalisation statistics %s %s: refitting and overwriting them", self.stats_path, reason)
-        if self.test_only:
-            log.warning(
-                "data.split=%s: the normalisation is fitted on the test frames (a network must bring its "
-                "own, e.g. the checkpoint's via use_normalizer)",
-                TEST_ONLY,
-            )
-        fit_normalizer(self._normalizer, self.plans, aux_names=self.aux_names, seed=self.seed)
-        self._normalizer.fitted_on = fitted_on
-        if self.stats_path is not None and rank == 0:
-            self._normalizer.save(self.stats_path)
-
     def _sample_weights(self) -> np.ndarray | None:
-        """Importance weights of the train windows for data.sampling=wet (None for uniform); logs their spread."""
+        """Importance weights of the train windows for data.sampling=wet (None for uniform)."""
         if self.sampling == "uniform":
             return None
-        per_store = []
+        wet_per_store = []
         for plan in self.plans:
             try:
-                wet = plan.stats.wet_fraction(self.sampling_threshold_mm_h)
+                wet_per_store.append(plan.stats.wet_fraction(self.sampling_threshold_mm_h))
             except ValueError as err:
                 raise BadValueError(f"data.sampling_threshold_mm_h: {err}") from None
-            per_store.append(window_sample_weights(wet, plan.starts["train"], self.target_offsets, self.sampling_floor))
-        weights = per_store[0] if len(per_store) == 1 else np.concatenate(per_store) / np.concatenate(per_store).mean()
-        self.sampling_report = sampling_summary(weights)
-        report = self.sampling_report
-        log.info(
-            "train windows sampled by wet fraction >= %g mm/h (floor %g): effective sample size %.1f of %d "
-            "(%.0f%%), weights %.3g..%.3g (mean 1)",
-            self.sampling_threshold_mm_h,
-            self.sampling_floor,
-            report["effective_sample_size"],
-            report["windows"],
-            100 * report["effective_fraction"],
-            report["min_weight"],
-            report["max_weight"],
+        weights, self.sampling_report = wet_window_weights(
+            wet_per_store,
+            [plan.starts["train"] for plan in self.plans],
+            self.target_offsets,
+            floor=self.sampling_floor,
+            threshold_mm_h=self.sampling_threshold_mm_h,
         )
         return weights
 
@@ -486,14 +340,7 @@ class RadarDataModule(L.LightningDataModule):
             raise RuntimeError("no evaluation masks: call setup() first (task=infill only).")
         spec = self.masks if isinstance(self.masks, Mapping) else self._mask_generator()
         assert spec is not None  # eval masks exist only for task=infill, whose setup() requires masks
-        seed = int(self.eval_mask_spec["seed"])
-        paths = [
-            save_mask_set(
-                Path(directory) / ("eval_masks.npz" if k == 0 else f"eval_masks.store{k}.npz"), masks, spec, seed
-            )
-            for k, masks in enumerate(self.eval_mask_sets)
-        ]
-        return paths[0]
+        return save_store_eval_masks(directory, self.eval_mask_sets, spec, int(self.eval_mask_spec["seed"]))[0]
 
     # -- loaders ----------------------------------------------------------------------------
     def _loader(self, name: str, *, num_replicas: int | None = None, rank: int | None = None) -> DataLoader:

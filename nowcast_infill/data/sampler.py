@@ -9,13 +9,16 @@ so every random draw of a sample is seeded by (seed, split, epoch, index).
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator, Sequence, Sized
 from typing import cast
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
+
+log = logging.getLogger(__name__)
 
 SAMPLINGS = ("uniform", "wet")
 
@@ -94,3 +97,34 @@ def sampling_summary(weights: np.ndarray) -> dict[str, float]:
         "min_weight": float(weights.min()),
         "max_weight": float(weights.max()),
     }
+
+
+def wet_window_weights(
+    wet_per_store: Sequence[np.ndarray],
+    starts_per_store: Sequence[np.ndarray],
+    target_offsets: np.ndarray,
+    *,
+    floor: float,
+    threshold_mm_h: float,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Weights `(n_windows,)`, mean 1, of the train windows of all stores in order (data.sampling=wet),
+    and their `sampling_summary` (logged). `wet_per_store[k]` `(T_k,)`: the fraction of store k's
+    frame pixels >= threshold_mm_h; `starts_per_store[k]`: its train window starts."""
+    per_store = [
+        window_sample_weights(wet, starts, target_offsets, floor)
+        for wet, starts in zip(wet_per_store, starts_per_store, strict=True)
+    ]
+    weights = per_store[0] if len(per_store) == 1 else np.concatenate(per_store) / np.concatenate(per_store).mean()
+    report = sampling_summary(weights)
+    log.info(
+        "train windows sampled by wet fraction >= %g mm/h (floor %g): effective sample size %.1f of %d "
+        "(%.0f%%), weights %.3g..%.3g (mean 1)",
+        threshold_mm_h,
+        floor,
+        report["effective_sample_size"],
+        report["windows"],
+        100 * report["effective_fraction"],
+        report["min_weight"],
+        report["max_weight"],
+    )
+    return weights, report

@@ -15,25 +15,21 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from nowcast_infill import schema
-from nowcast_infill.data.dataset import StoreHandle
-from nowcast_infill.data.normalization import Normalizer, RunningMoments
+from nowcast_infill.data.dataset import RadarWindowDataset, StoreHandle
 from nowcast_infill.data.regrid import AuxRegridder
 from nowcast_infill.data.splits import SPLITS, is_test_only, plan_splits, select_windows
+from nowcast_infill.data.tiling import eval_tiles
 from nowcast_infill.errors import BadValueError
 from nowcast_infill.io import frame_stats
 from nowcast_infill.io.store import open_store
 
 log = logging.getLogger(__name__)
-
-# Aux fields are fitted on at most this many train frames per store (a seeded sample): bounded start-up.
-AUX_FIT_FRAMES = 256
 
 
 def wait_for(ready: Callable[[], bool], *, what: str, timeout_s: float, poll_s: float = 0.5) -> None:
@@ -45,6 +41,22 @@ def wait_for(ready: Callable[[], bool], *, what: str, timeout_s: float, poll_s: 
                 f"waited {timeout_s:g} s for the {what}; check rank 0's log, or raise data.stats_wait_s."
             )
         time.sleep(poll_s)
+
+
+def store_paths(store: str | Path | None, stores: Sequence[str | Path] | str | Path | None) -> list[str]:
+    """The store paths of a run: data.stores when set (a list), else [data.store]."""
+    if stores:
+        if isinstance(stores, (str, Path)):
+            raise BadValueError(f"data.stores={stores!r} must be a list of store paths; for one store set data.store.")
+        listed = [str(s) for s in stores]
+        if store is not None and str(store) not in listed:
+            log.info("data.stores is set: training on %s; data.store=%s is not used", listed, store)
+        return listed
+    if store is None:
+        raise BadValueError(
+            "data.store is not set; give a radar store path (data.store=...) or a list (data.stores=[...])."
+        )
+    return [str(store)]
 
 
 def resolve_aux(ds, aux: Sequence[str] | str | None, store: str) -> list[str]:
@@ -110,6 +122,25 @@ def load_frame_stats(
     return loaded
 
 
+@dataclass(frozen=True)
+class WindowRules:
+    """How a run cuts windows and which it keeps, the same for every store and for both window
+    selection (`StoreWindows.prepare`) and samples (`StoreWindows.dataset`).
+
+    `input_offsets` `(T_in,)`, `target_offsets` `(T_out,)`: frames from the window start
+    (`splits.window_offsets`); `length` frames a window spans; a window (or crop) needs at
+    least `min_valid_fraction` valid target pixels; values above `max_rain_rate_mm_h` are
+    implausible (masked as no-data).
+    """
+
+    task: str
+    length: int
+    input_offsets: np.ndarray
+    target_offsets: np.ndarray
+    min_valid_fraction: float
+    max_rain_rate_mm_h: float
+
+
 @dataclass
 class StoreWindows:
     """A store ready for sampling (built by `prepare`).
@@ -128,6 +159,7 @@ class StoreWindows:
     regridder: AuxRegridder | None
     stats: frame_stats.StoredFrameStats
     blocks: dict[str, tuple[int, int]]
+    rules: WindowRules
     starts: dict[str, np.ndarray] = field(default_factory=dict)
     window_report: dict[str, dict[str, int]] = field(default_factory=dict)
     implausible_report: dict[str, Any] = field(default_factory=dict)
@@ -144,15 +176,11 @@ class StoreWindows:
     def prepare(
         cls,
         path: str,
+        rules: WindowRules,
         *,
         split,
         aux,
-        task_name: str,
-        length: int,
-        target_offsets: np.ndarray,
         crop_size: int | None,
-        min_valid_fraction: float,
-        max_rain_rate_mm_h: float,
         rank: int,
         stats_wait_s: float,
     ) -> StoreWindows:
@@ -174,7 +202,7 @@ class StoreWindows:
         regridder = None
         if aux_names:
             regridder = AuxRegridder(ds["y"].values, ds["x"].values, ds["y_aux"].values, ds["x_aux"].values)
-        stats = load_frame_stats(path, max_rain_rate_mm_h, rank=rank, wait_s=stats_wait_s)
+        stats = load_frame_stats(path, rules.max_rain_rate_mm_h, rank=rank, wait_s=stats_wait_s)
         plan = cls(
             path=path,
             handle=StoreHandle(path),
@@ -185,21 +213,22 @@ class StoreWindows:
             regridder=regridder,
             stats=stats,
             blocks=plan_splits(times, split, path),
+            rules=rules,
         )
-        plan.implausible_report = plan._implausible(max_rain_rate_mm_h, rank)
+        plan.implausible_report = plan._implausible(rules.max_rain_rate_mm_h, rank)
         segment = schema.segment_ids(times, ds.attrs.get("time_step_s"))
         for name in ("test",) if is_test_only(split) else SPLITS:
             plan.starts[name], plan.window_report[name] = select_windows(
                 plan.blocks[name],
-                length,
-                target_offsets,
+                rules.length,
+                rules.target_offsets,
                 missing=missing,
                 valid_fraction=stats.valid_fraction,
                 segment=segment,
-                min_valid_fraction=min_valid_fraction,
+                min_valid_fraction=rules.min_valid_fraction,
                 split_name=name,
                 store=path,
-                task_name=task_name,
+                task_name=rules.task,
             )
         return plan
 
@@ -228,6 +257,36 @@ class StoreWindows:
             "variable": schema.PRECIP,
             "max_rain_rate_mm_h": max_rain_rate_mm_h,
         }
+
+    def dataset(
+        self, split_name: str, *, crop_size: int | None, eval_tile: int | None, eval_masks: np.ndarray | None, **options
+    ) -> RadarWindowDataset:
+        """The samples of split `split_name` of this store: train windows as random `crop_size`
+        crops (whole frames when None), val/test windows in `eval_tile` tiles (whole frames when
+        None) with the fixed `eval_masks` `(n, H, W)`, cut and kept by the rules of `prepare`;
+        `options`: the other RadarWindowDataset keywords (normalizer, seed, masks, ...)."""
+        shape: dict[str, Any]
+        if split_name == "train":
+            shape = {"crop_size": crop_size} if crop_size is not None else {"tiles": [(0, 0, *self.shape)]}
+        else:
+            shape = {"tiles": eval_tiles(*self.shape, eval_tile), "eval_masks": eval_masks}
+        return RadarWindowDataset(
+            self.handle,
+            split_name,
+            self.starts[split_name],
+            times_ns=self.times.astype(np.int64),
+            lat=self.lat,
+            lon=self.lon,
+            aux_names=self.aux_names,
+            regridder=self.regridder,
+            task=self.rules.task,
+            input_offsets=self.rules.input_offsets,
+            target_offsets=self.rules.target_offsets,
+            min_valid_fraction=self.rules.min_valid_fraction,
+            max_rain_rate_mm_h=self.rules.max_rain_rate_mm_h,
+            **shape,
+            **options,
+        )
 
     def fit_frames(self) -> np.ndarray:
         """Frame indices the normaliser is fitted on: the train block (the test block with split=test_only)."""
@@ -277,37 +336,3 @@ def combined_reports(plans: Sequence[StoreWindows]) -> tuple[dict[str, dict[str,
     firsts = [r["first_time"] for r in reports if r["first_time"] is not None]
     implausible = {**reports[0], "count": sum(r["count"] for r in reports), "first_time": firsts[0] if firsts else None}
     return windows, implausible
-
-
-def fit_normalizer(
-    normalizer: Normalizer, plans: Sequence[StoreWindows], *, aux_names: Sequence[str], seed: int
-) -> Normalizer:
-    """Fit `normalizer` on the fit frames of `plans` from their stored log1p moments (no precip read),
-    merged over the stores; aux fields on up to AUX_FIT_FRAMES of those frames per store (a
-    sample seeded by `seed`: bounded cost)."""
-    moments = [plan.stats.log1p_moments(plan.fit_frames()) for plan in plans]
-    if len(moments) > 1:
-        merged = RunningMoments()
-        for count, mean, m2 in moments:
-            merged.merge(count, mean, m2)
-        moments = [(merged.count, merged.mean, merged.m2)]
-
-    def aux_values(plan: StoreWindows, name: str):
-        frames = plan.fit_frames()
-        if frames.size > AUX_FIT_FRAMES:
-            frames = np.sort(np.random.default_rng(seed).choice(frames, AUX_FIT_FRAMES, replace=False))
-        return (np.asarray(plan.handle[schema.AUX_PREFIX + name][int(t)], np.float32) for t in frames)
-
-    def field_values(name: str):
-        # A function call binds `name` now: a generator written inside the dict comprehension would
-        # read the loop variable only when consumed, after the loop, and fit every field on the last.
-        return chain.from_iterable(aux_values(plan, name) for plan in plans)
-
-    aux = {a: field_values(a) for a in aux_names}
-    normalizer.fit_moments(*moments[0], aux=aux)
-    log.info(
-        "normalisation fitted on %s (stored per-frame moments): %s",
-        ", ".join(f"{p.path} frames {p.fit_frames()[0]}..{p.fit_frames()[-1]}" for p in plans),
-        normalizer,
-    )
-    return normalizer

@@ -310,10 +310,7 @@ def target_table(runs: list[Run], target: float) -> str:
 
 def plot_curves(runs: list[Run], targets: list[float], path: Path) -> Path:
     """Validation RMSE against samples seen (left) and training seconds (right), mean over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from nowcast_infill.viz import plt  # the package's one matplotlib set-up (Agg backend)
     import numpy as np
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)

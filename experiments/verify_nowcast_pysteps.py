@@ -91,10 +91,7 @@ def write_tables(rows: list[dict], out: Path, title: str) -> None:
 def plot_issue(product: xr.Dataset, observed: xr.Dataset, out: Path) -> Path:
     """Top row: the observations at the issue time and at each valid time; bottom row: the
     forecast of each lead, in pySTEPS' precipitation colours (grey: no data)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from nowcast_infill.viz import plt  # the package's one matplotlib set-up (Agg backend)
     from pysteps.visualization import plot_precip_field
 
     # the wettest issue time (a dry panel shows nothing) among those observed at every lead

@@ -135,20 +135,32 @@ def test_recipe_add_a_radar_source(project):
     files = root / "my_files"
     files.mkdir()
     rng = np.random.default_rng(0)
-    for minute in range(0, 30, 5):
+    n_frames = 72  # enough for train, val and test windows with the default split gaps
+    for index in range(n_frames):
+        stamp = np.datetime64("2024-06-01T12:00") + np.timedelta64(5 * index, "m")
         precip = rng.gamma(0.5, 2.0, (32, 40)).astype(np.float32)
         precip[:3, :3] = np.nan  # no data stays no data
-        np.savez(files / f"my_radar_2024060112{minute:02d}.npz", precip=precip, x=np.arange(40.0), y=np.arange(32.0),
-                 proj4="+proj=stere +lat_0=90 +lon_0=10 +units=km", time=f"2024-06-01T12:{minute:02d}")
+        name = str(stamp).replace("-", "").replace("T", "").replace(":", "")
+        np.savez(files / f"my_radar_{name}.npz", precip=precip, x=np.arange(40.0), y=np.arange(32.0),
+                 proj4="+proj=stere +lat_0=90 +lon_0=10 +units=km", time=str(stamp))
     (bash,) = [b for b in rest if b["lang"] == "bash"]
-    convert_line = bash["text"].strip().splitlines()[0]
+    convert_line, train_line = bash["text"].strip().splitlines()[:2]
     run_commands(convert_line, root, env, {})
     import xarray as xr
 
     with xr.open_zarr(root / "data" / "my_radar.zarr") as ds:
-        assert ds.sizes["time"] == 6
+        assert ds.sizes["time"] == n_frames
         stored = ds["precip"].values
     assert np.isnan(stored[:, :3, :3]).all() and np.isfinite(stored[:, 3:, 3:]).all()
+    # the recipe's data yaml: inside the package it is conf/data/my_radar.yaml; here it sits in a
+    # config folder of the project, added to Hydra's search path, so the package stays untouched
+    (root / "my_conf" / "data").mkdir(parents=True)
+    (root / "my_conf" / "data" / "my_radar.yaml").write_text(data_yaml["text"])
+    budget = (f" hydra.searchpath=[file://{root / 'my_conf'}] paths.data_dir=data paths.output_dir={root / 'run'}"
+              " 'model.net.encoder_channels=[8,16]' data.crop_size=32 data.eval_tile=32 data.batch_size=2 data.num_workers=0"
+              " +trainer.limit_train_batches=2 +trainer.limit_val_batches=1 +trainer.limit_test_batches=1")
+    (output,) = run_commands(train_line + budget, root, env, {})
+    assert (root / "run" / "checkpoints" / "last.ckpt").exists(), output[-3000:]
 
 
 @pytest.mark.slow

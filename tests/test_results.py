@@ -80,7 +80,7 @@ def test_multirun_ends_with_one_summary_table(sweep):
     records = {n: json.loads((sweep_dir / n / "metrics.json").read_text()) for n in RUNS}
     with open(sweep_dir / "summary.csv") as fh:
         variants = {v["variant"]: v for v in csv.DictReader(fh)}
-    assert sorted(variants) == ["infill_pconv", "infill_lstm"]
+    assert sorted(variants) == ["infill_lstm", "infill_pconv"]
     for model in ("pconv", "lstm"):
         rmse = [r["metrics"]["test/rmse"] for r in records.values() if r["model"] == model]
         row = variants[f"infill_{model}"]
@@ -131,7 +131,7 @@ def test_offline_wandb_runs_carry_the_comparison(sweep, tmp_path):
         assert "summary_table" in run["tables"]
     rows, markdown = wandb_report.report(runs)
     assert f"## group {SWEEP_ID}" in markdown
-    assert sorted({r["variant"] for r in rows}) == ["infill_pconv", "infill_lstm"]
+    assert sorted({r["variant"] for r in rows}) == ["infill_lstm", "infill_pconv"]
     assert wandb_report.main([str(sweep["dir"]), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "wandb_report.md").is_file() and (tmp_path / "wandb_runs.csv").is_file()
 

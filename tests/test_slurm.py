@@ -250,6 +250,6 @@ def test_multirun_with_slurm_launcher_completes(slurm_env, tmp_path):
     assert len(results) == 2, sorted((multiruns[0] / ".submitit").rglob("*"))
     # ...and the multirun ended with one table over both (printed, and in the sweep folder)
     with open(multiruns[0] / "runs.csv") as fh:
-        assert sorted(r["variant"] for r in csv.DictReader(fh)) == ["infill_pconv", "infill_lstm"]
+        assert sorted(r["variant"] for r in csv.DictReader(fh)) == ["infill_lstm", "infill_pconv"]
     printed = (tmp_path / "logs" / "ni-train-multirun.log").read_text()
     assert "## Variants: mean ± std over seeds (2 runs" in printed

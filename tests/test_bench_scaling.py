@@ -192,7 +192,7 @@ def test_dry_run_measures_the_real_loop(tmp_path):
     check = results["model_check"][0]
     assert check["reference_source"] == "concurrent" and check["reference"] > 0 and check["straggler"] >= 0
     assert check["allreduce_predicted"] > 0 and check["broadcast"] > 0 and check["copy"] > 0
-    ddp_run = results["runs"]["baseline/2 proc/weak/B2/config"][0]
+    ddp_run = results["runs"]["pconv/2 proc/weak/B2/config"][0]
     assert ddp_run["micro_bucket_bytes"] == 4 * rows[2]["params"]
     assert results["sweep"]["bus_bytes_s"] > 0
     assert results["data_feed"]["workers_needed"] >= 1

@@ -151,3 +151,30 @@ def test_split_overrides_compose_without_plus(tmp_path):
     dm = instantiate(test_only.data)
     dm.setup("test")
     assert list(dm.datasets) == ["test"]
+
+
+def _ni_eval(args: list[str], cwd: Path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run([str(Path(sys.executable).parent / "ni-eval"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_data_stores_replaces_data_store_on_the_command_line(stores, tmp_path):
+    """`data=zarr data.stores=[...]` runs without data.store (the data configs' required key), and
+    every listed store is checked to exist, named by its list position."""
+    common = ["model=persistence", "task=nowcast", "task.past=2", "task.future=2", "data=zarr", "data.eval_tile=16", "data.crop_size=16",
+              f"data.split={{fractions: [0.6, 0.2, 0.2], gap: 2}}", "logger=csv", "data.num_workers=0",
+              "+trainer.limit_test_batches=2", "data.min_valid_fraction=0.0"]
+    missing = _ni_eval([*common, f"data.stores=[{stores[0]},{tmp_path / 'nowhere.zarr'}]",
+                        f"paths.output_dir={tmp_path / 'bad'}"], tmp_path)
+    assert missing.returncode == 2, missing.stderr[-2000:]
+    assert "data.stores[1]" in missing.stderr and "nowhere.zarr" in missing.stderr, missing.stderr[-2000:]
+    both = _ni_eval([*common, f"data.stores=[{stores[0]},{stores[1]}]", f"paths.output_dir={tmp_path / 'ok'}"],
+                    tmp_path)
+    assert both.returncode == 0, both.stderr[-3000:]
+    assert (tmp_path / "ok" / "metrics.json").is_file()

@@ -86,9 +86,14 @@ def hydra_command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], C
 
 def require_set(cfg: DictConfig) -> None:
     """Raise MissingValueError naming the first `???` key of `cfg` the user did not set."""
-    missing = next(_missing_keys(cfg, ""), None)
+    missing = next((key for key in _missing_keys(cfg, "") if not _given_otherwise(cfg, key)), None)
     if missing is not None:
         raise MissingValueError(_missing_message(missing))
+
+
+def _given_otherwise(cfg: DictConfig, key: str) -> bool:
+    """A `???` key that another key answers: a list in data.stores stands in for data.store."""
+    return key == "data.store" and bool(OmegaConf.select(cfg, "data.stores", default=None))
 
 
 def _missing_keys(node: DictConfig | ListConfig, prefix: str) -> Iterator[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import hydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nowcast_infill.errors import ConfigSchemaError
 from nowcast_infill.tasks import get_task
@@ -40,7 +40,12 @@ def build_datamodule(cfg: DictConfig) -> RadarDataModule:
     """The DataModule of `cfg.data`, checked against `cfg.task`."""
     # Plain containers, not DictConfig: the DataModule's hyperparameters go into checkpoints,
     # which torch.load(weights_only=True) must be able to read back.
-    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    data_cfg = cfg.data
+    if data_cfg.get("stores") and OmegaConf.is_missing(data_cfg, "store"):
+        # data.stores (a list) stands in for the one data.store the data configs ask for
+        data_cfg = data_cfg.copy()
+        data_cfg.store = None
+    datamodule = hydra.utils.instantiate(data_cfg, _convert_="all")
     task = get_task(
         cfg.task.name, past=cfg.task.get("past"), future=cfg.task.get("future"), context=cfg.task.get("context")
     )

@@ -193,12 +193,16 @@ def check_checkpoint(cfg: DictConfig, key: str = "ckpt_path") -> Path | None:
 def check_run_inputs(cfg: DictConfig) -> None:
     """ni-train / ni-eval: the checkpoint and the data store named by the config exist."""
     check_checkpoint(cfg)
-    store = OmegaConf.select(cfg, "data.store", default=None)
-    if store is not None:
-        existing_input(
-            store,
-            "data.store",
-            "store",
-            fix=f"write it with `ni-synth output={store}` (synthetic) or `ni-convert ... output={store}`, "
-            "or fix data.store=",
-        )
+    stores = OmegaConf.select(cfg, "data.stores", default=None)
+    named = [(f"data.stores[{i}]", s) for i, s in enumerate(stores)] if stores else []
+    if not named:
+        named = [("data.store", OmegaConf.select(cfg, "data.store", default=None))]
+    for key, store in named:
+        if store is not None:
+            existing_input(
+                store,
+                key,
+                "store",
+                fix=f"write it with `ni-synth output={store}` (synthetic) or `ni-convert ... output={store}`, "
+                f"or fix {key}=",
+            )

@@ -75,6 +75,18 @@ def test_importing_a_store_command_loads_no_torch():
     assert done.stdout.strip() == "[]"
 
 
+def test_config_checks_load_no_torch():
+    """The config checks (task frame rules included) run before torch is imported, so a wrong
+    value fails in about a second (nowcast_infill/pipeline/config_checks.py)."""
+    code = (
+        "import sys; import nowcast_infill.pipeline.config_checks, nowcast_infill.tasks; "
+        "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_a_failing_train_still_finishes_its_wandb_run(tmp_path, monkeypatch):
     import lightning
     import wandb

@@ -14,12 +14,13 @@ Tensors follow docs/schema.md § Samples, batched to `(B, T, C, H, W)`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
-
-import torch
+from typing import TYPE_CHECKING, ClassVar
 
 from nowcast_infill.data.splits import window_offsets
 from nowcast_infill.errors import BadValueError
+
+if TYPE_CHECKING:  # the frame rules are read by the config checks, which run before torch is loaded
+    import torch
 
 
 class Task:
@@ -88,7 +89,7 @@ class InfillTask(Task):
         # for finite inputs and a 0/1 mask both give the same numbers.
         c = self.target_index
         observed = batch["x_mask"][:, c : c + 1] > 0
-        return torch.where(observed, batch["x"][:, c : c + 1], raw)
+        return batch["x"][:, c : c + 1].where(observed, raw)
 
     def _scored_pixels(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return batch["hole"]
@@ -116,6 +117,8 @@ class NowcastTask(Task):
         self.in_frames, self.out_frames = len(inputs), len(targets)
 
     def _scored_pixels(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        import torch  # here, not at the top: importing the task's frame rules must not load torch
+
         observed = batch["x_mask"] > 0  # (B, T_in, 1, H, W)
         has_data = observed.flatten(2).any(2)  # (B, T_in)
         positions = torch.arange(has_data.shape[1], device=has_data.device)

@@ -131,3 +131,13 @@ def test_model_kind_decides_what_is_trained_and_what_needs_a_checkpoint(tmp_path
         evaluate(compose_config("eval", [*tiny_overrides(tmp_path), "model=lstm"]))
     with pytest.raises(ConfigSchemaError, match="^model.kind: None .* is not network or classical"):
         evaluate(compose_config("eval", [*tiny_overrides(tmp_path), "model=laplace", "~model.kind"]))
+
+
+def test_an_empty_or_removed_importer_node_means_no_options():
+    from omegaconf import OmegaConf
+
+    from nowcast_infill.pipeline.stores import importer_options
+
+    assert importer_options(OmegaConf.create({"importer": {}})) == {}
+    assert importer_options(OmegaConf.create({"importer": None})) == {}
+    assert importer_options(OmegaConf.create({"importer": {"zr": [200, 1.6], "x": None}})) == {"zr": [200, 1.6]}

@@ -36,8 +36,8 @@ _TOP_LEVEL_OPTIONS = (
 
 def importer_options(cfg: DictConfig) -> dict:
     """Importer keyword arguments from `cfg.importer` and top-level shortcuts, nulls dropped."""
-    given = OmegaConf.to_container(cfg.get("importer") or {}, resolve=True)
-    assert isinstance(given, dict), f"importer converted to a {type(given).__name__}"
+    # an empty or removed `importer` node (importer={} / ~importer) means no options
+    given = config_dict(cfg.importer) if cfg.get("importer") else {}
     options = {k: v for k, v in given.items() if v is not None}
     for key in _TOP_LEVEL_OPTIONS:
         if cfg.get(key) is not None:

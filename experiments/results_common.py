@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import shutil
 import sys
@@ -293,6 +294,9 @@ def add_budget_arguments(parser, classical: Sequence[str], report: str, quick_he
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help=f"where {report} and figures/ go")
     parser.add_argument("--work", type=Path, default=WORK_DIR, help="converted stores and run folders (git-ignored)")
+    parser.add_argument("--train-override", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="Hydra overrides of the network trainings, e.g. model.prior=extrapolation "
+                             "task.loss.balanced=true model.detection_limit_mm_h=0.1 (stated in the report)")
 
 
 def common_overrides(run_dir: Path, store: Path, stats_path: Path, data: str, task: Sequence[str]) -> list[str]:
@@ -349,6 +353,13 @@ def evaluate_method(dataset: str, method: str, base: Sequence[str], run_dir: Pat
     figures = sorted(str(p) for p in (Path(raw["output_dir"]) / "figures").glob("*.png"))
     return RunResult(dataset, method, "network" if ckpt_path else "baseline", seed, metrics,
                      eval_s=wall, output_dir=str(raw["output_dir"]), figures=figures)
+
+
+def runs_folder(work: Path, name: str, train_overrides: Sequence[str] = ()) -> Path:
+    """`<work>/runs/<name>[_<overrides>]`: one run folder per set of training overrides (characters
+    Hydra would parse in a path become `_`), so runs with and without a prior never share one."""
+    suffix = re.sub(r"[^A-Za-z0-9.]+", "_", "_".join(train_overrides))
+    return work / "runs" / (f"{name}_{suffix}" if suffix else name)
 
 
 def run_methods(dataset: str, runs_dir: Path, overrides: Callable[[Path], list[str]], budget: Budget,

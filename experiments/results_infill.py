@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_common import (  # noqa: E402
     SHARED_DATA, Budget, RunResult, add_budget_arguments, add_uninformative_aux, bar_chart, common_overrides,
     copy_figure, ensure_converted, frame_split, group_by_method, log, metrics_table, provenance,
-    provenance_block, require_inputs, run_methods, save_results, store_crop_note, winners_notes,
+    provenance_block, require_inputs, run_methods, runs_folder, save_results, store_crop_note, winners_notes,
 )
 
 CLASSICAL = ("nearest", "linear", "laplace", "biharmonic", "temporal_linear", "temporal_flow")
@@ -82,7 +82,7 @@ def prepare_radolan(work: Path) -> Path:
 
 
 def run_dataset(name: str, store: Path, budget: Budget, seeds: list[int], variants: list[str], classical: list[str],
-                work: Path, quick: bool) -> list[RunResult]:
+                work: Path, quick: bool, train_overrides: list[str] | None = None) -> list[RunResult]:
     """Train and score every variant x seed, then score the classical baselines once."""
     split = None
     data_cfg = "synthetic"
@@ -96,13 +96,14 @@ def run_dataset(name: str, store: Path, budget: Budget, seeds: list[int], varian
         extra += ["data.eval_masks.n=4"]
     stats = work / f"{store.stem}.normalization.json"
     task = ["task=infill"]
-    return run_methods(name, work / "runs" / name,
+    return run_methods(name, runs_folder(work, name, train_overrides or []),
                        lambda run_dir: common_overrides(run_dir, store, stats, data_cfg, task) + extra,
-                       budget, seeds, variants, classical, split)
+                       budget, seeds, variants, classical, split, train_extra=train_overrides or [])
 
 
 def write_report(results: list[RunResult], budgets: dict[str, Budget], seeds: list[int], out: Path,
-                 total_s: float, prov: dict, quick: bool = False, crop_notes: dict[str, str] | None = None) -> Path:
+                 total_s: float, prov: dict, quick: bool = False, crop_notes: dict[str, str] | None = None,
+                 train_overrides: list[str] | None = None) -> Path:
     figures = out / "figures"
     lines = [
         "# Infilling results",
@@ -117,6 +118,7 @@ def write_report(results: list[RunResult], budgets: dict[str, Budget], seeds: li
         "All methods are scored by `ni-eval` on exactly the same windows and masks.",
         "",
         provenance_block(prov, budgets, seeds, total_s),
+        *([f"Network training overrides: `{' '.join(train_overrides)}`.", ""] if train_overrides else []),
     ]
     for name in budgets:
         groups = group_by_method(results, name)
@@ -161,10 +163,11 @@ def main(argv: list[str] | None = None) -> Path:
         # 64 px = 128 km of synthetic data (2 km pixels); 96 px = 96 km of RADOLAN (1 km pixels)
         crop = 32 if args.quick else (64 if name == "synthetic" else 96)
         budgets[name] = Budget(steps=steps, batch_size=args.batch_size, crop_size=crop, encoder_channels=tuple(args.channels))
-        results += run_dataset(name, store, budgets[name], args.seeds, args.variants, args.classical, args.work, args.quick)
+        results += run_dataset(name, store, budgets[name], args.seeds, args.variants, args.classical, args.work, args.quick,
+                               args.train_override)
         save_results(results, args.out / "infill_runs.json")
     path = write_report(results, budgets, args.seeds, args.out, time.perf_counter() - start, prov, args.quick,
-                        {name: store_crop_note(store) for name, store in stores.items()})
+                        {name: store_crop_note(store) for name, store in stores.items()}, args.train_override)
     log(f"wrote {path}")
     return path
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ from results_common import (  # noqa: E402
     SHARED_DATA, Budget, RunResult, add_budget_arguments, add_uninformative_aux,
     common_overrides,
     copy_figure, ensure_converted, frame_split, group_by_method, lead_time_plot, log, metrics_table,
-    provenance, provenance_block, require_inputs, run_methods, save_results, store_crop_note, winners_notes,
+    provenance, provenance_block, require_inputs, run_methods, runs_folder, save_results, store_crop_note, winners_notes,
 )
 
 CLASSICAL = ("persistence", "extrapolation", "sprog")
@@ -91,9 +90,7 @@ def run(dataset: str, store: Path, budget: Budget, seeds: list[int], variants: l
         extra += ["data.split.fractions=[0.5,0.25,0.25]", "data.split.gap=2"]
     task = ["task=nowcast", f"task.past={PAST}", f"task.future={FUTURE}"]
     stats = work / f"{store.stem}.nowcast.normalization.json"
-    # one run folder per set of training overrides (characters Hydra would parse in a path -> _)
-    suffix = re.sub(r"[^A-Za-z0-9.]+", "_", "_".join(train_overrides or []))
-    runs = work / "runs" / (f"nowcast_{dataset}" + (f"_{suffix}" if suffix else ""))
+    runs = runs_folder(work, f"nowcast_{dataset}", train_overrides or [])
     return run_methods(dataset, runs,
                        lambda run_dir: common_overrides(run_dir, store, stats, data_cfg, task) + extra,
                        budget, seeds, variants, classical, split, train_extra=train_overrides or [])
@@ -154,9 +151,6 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--dataset", default="knmi", choices=["knmi", "synthetic"])
     parser.add_argument("--crop", type=int, default=128, help="training crop in pixels (KNMI: 1 km)")
     add_budget_arguments(parser, CLASSICAL, "nowcast.md", "tiny check: 2 steps on a small synthetic store (numbers meaningless)")
-    parser.add_argument("--train-override", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="Hydra overrides of the network trainings, e.g. model.prior=extrapolation "
-                             "task.loss.balanced=true model.detection_limit_mm_h=0.1 (stated in the report)")
     args = parser.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
     prov = provenance(None if argv is None else [__file__, *argv])

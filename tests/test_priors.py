@@ -86,8 +86,28 @@ def test_motion_fields_are_computed_once_per_window_and_reused(store, tmp_path):
     assert not list(cache.folder.glob("*.tmp*"))
 
 
+def test_sprog_prior_is_the_whole_grid_sprog_forecast_cut_to_the_crop(store, tmp_path):
+    dm = nowcast_datamodule(store, crop_size=16)
+    dm.setup("fit")
+    prior = WindowPrior("sprog", "nowcast", n_leads=2, cache_root=tmp_path)
+    dataset = dm.datasets["train"]
+    start = int(dataset.starts[0])
+    full = dataset.read_precip(start, 0, 0, dataset.height, dataset.width)[dataset.input_offsets]
+    expected = registry.get_method("classical", "sprog", n_leads=2)(full)  # (2, H, W) mm/h
+    got = prior(dataset, start, (3, 5, 16, 16), None)
+    np.testing.assert_array_equal(got, expected[:, 3:19, 5:21])
+    cache = prior.motion_cache(dataset)
+    assert cache.computed == 1 and cache.folder.name.startswith("sprog-")
+    # another crop of the same window reads the cached forecast: no second S-PROG run
+    np.testing.assert_array_equal(prior(dataset, start, (0, 0, 8, 8), None), expected[:, :8, :8])
+    again = WindowPrior("sprog", "nowcast", n_leads=2, cache_root=tmp_path)
+    again(dataset, start, (0, 0, 8, 8), None)
+    assert cache.computed == 1 and again.motion_cache(dataset).computed == 0
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_residual_output_with_zeroed_head_is_the_prior(variant):
+def test_untrained_residual_network_outputs_the_prior(variant):
+    """The head starts at zero, so before any training the network is the classical prior."""
     aux = 2 if "attention" in variant else 0
     module = make_module(variant=variant, aux_channels=aux, prior="extrapolation")
     g = torch.Generator().manual_seed(0)
@@ -96,9 +116,8 @@ def test_residual_output_with_zeroed_head_is_the_prior(variant):
              "prior": torch.rand(b, 2, 1, h, h, generator=g), "prior_valid": (torch.rand(b, 2, 1, h, h, generator=g) > 0.2).float()}
     if aux:
         batch["aux"], batch["aux_mask"] = torch.rand(b, 3, aux, h, h, generator=g), torch.ones(b, 3, aux, h, h)
-    with torch.no_grad():
-        module.net.head.weight.zero_()
-        module.net.head.bias.zero_()
+    assert not module.net.head.weight.any() and not module.net.head.bias.any()
+    assert make_module(variant=variant, aux_channels=aux).net.head.weight.any()  # the plain network is random
     out = module(batch)
     valid = batch["prior_valid"] > 0
     assert torch.equal(out[valid], batch["prior"][valid])
@@ -147,14 +166,20 @@ def test_infill_priors_feed_the_network(tmp_path, store):
     dm = RadarDataModule(store, task="infill", context=1, crop_size=16, batch_size=2, split=SPLIT,
                          masks={"name": "freeform", "fraction": [0.2, 0.4]}, eval_masks={"n": 2}, aux=None)
     dm.setup("fit")
-    for method in ("laplace", "temporal"):
+    reference = {
+        "laplace": lambda seen, hole: registry.get_method("classical", "laplace")(seen, fill_mask=hole),
+        "temporal": temporal_linear_fill,
+        # the classical method without its spatial fallback, on exactly what the network sees
+        "temporal_flow": lambda seen, hole: registry.get_method("classical", "temporal_flow", spatial=None)(
+            seen, fill_mask=hole),
+    }
+    for method, fill in reference.items():
         dm.attach_prior(WindowPrior(method, "infill", 1))
         sample = dm.datasets["train"][0]
         hole = sample["hole"][0, 0] > 0
         seen = dm.normalizer.decode(sample["x"][:, 0].numpy())
         seen[sample["x_mask"][:, 0].numpy() == 0] = np.nan
-        expected = (registry.get_method("classical", "laplace")(seen, fill_mask=hole.numpy()) if method == "laplace"
-                    else temporal_linear_fill(seen, hole.numpy()))[0]
+        expected = fill(seen, hole.numpy())[0]
         valid = sample["prior_valid"][0, 0].numpy() > 0
         np.testing.assert_allclose(dm.normalizer.decode(sample["prior"][0, 0].numpy())[valid], expected[valid], atol=1e-4)
 

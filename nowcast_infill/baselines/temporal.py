@@ -113,7 +113,10 @@ def make_temporal_linear(spatial: str | None = "laplace") -> Callable:
 
 
 def make_temporal_flow(
-    spatial: str = "laplace", threshold: float = 0.1, zerovalue_db: float = -15.0, lk_options: dict | None = None
+    spatial: str | None = "laplace",
+    threshold: float = 0.1,
+    zerovalue_db: float = -15.0,
+    lk_options: dict | None = None,
 ) -> Callable:
     """Optical-flow interpolation between the neighbouring frames; see the module docstring."""
     lk_options = dict(lk_options or {})

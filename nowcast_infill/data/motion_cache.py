@@ -1,9 +1,11 @@
-"""Sidecar store of motion fields: computed once per (store, window, method), reused across
-epochs and runs.
+"""Sidecar store of per-window prior data: computed once per (store, window, method), reused
+across epochs and runs.
 
-Layout: ``<root>/<store key>/<method key>/w<start>.npz``, one file per window, holding
-``velocity`` ``(2, H, W)`` float32 pixels per time step (pysteps' order: x then y) and
-``last_index`` (the input frame the extrapolation advects). ``store key`` is a hash of the
+Layout: ``<root>/<store key>/<method key>/w<start>.npz``, one file per window, holding named
+arrays: for the `extrapolation` prior ``velocity`` ``(2, H, W)`` float32 pixels per time step
+(pysteps' order: x then y) and ``last_index`` (the input frame the extrapolation advects); for
+the `sprog` prior ``forecast`` ``(T_out, H, W)`` float32 mm/h of the whole grid (S-PROG's
+cascade is global, so a crop cannot be forecast on its own). ``store key`` is a hash of the
 store's absolute path and a content id (its time axis and grid shape), so a rewritten store at the
 same path gets new entries; ``method key`` names the motion method and hashes its options.
 
@@ -47,17 +49,21 @@ def method_key(method: str, options: dict) -> str:
     return f"{method}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
 
 
-class MotionCache:
-    """Per-window motion fields of one store and method, on disk and in memory.
+Entry = dict[str, np.ndarray]
 
-    ``computed`` counts the motion fields this process computed (cache misses); tests use it
-    to check that a second epoch computes none.
+
+class MotionCache:
+    """Per-window arrays (motion fields, whole-grid forecasts) of one store and method, on disk
+    and in memory.
+
+    ``computed`` counts the entries this process computed (cache misses); tests use it to
+    check that a second epoch computes none.
     """
 
     def __init__(self, root: str | Path, store: str, method: str):
         self.folder = Path(root) / store / method
         self.computed = 0
-        self._memory: dict[int, tuple[np.ndarray, int]] = {}
+        self._memory: dict[int, Entry] = {}
 
     def __getstate__(self):
         # DataLoader workers get a copy without the in-memory entries (they read the files).
@@ -66,29 +72,27 @@ class MotionCache:
     def path(self, start: int) -> Path:
         return self.folder / f"w{int(start):09d}.npz"
 
-    def get(self, start: int, compute: Callable[[], tuple[np.ndarray, int]]) -> tuple[np.ndarray, int]:
-        """(velocity (2, H, W) float32, last_index) of window `start`; `compute()` only on a miss."""
+    def get(self, start: int, compute: Callable[[], Entry]) -> Entry:
+        """The named arrays of window `start`; `compute()` only on a miss."""
         start = int(start)
         if start in self._memory:
             return self._memory[start]
         path = self.path(start)
-        entry = None
         if path.exists():
             with np.load(path) as data:
-                entry = (data["velocity"].astype(np.float32), int(data["last_index"]))
-        if entry is None:
-            velocity, last_index = compute()
-            entry = (np.asarray(velocity, np.float32), int(last_index))
+                entry = {name: data[name] for name in data.files}
+        else:
+            entry = {name: np.asarray(value) for name, value in compute().items()}
             self.computed += 1
-            self._write(path, *entry)
+            self._write(path, entry)
         self._memory[start] = entry
         return entry
 
-    def _write(self, path: Path, velocity: np.ndarray, last_index: int) -> None:
+    def _write(self, path: Path, entry: Entry) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp.npz")
         try:
-            np.savez(tmp, velocity=velocity, last_index=np.int64(last_index))
+            np.savez(tmp, **entry)
             os.replace(tmp, path)
         finally:
             if tmp.exists():

@@ -9,9 +9,15 @@ good as the classical method and learns what that method gets wrong.
   per lead time. The motion is estimated once per window on the *whole* grid and kept in a
   `MotionCache`; a crop is advected from a box widened by the largest displacement, so the
   crop's prior equals the full-grid extrapolation cut to the crop.
+* nowcast `sprog`: the `sprog` baseline (S-PROG, Seed 2003, via pysteps), computed once per
+  window on the whole grid (its cascade decomposition is global: a crop cannot be forecast on
+  its own) and kept in the same sidecar store; a crop's prior is the whole-grid forecast cut
+  to the crop, exactly what `ni-eval` scores for `sprog` on whole frames.
 * nowcast `persistence`: the last frame with data, repeated per lead time.
 * infill `laplace`: the `laplace` baseline on the visible pixels of the target frame.
 * infill `temporal`: `temporal_linear_fill`, linear in time between the neighbouring frames.
+* infill `temporal_flow`: the `temporal_flow` baseline (optical-flow interpolation between the
+  neighbouring frames) without its spatial fallback, computed on what the network sees.
 
 Every prior is `(T_out, h, w)` float32 mm/h with NaN where it has no value (advected in from
 outside the domain, no neighbour observed); the network gets it as 0 there with a 0 mask, and
@@ -29,7 +35,7 @@ from nowcast_infill import registry
 from nowcast_infill.baselines.temporal import make_temporal_linear
 from nowcast_infill.errors import ConfigSchemaError
 
-PRIORS = {"nowcast": ("extrapolation", "persistence"), "infill": ("laplace", "temporal")}
+PRIORS = {"nowcast": ("extrapolation", "sprog", "persistence"), "infill": ("laplace", "temporal", "temporal_flow")}
 
 
 def check_prior(prior: str | None, task: str) -> str | None:
@@ -96,12 +102,17 @@ class WindowPrior:
         self._caches: dict[str, object] = {}
 
     def motion_cache(self, dataset):
-        """The `MotionCache` of `dataset`'s store (one per store and options)."""
+        """The `MotionCache` of `dataset`'s store (one per store, method and options): motion
+        fields (`extrapolation`) or whole-grid forecasts (`sprog`)."""
         from nowcast_infill.data.motion_cache import MotionCache, default_cache_root, method_key, store_key
 
         store = store_key(dataset.store.path, _content_id(dataset))
         offsets = [int(o) for o in dataset.input_offsets]
-        method = method_key("lk", {**self.motion_options, "input_offsets": offsets})
+        if self.method == "sprog":
+            options = {**self.motion_options, "n_leads": self.n_leads, "input_offsets": offsets}
+            method = method_key("sprog", options)
+        else:
+            method = method_key("lk", {**self.motion_options, "input_offsets": offsets})
         key = f"{store}/{method}"
         if key not in self._caches:
             self._caches[key] = MotionCache(self.cache_root or default_cache_root(), store, method)
@@ -123,16 +134,40 @@ class WindowPrior:
             return registry.get_method("classical", "laplace")(inputs_mm_h, fill_mask=fill_mask)
         if self.method == "temporal":
             return temporal_linear_fill(inputs_mm_h, fill_mask)
+        if self.method == "temporal_flow":
+            flow = registry.get_method("classical", "temporal_flow", spatial=None)
+            return flow(inputs_mm_h, fill_mask=fill_mask)
+        if self.method == "sprog":
+            return self._sprog(dataset, int(start), box)
         return self._extrapolate(dataset, int(start), box)
+
+    def _sprog(self, dataset, start: int, box: tuple[int, int, int, int]) -> np.ndarray:
+        def compute():
+            full = dataset.read_precip(start, 0, 0, dataset.height, dataset.width, frames=dataset.input_offsets)
+            sprog = registry.get_method("classical", "sprog", n_leads=self.n_leads, **self._sprog_options())
+            return {"forecast": sprog(full)}
+
+        forecast = self.motion_cache(dataset).get(start, compute)["forecast"]
+        y0, x0, h, w = box
+        return np.ascontiguousarray(forecast[:, y0 : y0 + h, x0 : x0 + w], dtype=np.float32)
+
+    def _sprog_options(self) -> dict[str, Any]:
+        return {
+            "threshold": self.motion_options["threshold"],
+            "zerovalue_db": self.motion_options["zerovalue_db"],
+            "lk_options": self.motion_options["lk_options"],
+        }
 
     def _extrapolate(self, dataset, start: int, box: tuple[int, int, int, int]) -> np.ndarray:
         from nowcast_infill.baselines.nowcast import advect, extrapolation_motion, fill_from_outside
 
         def compute():
             full = dataset.read_precip(start, 0, 0, dataset.height, dataset.width, frames=dataset.input_offsets)
-            return extrapolation_motion(full, **self.motion_options)
+            velocity, last_index = extrapolation_motion(full, **self.motion_options)
+            return {"velocity": np.asarray(velocity, np.float32), "last_index": np.int64(last_index)}
 
-        velocity, last_index = self.motion_cache(dataset).get(start, compute)
+        entry = self.motion_cache(dataset).get(start, compute)
+        velocity, last_index = entry["velocity"].astype(np.float32), int(entry["last_index"])
         y0, x0, h, w = box
         # Semi-Lagrangian advection looks back at most n_leads x |v| pixels: widen the box by that.
         margin = int(math.ceil(float(np.abs(velocity).max(initial=0.0)) * self.n_leads)) + 2

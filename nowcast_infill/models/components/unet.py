@@ -68,8 +68,9 @@ class PConvUNet(nn.Module):
             ``P`` more channels; lstm: the same ``P`` channels beside every input frame) and
             the output becomes a residual on them: ``floor + relu(prior + raw - floor)``
             in normalised units, with the prior taken as the floor (0 mm/h) where its mask is
-            0. With the head's weights and bias zeroed the output is the prior exactly, and
-            ``relu`` (not softplus) lets the network say exactly "no rain".
+            0. The head's weights and bias start at zero, so the untrained network outputs
+            the prior exactly (it starts at the classical method's skill and only learns
+            corrections), and ``relu`` (not softplus) lets it say exactly "no rain".
 
     ``forward(x, x_mask, aux=None, aux_mask=None, prior=None, prior_mask=None)``:
         x: ``(B, T_in, 1, H, W)`` normalised radar; values where ``x_mask`` is 0 are ignored
@@ -193,6 +194,11 @@ class PConvUNet(nn.Module):
             mask_groups=(levels[1], *(1,) * head_skip),
             input_is_masked=True,
         )
+        if self.prior_frames:
+            # a random head would start the residual at noise, below the prior's skill
+            nn.init.zeros_(self.head.weight)
+            if self.head.bias is not None:
+                nn.init.zeros_(self.head.bias)
         if attention:
             aux_widths = (
                 tuple(max(8, w // 4) for w in widths) if aux_encoder_channels is None else tuple(aux_encoder_channels)

@@ -345,7 +345,7 @@ def evaluate_method(dataset: str, method: str, base: Sequence[str], run_dir: Pat
     overrides += [f"ckpt_path={ckpt_path}", f"model={method}"] if ckpt_path else [f"model={method}"]
     cfg = _with_split(compose_config("eval", overrides), split)
     start = time.perf_counter()
-    raw = evaluate(cfg)
+    raw = evaluate(cfg, overrides)  # the task keys not among them come from the checkpoint
     wall = time.perf_counter() - start
     metrics = {k[len("test/"):]: float(v) for k, v in raw.items() if k.startswith("test/") and isinstance(v, (int, float))}
     if not metrics:

@@ -132,6 +132,23 @@ def test_test_only_evaluates_a_short_store_whole(tmp_path):
         RadarDataModule(store=event, split="every_frame", crop_size=16).setup("test")
 
 
+def test_train_only_stores_train_whole_beside_a_normal_one(tmp_path):
+    """A short event of another radar network trains whole (no val/test windows to find room for)."""
+    event = write_test_store(tmp_path / "event.zarr", n_time=12, seed=8)
+    dm = RadarDataModule(store=event, task="nowcast", past=2, future=2, crop_size=16, eval_tile=16,
+                         split="train_only", min_valid_fraction=0.0, batch_size=2, num_workers=0)
+    dm.setup("fit")
+    assert list(dm.datasets) == ["train"]
+    assert dm.datasets["train"].starts.tolist() == list(range(12 - 4 + 1)), "every window of the store trains"
+    assert dm.plans[0].fit_frames().tolist() == list(range(12)), "the normaliser is fitted on every frame"
+    assert len(list(dm.train_dataloader())) > 0
+    with pytest.raises(SplitUnavailableError, match="train_only.*no val split"):
+        dm.val_dataloader()
+    for stage in ("test", "validate"):
+        with pytest.raises(SplitUnavailableError, match=f"stage '{stage}'"):
+            RadarDataModule(store=event, split="train_only", crop_size=16).setup(stage)
+
+
 def test_split_overrides_compose_without_plus(tmp_path):
     store = write_test_store(tmp_path / "s.zarr", n_time=36, seed=7)
     dates = "{train: [2021-06-01T00:05, 2021-06-01T01:30], val: [2021-06-01T01:50, 2021-06-01T02:10], " \

@@ -34,7 +34,7 @@ from nowcast_infill.data.eval_masks import save_store_eval_masks, store_eval_mas
 from nowcast_infill.data.masks import MaskGenerator, build_mask_generator
 from nowcast_infill.data.normalization import Normalizer
 from nowcast_infill.data.sampler import SAMPLINGS, WindowSampler, wet_window_weights
-from nowcast_infill.data.splits import DEFAULT_SPLIT, SPLITS, TEST_ONLY, is_test_only, window_offsets
+from nowcast_infill.data.splits import DEFAULT_SPLIT, is_test_only, present_splits, window_offsets
 from nowcast_infill.data.store_normalizers import StoreNormalizers
 from nowcast_infill.data.store_windows import (
     StoreWindows,
@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 
 
 class SplitUnavailableError(UserError, ValueError):
-    """A loader was asked for a split the configuration does not have (train/val with split=test_only)."""
+    """A loader was asked for a split the configuration does not have (train/val with split=test_only,
+    val/test with split=train_only)."""
 
 
 class RadarDataModule(L.LightningDataModule):
@@ -247,10 +248,11 @@ class RadarDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._set_up:
             return
-        if self.test_only and stage in ("fit", "validate"):
+        needs = {"fit": "train", "validate": "val", "test": "test", "predict": "test"}.get(stage or "")
+        if needs is not None and needs not in present_splits(self.split):
             raise SplitUnavailableError(
-                f"data.split={TEST_ONLY} has no train/val split, so stage {stage!r} cannot "
-                "run; evaluate (test) only, or give data.split fractions or dates."
+                f"data.split={self.split} has no {needs} split, so stage {stage!r} cannot run; "
+                "give data.split fractions or dates, or run the stage that split is for."
             )
         rank = self._world()[1]
         rules = WindowRules(
@@ -273,7 +275,9 @@ class RadarDataModule(L.LightningDataModule):
             )
             for path in self.stores
         ]
-        check_stores_agree(self.plans, crop_size=self.crop_size, eval_tile=self.eval_tile)
+        check_stores_agree(
+            self.plans, crop_size=self.crop_size, eval_tile=self.eval_tile, splits=present_splits(self.split)
+        )
         self._aux_names = list(self.plans[0].aux_names)
         self.window_report, self.implausible_report = combined_reports(self.plans)
         self._norms.prepare(self.plans, aux_names=self.aux_names, seed=self.seed, test_only=self.test_only, rank=rank)
@@ -291,7 +295,7 @@ class RadarDataModule(L.LightningDataModule):
             n, seed = int(self.eval_mask_spec["n"]), int(self.eval_mask_spec["seed"])
             self.eval_mask_sets = store_eval_mask_sets(generator, n, seed, self.plans)
             self.eval_masks = self.eval_mask_sets[0]
-        splits = ("test",) if self.test_only else SPLITS
+        splits = present_splits(self.split)
         self.datasets = {name: self._split_dataset(name, generator) for name in splits}
         self.attach_prior(self._prior)
         self._set_up = True
@@ -348,8 +352,8 @@ class RadarDataModule(L.LightningDataModule):
             self.setup()
         if name not in self.datasets:
             raise SplitUnavailableError(
-                f"data.split={TEST_ONLY}: there is no {name} split; evaluate (test) only, "
-                "or give data.split fractions or dates."
+                f"data.split={self.split}: there is no {name} split; give data.split fractions or dates, "
+                f"or run only the stage of the {'/'.join(self.datasets)} split."
             )
         dataset = self.datasets[name]
         world, this_rank = self._world()

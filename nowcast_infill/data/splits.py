@@ -1,7 +1,9 @@
 """Train/val/test blocks of a store's time axis and the windows inside them.
 
-* `plan_splits`: contiguous frame blocks in time order, by fractions + gap, by dates, or
-  `test_only` (the whole store is the test split: a short event store evaluated whole).
+* `plan_splits`: contiguous frame blocks in time order, by fractions + gap, by dates,
+  `test_only` (the whole store is the test split: a short event store evaluated whole) or
+  `train_only` (the whole store trains: one of several training stores of another radar
+  network than the one a zero-shot study scores).
 * `window_offsets`: the frames a window of a task reads and predicts. This is the single
   implementation of the frame-count rule (infill: `2 * context + 1` in, 1 out; nowcast:
   `past` in, `future` out); `nowcast_infill.tasks` builds its tasks on it.
@@ -28,8 +30,10 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 TASKS = ("infill", "nowcast")
 DEFAULT_SPLIT = {"fractions": [0.7, 0.15, 0.15], "gap": 12}
-# data.split value: the whole store is the test split (train and val are empty).
+# data.split values: the whole store is one split (the other two are empty).
 TEST_ONLY = "test_only"
+TRAIN_ONLY = "train_only"
+WHOLE_STORE = {TEST_ONLY: "test", TRAIN_ONLY: "train"}
 
 
 class EmptySplitError(UserError, ValueError):
@@ -41,29 +45,36 @@ def is_test_only(split: Any) -> bool:
     return isinstance(split, str) and split == TEST_ONLY
 
 
+def present_splits(split: Any) -> tuple[str, ...]:
+    """The splits `split` gives windows to: all three, or the one of `test_only` / `train_only`."""
+    if isinstance(split, str) and split in WHOLE_STORE:
+        return (WHOLE_STORE[split],)
+    return SPLITS
+
+
 def plan_splits(times: np.ndarray, split: Mapping | str | None, store: str = "<store>") -> dict[str, tuple[int, int]]:
     """Contiguous frame blocks ``{split: (start, stop)}`` (stop exclusive), in time order.
 
     ``split`` is ``{"fractions": [train, val, test], "gap": frames}`` (blocks by fraction of
     the frames left after removing the two gaps), ``{"dates": {"train": [first, last],
-    ...}}`` (inclusive ISO times, UTC; a null ``dates`` means fractions), or ``"test_only"``
-    (every frame is test; train and val are empty). Blocks never overlap; windows never
-    leave a block, so nothing straddles a gap.
+    ...}}`` (inclusive ISO times, UTC; a null ``dates`` means fractions), ``"test_only"``
+    (every frame is test) or ``"train_only"`` (every frame trains); the other blocks are then
+    empty. Blocks never overlap; windows never leave a block, so nothing straddles a gap.
     """
     n = len(times)
     if isinstance(split, str):
-        if not is_test_only(split):
+        if split not in WHOLE_STORE:
             raise BadValueError(
-                f"data.split={split!r} is unknown; use {TEST_ONLY}, {{fractions: [...], gap: N}} "
+                f"data.split={split!r} is unknown; use {TEST_ONLY}, {TRAIN_ONLY}, {{fractions: [...], gap: N}} "
                 "or {dates: {train: [first, last], val: ..., test: ...}}."
             )
-        return {"train": (0, 0), "val": (0, 0), "test": (0, n)}
+        return {name: ((0, n) if name == WHOLE_STORE[split] else (0, 0)) for name in SPLITS}
     split = dict(to_plain(split) or DEFAULT_SPLIT)
     unknown = set(split) - {"fractions", "gap", "dates"}
     if unknown:
         raise BadValueError(
             f"data.split: unknown key(s) {sorted(unknown)}; use 'fractions' + 'gap', 'dates', "
-            f"or data.split={TEST_ONLY}."
+            f"data.split={TEST_ONLY} or data.split={TRAIN_ONLY}."
         )
     if split.get("dates") is not None:
         return _blocks_by_dates(times, split["dates"], store)

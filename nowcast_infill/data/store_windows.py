@@ -23,7 +23,7 @@ import numpy as np
 from nowcast_infill import schema
 from nowcast_infill.data.dataset import RadarWindowDataset, StoreHandle
 from nowcast_infill.data.regrid import AuxRegridder
-from nowcast_infill.data.splits import SPLITS, is_test_only, plan_splits, select_windows
+from nowcast_infill.data.splits import SPLITS, plan_splits, present_splits, select_windows
 from nowcast_infill.data.tiling import eval_tiles
 from nowcast_infill.errors import BadValueError
 from nowcast_infill.io import frame_stats
@@ -186,7 +186,7 @@ class StoreWindows:
     ) -> StoreWindows:
         """Open, validate and plan the store at `path`: splits, windows, statistics, aux regridding.
 
-        With `split=test_only` only the test split gets windows (train and val are empty).
+        With `split=test_only` (`train_only`) only the test (train) split gets windows.
         """
         ds = open_store(path)
         aux_names = resolve_aux(ds, aux, path)
@@ -217,7 +217,7 @@ class StoreWindows:
         )
         plan.implausible_report = plan._implausible(rules.max_rain_rate_mm_h, rank)
         segment = schema.segment_ids(times, ds.attrs.get("time_step_s"))
-        for name in ("test",) if is_test_only(split) else SPLITS:
+        for name in present_splits(split):
             plan.starts[name], plan.window_report[name] = select_windows(
                 plan.blocks[name],
                 rules.length,
@@ -310,10 +310,14 @@ class StoreWindows:
         return record
 
 
-def check_stores_agree(plans: Sequence[StoreWindows], *, crop_size: int | None, eval_tile: int | None) -> None:
-    """Several stores must give same-shaped batches (crops and tiles when grids differ) and the same aux fields."""
+def check_stores_agree(
+    plans: Sequence[StoreWindows], *, crop_size: int | None, eval_tile: int | None, splits: Sequence[str] = SPLITS
+) -> None:
+    """Several stores must give same-shaped batches (crops and tiles when grids differ) and the same
+    aux fields. `splits`: the splits that get windows (no tile is needed without val/test)."""
     shapes = {plan.path: plan.shape for plan in plans}
-    if len(set(shapes.values())) > 1 and (crop_size is None or eval_tile is None):
+    evaluated = any(name in splits for name in ("val", "test"))
+    if len(set(shapes.values())) > 1 and (crop_size is None or (eval_tile is None and evaluated)):
         raise BadValueError(
             f"data.stores have different grids {shapes}: set data.crop_size and data.eval_tile "
             "so that every batch has one shape."

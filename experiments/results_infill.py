@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_common import (  # noqa: E402
     SHARED_DATA, Budget, RunResult, add_budget_arguments, add_uninformative_aux, bar_chart, common_overrides,
-    copy_figure, ensure_converted, frame_split, group_by_method, log, metrics_table, provenance,
+    copy_figure, ensure_converted, evaluate_method, frame_split, group_by_method, log, metrics_table, provenance,
     provenance_block, require_inputs, run_methods, runs_folder, save_results, store_crop_note, winners_notes,
 )
 
@@ -48,7 +48,18 @@ VERDICTS = [("rmse", "RMSE", False), ("ame", "AME", False), ("temporal_corr", "t
 # RADOLAN YW sample: 12 frames. Explicit frame ranges [first, stop): 3 training windows,
 # 1 validation window (required by the DataModule, unused: no selection), 2 test windows.
 RADOLAN_SPLIT_FRAMES = {"train": (0, 5), "val": (5, 8), "test": (8, 12)}
+# RADOLAN runs: the noise fields stand in for auxiliary data the real store lacks; holes are
+# radar outages (conf/masks/radar_outage.yaml), in training and in the fixed evaluation masks
+RADOLAN_EXTRA = ("data.aux=all", "masks=radar_outage")
+# the dry hour every RADOLAN YW checkpoint is also scored on (zero-shot): bias in dry holes
+DRY = "radolan_ry"
 DATASET_NOTES = {
+    DRY: (
+        "Real DWD RADOLAN RY, 2020-01-01 15:00-16:00 UTC (13 frames of 900 x 900 km, 5 min, almost dry), never seen in "
+        "training: every network is its RADOLAN YW checkpoint (task and normaliser from the checkpoint), the whole "
+        "store is test (`data.split=test_only`), radar-outage holes. Bias = mean(prediction - truth) over hole "
+        "pixels: the spurious rain a method puts into dry holes (issue goal: <= 0.005 mm/h)."
+    ),
     "synthetic": (
         "Default synthetic store (`write_synthetic_store(seed=0)`: 192 frames of 128 x 128 px at 2 km, 5 min), "
         "with auxiliary wind u, v and temperature t that drive the rain (the attention variants can use them). "
@@ -81,6 +92,34 @@ def prepare_radolan(work: Path) -> Path:
     return add_uninformative_aux(plain, work / "radolan_yw_noiseaux_crop8.zarr", seed=0, crop_multiple_of=8)
 
 
+def prepare_dry(work: Path) -> Path:
+    folder = require_inputs(SHARED_DATA / "radolan" / "ry", "*", "RADOLAN RY")
+    plain = ensure_converted(str(folder / "*"), work / "radolan_ry.zarr", "radolan")
+    # the same two noise fields as the YW store, so that every variant's checkpoint can run on it
+    return add_uninformative_aux(plain, work / "radolan_ry_noiseaux_crop8.zarr", seed=0, crop_multiple_of=8)
+
+
+def run_dry(store: Path, trained: list[RunResult], classical: list[str], work: Path,
+            train_overrides: list[str] | None) -> list[RunResult]:
+    """Score every RADOLAN YW checkpoint of `trained` and each classical method on the dry RADOLAN RY
+    hour, zero-shot (task and normaliser from the checkpoint, the whole store is test): the bias in
+    holes where there is (almost) no rain to find."""
+    runs = runs_folder(work, DRY, train_overrides or [])
+    base = lambda run_dir: [*common_overrides(run_dir, store, run_dir / "stats.json", "radolan", []),  # noqa: E731
+                            *RADOLAN_EXTRA, "data.split=test_only"]
+    results = []
+    for net in trained:
+        ckpt = Path(net.output_dir).parent / f"{net.method}_seed{net.seed}" / "checkpoints" / "last.ckpt"
+        eval_dir = runs / f"{net.method}_seed{net.seed}_eval"
+        results.append(evaluate_method(DRY, net.method, base(eval_dir), eval_dir, ckpt_path=ckpt, seed=net.seed))
+    for method in classical:
+        eval_dir = runs / f"{method}_eval"
+        results.append(evaluate_method(DRY, method, [*base(eval_dir), "task=infill"], eval_dir))
+    for result in results:
+        log(f"{DRY}: {result.method} seed {result.seed}: bias in holes {result.metrics.get('bias'):.5f} mm/h")
+    return results
+
+
 def run_dataset(name: str, store: Path, budget: Budget, seeds: list[int], variants: list[str], classical: list[str],
                 work: Path, quick: bool, train_overrides: list[str] | None = None) -> list[RunResult]:
     """Train and score every variant x seed, then score the classical baselines once."""
@@ -90,8 +129,7 @@ def run_dataset(name: str, store: Path, budget: Budget, seeds: list[int], varian
     if name == "radolan_yw":
         split = frame_split(store, **RADOLAN_SPLIT_FRAMES)
         data_cfg = "radolan"
-        # the noise fields stand in for auxiliary data the real store lacks
-        extra = ["data.aux=all"]
+        extra = list(RADOLAN_EXTRA)
     if quick:
         extra += ["data.eval_masks.n=4"]
     stats = work / f"{store.stem}.normalization.json"
@@ -139,6 +177,11 @@ def write_report(results: list[RunResult], budgets: dict[str, Budget], seeds: li
             panel = copy_figure(best.figures[0], figures / f"infill_{name}_example.png")
             lines += [f"Example test window, {best.method} seed {best.seed} (input with hole, truth, prediction, error):", "",
                       f"![example infill, {name}](figures/{panel.name})", ""]
+    dry = group_by_method(results, DRY)
+    if dry:
+        lines += [f"## {DRY}: dry hour, zero-shot", "", DATASET_NOTES[DRY], "",
+                  metrics_table(dry, [("bias", "bias in holes mm/h"), ("mae", "MAE mm/h"), ("rmse", "RMSE mm/h")], digits=4),
+                  ""]
     path = out / "infill.md"
     path.write_text("\n".join(lines))
     return path
@@ -165,6 +208,10 @@ def main(argv: list[str] | None = None) -> Path:
         budgets[name] = Budget(steps=steps, batch_size=args.batch_size, crop_size=crop, encoder_channels=tuple(args.channels))
         results += run_dataset(name, store, budgets[name], args.seeds, args.variants, args.classical, args.work, args.quick,
                                args.train_override)
+        save_results(results, args.out / "infill_runs.json")
+    if "radolan_yw" in stores and not args.quick:
+        trained = [r for r in results if r.dataset == "radolan_yw" and r.kind == "network"]
+        results += run_dry(prepare_dry(args.work), trained, args.classical, args.work, args.train_override)
         save_results(results, args.out / "infill_runs.json")
     path = write_report(results, budgets, args.seeds, args.out, time.perf_counter() - start, prov, args.quick,
                         {name: store_crop_note(store) for name, store in stores.items()}, args.train_override)

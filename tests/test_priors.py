@@ -169,9 +169,8 @@ def test_infill_priors_feed_the_network(tmp_path, store):
     reference = {
         "laplace": lambda seen, hole: registry.get_method("classical", "laplace")(seen, fill_mask=hole),
         "temporal": temporal_linear_fill,
-        # the classical method without its spatial fallback, on exactly what the network sees
-        "temporal_flow": lambda seen, hole: registry.get_method("classical", "temporal_flow", spatial=None)(
-            seen, fill_mask=hole),
+        # the classical method itself, on exactly what the network sees
+        "temporal_flow": lambda seen, hole: registry.get_method("classical", "temporal_flow")(seen, fill_mask=hole),
     }
     for method, fill in reference.items():
         dm.attach_prior(WindowPrior(method, "infill", 1))

@@ -17,7 +17,8 @@ good as the classical method and learns what that method gets wrong.
 * infill `laplace`: the `laplace` baseline on the visible pixels of the target frame.
 * infill `temporal`: `temporal_linear_fill`, linear in time between the neighbouring frames.
 * infill `temporal_flow`: the `temporal_flow` baseline (optical-flow interpolation between the
-  neighbouring frames) without its spatial fallback, computed on what the network sees.
+  neighbouring frames, `laplace` where a neighbour lacks the pixel), computed on what the
+  network sees: exactly the classical method `ni-eval` scores.
 
 Every prior is `(T_out, h, w)` float32 mm/h with NaN where it has no value (advected in from
 outside the domain, no neighbour observed); the network gets it as 0 there with a 0 mask, and
@@ -135,8 +136,7 @@ class WindowPrior:
         if self.method == "temporal":
             return temporal_linear_fill(inputs_mm_h, fill_mask)
         if self.method == "temporal_flow":
-            flow = registry.get_method("classical", "temporal_flow", spatial=None)
-            return flow(inputs_mm_h, fill_mask=fill_mask)
+            return registry.get_method("classical", "temporal_flow")(inputs_mm_h, fill_mask=fill_mask)
         if self.method == "sprog":
             return self._sprog(dataset, int(start), box)
         return self._extrapolate(dataset, int(start), box)

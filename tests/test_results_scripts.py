@@ -139,3 +139,26 @@ def test_results_nowcast_quick_end_to_end(tmp_path):
     text = _check_report(md, ["pconv", "persistence"], ["nowcast_synthetic_leadtime.png", "nowcast_synthetic_example.png"])
     assert text.count("### Lead time +") == results_nowcast.FUTURE
     assert "### Lead time +30 min" in text
+
+
+def test_results_zero_shot_quick_end_to_end(shared_data, tmp_path, monkeypatch):
+    """Trained on KNMI + BOM + RMI (data.stores, train_only), scored on RADOLAN YW with the task and
+    normaliser of the checkpoint, beside extrapolation on the same pixels."""
+    import results_zero_shot
+
+    monkeypatch.setattr(rc, "SHARED_DATA", shared_data)
+    monkeypatch.setattr(results_zero_shot, "SHARED_DATA", shared_data)
+    monkeypatch.setenv("NOWCAST_INFILL_MOTION_CACHE", str(tmp_path / "motion"))
+    md = results_zero_shot.main(["--quick", "--seeds", "0", "--classical", "extrapolation",
+                                 "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
+    text = md.read_text()
+    pooled = text.split("## Lead +")[0]  # the first table: all lead times pooled
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| (pconv|extrapolation) \| \w+ \| 1 \|(.*)$", pooled, re.M)}
+    assert set(rows) == {"pconv", "extrapolation"}, text
+    # the same pixels scored for both (n_pixels column, after RMSE, MAE, CSI, CSI +30 min)
+    n_pixels = {name: row.split("|")[4].strip() for name, row in rows.items()}
+    assert n_pixels["pconv"] == n_pixels["extrapolation"] and int(n_pixels["pconv"]) > 0
+    assert text.count("## Lead +") == results_zero_shot.FUTURE
+    # nothing was fitted on the target store for the network: its evaluation wrote no statistics
+    runs = tmp_path / "work" / "runs" / "zero_shot"
+    assert not (runs / "pconv_seed0_eval" / "unused.json").exists()

@@ -92,7 +92,7 @@ class MotionCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp.npz")
         try:
-            np.savez(tmp, **entry)
+            np.savez(tmp, allow_pickle=False, **entry)
             os.replace(tmp, path)
         finally:
             if tmp.exists():

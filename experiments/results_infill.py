@@ -68,7 +68,9 @@ DATASET_NOTES = {
     "radolan_yw": (
         "Real DWD RADOLAN YW, 2017-08-16 00:55-01:50 UTC (12 frames of 1100 x 900 km, 5 min, 38 % no-data outside the "
         "coverage, which is never scored). Frames [0, 5) train, [5, 8) validation (unused), [8, 12) test: only 2 test "
-        "windows, so the temporal correlation is over 2 hole means and says little. **Auxiliary fields: none exist "
+        "windows, so the temporal correlation is over 2 hole means and says little. Holes: radar outages (the 150 km "
+        "coverage disc of 1-2 DWD radars, conf/masks/radar_outage.yaml), in training and in the 32 fixed evaluation "
+        "masks. **Auxiliary fields: none exist "
         "for this data; the attention variants get two smooth noise fields drawn independently of the rain, so "
         "attention cannot help here** (any difference to the plain variants is noise of training)."
     ),

@@ -190,7 +190,7 @@ def test_skill_goals_decide_from_the_runs_both_ways():
                for m, r in [("pconv", 0.47), ("lstm", 0.5), ("attention", 0.49), ("lstm_attention", 0.52)] for s in (0, 1)]
     text = skill_goals.report([], [], infill)
     assert "ratio 0.79 | **holds**" in text and text.count("**holds**") == 3
-    assert "lstm_attention 0.525 ± 0.007 > lstm 0.505 ± 0.007 (separated)" in text
-    assert "attention 0.495 ± 0.007 > pconv 0.475 ± 0.007 (separated)" in text
+    assert "lstm_attention 0.5250 ± 0.0071 > lstm 0.5050 ± 0.0071 (separated)" in text
+    assert "attention 0.4950 ± 0.0071 > pconv 0.4750 ± 0.0071 (separated)" in text
     infill[1]["metrics"]["bias"] = 0.006
     assert "+0.0060 | **does not hold**" in skill_goals.report([], [], infill)

@@ -170,3 +170,29 @@ def test_bench_model_script_prints_the_ratio_last_and_the_mask_free_floor():
         assert float(ratio) == pytest.approx(float(pconv_s) / float(naive_s), rel=0.1)
     # the last line is the median of the table's ratios
     assert float(lines[-1].split("=")[1]) == pytest.approx(statistics.median(float(r[4]) for r in rows), abs=1.5e-3)
+
+
+
+def test_bench_priors_times_every_prior_on_one_store(tmp_path, capsys):
+    """experiments/bench_priors.py on a small synthetic store: every prior filled once per window,
+    then timed warm in interleaved rounds, with the ratio to no prior from the same round."""
+    import json
+
+    from nowcast_infill.data.synthetic import write_synthetic_store
+
+    store = tmp_path / "s.zarr"
+    write_synthetic_store(store, n_times=40, ny=48, nx=48, seed=2)
+    path = Path(__file__).resolve().parents[1] / "experiments" / "bench_priors.py"
+    spec = importlib.util.spec_from_file_location("bench_priors", path)
+    bench_priors = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_priors)
+    result = bench_priors.main(["--samples", "3", "--repeats", "2", "--crop", "32", "--store", str(store)])
+    out = capsys.readouterr().out
+    assert set(result["fill_s_per_window"]) == set(bench_priors.PRIORS)
+    assert all(v > 0 for v in result["fill_s_per_window"].values())
+    for name in bench_priors.PRIORS:
+        assert len(result["samples_per_s"][name]) == 2
+        ratios = [rate / none for rate, none in zip(result["samples_per_s"][name], result["samples_per_s"]["none"])]
+        assert result["ratio_to_none"][name] == ratios
+    assert out.count("\n| ") == 1 + len(bench_priors.PRIORS)
+    assert json.loads(out.split("BENCH_PRIORS ", 1)[1].splitlines()[0])["windows"] == result["windows"]

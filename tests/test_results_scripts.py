@@ -164,7 +164,7 @@ def test_results_zero_shot_quick_end_to_end(shared_data, tmp_path, monkeypatch):
     assert not (runs / "pconv_seed0_eval" / "unused.json").exists()
 
 
-def _run(dataset, method, kind, seed, **metrics):
+def _raw_run(dataset, method, kind, seed, **metrics):
     return {"dataset": dataset, "method": method, "kind": kind, "seed": seed, "metrics": metrics}
 
 
@@ -173,20 +173,20 @@ def test_skill_goals_decide_from_the_runs_both_ways():
 
     def nowcast(net_rmse, net_csi):
         leads = {f"rmse/lead{k}": v for k, v in zip(range(1, 7), [0.2, 0.3, 0.35, 0.4, 0.45, 0.5])}
-        runs = [_run("knmi", "sprog", "baseline", None, rmse=0.4, **leads, **{"csi@1mmh/lead6": 0.58}),
-                _run("knmi", "extrapolation", "baseline", None, rmse=0.45, **{k: v + 0.05 for k, v in leads.items()},
+        runs = [_raw_run("knmi", "sprog", "baseline", None, rmse=0.4, **leads, **{"csi@1mmh/lead6": 0.58}),
+                _raw_run("knmi", "extrapolation", "baseline", None, rmse=0.45, **{k: v + 0.05 for k, v in leads.items()},
                      **{"csi@1mmh/lead6": 0.53})]
         for seed, csi in enumerate(net_csi):
-            runs.append(_run("knmi", "pconv", "network", seed, rmse=0.3,
+            runs.append(_raw_run("knmi", "pconv", "network", seed, rmse=0.3,
                              **{k: v + net_rmse for k, v in leads.items()}, **{"csi@1mmh/lead6": csi}))
         return skill_goals.report(runs, [], [])
 
     assert "**holds**" in nowcast(-0.01, [0.62, 0.61])
     assert "**does not hold**" in nowcast(+0.001, [0.62, 0.61])  # worse than S-PROG at every lead
     assert "**does not hold**" in nowcast(-0.01, [0.64, 0.56])  # mean - std below S-PROG
-    infill = [_run("radolan_yw", "temporal_flow", "baseline", None, rmse=0.6, **{"csi@1mmh": 0.8}),
-              _run("radolan_ry", "pconv", "network", 0, bias=0.004)]
-    infill += [_run("radolan_yw", m, "network", s, rmse=r + 0.01 * s, **{"csi@1mmh": 0.85})
+    infill = [_raw_run("radolan_yw", "temporal_flow", "baseline", None, rmse=0.6, **{"csi@1mmh": 0.8}),
+              _raw_run("radolan_ry", "pconv", "network", 0, bias=0.004)]
+    infill += [_raw_run("radolan_yw", m, "network", s, rmse=r + 0.01 * s, **{"csi@1mmh": 0.85})
                for m, r in [("pconv", 0.47), ("lstm", 0.5), ("attention", 0.49), ("lstm_attention", 0.52)] for s in (0, 1)]
     text = skill_goals.report([], [], infill)
     assert "ratio 0.79 | **holds**" in text and text.count("**holds**") == 3

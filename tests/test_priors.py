@@ -105,6 +105,22 @@ def test_sprog_prior_is_the_whole_grid_sprog_forecast_cut_to_the_crop(store, tmp
     assert cache.computed == 1 and again.motion_cache(dataset).computed == 0
 
 
+def test_window_cache_keeps_a_bounded_memory_and_rereads_from_disk(tmp_path):
+    from nowcast_infill.data.motion_cache import MotionCache
+
+    entry_mb = 4 * 64 * 64 * 4 / 2**20  # one (4, 64, 64) float32 forecast
+    cache = MotionCache(tmp_path, "store", "sprog-x", memory_mb=2.5 * entry_mb)
+    computed = {start: {"forecast": np.full((4, 64, 64), start, np.float32)} for start in range(4)}
+    for start in range(4):
+        cache.get(start, lambda start=start: computed[start])
+    assert cache.computed == 4 and cache.in_memory == 2  # the two used last
+    # an evicted window comes back from its (compressed) file, not from compute()
+    again = cache.get(0, lambda: pytest.fail("window 0 is on disk"))
+    np.testing.assert_array_equal(again["forecast"], computed[0]["forecast"])
+    assert cache.computed == 4 and cache.in_memory == 2
+    assert cache.path(0).stat().st_size < computed[0]["forecast"].nbytes / 10
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_untrained_residual_network_outputs_the_prior(variant):
     """The head starts at zero, so before any training the network is the classical prior."""

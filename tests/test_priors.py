@@ -1,4 +1,4 @@
-"""model.prior: classical priors as input channels + residual output, the motion cache, and the
+"""model.prior: classical priors as input channels + residual output, the window cache, and the
 detection limit against drizzle in dry holes."""
 
 from __future__ import annotations
@@ -68,21 +68,21 @@ def test_extrapolation_prior_equals_the_extrapolation_baseline(store, tmp_path):
             np.testing.assert_allclose(got[valid], want[valid], rtol=1e-4, atol=1e-4)
 
 
-def test_motion_fields_are_computed_once_per_window_and_reused(store, tmp_path):
+def test_extrapolation_forecasts_are_computed_once_per_window_and_reused(store, tmp_path):
     dm = nowcast_datamodule(store, crop_size=16)
     module = make_module(prior="extrapolation", prior_cache_dir=str(tmp_path / "motion"))
     trainer = L.Trainer(max_epochs=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=dm)
     n_windows = len(dm.datasets["train"].starts)
-    cache = module.window_prior().motion_cache(dm.datasets["train"])
+    cache = module.window_prior().window_cache(dm.datasets["train"])
     assert cache.computed == n_windows  # two epochs, each window once
     assert len(list(cache.folder.glob("w*.npz"))) == n_windows
     # another run (a new process's cache object) reads the files and computes nothing
     again = WindowPrior("extrapolation", "nowcast", 2, cache_root=tmp_path / "motion")
     for index in range(len(dm.datasets["train"])):
         again(dm.datasets["train"], int(dm.datasets["train"].starts[index]), (0, 0, 16, 16), None)
-    assert again.motion_cache(dm.datasets["train"]).computed == 0
+    assert again.window_cache(dm.datasets["train"]).computed == 0
     assert not list(cache.folder.glob("*.tmp*"))
 
 
@@ -96,20 +96,20 @@ def test_sprog_prior_is_the_whole_grid_sprog_forecast_cut_to_the_crop(store, tmp
     expected = registry.get_method("classical", "sprog", n_leads=2)(full)  # (2, H, W) mm/h
     got = prior(dataset, start, (3, 5, 16, 16), None)
     np.testing.assert_array_equal(got, expected[:, 3:19, 5:21])
-    cache = prior.motion_cache(dataset)
+    cache = prior.window_cache(dataset)
     assert cache.computed == 1 and cache.folder.name.startswith("sprog-")
     # another crop of the same window reads the cached forecast: no second S-PROG run
     np.testing.assert_array_equal(prior(dataset, start, (0, 0, 8, 8), None), expected[:, :8, :8])
     again = WindowPrior("sprog", "nowcast", n_leads=2, cache_root=tmp_path)
     again(dataset, start, (0, 0, 8, 8), None)
-    assert cache.computed == 1 and again.motion_cache(dataset).computed == 0
+    assert cache.computed == 1 and again.window_cache(dataset).computed == 0
 
 
 def test_window_cache_keeps_a_bounded_memory_and_rereads_from_disk(tmp_path):
-    from nowcast_infill.data.motion_cache import MotionCache
+    from nowcast_infill.data.window_cache import WindowCache
 
     entry_mb = 4 * 64 * 64 * 4 / 2**20  # one (4, 64, 64) float32 forecast
-    cache = MotionCache(tmp_path, "store", "sprog-x", memory_mb=2.5 * entry_mb)
+    cache = WindowCache(tmp_path, "store", "sprog-x", memory_mb=2.5 * entry_mb)
     computed = {start: {"forecast": np.full((4, 64, 64), start, np.float32)} for start in range(4)}
     for start in range(4):
         cache.get(start, lambda start=start: computed[start])

@@ -4,15 +4,13 @@ The network receives the prior as extra input channels and predicts a correction
 (`PConvUNet(prior_frames=...)`, residual in normalised units), so at initialisation it is as
 good as the classical method and learns what that method gets wrong.
 
-* nowcast `extrapolation`: the `extrapolation` baseline (nowcast_infill/baselines/nowcast.py,
-  pysteps dense Lucas-Kanade on dBR, semi-Lagrangian advection of the last frame), one frame
-  per lead time. The motion is estimated once per window on the *whole* grid and kept in a
-  `MotionCache`; a crop is advected from a box widened by the largest displacement, so the
-  crop's prior equals the full-grid extrapolation cut to the crop.
-* nowcast `sprog`: the `sprog` baseline (S-PROG, Seed 2003, via pysteps), computed once per
-  window on the whole grid (its cascade decomposition is global: a crop cannot be forecast on
-  its own) and kept in the same sidecar store; a crop's prior is the whole-grid forecast cut
-  to the crop, exactly what `ni-eval` scores for `sprog` on whole frames.
+* nowcast `extrapolation` and `sprog`: the `extrapolation` baseline (pysteps dense
+  Lucas-Kanade on dBR, semi-Lagrangian advection of the last frame) or the `sprog` baseline
+  (S-PROG, Seed 2003, via pysteps), one frame per lead time (nowcast_infill/baselines/nowcast.py,
+  with its outside and fallback rules). Each is computed once per window on the *whole* grid
+  (S-PROG's cascade decomposition is global: a crop cannot be forecast on its own) and kept in
+  a `WindowCache` sidecar store; a crop's prior is the whole-grid forecast cut to the crop,
+  exactly what `ni-eval` scores for that method on whole frames.
 * nowcast `persistence`: the last frame with data, repeated per lead time.
 * infill `laplace`: the `laplace` baseline on the visible pixels of the target frame.
 * infill `temporal`: `temporal_linear_fill`, linear in time between the neighbouring frames.
@@ -27,7 +25,6 @@ its residual is added to 0 mm/h there.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -102,21 +99,17 @@ class WindowPrior:
         }
         self._caches: dict[str, object] = {}
 
-    def motion_cache(self, dataset):
-        """The `MotionCache` of `dataset`'s store (one per store, method and options): motion
-        fields (`extrapolation`) or whole-grid forecasts (`sprog`)."""
-        from nowcast_infill.data.motion_cache import MotionCache, default_cache_root, method_key, store_key
+    def window_cache(self, dataset):
+        """The `WindowCache` of `dataset`'s store, method and options: whole-grid forecasts."""
+        from nowcast_infill.data.window_cache import WindowCache, default_cache_root, method_key, store_key
 
         store = store_key(dataset.store.path, _content_id(dataset))
         offsets = [int(o) for o in dataset.input_offsets]
-        if self.method == "sprog":
-            options = {**self.motion_options, "n_leads": self.n_leads, "input_offsets": offsets}
-            method = method_key("sprog", options)
-        else:
-            method = method_key("lk", {**self.motion_options, "input_offsets": offsets})
+        options = {**self.motion_options, "n_leads": self.n_leads, "input_offsets": offsets}
+        method = method_key(str(self.method), options)
         key = f"{store}/{method}"
         if key not in self._caches:
-            self._caches[key] = MotionCache(self.cache_root or default_cache_root(), store, method)
+            self._caches[key] = WindowCache(self.cache_root or default_cache_root(), store, method)
         return self._caches[key]
 
     def __call__(
@@ -137,44 +130,16 @@ class WindowPrior:
             return temporal_linear_fill(inputs_mm_h, fill_mask)
         if self.method == "temporal_flow":
             return registry.get_method("classical", "temporal_flow")(inputs_mm_h, fill_mask=fill_mask)
-        if self.method == "sprog":
-            return self._sprog(dataset, int(start), box)
-        return self._extrapolate(dataset, int(start), box)
+        return self._whole_grid_forecast(dataset, int(start), box)
 
-    def _sprog(self, dataset, start: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    def _whole_grid_forecast(self, dataset, start: int, box: tuple[int, int, int, int]) -> np.ndarray:
+        """The classical nowcast `self.method` of window `start` on the whole grid (cached), cut to `box`."""
+
         def compute():
             full = dataset.read_precip(start, 0, 0, dataset.height, dataset.width, frames=dataset.input_offsets)
-            sprog = registry.get_method("classical", "sprog", n_leads=self.n_leads, **self._sprog_options())
-            return {"forecast": sprog(full)}
+            forecast = registry.get_method("classical", str(self.method), n_leads=self.n_leads, **self.motion_options)
+            return {"forecast": forecast(full)}
 
-        forecast = self.motion_cache(dataset).get(start, compute)["forecast"]
+        forecast = self.window_cache(dataset).get(start, compute)["forecast"]
         y0, x0, h, w = box
         return np.ascontiguousarray(forecast[:, y0 : y0 + h, x0 : x0 + w], dtype=np.float32)
-
-    def _sprog_options(self) -> dict[str, Any]:
-        return {
-            "threshold": self.motion_options["threshold"],
-            "zerovalue_db": self.motion_options["zerovalue_db"],
-            "lk_options": self.motion_options["lk_options"],
-        }
-
-    def _extrapolate(self, dataset, start: int, box: tuple[int, int, int, int]) -> np.ndarray:
-        from nowcast_infill.baselines.nowcast import advect, extrapolation_motion, fill_from_outside
-
-        def compute():
-            full = dataset.read_precip(start, 0, 0, dataset.height, dataset.width, frames=dataset.input_offsets)
-            velocity, last_index = extrapolation_motion(full, **self.motion_options)
-            return {"velocity": np.asarray(velocity, np.float32), "last_index": np.int64(last_index)}
-
-        entry = self.motion_cache(dataset).get(start, compute)
-        velocity, last_index = entry["velocity"].astype(np.float32), int(entry["last_index"])
-        y0, x0, h, w = box
-        # Semi-Lagrangian advection looks back at most n_leads x |v| pixels: widen the box by that.
-        margin = int(math.ceil(float(np.abs(velocity).max(initial=0.0)) * self.n_leads)) + 2
-        ya, xa = max(0, y0 - margin), max(0, x0 - margin)
-        yb, xb = min(dataset.height, y0 + h + margin), min(dataset.width, x0 + w + margin)
-        frame = dataset.read_precip(start, ya, xa, yb - ya, xb - xa, frames=[dataset.input_offsets[last_index]])[0]
-        out = advect(frame, velocity[:, ya:yb, xa:xb], self.n_leads)
-        crop = (slice(y0 - ya, y0 - ya + h), slice(x0 - xa, x0 - xa + w))
-        # the extrapolation baseline's own outside rule, so the prior is exactly its forecast
-        return fill_from_outside(out[:, crop[0], crop[1]], frame[crop])

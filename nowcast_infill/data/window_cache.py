@@ -1,13 +1,12 @@
-"""Sidecar store of per-window prior data: computed once per (store, window, method), reused
-across epochs and runs.
+"""Sidecar store of per-window prior data (`model.prior`): computed once per (store, window,
+method), reused across epochs and runs.
 
 Layout: ``<root>/<store key>/<method key>/w<start>.npz``, one file per window, holding named
-arrays: for the `extrapolation` prior ``velocity`` ``(2, H, W)`` float32 pixels per time step
-(pysteps' order: x then y) and ``last_index`` (the input frame the extrapolation advects); for
-the `sprog` prior ``forecast`` ``(T_out, H, W)`` float32 mm/h of the whole grid (S-PROG's
-cascade is global, so a crop cannot be forecast on its own). ``store key`` is a hash of the
+arrays: for the `extrapolation` and `sprog` priors ``forecast`` ``(T_out, H, W)`` float32 mm/h
+of the whole grid (S-PROG's cascade is global, so a crop cannot be forecast on its own; a
+cached forecast also spares the per-sample advection). ``store key`` is a hash of the
 store's absolute path and a content id (its time axis and grid shape), so a rewritten store at the
-same path gets new entries; ``method key`` names the motion method and hashes its options.
+same path gets new entries; ``method key`` names the prior method and hashes its options.
 
 Concurrency (DataLoader workers, DDP ranks): an entry is written to a temporary file in the
 same folder and renamed into place (``os.replace``, atomic on POSIX), so a reader sees a whole
@@ -59,7 +58,7 @@ def _nbytes(entry: Entry) -> int:
     return sum(int(value.nbytes) for value in entry.values())
 
 
-class MotionCache:
+class WindowCache:
     """Per-window arrays (motion fields, whole-grid forecasts) of one store and method, on disk
     and in memory.
 

@@ -162,6 +162,12 @@ def test_results_zero_shot_quick_end_to_end(shared_data, tmp_path, monkeypatch):
     # nothing was fitted on the target store for the network: its evaluation wrote no statistics
     runs = tmp_path / "work" / "runs" / "zero_shot"
     assert not (runs / "pconv_seed0_eval" / "unused.json").exists()
+    # the infill twin: the same stores, radar-outage holes, scored beside temporal_flow
+    md = results_zero_shot.main(["--quick", "--task", "infill", "--seeds", "0", "--classical", "temporal_flow",
+                                 "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
+    assert md.name == "zero_shot_infill.md"
+    rows = re.findall(r"^\| (pconv|temporal_flow) \| \w+ \| 1 \|", md.read_text(), re.M)
+    assert sorted(rows) == ["pconv", "temporal_flow"]
 
 
 def _raw_run(dataset, method, kind, seed, **metrics):

@@ -272,6 +272,7 @@ class RunResult:
     eval_s: float = float("nan")
     output_dir: str = ""
     figures: list[str] = field(default_factory=list)
+    checkpoint: str = ""  # networks: the scored checkpoint (the last of the training run)
 
 
 def _with_split(cfg, split: Mapping | None):
@@ -364,14 +365,17 @@ def runs_folder(work: Path, name: str, train_overrides: Sequence[str] = ()) -> P
 
 def run_methods(dataset: str, runs_dir: Path, overrides: Callable[[Path], list[str]], budget: Budget,
                 seeds: Sequence[int], variants: Sequence[str], classical: Sequence[str],
-                split: Mapping | None = None, train_extra: Sequence[str] = ()) -> list[RunResult]:
+                split: Mapping | None = None, train_extra: Sequence[str] = (),
+                eval_overrides: Callable[[Path], list[str]] | None = None) -> list[RunResult]:
     """Train and score every network variant x seed, then score each classical method once.
 
     Run folders go under `runs_dir` (`<variant>_seed<seed>`, its `_eval` twin, `<method>_eval`);
-    `overrides(run_dir)` gives the train/eval overrides of a run writing to `run_dir`;
-    `train_extra` are further overrides of the network trainings only (e.g. `model.prior=...`;
-    the evaluation reads them back from the checkpoint).
+    `overrides(run_dir)` gives the train/eval overrides of a run writing to `run_dir`, or of the
+    trainings only when `eval_overrides(run_dir)` gives the evaluations' (another store: a
+    zero-shot study); `train_extra` are further overrides of the network trainings only (e.g.
+    `model.prior=...`; the evaluation reads them back from the checkpoint).
     """
+    scoring = eval_overrides or overrides
     results: list[RunResult] = []
     for seed in seeds:
         for variant in variants:
@@ -379,15 +383,15 @@ def run_methods(dataset: str, runs_dir: Path, overrides: Callable[[Path], list[s
             log(f"{dataset}: train {variant} seed {seed}")
             ckpt, train_s = train_network(dataset, variant, seed, overrides(run_dir), budget, run_dir, split, train_extra)
             eval_dir = run_dir.with_name(run_dir.name + "_eval")
-            result = evaluate_method(dataset, variant, overrides(eval_dir), eval_dir, split, ckpt_path=ckpt, seed=seed)
-            result.train_s = train_s
+            result = evaluate_method(dataset, variant, scoring(eval_dir), eval_dir, split, ckpt_path=ckpt, seed=seed)
+            result.train_s, result.checkpoint = train_s, str(ckpt)
             log(f"{dataset}: {variant} seed {seed}: rmse {result.metrics.get('rmse'):.4f}, "
                 f"train {train_s:.0f} s, eval {result.eval_s:.0f} s")
             results.append(result)
     for method in classical:
         eval_dir = runs_dir / f"{method}_eval"
         log(f"{dataset}: evaluate {method}")
-        result = evaluate_method(dataset, method, overrides(eval_dir), eval_dir, split)
+        result = evaluate_method(dataset, method, scoring(eval_dir), eval_dir, split)
         log(f"{dataset}: {method}: rmse {result.metrics.get('rmse'):.4f}, eval {result.eval_s:.0f} s")
         results.append(result)
     return results

@@ -107,13 +107,16 @@ def run_dry(store: Path, trained: list[RunResult], classical: list[str], work: P
     hour, zero-shot (task and normaliser from the checkpoint, the whole store is test): the bias in
     holes where there is (almost) no rain to find."""
     runs = runs_folder(work, DRY, train_overrides or [])
-    base = lambda run_dir: [*common_overrides(run_dir, store, run_dir / "stats.json", "radolan", []),  # noqa: E731
-                            *RADOLAN_EXTRA, "data.split=test_only"]
+
+    def base(run_dir: Path) -> list[str]:
+        return [*common_overrides(run_dir, store, run_dir / "stats.json", "radolan", []), *RADOLAN_EXTRA,
+                "data.split=test_only"]
+
     results = []
     for net in trained:
-        ckpt = Path(net.output_dir).parent / f"{net.method}_seed{net.seed}" / "checkpoints" / "last.ckpt"
         eval_dir = runs / f"{net.method}_seed{net.seed}_eval"
-        results.append(evaluate_method(DRY, net.method, base(eval_dir), eval_dir, ckpt_path=ckpt, seed=net.seed))
+        results.append(evaluate_method(DRY, net.method, base(eval_dir), eval_dir, ckpt_path=Path(net.checkpoint),
+                                       seed=net.seed))
     for method in classical:
         eval_dir = runs / f"{method}_eval"
         results.append(evaluate_method(DRY, method, [*base(eval_dir), "task=infill"], eval_dir))

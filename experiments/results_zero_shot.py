@@ -1,11 +1,12 @@
 """Zero-shot nowcasting (or infilling): trained on three radar networks, scored on a fourth it never saw.
 
-A nowcast network (`--task infill`: an infill network, radar-outage holes) is trained with `ni-train`'s `train(cfg)` on several stores at once
-(`data.stores`: KNMI, BOM, RMI events of ../shared/data, each its own grid; one normaliser
-over all their training frames), and its last checkpoint is scored by `ni-eval`'s
-`evaluate(cfg)` on the RADOLAN YW sequence, a German radar composite, another day and another
-country: the task and the normaliser come from the checkpoint (nothing is fitted on the
-target), and the whole target store is the test split (`data.split=test_only`). Extrapolation
+A nowcast network (`--task infill`: an infill network, radar-outage holes) is trained with
+`ni-train`'s `train(cfg)` on several stores at once (`data.stores`: KNMI, BOM, RMI events of
+../shared/data, each its own grid; one normaliser over all their training frames), and its
+last checkpoint is scored by `ni-eval`'s `evaluate(cfg)` on the RADOLAN YW sequence, a German
+radar composite, another day and another country: the normaliser comes from the checkpoint
+(nothing is fitted on the target), and the whole target store is the test split
+(`data.split=test_only`). Extrapolation
 and S-PROG (infill: temporal_flow, temporal_linear, laplace) are scored on exactly the same
 windows and pixels. The script writes `experiments/results/zero_shot.md` (infill:
 `zero_shot_infill.md`; every number in it comes from the run) and the raw metrics
@@ -32,14 +33,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_common import (  # noqa: E402
-    SHARED_DATA, Budget, RunResult, add_budget_arguments, add_uninformative_aux, ensure_converted, evaluate_method,
-    group_by_method, log, metrics_table, provenance, provenance_block, require_inputs, runs_folder, save_results,
-    train_network, winners_notes,
+    SHARED_DATA, Budget, RunResult, add_budget_arguments, add_uninformative_aux, ensure_converted, group_by_method,
+    log, metrics_table, provenance, provenance_block, require_inputs, run_methods, runs_folder, save_results,
+    winners_notes,
 )
 
 PAST, FUTURE = 4, 6
 CLASSICAL = {"nowcast": ("extrapolation", "sprog"), "infill": ("temporal_flow", "temporal_linear", "laplace")}
-# the task keys of the trainings and the classical evaluations (a checkpoint brings its own)
+# the task keys of every training and evaluation
 TASK = {"nowcast": ["task=nowcast", f"task.past={PAST}", f"task.future={FUTURE}"], "infill": ["task=infill"]}
 # data keys of every run of a task: infill holes are radar outages (conf/masks/radar_outage.yaml)
 DATA = {"nowcast": [], "infill": ["masks=radar_outage"]}
@@ -94,96 +95,61 @@ def run(stores: dict[str, Path], budget: Budget, seeds: list[int], variants: lis
     task = TASK[task_name]
     data = [*DATA[task_name], *(["data.eval_masks.n=2"] if quick else [])]
     target = [f"data.store={stores[TARGET]}", "data.split=test_only", *data]
-    results: list[RunResult] = []
-    for seed in seeds:
-        for variant in variants:
-            run_dir = runs / f"{variant}_seed{seed}"
-            log(f"zero-shot: train {variant} seed {seed} on {', '.join(TRAIN_STORES)}")
-            train_base = [*base_overrides(run_dir, [f"data.stores={train_list}", *TRAIN_SPLIT, *data], stats),
-                          *task]
-            ckpt, train_s = train_network(TARGET, variant, seed, train_base, budget, run_dir, extra=train_overrides)
-            eval_dir = run_dir.with_name(run_dir.name + "_eval")
-            # task and normaliser from the checkpoint: no task=, no statistics of the target
-            result = evaluate_method(TARGET, variant, base_overrides(eval_dir, target, eval_dir / "unused.json"),
-                                     eval_dir, ckpt_path=ckpt, seed=seed)
-            result.train_s = train_s
-            log(f"zero-shot: {variant} seed {seed}: rmse {result.metrics.get('rmse'):.4f}")
-            results.append(result)
-    for method in classical:
-        eval_dir = runs / f"{method}_eval"
-        result = evaluate_method(TARGET, method, [*base_overrides(eval_dir, target, eval_dir / "stats.json"), *task],
-                                 eval_dir)
-        log(f"zero-shot: {method}: rmse {result.metrics.get('rmse'):.4f}")
-        results.append(result)
-    return results
-
-
-def write_infill_report(results: list[RunResult], budget: Budget, seeds: list[int], out: Path, total_s: float,
-                        prov: dict, train_overrides: list[str], quick: bool) -> Path:
-    groups = group_by_method(results, TARGET)
-    lines = [
-        "# Zero-shot infilling: trained on KNMI + BOM + RMI, scored on RADOLAN YW",
-        "",
-        *(["**--quick run: the numbers are meaningless.**", ""] if quick else []),
-        "Written by `experiments/results_zero_shot.py --task infill`; every number below comes from that run (raw "
-        "values: `zero_shot_infill_runs.json`). Hole pixels of the whole RADOLAN YW store (`data.split=test_only`: 12 "
-        "frames, 10 windows of 3 frames, 32 fixed radar-outage masks), which no training run saw, mm/h. Networks: "
-        "mean ± sample std over seeds of the last weights after the fixed budget; the checkpoint brings its task and "
-        "normaliser. The classical methods: the same windows, masks and pixels.",
-        "",
-        provenance_block(prov, {"training stores": budget}, seeds, total_s),
-        *([f"Network training overrides: `{' '.join(train_overrides)}`.", ""] if train_overrides else []),
-        "Training stores (`data.stores`, each cut to its coverage, every frame trains: `data.split=train_only`, "
-        "radar-outage holes): " + "; ".join(SOURCES[n][4] for n in TRAIN_STORES) + ".",
-        f"Target: {SOURCES[TARGET][4]}.",
-        "",
-        metrics_table(groups, INFILL_COLUMNS),
-        "Notes (generated from the table):",
-        "",
-        *[f"- {n}" for n in winners_notes(groups, [("rmse", "RMSE", False), ("csi@1mmh", "CSI@1mm/h", True)])],
-        "",
-    ]
-    path = out / "zero_shot_infill.md"
-    path.write_text("\n".join(lines))
-    return path
+    log(f"zero-shot: networks train on {', '.join(TRAIN_STORES)}, every method is scored on {TARGET}")
+    # the target's statistics path is never written for a network: its checkpoint brings the normaliser
+    return run_methods(
+        TARGET, runs,
+        lambda run_dir: [*base_overrides(run_dir, [f"data.stores={train_list}", *TRAIN_SPLIT, *data], stats), *task],
+        budget, seeds, variants, classical, train_extra=train_overrides,
+        eval_overrides=lambda run_dir: [*base_overrides(run_dir, target, run_dir / "stats.json"), *task])
 
 
 def write_report(results: list[RunResult], budget: Budget, seeds: list[int], out: Path, total_s: float, prov: dict,
-                 train_overrides: list[str], quick: bool) -> Path:
+                 train_overrides: list[str], quick: bool, task_name: str = "nowcast") -> Path:
     groups = group_by_method(results, TARGET)
-    lead = f"csi@1mmh/lead{FUTURE}"
+    name = "zero_shot" if task_name == "nowcast" else f"zero_shot_{task_name}"
+    if task_name == "nowcast":
+        what = (f"{PAST} past frames -> {FUTURE} lead times, mm/h, over valid target pixels of the whole RADOLAN YW "
+                "store (`data.split=test_only`: 12 frames, 3 windows)")
+        references = ("Extrapolation and S-PROG: the same windows, the same pixels (outside rule of "
+                      "nowcast_infill/baselines/nowcast.py).")
+        stores_note = "BOM's frames are 6 min apart, the others' 5 min: the network learns per frame."
+    else:
+        what = ("Hole pixels of the whole RADOLAN YW store (`data.split=test_only`: 12 frames, 10 windows of 3 frames, "
+                "32 fixed radar-outage masks), mm/h")
+        references = "The classical methods: the same windows, masks and pixels."
+        stores_note = "Radar-outage holes."
     lines = [
-        "# Zero-shot nowcasting: trained on KNMI + BOM + RMI, scored on RADOLAN YW",
+        f"# Zero-shot {task_name.replace('nowcast', 'nowcasting').replace('infill', 'infilling')}: trained on "
+        "KNMI + BOM + RMI, scored on RADOLAN YW",
         "",
         *(["**--quick run: the numbers are meaningless.**", ""] if quick else []),
-        "Written by `experiments/results_zero_shot.py`; every number below comes from that run (raw values: "
-        f"`zero_shot_runs.json`). {PAST} past frames -> {FUTURE} lead times, mm/h, over valid target pixels of the "
-        "whole RADOLAN YW store (`data.split=test_only`: 12 frames, 3 windows), which no training run saw. Networks: "
-        "mean ± sample std over seeds of the last weights after the fixed budget; the checkpoint brings its task and "
-        "normaliser. Extrapolation and S-PROG: the same windows, the same pixels (outside rule of "
-        "nowcast_infill/baselines/nowcast.py).",
+        f"Written by `experiments/results_zero_shot.py --task {task_name}`; every number below comes from that run "
+        f"(raw values: `{name}_runs.json`). {what}, which no training run saw. Networks: mean ± sample std over seeds "
+        f"of the last weights after the fixed budget; the checkpoint brings its normaliser. {references}",
         "",
         provenance_block(prov, {"training stores": budget}, seeds, total_s),
         *([f"Network training overrides: `{' '.join(train_overrides)}`.", ""] if train_overrides else []),
         "Training stores (`data.stores`, each cut to its coverage, every frame trains: `data.split=train_only`): "
-        + "; ".join(SOURCES[n][4] for n in TRAIN_STORES)
-        + ". BOM's frames are 6 min apart, the others' 5 min: the network learns per frame.",
+        + "; ".join(SOURCES[n][4] for n in TRAIN_STORES) + f". {stores_note}",
         f"Target: {SOURCES[TARGET][4]}.",
         "",
-        "## All lead times pooled",
-        "",
-        metrics_table(groups, [("rmse", "RMSE mm/h"), ("mae", "MAE mm/h"), ("csi@1mmh", "CSI@1mm/h"),
-                               (lead, f"CSI@1mm/h +{FUTURE * 5} min")]),
-        "Notes (generated from the table):",
-        "",
-        *[f"- {n}" for n in winners_notes(groups, [("rmse", "RMSE, all leads", False),
-                                                   (lead, f"CSI@1mm/h at +{FUTURE * 5} min", True)])],
-        "",
     ]
-    for step in range(1, FUTURE + 1):
-        lines += [f"## Lead +{step * 5} min", "",
-                  metrics_table(groups, [(f"{key}/lead{step}", label) for key, label in PER_LEAD])]
-    path = out / "zero_shot.md"
+    if task_name == "nowcast":
+        lead = f"csi@1mmh/lead{FUTURE}"
+        lines += ["## All lead times pooled", "",
+                  metrics_table(groups, [("rmse", "RMSE mm/h"), ("mae", "MAE mm/h"), ("csi@1mmh", "CSI@1mm/h"),
+                                         (lead, f"CSI@1mm/h +{FUTURE * 5} min")])]
+        verdicts = [("rmse", "RMSE, all leads", False), (lead, f"CSI@1mm/h at +{FUTURE * 5} min", True)]
+    else:
+        lines += [metrics_table(groups, INFILL_COLUMNS)]
+        verdicts = [("rmse", "RMSE", False), ("csi@1mmh", "CSI@1mm/h", True)]
+    lines += ["Notes (generated from the table):", "", *[f"- {n}" for n in winners_notes(groups, verdicts)], ""]
+    if task_name == "nowcast":
+        for step in range(1, FUTURE + 1):
+            lines += [f"## Lead +{step * 5} min", "",
+                      metrics_table(groups, [(f"{key}/lead{step}", label) for key, label in PER_LEAD])]
+    path = out / f"{name}.md"
     path.write_text("\n".join(lines))
     return path
 
@@ -207,9 +173,8 @@ def main(argv: list[str] | None = None) -> Path:
                   args.quick)
     name = "zero_shot" if args.task == "nowcast" else f"zero_shot_{args.task}"
     save_results(results, args.out / f"{name}_runs.json")
-    report = write_report if args.task == "nowcast" else write_infill_report
-    path = report(results, budget, args.seeds, args.out, time.perf_counter() - start, prov, args.train_override,
-                  args.quick)
+    path = write_report(results, budget, args.seeds, args.out, time.perf_counter() - start, prov, args.train_override,
+                        args.quick, args.task)
     log(f"wrote {path}")
     return path
 

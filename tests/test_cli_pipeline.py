@@ -65,23 +65,17 @@ def test_cli_is_shims_and_the_pipeline_never_imports_it():
         assert not any(i.startswith("nowcast_infill.cli") for i, _ in _imports(path)), path
 
 
-def test_importing_a_store_command_loads_no_torch():
-    code = (
-        "import sys; from nowcast_infill.pipeline import convert, synth, infill, nowcast; "
-        "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
-
-
-def test_config_checks_load_no_torch():
-    """The config checks (task frame rules included) run before torch is imported, so a wrong
-    value fails in about a second (nowcast_infill/pipeline/config_checks.py)."""
-    code = (
-        "import sys; import nowcast_infill.pipeline.config_checks, nowcast_infill.tasks; "
-        "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
-    )
+@pytest.mark.parametrize(
+    "imports",
+    [
+        "from nowcast_infill.pipeline import convert, synth, infill, nowcast",  # the store commands
+        # the config checks (task frame rules included) run before torch is imported, so a wrong
+        # value fails in about a second (nowcast_infill/pipeline/config_checks.py)
+        "import nowcast_infill.pipeline.config_checks, nowcast_infill.tasks",
+    ],
+)
+def test_store_commands_and_config_checks_load_no_torch(imports):
+    code = f"import sys; {imports}; print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -161,7 +161,8 @@ def test_results_zero_shot_quick_end_to_end(shared_data, tmp_path, monkeypatch):
     assert text.count("## Lead +") == results_zero_shot.FUTURE
     # nothing was fitted on the target store for the network: its evaluation wrote no statistics
     runs = tmp_path / "work" / "runs" / "zero_shot"
-    assert not (runs / "pconv_seed0_eval" / "unused.json").exists()
+    assert not (runs / "pconv_seed0_eval" / "stats.json").exists()
+    assert (runs / "extrapolation_eval" / "stats.json").exists()  # the path the network's evaluation had too
     # the infill twin: the same stores, radar-outage holes, scored beside temporal_flow
     md = results_zero_shot.main(["--quick", "--task", "infill", "--seeds", "0", "--classical", "temporal_flow",
                                  "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])

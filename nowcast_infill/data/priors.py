@@ -75,8 +75,8 @@ class WindowPrior:
         method: a name of `PRIORS[task]`.
         task: `nowcast` or `infill`.
         n_leads: `T_out` (nowcast).
-        cache_root: folder of the motion sidecar store (default `default_cache_root()`).
-        threshold, zerovalue_db, lk_options: the extrapolation baseline's options.
+        cache_root: folder of the sidecar store of whole-grid forecasts (default `default_cache_root()`).
+        threshold, zerovalue_db, lk_options: the extrapolation and sprog baselines' options.
     """
 
     def __init__(
@@ -92,7 +92,7 @@ class WindowPrior:
         self.method = check_prior(method, task)
         self.task, self.n_leads = task, int(n_leads)
         self.cache_root = cache_root
-        self.motion_options: dict[str, Any] = {
+        self.method_options: dict[str, Any] = {
             "threshold": float(threshold),
             "zerovalue_db": float(zerovalue_db),
             "lk_options": dict(lk_options or {}),
@@ -105,7 +105,7 @@ class WindowPrior:
 
         store = store_key(dataset.store.path, _content_id(dataset))
         offsets = [int(o) for o in dataset.input_offsets]
-        options = {**self.motion_options, "n_leads": self.n_leads, "input_offsets": offsets}
+        options = {**self.method_options, "n_leads": self.n_leads, "input_offsets": offsets}
         method = method_key(str(self.method), options)
         key = f"{store}/{method}"
         if key not in self._caches:
@@ -137,7 +137,7 @@ class WindowPrior:
 
         def compute():
             full = dataset.read_precip(start, 0, 0, dataset.height, dataset.width, frames=dataset.input_offsets)
-            forecast = registry.get_method("classical", str(self.method), n_leads=self.n_leads, **self.motion_options)
+            forecast = registry.get_method("classical", str(self.method), n_leads=self.n_leads, **self.method_options)
             return {"forecast": forecast(full)}
 
         forecast = self.window_cache(dataset).get(start, compute)["forecast"]

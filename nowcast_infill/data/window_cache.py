@@ -59,7 +59,7 @@ def _nbytes(entry: Entry) -> int:
 
 
 class WindowCache:
-    """Per-window arrays (motion fields, whole-grid forecasts) of one store and method, on disk
+    """Per-window named arrays (whole-grid forecasts) of one store and method, on disk
     and in memory.
 
     ``computed`` counts the entries this process computed (cache misses); tests use it to

@@ -69,8 +69,8 @@ class RadarModule(EvaluationMixin, L.LightningModule):
         prior: a classical method the network starts from and corrects
             (nowcast_infill/data/priors.py): nowcast `extrapolation` | `persistence`,
             infill `laplace` | `temporal`; null = the plain network (the seed tables).
-        prior_cache_dir: folder of the motion-field sidecar store (`extrapolation`); null =
-            `$NOWCAST_INFILL_MOTION_CACHE` or `~/.cache/nowcast_infill/motion`.
+        prior_cache_dir: folder of the sidecar store of whole-grid forecasts (`extrapolation`,
+            `sprog`); null = `$NOWCAST_INFILL_MOTION_CACHE` or `~/.cache/nowcast_infill/motion`.
         detection_limit_mm_h: answers below this rate are set to 0 mm/h (a radar's
             detection limit; removes the drizzle a smooth output puts into dry areas);
             null = keep every value.
